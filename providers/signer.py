@@ -1,0 +1,48 @@
+"""The contract every signing backend fulfils.
+
+Providers are synchronous and small: the runtime calls them from a worker thread, one lock per device, and
+verifies every signature against ``public_key()`` before it leaves the process, so a faulty device can never
+emit garbage to the node.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
+
+from pykms.errors import TransientProviderError
+
+__all__ = ["Signer", "verify_or_raise"]
+
+
+@runtime_checkable
+class Signer(Protocol):
+    """An Ed25519 consensus key held somewhere (file, HSM, Ledger, PKCS#11 token)."""
+
+    #: Short backend name for logs and metrics: "softsign", "yubihsm", "ledger", "pkcs11".
+    provider: str
+
+    def public_key(self) -> bytes:
+        """The raw 32-byte Ed25519 public key."""
+        ...
+
+    def sign(self, message: bytes) -> bytes:
+        """A 64-byte Ed25519 signature over ``message`` (the sign bytes, unhashed).
+
+        Raises TransientProviderError when a retry may succeed, FatalProviderError otherwise.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release the device or session. Idempotent."""
+        ...
+
+
+def verify_or_raise(public_key: bytes, message: bytes, signature: bytes, provider: str) -> None:
+    """Refuse a signature that does not verify: it must never reach the node."""
+    try:
+        VerifyKey(public_key).verify(message, signature)
+    except (BadSignatureError, ValueError, TypeError) as exc:
+        raise TransientProviderError(f"{provider} returned a signature that does not verify") from exc

@@ -67,9 +67,7 @@ class KmsError(Exception):
 class ConfigError(KmsError):
     """Configuration refused; the message names the file, the key and the fix."""
 
-    def __init__(
-        self, message: str, *, file: str | None = None, key: str | None = None, fix: str | None = None
-    ):
+    def __init__(self, message: str, *, file: str | None = None, key: str | None = None, fix: str | None = None):
         self.file = file
         self.key = key
         self.fix = fix

@@ -25,8 +25,7 @@ def check_private(path: Path) -> None:
         raise KeyFileError(f"{path}: cannot stat ({exc.strerror})") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise KeyFileError(
-            f"{path}: permissions {stat.S_IMODE(mode):04o} let other users read the key "
-            f"(fix: chmod 600 {path})"
+            f"{path}: permissions {stat.S_IMODE(mode):04o} let other users read the key (fix: chmod 600 {path})"
         )
 
 

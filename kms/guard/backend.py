@@ -1,0 +1,52 @@
+"""The seam between the runtime and a double-sign guard backend.
+
+A backend holds the last signed state of one chain and performs the whole critical section of a signature in
+one call: decide (pure ``pykms.guard.decide.decide``), sign, persist durably, and only then return. The runtime
+calls it from a worker thread while it holds the chain's lock, and replies to the node only after it returns,
+so no signature ever leaves before the state that covers it is durable.
+
+Backends: the file store (``FileGuard``: CometBFT JSON or the two-slot store) and PostgreSQL
+(``pykms.guard.postgres.PostgresGuard``: one row per chain, locked with SELECT ... FOR UPDATE across the decision,
+shared by several pykms instances).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["GuardBackend", "GuardOutcome", "SignFn"]
+
+#: Signs sign bytes with the chain's consensus key; raises ProviderError on failure.
+SignFn = Callable[[bytes], bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class GuardOutcome:
+    """What the node gets: a signature, and the stored timestamp when an earlier signature is reused."""
+
+    signature: bytes
+    #: (seconds, nanos) to put back in the vote/proposal when the request differed only by timestamp.
+    timestamp: tuple[int, int] | None
+    #: False when the stored signature was returned (identical or timestamp-only repeat).
+    fresh: bool
+
+
+class GuardBackend(Protocol):
+    """One chain's double-sign state and its durable storage."""
+
+    chain_id: str
+
+    def check_and_sign(self, height: int, round_: int, step: int, sign_bytes: bytes, sign: SignFn) -> GuardOutcome:
+        """Decide, sign, persist, return. Raises DoubleSignError (refused, nothing signed, state unchanged),
+        PersistError / StateError (not durable: the signature is withheld), ProviderError (signing failed)."""
+        ...
+
+    def current(self) -> object:
+        """The last durable state (a ``pykms.guard.state.SignState``), for status and metrics."""
+        ...
+
+    def close(self) -> None:
+        """Release files, locks and connections."""
+        ...

@@ -1,0 +1,208 @@
+"""Canonical sign bytes: exactly the bytes CometBFT's FilePV signs for a vote, a proposal and a vote extension.
+
+Sign bytes are ``uvarint(len(m)) || m`` where ``m`` is the CanonicalVote / CanonicalProposal /
+CanonicalVoteExtension (cometbft ``types/{vote,proposal,canonical}.go``, PROTOCOL.md §0 and §2.6). The canonical
+messages are built with the generated protobuf classes; what gogoproto does differently from plain proto3 is done
+here by hand:
+
+* the timestamp is always emitted; a Vote/Proposal whose timestamp field was absent on the wire is Go's zero
+  ``time.Time`` (0001-01-01T00:00:00Z, seconds -62135596800), not the Unix epoch;
+* the CanonicalBlockID is emitted iff the BlockID is not zero, and then always carries its part-set header;
+* a block hash or part-set hash of a length other than 0 or 32 is refused (Go's canonicalizer would panic).
+
+The input messages are the generated ``tendermint.types`` Vote/Proposal (what the codec produces for every
+dialect); the ``cometbft.types.v1`` classes have the same fields and work too.
+
+For the double-sign guard, :func:`canonical_view` reads stored or fresh sign bytes back into the pieces FilePV's
+rules compare: the block ID, the timestamp, and the message with its timestamp blanked out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+from google.protobuf.message import DecodeError as _ProtobufDecodeError
+
+from pykms.errors import DecodeError, InvalidRequest
+from pykms.privval.varint import decode_uvarint, encode_uvarint
+from pykms.proto.tendermint.types import canonical_pb2, types_pb2
+
+if TYPE_CHECKING:
+    from pykms.privval.codec import SignProposalRequest, SignVoteRequest
+
+__all__ = [
+    "GO_ZERO_TIME",
+    "PRECOMMIT_TYPE",
+    "PREVOTE_TYPE",
+    "PROPOSAL_TYPE",
+    "STEP_PRECOMMIT",
+    "STEP_PREVOTE",
+    "STEP_PROPOSAL",
+    "CanonicalView",
+    "canonical_view",
+    "proposal_sign_bytes",
+    "step_of",
+    "vote_extension_sign_bytes",
+    "vote_sign_bytes",
+    "with_timestamp",
+]
+
+#: Go's zero time.Time as (seconds, nanos): what an absent non-nullable timestamp becomes (PROTOCOL.md §0 rule 5).
+GO_ZERO_TIME = (-62135596800, 0)
+
+# Range Go accepts when it turns a protobuf Timestamp into a time.Time (gogoproto types/timestamp.go
+# validateTimestamp): 0001-01-01T00:00:00Z <= t < 10000-01-01T00:00:00Z, 0 <= nanos < 1e9. A node cannot
+# send anything outside it, so such a request is not one to sign.
+_MIN_SECONDS = -62135596800
+_MAX_SECONDS = 253402300800
+
+#: SignedMsgType values (cometbft proto/tendermint/types/types.proto).
+PREVOTE_TYPE = 1
+PRECOMMIT_TYPE = 2
+PROPOSAL_TYPE = 32
+
+#: FilePV's steps (privval/file.go stepPropose/stepPrevote/stepPrecommit); the guard orders by them.
+STEP_PROPOSAL = 1
+STEP_PREVOTE = 2
+STEP_PRECOMMIT = 3
+
+_HASH_SIZE = 32  # tmhash.Size: the only non-empty hash length ValidateBasic accepts
+
+
+def _timestamp_of(msg: types_pb2.Vote | types_pb2.Proposal) -> tuple[int, int]:
+    if not msg.HasField("timestamp"):
+        return GO_ZERO_TIME
+    seconds, nanos = msg.timestamp.seconds, msg.timestamp.nanos
+    if not (_MIN_SECONDS <= seconds < _MAX_SECONDS and 0 <= nanos < 1_000_000_000):
+        raise InvalidRequest(f"timestamp out of Go's range: seconds={seconds} nanos={nanos}")
+    return seconds, nanos
+
+
+def _fill_block_id(out: canonical_pb2.CanonicalBlockID, block_id: types_pb2.BlockID) -> bool:
+    """CanonicalizeBlockID into ``out``; False for the zero BlockID (a nil vote), refusal for a malformed hash."""
+    block_hash = block_id.hash
+    psh = block_id.part_set_header
+    if len(block_hash) not in (0, _HASH_SIZE):
+        raise InvalidRequest(f"block hash of {len(block_hash)} bytes (must be 0 or {_HASH_SIZE})")
+    if len(psh.hash) not in (0, _HASH_SIZE):
+        raise InvalidRequest(f"part-set header hash of {len(psh.hash)} bytes (must be 0 or {_HASH_SIZE})")
+    if not block_hash and not psh.total and not psh.hash:
+        return False
+    out.hash = block_hash
+    out.part_set_header.total = psh.total
+    out.part_set_header.hash = psh.hash
+    out.part_set_header.SetInParent()  # non-nullable: `12 00` even when empty
+    return True
+
+
+def _delimited(body: bytes) -> bytes:
+    return encode_uvarint(len(body)) + body
+
+
+def _canonical_vote(chain_id: str, vote: types_pb2.Vote) -> canonical_pb2.CanonicalVote:
+    msg = canonical_pb2.CanonicalVote(type=vote.type, height=vote.height, round=vote.round, chain_id=chain_id)
+    if _fill_block_id(msg.block_id, vote.block_id):
+        msg.block_id.SetInParent()
+    else:
+        msg.ClearField("block_id")  # nullable: a nil vote has no block_id at all
+    msg.timestamp.seconds, msg.timestamp.nanos = _timestamp_of(vote)
+    msg.timestamp.SetInParent()  # non-nullable: the Unix epoch is `2a 00`, never omitted
+    return msg
+
+
+def _canonical_proposal(chain_id: str, proposal: types_pb2.Proposal) -> canonical_pb2.CanonicalProposal:
+    # CanonicalizeProposal hard-codes the type to PROPOSAL whatever the request says (types/canonical.go).
+    msg = canonical_pb2.CanonicalProposal(
+        type=types_pb2.SIGNED_MSG_TYPE_PROPOSAL,
+        height=proposal.height,
+        round=proposal.round,
+        pol_round=proposal.pol_round,
+        chain_id=chain_id,
+    )
+    if _fill_block_id(msg.block_id, proposal.block_id):
+        msg.block_id.SetInParent()
+    else:
+        msg.ClearField("block_id")
+    msg.timestamp.seconds, msg.timestamp.nanos = _timestamp_of(proposal)
+    msg.timestamp.SetInParent()
+    return msg
+
+
+def vote_sign_bytes(chain_id: str, vote: types_pb2.Vote) -> bytes:
+    """``types.VoteSignBytes``: delimited CanonicalVote. Extension fields are not part of it."""
+    return _delimited(_canonical_vote(chain_id, vote).SerializeToString())
+
+
+def proposal_sign_bytes(chain_id: str, proposal: types_pb2.Proposal) -> bytes:
+    """``types.ProposalSignBytes``: delimited CanonicalProposal."""
+    return _delimited(_canonical_proposal(chain_id, proposal).SerializeToString())
+
+
+def vote_extension_sign_bytes(chain_id: str, vote: types_pb2.Vote) -> bytes:
+    """``types.VoteExtensionSignBytes`` (v0.38+): delimited CanonicalVoteExtension, signed even when empty."""
+    msg = canonical_pb2.CanonicalVoteExtension(
+        extension=vote.extension, height=vote.height, round=vote.round, chain_id=chain_id
+    )
+    return _delimited(msg.SerializeToString())
+
+
+def step_of(request: SignVoteRequest | SignProposalRequest) -> int:
+    """FilePV's step for a request: 1 proposal, 2 prevote, 3 precommit; any other vote type is refused."""
+    vote = getattr(request, "vote", None)
+    if vote is None:
+        return STEP_PROPOSAL
+    if vote.type == PREVOTE_TYPE:
+        return STEP_PREVOTE
+    if vote.type == PRECOMMIT_TYPE:
+        return STEP_PRECOMMIT
+    raise InvalidRequest(f"vote of type {int(vote.type)} is neither a prevote nor a precommit")
+
+
+_M = TypeVar("_M", types_pb2.Vote, types_pb2.Proposal)
+
+
+def with_timestamp(msg: _M, timestamp: tuple[int, int]) -> _M:
+    """A copy of ``msg`` carrying ``timestamp`` (seconds, nanos): FilePV's "reuse the stored timestamp" rule."""
+    out = type(msg)()
+    out.CopyFrom(msg)
+    out.timestamp.seconds, out.timestamp.nanos = timestamp
+    out.timestamp.SetInParent()
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class CanonicalView:
+    """What the double-sign guard compares between two sign bytes of one height/round/step."""
+
+    #: The serialized CanonicalBlockID, or None for a nil vote / proposal (no block_id field).
+    block_id: bytes | None
+    #: (seconds, nanos) as signed.
+    timestamp: tuple[int, int]
+    #: The canonical message (no length prefix) with its timestamp set to the Unix epoch: equal for two sign
+    #: bytes that differ only in their timestamp (FilePV checkVotesOnlyDifferByTimestamp).
+    without_timestamp: bytes
+
+
+def canonical_view(sign_bytes: bytes, step: int) -> CanonicalView:
+    """Parse sign bytes made by this module (or by CometBFT) for ``step``; DecodeError if they do not parse."""
+    msg: canonical_pb2.CanonicalVote | canonical_pb2.CanonicalProposal
+    if step == STEP_PROPOSAL:
+        msg = canonical_pb2.CanonicalProposal()
+    elif step in (STEP_PREVOTE, STEP_PRECOMMIT):
+        msg = canonical_pb2.CanonicalVote()
+    else:
+        raise DecodeError(f"no canonical message for step {step}")
+    data = bytes(sign_bytes)
+    head = decode_uvarint(data)
+    if head is None or head[0] != len(data) - head[1]:
+        raise DecodeError("sign bytes: length prefix does not match the message length")
+    try:
+        msg.ParseFromString(data[head[1] :])
+    except (_ProtobufDecodeError, ValueError, RuntimeError) as exc:
+        raise DecodeError(f"sign bytes do not parse as a canonical message: {exc}") from None
+    block_id = msg.block_id.SerializeToString() if msg.HasField("block_id") else None
+    timestamp = (msg.timestamp.seconds, msg.timestamp.nanos) if msg.HasField("timestamp") else GO_ZERO_TIME
+    msg.timestamp.Clear()
+    msg.timestamp.SetInParent()
+    return CanonicalView(block_id=block_id, timestamp=timestamp, without_timestamp=msg.SerializeToString())

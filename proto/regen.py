@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import importlib.util
 import re
 import subprocess
 import sys
@@ -40,9 +41,10 @@ def _sources() -> list[Path]:
 
 
 def _protoc_include() -> Path:
-    import grpc_tools
-
-    return Path(grpc_tools.__file__).resolve().parent / "_proto"
+    spec = importlib.util.find_spec("grpc_tools")
+    if spec is None or spec.origin is None:
+        raise SystemExit("grpcio-tools is not installed: install the dev extras")
+    return Path(spec.origin).resolve().parent / "_proto"
 
 
 # mypy-protobuf 5.1.0 (pinned in pyproject) ships its own extensions_pb2 built by protoc 32 (gencode 6.32), which
@@ -57,8 +59,8 @@ main()
 
 
 def _mypy_plugin(workdir: Path) -> str:
-    import mypy_protobuf  # noqa: F401  (fail early when mypy-protobuf is absent)
-
+    if importlib.util.find_spec("mypy_protobuf") is None:
+        raise SystemExit("mypy-protobuf is not installed: install the dev extras")
     shim = workdir / "protoc-gen-mypy"
     shim.write_text(f"#!{sys.executable}\n{_MYPY_SHIM}")
     shim.chmod(0o700)
@@ -83,8 +85,6 @@ def _rewrite_pyi(text: str) -> str:
 
 def generate(out: Path, workdir: Path) -> list[Path]:
     """Run protoc over every source into ``out``; return the generated files relative to ``out``."""
-    import grpc_tools.protoc  # noqa: F401  (fail early with ImportError when grpcio-tools is absent)
-
     sources = _sources()
     cmd = [
         sys.executable,

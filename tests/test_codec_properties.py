@@ -248,6 +248,20 @@ def test_reader_refuses_overlong_varint(prefix: bytes) -> None:
         MessageReader(MAX_REQUEST_BYTES).feed(prefix)
 
 
+@given(value=st.integers(0, 2**64 - 1), tail=st.binary(max_size=3))
+def test_uvarint_round_trip(value: int, tail: bytes) -> None:
+    encoded = encode_uvarint(value)
+    assert len(encoded) <= 10
+    assert decode_uvarint(encoded + tail) == (value, len(encoded))
+    assert decode_uvarint(encoded[:-1]) is None
+
+
+@pytest.mark.parametrize("value", [-1, 2**64])
+def test_uvarint_range(value: int) -> None:
+    with pytest.raises(ValueError):
+        encode_uvarint(value)
+
+
 def test_reader_largest_varint_is_read_then_capped() -> None:
     assert decode_uvarint(b"\xff" * 9 + b"\x01") == (2**64 - 1, 10)
     with pytest.raises(DecodeError, match="exceeds the cap"):

@@ -229,7 +229,7 @@ def _first_field_number(body: bytes) -> int | None:
     """Field number of the first tag in ``body`` (for error texts only); None if it does not parse."""
     try:
         head = decode_uvarint(body)
-    except DecodeError:
+    except DecodeError:  # pragma: no cover - protobuf has already parsed these bytes, tags included
         return None
     return None if head is None else head[0] >> 3
 

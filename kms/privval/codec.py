@@ -15,8 +15,8 @@ SignBytesRequest/Response as Message cases 9/10.
 Votes and proposals are always the generated ``pykms.proto.tendermint.types.types_pb2`` Vote / Proposal, in every
 dialect: ``cometbft.types.v1`` is wire-identical, and one class lets the sign-bytes code, the handler and the
 guard ignore dialects. They are kept as protobuf messages (not copied into dataclasses) so every field, the
-extension fields and fields unknown to us included, goes back out byte for byte: tmkms#1174 dropped fields 9/10
-in its re-encoding and broke a chain.
+extension fields and fields unknown to us included (cometbft main adds non_rp_extension 11/12), goes back out
+byte for byte: tmkms#1174 dropped fields 9/10 in its re-encoding and broke a chain.
 
 Every decoding failure raises :class:`pykms.errors.DecodeError`, and nothing else, so the connection layer has
 one thing to catch: it drops that connection.
@@ -74,7 +74,7 @@ __all__ = [
 ]
 
 #: Cap on a request body the signer reads. CometBFT v0.38+ lets a precommit carry a vote extension of up to
-#: 1 MiB (types.MaxVoteExtensionSize = 1024 * 1024, types/vote.go; PROTOCOL.md §2.2); the rest of a
+#: 1 MiB (PROTOCOL.md §2.2; types.MaxVoteExtensionSize = 1024 * 1024 in cometbft types/vote.go); the rest of a
 #: SignVoteRequest (vote fields, chain id, tags) is a few hundred bytes, so 64 KiB of margin is ample while still
 #: bounding what a hostile peer can make us buffer.
 MAX_REQUEST_BYTES: Final = 1024 * 1024 + 64 * 1024

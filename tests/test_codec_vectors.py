@@ -309,3 +309,20 @@ def test_vote_from_the_wire_without_timestamp_stays_without() -> None:
     assert isinstance(got, codec.SignVoteRequest)
     assert not got.vote.HasField("timestamp")
     assert codec.encode_request(Dialect.V0_38, got) == body
+
+
+@pytest.mark.parametrize("dialect", [Dialect.V0_38, Dialect.V1_0])
+def test_signed_vote_without_echoing_a_large_extension(dialect: Dialect) -> None:
+    vote = v5_vote(dialect)
+    vote.extension = b"\x05" * 20_000
+    vote.signature, vote.extension_signature = b"\x01" * 64, b"\x02" * 64
+    full = codec.encode_signed_vote(dialect, vote)
+    assert len(full) > codec.MAX_RESPONSE_BYTES  # a v0.38-v1.0.1 node would refuse to read it
+    slim = codec.encode_signed_vote(dialect, vote, echo_extension=False)
+    assert len(slim) < 300
+    resp = codec.decode_response(dialect, slim)
+    assert isinstance(resp, codec.SignedVoteResponse)
+    assert resp.vote.extension == b""
+    assert (resp.vote.signature, resp.vote.extension_signature) == (vote.signature, vote.extension_signature)
+    assert resp.vote.timestamp == vote.timestamp
+    assert vote.extension == b"\x05" * 20_000  # the caller's vote is untouched

@@ -465,10 +465,18 @@ def encode_pubkey_response(dialect: Dialect, pub: bytes, key_type: str = "ed2551
     return _serialize(msg)
 
 
-def encode_signed_vote(dialect: Dialect, vote: types_pb2.Vote) -> bytes:
-    """SignedVoteResponse echoing ``vote`` (with its signature and extension signature set), no error."""
+def encode_signed_vote(dialect: Dialect, vote: types_pb2.Vote, *, echo_extension: bool = True) -> bytes:
+    """SignedVoteResponse echoing ``vote`` (with its signature and extension signature set), no error.
+
+    ``echo_extension=False`` leaves the extension bytes (field 9) out of the echo. The node copies only the
+    signature, timestamp and extension signature from the returned vote (PROTOCOL.md §2.8) but reads responses
+    capped at MAX_RESPONSE_BYTES, so echoing an extension of more than ~10 KB makes the node drop the response.
+    """
     msg = _new_message(dialect)
-    _copy_into(msg.signed_vote_response.vote, vote)
+    target = msg.signed_vote_response.vote
+    _copy_into(target, vote)
+    if not echo_extension:
+        target.ClearField("extension")
     return _serialize(msg)
 
 

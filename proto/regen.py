@@ -138,6 +138,18 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 target.write_text(fresh)
                 print(f"wrote proto/{rel}")
+        expected = set(generated)
+        for root in ROOTS:
+            for orphan in sorted((HERE / root).rglob("*_pb2.py*")):
+                rel = orphan.relative_to(HERE)
+                if rel in expected:
+                    continue
+                if args.check:
+                    stale.append(rel)
+                    print(f"proto/{rel} has no .proto source", file=sys.stderr)
+                else:
+                    orphan.unlink()
+                    print(f"removed proto/{rel} (no .proto source)")
         if stale:
             names = ", ".join(f"proto/{p}" for p in stale)
             print(

@@ -127,8 +127,14 @@ def test_keys_and_auth_sig_message() -> None:
     }  # fmt: skip
     for mod in (conn_pb2, v1_conn):
         assert fields(mod.AuthSigMessage.DESCRIPTOR) == {"pub_key": (1, T.TYPE_MESSAGE), "sig": (2, T.TYPE_BYTES)}
-    # The 103-byte AuthSigMessage plaintext of VECTORS.md D1 (derived), less its 1-byte length prefix.
-    pub = bytes.fromhex("642b2e4e369ccc4ca89fbd2798ac70bf0bbe8eaadbab9387df242370ad121717")
-    msg = conn_pb2.AuthSigMessage(sig=b"\x01" * 64)
-    msg.pub_key.ed25519 = pub
-    assert msg.SerializeToString() == b"\x0a\x22\x0a\x20" + pub + b"\x12\x40" + b"\x01" * 64
+    # VECTORS.md D1 (derived, not upstream): side A's 103-byte AuthSigMessage plaintext, length prefix included.
+    d1 = bytes.fromhex(
+        "660a220a20642b2e4e369ccc4ca89fbd2798ac70bf0bbe8eaadbab9387df242370ad121717124041840cc4724d9fcc03ff91f947add7"
+        "09f88ed7a8f965d6d702a2a715965dcd4d2198a380a925b7c17b4fa0bfb35c5f8ed51254fa42711d3e7a869c86f9d4f00f"
+    )
+    for mod in (conn_pb2, v1_conn):
+        msg = mod.AuthSigMessage(sig=d1[-64:])
+        msg.pub_key.ed25519 = d1[5:37]
+        body = msg.SerializeToString()
+        assert bytes([len(body)]) + body == d1
+        assert mod.AuthSigMessage.FromString(d1[1:]).pub_key.ed25519 == d1[5:37]

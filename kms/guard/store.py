@@ -7,8 +7,8 @@ closed: never a silent restart from height 0). An exclusive ``flock`` on ``<stat
 store is open, so two pykms processes cannot sign from one state (``StateLocked``). The lock lives in a separate
 file because the JSON store replaces the state file by rename, which a lock on the file itself would not survive.
 
-Every OS call goes through a ``FileOps`` object so the power-loss test can fail any one of them
-(tests/test_store_powerloss.py).
+Stores are not thread-safe: the guard calls them under the chain's lock. Every OS call goes through a
+``FileOps`` object so the power-loss test can fail any one of them (tests/test_store_powerloss.py).
 """
 
 from __future__ import annotations

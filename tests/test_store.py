@@ -325,3 +325,58 @@ def test_closed_store_refuses(tmp_path: Path, cls: Store) -> None:
     with pytest.raises(StateError, match="closed"):
         store.load()
     assert repr(store) == f"{cls.__name__}({str(tmp_path / 's')!r})"
+
+
+@pytest.mark.parametrize("cls", STORES)
+def test_create_failure_is_persist_error_and_leaves_no_state(tmp_path: Path, cls: Store) -> None:
+    with pytest.raises(PersistError, match=r"could not create.*Input/output error"):
+        cls.create(tmp_path / "s", SignState.initial(), ops=FailingOps("fsync", errno.EIO))
+    with pytest.raises(StateMissing):
+        cls(tmp_path / "s")
+
+
+@pytest.mark.parametrize("fail", ["open", "flock"])
+@pytest.mark.parametrize("cls", STORES)
+def test_unusable_lock_file_is_a_state_error(tmp_path: Path, cls: Store, fail: str) -> None:
+    cls.create(tmp_path / "s", SignState.initial()).close()
+    with pytest.raises(StateError, match=r"lock.*Permission denied"):
+        cls(tmp_path / "s", ops=FailingOps(fail, errno.EACCES))
+
+
+def test_json_file_removed_under_a_running_store_is_missing(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    with JsonStateStore.create(path, SignState.initial()) as store:
+        path.unlink()
+        with pytest.raises(StateMissing, match="pykms state init"):
+            store.load()
+
+
+def test_slot_store_on_garbage_is_corrupt(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    path.write_bytes(b"\x00" * SLOTS_FILE_SIZE)
+    with pytest.raises(StateCorrupt, match="header is damaged"):
+        SlotStateStore(path)
+
+
+def test_slots_file_decoding_refuses_unknown_version_and_ambiguous_slots(tmp_path: Path) -> None:
+    from pykms.guard.store import _encode_header, _encode_slot
+
+    header = bytearray(_encode_header())
+    good = bytes(header) + _encode_slot(state(1), 0, 0) + _encode_slot(state(1), 1, 1)
+    assert decode_slots_file(good, "x") == (1, state(1))
+    ambiguous = bytes(header) + _encode_slot(state(1), 4, 0) + _encode_slot(state(2), 4, 1)
+    with pytest.raises(StateCorrupt, match="same sequence number"):
+        decode_slots_file(ambiguous, "x")
+    # A slot copied into the other position is not accepted there (the slot index is checksummed).
+    swapped = bytes(header) + _encode_slot(state(1), 1, 1) + _encode_slot(state(1), 1, 1)
+    assert decode_slots_file(swapped, "x") == (1, state(1))
+    both_wrong = bytes(header) + _encode_slot(state(1), 1, 1) + _encode_slot(state(1), 0, 0)
+    with pytest.raises(StateCorrupt, match="both slots"):
+        decode_slots_file(both_wrong, "x")
+
+
+def test_read_any_state_file(tmp_path: Path) -> None:
+    from pykms.guard.state import read_any_state_file
+
+    create_state_file(tmp_path / "s", state(12), fmt="slots")
+    assert read_any_state_file(tmp_path / "s") == state(12)

@@ -1,0 +1,160 @@
+"""Signer benchmark: sequential signing requests from the validator side, verified, with latency figures.
+
+The floor is what no signer can beat on this machine with the same durability: one flush of a small file to
+stable storage (fdatasync, in the directory given, default the current one) plus one Ed25519 signature,
+measured in the same run. ``p50 / floor`` says how much a signer adds on top of that.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from nacl.signing import SigningKey, VerifyKey
+
+from pykms.errors import HarnessError
+from pykms.harness.simulator import PRECOMMIT, PREVOTE, SignerLink, make_proposal, make_vote
+from pykms.privval.signbytes import proposal_sign_bytes, vote_extension_sign_bytes, vote_sign_bytes
+
+__all__ = ["BenchResult", "format_result", "measure_floor", "percentile", "run_sequence"]
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    requests: int
+    min_ms: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    signatures_per_s: float
+    floor_ms: float
+    fsync_ms: float
+    sign_ms: float
+    p50_over_floor: float
+    p99_over_floor: float
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted list."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(0, min(len(sorted_values) - 1, round(q / 100 * len(sorted_values) + 0.5) - 1))
+    return sorted_values[rank]
+
+
+def measure_floor(directory: Path, samples: int = 300) -> tuple[float, float]:
+    """Median seconds of one fdatasync of a small file in ``directory``, and of one Ed25519 signature."""
+    fd, name = tempfile.mkstemp(prefix=".pykms-floor-", dir=directory)
+    try:
+        os.write(fd, b"\0" * 256)
+        os.fsync(fd)
+        flushes = []
+        for i in range(samples):
+            os.pwrite(fd, i.to_bytes(8, "little") * 16, 0)
+            start = time.perf_counter()
+            os.fdatasync(fd)
+            flushes.append(time.perf_counter() - start)
+    finally:
+        os.close(fd)
+        os.unlink(name)
+    key = SigningKey.generate()
+    message = b"\x77" * 120  # the size of a vote's sign bytes
+    signs = []
+    for _ in range(samples):
+        start = time.perf_counter()
+        key.sign(message)
+        signs.append(time.perf_counter() - start)
+    return statistics.median(flushes), statistics.median(signs)
+
+
+def run_sequence(
+    link: SignerLink,
+    n: int,
+    *,
+    start_height: int,
+    proposal: bool = False,
+    extensions: bool = False,
+    pubkey: bytes | None = None,
+) -> list[float]:
+    """Send ``n`` signing requests at increasing heights; verify each signature; return latencies (s).
+
+    Votes alternate prevote/precommit at each height (precommits carry an extension when ``extensions``);
+    with ``proposal`` each height starts with a proposal.
+    """
+    if pubkey is None:
+        pubkey = link.pubkey().pub_key
+    verify = VerifyKey(pubkey)
+    chain_id = link.chain_id
+    latencies: list[float] = []
+    height = start_height
+    kinds = (["proposal"] if proposal else []) + ["prevote", "precommit"]
+    while len(latencies) < n:
+        for kind in kinds:
+            if len(latencies) >= n:
+                break
+            if kind == "proposal":
+                msg = make_proposal(height, 0, f"block-{height}")
+                start = time.perf_counter()
+                resp = link.sign_proposal(msg)
+                latencies.append(time.perf_counter() - start)
+                _check(resp, kind, height)
+                verify.verify(proposal_sign_bytes(chain_id, resp.proposal), bytes(resp.proposal.signature))
+                continue
+            vote_type = PREVOTE if kind == "prevote" else PRECOMMIT
+            ext = f"ext-{height}".encode() if (extensions and vote_type == PRECOMMIT) else b""
+            msg = make_vote(height, 0, vote_type, f"block-{height}", extension=ext)
+            start = time.perf_counter()
+            resp = link.sign_vote(msg)
+            latencies.append(time.perf_counter() - start)
+            _check(resp, kind, height)
+            verify.verify(vote_sign_bytes(chain_id, resp.vote), bytes(resp.vote.signature))
+            if extensions and vote_type == PRECOMMIT:
+                verify.verify(vote_extension_sign_bytes(chain_id, resp.vote), bytes(resp.vote.extension_signature))
+        height += 1
+    return latencies
+
+
+def _check(resp: Any, kind: str, height: int) -> None:
+    if getattr(resp, "error", None) is not None:
+        raise HarnessError(f"{kind} at height {height} refused: {resp.error.description}", 7)
+
+
+def summarize(latencies: list[float], fsync_s: float, sign_s: float, wall_s: float) -> BenchResult:
+    ordered = sorted(latencies)
+    floor = fsync_s + sign_s
+    p50, p99 = percentile(ordered, 50), percentile(ordered, 99)
+    return BenchResult(
+        requests=len(ordered),
+        min_ms=ordered[0] * 1e3,
+        p50_ms=p50 * 1e3,
+        p90_ms=percentile(ordered, 90) * 1e3,
+        p99_ms=p99 * 1e3,
+        max_ms=ordered[-1] * 1e3,
+        signatures_per_s=len(ordered) / wall_s if wall_s > 0 else float("nan"),
+        floor_ms=floor * 1e3,
+        fsync_ms=fsync_s * 1e3,
+        sign_ms=sign_s * 1e3,
+        p50_over_floor=p50 / floor,
+        p99_over_floor=p99 / floor,
+    )
+
+
+def format_result(result: BenchResult, *, as_json: bool = False) -> str:
+    if as_json:
+        return json.dumps(asdict(result), indent=2)
+    r = result
+    return (
+        f"requests        {r.requests}\n"
+        f"latency ms      min {r.min_ms:.3f}  p50 {r.p50_ms:.3f}  p90 {r.p90_ms:.3f}  p99 {r.p99_ms:.3f}"
+        f"  max {r.max_ms:.3f}\n"
+        f"throughput      {r.signatures_per_s:.0f} signatures/s\n"
+        f"floor ms        {r.floor_ms:.3f}  (fdatasync {r.fsync_ms:.3f} + ed25519 sign {r.sign_ms:.3f})\n"
+        f"ratio           p50/floor {r.p50_over_floor:.2f}  p99/floor {r.p99_over_floor:.2f}"
+    )

@@ -1,0 +1,242 @@
+"""Core commands: ``start``, ``init``, ``keys show``, ``state show|init|import``, ``version``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from pykms import __version__
+from pykms.errors import ConfigError, KmsError, SigningRefused, StateError
+
+__all__ = ["register"]
+
+_CONFIG_TEMPLATE = """\
+# pykms configuration (tmkms.toml format). Every key is documented in config/tmkms.toml.example.
+
+[[chain]]
+id = "{chain_id}"
+key_format = {{ type = "bech32", account_key_prefix = "cosmospub", consensus_key_prefix = "cosmosvalconspub" }}
+state_file = "{home}/state/{chain_id}_priv_validator_state.json"
+
+[[providers.softsign]]
+chain_ids = ["{chain_id}"]
+key_type = "consensus"
+path = "{home}/secrets/{chain_id}-consensus.key"
+
+[[validator]]
+chain_id = "{chain_id}"
+# The node's priv_validator_laddr. Pin the node with tcp://NODE_ID@host:port only if you accept re-pinning after
+# every node restart: CometBFT makes a new SecretConnection key for the privval listener at each start.
+addr = "tcp://127.0.0.1:26659"
+secret_key = "{home}/secrets/kms-identity.key"
+protocol_version = "v0.38"
+reconnect = true
+"""
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c", "--config", type=Path, default=None, help="tmkms.toml (default: $TMKMS_CONFIG_FILE, then ./tmkms.toml)"
+    )
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("start", help="run the signer")
+    _config_arg(p)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--log-format", choices=("console", "json", "auto"), default="auto")
+    p.set_defaults(func=cmd_start)
+
+    p = sub.add_parser("init", help="create a KMS home: config from a template, identity key, directories")
+    p.add_argument("home", type=Path)
+    p.add_argument("--chain-id", default="cosmoshub-4")
+    p.set_defaults(func=cmd_init)
+
+    keys = sub.add_parser("keys", help="consensus keys").add_subparsers(dest="keys_cmd", metavar="CMD")
+    p = keys.add_parser("show", help="each chain's consensus public key (bech32, hex, base64, address)")
+    _config_arg(p)
+    p.set_defaults(func=cmd_keys_show)
+
+    state = sub.add_parser("state", help="double-sign state").add_subparsers(dest="state_cmd", metavar="CMD")
+    p = state.add_parser("show", help="print a chain's last signed height/round/step (CometBFT JSON)")
+    _config_arg(p)
+    p.add_argument("--chain", required=True)
+    p.set_defaults(func=cmd_state_show)
+    p = state.add_parser("init", help="create a chain's state file at a given height/round/step")
+    _config_arg(p)
+    p.add_argument("--chain", required=True)
+    p.add_argument("--height", type=int, default=0)
+    p.add_argument("--round", type=int, default=0)
+    p.add_argument("--step", type=int, default=0, choices=(0, 1, 2, 3))
+    p.add_argument("--force", action="store_true", help="overwrite an existing state (dangerous)")
+    p.set_defaults(func=cmd_state_init)
+    p = state.add_parser("import", help="import a node's priv_validator_state.json or a tmkms state file")
+    _config_arg(p)
+    p.add_argument("--chain", required=True)
+    p.add_argument("file", type=Path)
+    p.add_argument("--force", action="store_true", help="allow importing a state older than the current one")
+    p.set_defaults(func=cmd_state_import)
+
+    p = sub.add_parser("version", help="print the version")
+    p.set_defaults(func=lambda _args: print(f"pykms {__version__}") or 0)
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from pykms.config import load_config
+
+    return load_config(args.config)
+
+
+def _chain(config: Any, chain_id: str) -> Any:
+    for chain in config.chains:
+        if chain.id == chain_id:
+            return chain
+    known = ", ".join(c.id for c in config.chains) or "none"
+    raise ConfigError(f"no [[chain]] with id {chain_id!r} (configured: {known})", file=str(config.path), key="chain.id")
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from pykms.logconfig import configure_logging
+    from pykms.runtime import Runtime
+
+    configure_logging(args.log_format, verbose=args.verbose)
+    config = _load(args)
+    runtime = Runtime(config)
+    runtime.build()
+    return runtime.run_forever()
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from pykms.secretconn.identity import generate_identity
+
+    home: Path = args.home.resolve()
+    config_path = home / "tmkms.toml"
+    if config_path.exists():
+        raise ConfigError("already exists; refusing to overwrite", file=str(config_path))
+    for sub in ("secrets", "state"):
+        (home / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+    generate_identity(home / "secrets" / "kms-identity.key")
+    config_path.write_text(_CONFIG_TEMPLATE.format(home=home, chain_id=args.chain_id))
+    print(f"created {config_path}, {home / 'secrets' / 'kms-identity.key'} (0600) and {home / 'state'}")
+    print("next steps:")
+    print(f"  pykms softsign keygen {home / 'secrets' / (args.chain_id + '-consensus.key')}   (or: softsign import)")
+    print(f"  pykms state import -c {config_path} --chain {args.chain_id} NODE_HOME/data/priv_validator_state.json")
+    print(f"     or, for a brand-new validator: pykms state init -c {config_path} --chain {args.chain_id}")
+    print(f"  pykms start -c {config_path}")
+    return 0
+
+
+def cmd_keys_show(args: argparse.Namespace) -> int:
+    import hashlib
+
+    from pykms.keyring import format_public_key
+    from pykms.providers.registry import build_signers
+
+    config = _load(args)
+    signers = build_signers(config)
+    try:
+        for chain in config.chains:
+            signer = signers.get(chain.id)
+            if signer is None:
+                print(f"{chain.id}: no key configured")
+                continue
+            pub = signer.public_key()
+            print(f"{chain.id} ({signer.provider}):")
+            print(f"  consensus key: {format_public_key(pub, chain.key_format)}")
+            print(f"  hex:           {pub.hex().upper()}")
+            print(f"  base64:        {__import__('base64').b64encode(pub).decode()}")
+            print(f"  address:       {hashlib.sha256(pub).digest()[:20].hex().upper()}")
+    finally:
+        for signer in signers.values():
+            signer.close()
+    return 0
+
+
+def _postgres(config: Any) -> bool:
+    return config.guard is not None and config.guard.backend == "postgres"
+
+
+def cmd_state_show(args: argparse.Namespace) -> int:
+    from pykms.guard.state import state_to_json
+
+    config = _load(args)
+    chain = _chain(config, args.chain)
+    if _postgres(config):
+        from pykms.cli.guard import show_state
+
+        state = show_state(config, chain.id)
+    else:
+        from pykms.guard.factory import open_store
+
+        store = open_store(config, chain)
+        try:
+            state = store.load()
+        finally:
+            store.close()
+    sys.stdout.write(state_to_json(state))
+    if not state_to_json(state).endswith("\n"):
+        sys.stdout.write("\n")
+    return 0
+
+
+def cmd_state_init(args: argparse.Namespace) -> int:
+    from pykms.guard.state import SignState
+
+    state = SignState(height=args.height, round=args.round, step=args.step, signature=b"", sign_bytes=b"")
+    return _write_state(args, state, allow_backwards=args.force, replace=args.force)
+
+
+def cmd_state_import(args: argparse.Namespace) -> int:
+    from pykms.guard.store import read_state_file
+
+    _fmt, state = read_state_file(args.file)
+    return _write_state(args, state, allow_backwards=args.force, replace=True)
+
+
+def _write_state(args: argparse.Namespace, state: Any, *, allow_backwards: bool, replace: bool) -> int:
+    """Write ``state`` as the chain's guard state; refuse to move it backwards unless forced."""
+    config = _load(args)
+    chain = _chain(config, args.chain)
+    if _postgres(config):
+        from pykms.cli.guard import import_state
+
+        import_state(config, chain.id, state, force=allow_backwards)
+        print(f"{chain.id}: state set to height {state.height} round {state.round} step {state.step} (postgres)")
+        return 0
+    from pykms.guard.factory import default_state_path, open_store
+
+    path = default_state_path(config, chain)
+    if path.exists():
+        store = open_store(config, chain)  # takes the lock: refuses while a running pykms holds the state
+        try:
+            try:
+                current = store.load()
+            except StateError:
+                current = None
+            if not replace and current is not None:
+                raise StateError(f"{path}: a state already exists (height {current.height}); use --force to replace")
+            if (
+                current is not None
+                and not allow_backwards
+                and ((state.height, state.round, state.step) < (current.height, current.round, current.step))
+            ):
+                raise SigningRefused(
+                    f"{path}: the imported state (height {state.height} round {state.round} step {state.step}) "
+                    f"is older than the current one (height {current.height} round {current.round} "
+                    f"step {current.step}); refusing to weaken the double-sign guard (use --force to override)"
+                )
+            store.save(state)
+        finally:
+            store.close()
+    else:
+        from pykms.guard.store import create_state_file
+
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        create_state_file(path, state, fmt=chain.state_format)
+    print(f"{chain.id}: state set to height {state.height} round {state.round} step {state.step} ({path})")
+    return 0
+
+
+_ = KmsError  # re-exported for handlers that raise it

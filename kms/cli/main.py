@@ -1,0 +1,97 @@
+"""``pykms``: the command-line entry point and the one place where errors become exit codes.
+
+Exit codes (documented in the README):
+
+====  =========================================================================
+0     success
+1     unexpected internal error (a bug: please report it with the log)
+2     usage error (bad arguments)
+3     configuration error (the message names the file, the key and the fix)
+4     key file error (missing, malformed, or readable by other users)
+5     double-sign state error (missing, corrupt, locked, or not writable)
+6     signing backend error (HSM, Ledger, PKCS#11 token)
+7     protocol error
+8     refused (a request or action was refused, e.g. ``state import`` of an older state)
+130   interrupted (SIGINT)
+====  =========================================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from pykms import __version__
+from pykms.errors import (
+    ConfigError,
+    KeyFileError,
+    KmsError,
+    ProtocolError,
+    ProviderError,
+    SigningRefused,
+    StateError,
+)
+
+__all__ = ["EXIT_CODES", "exit_code_for", "main"]
+
+EXIT_CODES: dict[type[KmsError], int] = {
+    ConfigError: 3,
+    KeyFileError: 4,
+    StateError: 5,
+    ProviderError: 6,
+    ProtocolError: 7,
+    SigningRefused: 8,
+}
+
+#: Command groups, each a module with ``register(subparsers)``. Optional ones (a provider whose library is not
+#: installed) are skipped with a note in ``pykms --help`` rather than breaking every command.
+_GROUPS = ("core", "softsign", "yubihsm", "ledger", "pkcs11", "guard", "audit")
+
+
+def exit_code_for(exc: KmsError) -> int:
+    """Map an error to its exit code: the most specific registered class wins."""
+    for cls in type(exc).__mro__:
+        if cls in EXIT_CODES:
+            return EXIT_CODES[cls]
+    return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pykms", description="Remote signer for CometBFT validators (a drop-in for tmkms)."
+    )
+    parser.add_argument("--version", action="version", version=f"pykms {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for group in _GROUPS:
+        try:
+            module = importlib.import_module(f"pykms.cli.{group}")
+        except ImportError as exc:  # an optional provider library missing
+            name = exc.name or group
+            sub.add_parser(group, help=f"(unavailable: {name} is not installed)")
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        code = func(args)
+        return int(code or 0)
+    except KmsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exit_code_for(exc)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

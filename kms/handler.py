@@ -1,0 +1,281 @@
+"""One privval request in, one response out: the request handler of the signing path.
+
+Sits between the codec and the guard (DESIGN §1): checks the chain id and max_height, builds the canonical sign
+bytes, and runs the chain's critical section — decide, sign, persist, reply — under the chain's lock, so every
+connection to one chain (several sentries) sees one ordered history and two sentries asking for the same vote
+get the same signature.
+
+The handler never lets a signature out before the guard backend has made the state durable: the reply is built
+from the guard's outcome, and the ``reply`` callback runs while the lock is still held.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pykms.errors import (
+    ChainIdMismatch,
+    DoubleSignError,
+    HeightAboveMax,
+    InvalidRequest,
+    KmsError,
+    ProviderError,
+    SigningRefused,
+    StateError,
+)
+from pykms.guard.backend import GuardBackend, GuardOutcome
+from pykms.privval import codec
+from pykms.privval.codec import Dialect
+from pykms.privval.signbytes import proposal_sign_bytes, step_of, vote_extension_sign_bytes, vote_sign_bytes
+from pykms.providers.signer import Signer
+
+__all__ = ["ChainContext", "RequestHandler", "SignEvent"]
+
+_STEP_NAMES = {1: "proposal", 2: "prevote", 3: "precommit"}
+
+
+@dataclass(frozen=True, slots=True)
+class SignEvent:
+    """What happened to one signing request, for logs, metrics and the audit log."""
+
+    chain_id: str
+    kind: str  # proposal | prevote | precommit | sign_bytes
+    height: int
+    round: int
+    step: int
+    block_id: bytes  # block hash ("" for nil)
+    sign_bytes: bytes
+    signature: bytes | None
+    outcome: str  # signed | reused | refused | error
+    reason: str
+    duration_s: float
+
+
+@dataclass
+class ChainContext:
+    """Everything one chain's connections share: its key, its guard, and the lock over both."""
+
+    chain_id: str
+    signer: Signer
+    guard: GuardBackend
+    #: None: by dialect (v0.38 and v1.0 sign extensions on non-nil precommits); False: never (chains with
+    #: extensions disabled, e.g. behind a Ledger); True: as None.
+    sign_extensions: bool | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Observers called (under no lock) after each signing request: metrics, audit log.
+    observers: list[Callable[[SignEvent], None]] = field(default_factory=list)
+    #: Called under the lock before the reply leaves, for records that must be durable first (audit log).
+    durable_observers: list[Callable[[SignEvent], None]] = field(default_factory=list)
+
+    #: The last reason the state could not be made durable ("" once a signature persisted again); /health.
+    persist_error: str = ""
+    #: pykms.metrics.Metrics when metrics are on.
+    metrics: Any = None
+
+    def sign(self, message: bytes) -> bytes:
+        """Sign through the provider, timed and counted for the metrics."""
+        if self.metrics is None:
+            return self.signer.sign(message)
+        provider = self.signer.provider
+        started = time.perf_counter()
+        try:
+            signature = self.signer.sign(message)
+        except Exception as exc:
+            self.metrics.provider_errors.labels(provider, type(exc).__name__).inc()
+            raise
+        self.metrics.provider_latency.labels(provider).observe(time.perf_counter() - started)
+        return signature
+
+
+class RequestHandler:
+    """Handles the requests of one validator connection for one chain."""
+
+    def __init__(
+        self,
+        chain: ChainContext,
+        dialect: Dialect,
+        *,
+        chain_id: str,
+        max_height: int | None = None,
+        log: Any = None,
+    ) -> None:
+        self.chain = chain
+        self.dialect = dialect
+        self.chain_id = chain_id
+        self.max_height = max_height
+        self.log = log
+
+    # The entry point -----------------------------------------------------------------------------------
+
+    def handle(self, body: bytes, reply: Callable[[bytes], None]) -> None:
+        """Decode ``body``, act, and call ``reply`` with the encoded response.
+
+        Raises ProtocolError (DecodeError) for a body that is not a request: the caller closes the connection.
+        """
+        request = codec.decode_request(self.dialect, body)
+        if isinstance(request, codec.PingRequest):
+            reply(codec.encode_ping_response())
+        elif isinstance(request, codec.PubKeyRequest):
+            reply(self._pubkey(request))
+        elif isinstance(request, codec.SignVoteRequest | codec.SignProposalRequest):
+            self._sign_consensus(request, reply)
+        elif isinstance(request, codec.SignBytesRequest):
+            self._sign_raw(request, reply)
+        else:  # pragma: no cover - decode_request returns only the types above
+            raise InvalidRequest(f"unsupported request {type(request).__name__}")
+
+    # Requests ------------------------------------------------------------------------------------------
+
+    def _pubkey(self, request: codec.PubKeyRequest) -> bytes:
+        # CometBFT's node sends its own chain id; an empty one is accepted as tmkms does (older nodes).
+        if request.chain_id and request.chain_id != self.chain_id:
+            self._log_refusal("pubkey", ChainIdMismatch(f"unable to provide pubkey for chain {request.chain_id!r}"))
+            return codec.encode_error(self.dialect, request, 0, "unable to provide pubkey")
+        return codec.encode_pubkey_response(self.dialect, self.chain.signer.public_key())
+
+    def _sign_consensus(
+        self, request: codec.SignVoteRequest | codec.SignProposalRequest, reply: Callable[[bytes], None]
+    ) -> None:
+        started = time.perf_counter()
+        is_vote = isinstance(request, codec.SignVoteRequest)
+        msg: Any = request.vote if isinstance(request, codec.SignVoteRequest) else request.proposal
+        height, round_ = int(msg.height), int(msg.round)
+        block_hash = bytes(msg.block_id.hash)
+        kind = "vote" if is_vote else "proposal"
+        step = 0
+        sign_bytes = b""
+        try:
+            if request.chain_id != self.chain_id:
+                raise ChainIdMismatch(f"request for chain {request.chain_id!r} on a connection for {self.chain_id!r}")
+            step = step_of(request)
+            kind = _STEP_NAMES[step]
+            if self.max_height is not None and height > self.max_height:
+                raise HeightAboveMax(f"height {height} is above max_height {self.max_height}")
+            if isinstance(request, codec.SignVoteRequest):
+                sign_bytes = vote_sign_bytes(self.chain_id, request.vote)
+                extension_wanted = self._extension_wanted(request)
+            else:
+                sign_bytes = proposal_sign_bytes(self.chain_id, request.proposal)
+                extension_wanted = False
+            with self.chain.lock:
+                outcome = self.chain.guard.check_and_sign(height, round_, step, sign_bytes, self.chain.sign)
+                extension_signature = b""
+                if extension_wanted:
+                    extension_signature = self.chain.sign(vote_extension_sign_bytes(self.chain_id, msg))
+                response = self._signed_response(request, outcome, extension_signature)
+                event = SignEvent(
+                    self.chain_id, kind, height, round_, step, block_hash, sign_bytes, outcome.signature,
+                    "signed" if outcome.fresh else "reused", "", time.perf_counter() - started,
+                )  # fmt: skip
+                for observer in self.chain.durable_observers:
+                    observer(event)
+                reply(response)
+        except SigningRefused as exc:
+            self._refuse(request, kind, height, round_, step, block_hash, sign_bytes, exc, started, reply)
+            return
+        except (StateError, ProviderError) as exc:
+            # Not durable or not signed: withhold the signature, tell the node, keep the connection.
+            if isinstance(exc, StateError):
+                self.chain.persist_error = str(exc)
+            self._refuse(request, kind, height, round_, step, block_hash, sign_bytes, exc, started, reply)
+            return
+        self.chain.persist_error = ""
+        self._notify(event)
+        if self.log is not None:
+            self.log.info(
+                f"{kind}_signed" if outcome.fresh else f"{kind}_resigned",
+                height=height, round=round_, step=step, block=block_hash[:6].hex() or "nil",
+                ms=round(event.duration_s * 1000, 3), extension=bool(extension_signature),
+            )  # fmt: skip
+
+    def _sign_raw(self, request: codec.SignBytesRequest, reply: Callable[[bytes], None]) -> None:
+        # v1.0 SignBytes: arbitrary bytes signed verbatim (FilePV does so). They carry no height, so the guard
+        # cannot protect them; pykms refuses them unless a future config opts in.
+        exc = InvalidRequest("SignBytes requests are refused: arbitrary bytes bypass the double-sign guard")
+        self._log_refusal("sign_bytes", exc)
+        reply(codec.encode_error(self.dialect, request, 0, str(exc)))
+
+    # Helpers -------------------------------------------------------------------------------------------
+
+    def _extension_wanted(self, request: codec.SignVoteRequest) -> bool:
+        """FilePV's rules (PROTOCOL.md §2.7): sign an extension on every non-nil precommit, never elsewhere."""
+        vote = request.vote
+        if self.dialect in (Dialect.V0_34, Dialect.V0_37):
+            return False
+        is_nil = not vote.block_id.hash and not vote.block_id.part_set_header.total
+        non_nil_precommit = vote.type == 2 and not is_nil
+        if not non_nil_precommit and vote.extension:
+            raise InvalidRequest("unexpected vote extension: only non-nil precommits carry one")
+        if self.chain.sign_extensions is False:
+            return False
+        if self.dialect is Dialect.V1_0 and request.skip_extension_signing:
+            return False
+        return non_nil_precommit
+
+    def _signed_response(self, request: Any, outcome: GuardOutcome, extension_signature: bytes) -> bytes:
+        if isinstance(request, codec.SignVoteRequest):
+            vote = request.vote
+            if outcome.timestamp is not None:
+                vote.timestamp.seconds, vote.timestamp.nanos = outcome.timestamp
+            vote.signature = outcome.signature
+            if extension_signature:
+                vote.extension_signature = extension_signature
+            return codec.encode_signed_vote(self.dialect, vote)
+        proposal = request.proposal
+        if outcome.timestamp is not None:
+            proposal.timestamp.seconds, proposal.timestamp.nanos = outcome.timestamp
+        proposal.signature = outcome.signature
+        return codec.encode_signed_proposal(self.dialect, proposal)
+
+    def _refuse(
+        self,
+        request: Any,
+        kind: str,
+        height: int,
+        round_: int,
+        step: int,
+        block_hash: bytes,
+        sign_bytes: bytes,
+        exc: KmsError,
+        started: float,
+        reply: Callable[[bytes], None],
+    ) -> None:
+        code = exc.code if isinstance(exc, SigningRefused) else 0
+        prefix = "unable to sign vote" if isinstance(request, codec.SignVoteRequest) else "unable to sign proposal"
+        outcome = "refused" if isinstance(exc, SigningRefused) else "error"
+        event = SignEvent(
+            self.chain_id, kind, height, round_, step, block_hash, sign_bytes, None, outcome,
+            type(exc).__name__, time.perf_counter() - started,
+        )  # fmt: skip
+        try:
+            for observer in self.chain.durable_observers:
+                observer(event)
+        finally:
+            reply(codec.encode_error(self.dialect, request, code, f"{prefix}: {exc}"))
+        self._notify(event)
+        self._log_refusal(kind, exc, height=height, round=round_, step=step, block=block_hash[:6].hex() or "nil")
+
+    def _log_refusal(self, kind: str, exc: KmsError, **fields: Any) -> None:
+        if self.log is None:
+            return
+        if isinstance(exc, DoubleSignError):
+            name = "double_sign_refused"
+        elif isinstance(exc, SigningRefused):
+            name = "request_refused"
+        elif isinstance(exc, StateError):
+            name = "state_not_durable"
+        else:
+            name = "signer_failed"
+        self.log.warning(name, kind=kind, error=type(exc).__name__, reason=str(exc), **fields)
+
+    def _notify(self, event: SignEvent) -> None:
+        for observer in self.chain.observers:
+            try:
+                observer(event)
+            except Exception:
+                if self.log is not None:
+                    self.log.exception("observer_failed")

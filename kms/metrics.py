@@ -1,0 +1,132 @@
+"""Prometheus metrics and the ``/health`` endpoint, off unless ``[metrics] addr = "host:port"`` is set.
+
+One HTTP server thread serves ``/metrics`` (Prometheus text format, from a registry of our own so tests and
+several runtimes in one process do not collide) and ``/health`` (200 while every configured chain has a live
+validator connection and a writable state, 503 otherwise, with a JSON body saying which one is not).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from pykms.handler import SignEvent
+
+__all__ = ["HealthSource", "Metrics", "MetricsServer"]
+
+#: Latency buckets (seconds) around the expected range: a flush (~0.1 ms) to a slow HSM (~100 ms).
+_LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
+
+
+class Metrics:
+    """All pykms metrics in one registry."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.signatures = Counter(
+            "pykms_signatures", "Signatures released, by chain and type", ["chain_id", "type", "outcome"], registry=r
+        )
+        self.refusals = Counter("pykms_refusals", "Requests refused, by reason", ["chain_id", "reason"], registry=r)
+        self.request_latency = Histogram(
+            "pykms_request_seconds", "Signing request latency inside pykms", ["chain_id", "type"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.last_height = Gauge("pykms_last_signed_height", "Last signed height", ["chain_id"], registry=r)
+        self.last_round = Gauge("pykms_last_signed_round", "Last signed round", ["chain_id"], registry=r)
+        self.last_step = Gauge("pykms_last_signed_step", "Last signed step (1/2/3)", ["chain_id"], registry=r)
+        self.connected = Gauge(
+            "pykms_validator_connected", "1 while the validator connection is up", ["chain_id", "validator"], registry=r
+        )
+        self.reconnects = Counter("pykms_reconnects", "Validator reconnections", ["chain_id", "validator"], registry=r)
+        self.provider_errors = Counter(
+            "pykms_provider_errors", "Signing backend errors", ["provider", "error"], registry=r
+        )
+        self.provider_latency = Histogram(
+            "pykms_provider_sign_seconds", "Signing backend latency", ["provider"], buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )  # fmt: skip
+        self.persist_latency = Histogram(
+            "pykms_state_persist_seconds", "Durable state write latency", ["chain_id", "backend"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.persist_failures = Counter(
+            "pykms_state_persist_failures", "State writes that failed (nothing was signed)", ["chain_id"], registry=r
+        )
+
+    def observe(self, event: SignEvent) -> None:
+        """Handler observer: count the event."""
+        if event.outcome in ("signed", "reused"):
+            self.signatures.labels(event.chain_id, event.kind, event.outcome).inc()
+            self.last_height.labels(event.chain_id).set(event.height)
+            self.last_round.labels(event.chain_id).set(event.round)
+            self.last_step.labels(event.chain_id).set(event.step)
+        else:
+            self.refusals.labels(event.chain_id, event.reason).inc()
+            if event.reason == "PersistError":
+                self.persist_failures.labels(event.chain_id).inc()
+        self.request_latency.labels(event.chain_id, event.kind).observe(event.duration_s)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+#: Returns (healthy, details): details maps each chain to what is wrong ("" when fine).
+HealthSource = Callable[[], tuple[bool, dict[str, Any]]]
+
+
+class MetricsServer:
+    """A small threaded HTTP server for /metrics and /health."""
+
+    def __init__(self, host: str, port: int, metrics: Metrics, health: HealthSource) -> None:
+        outer = self
+
+        class _Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.split("?")[0] == "/metrics":
+                    self._send(200, outer.metrics.render(), CONTENT_TYPE_LATEST)
+                elif self.path.split("?")[0] == "/health":
+                    ok, details = outer.health()
+                    body = json.dumps({"healthy": ok, "chains": details}, sort_keys=True).encode()
+                    self._send(200 if ok else 503, body, "application/json")
+                else:
+                    self._send(404, b"not found\n", "text/plain")
+
+            def _send(self, code: int, body: bytes, ctype: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self.metrics = metrics
+        self.health = health
+        self.httpd = ThreadingHTTPServer((host, port), _Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="metrics", daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.httpd.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def directory_writable(path: str) -> bool:
+    """A cheap probe for /health: can we create files in the state directory right now?"""
+    return os.access(path, os.W_OK | os.X_OK)

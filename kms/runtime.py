@@ -1,0 +1,378 @@
+"""The daemon: one thread per ``[[validator]]`` connection, one lock per chain, clean shutdown.
+
+Why threads and not asyncio here: a validator connection is a strict request/response loop whose every step
+(read, decrypt, decide, sign, fsync, reply) is either a blocking syscall that releases the GIL or a short
+computation. Blocking sockets in a thread per connection avoid an event-loop wake-up and two executor hand-offs
+per request, which is most of the overhead left once the state costs a single flush (issue 8). The harness and
+the tests use the asyncio adapter of ``pykms.secretconn`` instead.
+
+Lifecycle of a session: dial (TCP or unix socket) -> SecretConnection handshake on TCP (pin the peer ID when
+configured) -> serve requests until the link drops, idles out or sends something we refuse -> back off with
+capped exponential delay and jitter -> dial again (unless ``reconnect = false``).
+
+Shutdown (SIGINT/SIGTERM): the stop event is set and every socket is shut down, which wakes blocked reads. A
+session in the middle of a signature finishes its critical section (the state is written atomically or not at
+all), so the process never leaves a half-written state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from pykms.config import KmsConfig, ValidatorConfig
+from pykms.errors import ConfigError, KmsError, ProtocolError, StateError
+from pykms.handler import ChainContext, RequestHandler
+from pykms.logconfig import get_logger
+from pykms.privval.codec import Dialect, MessageReader
+from pykms.providers.signer import Signer
+
+__all__ = ["Backoff", "Runtime", "SyncStream"]
+
+#: A link that completes no message for this long is dead: the node pings every ~3.3 s (PROTOCOL.md §2.1),
+#: so 20 s is six missed pings. Also bounds how long a slow-loris peer can hold a connection.
+IDLE_TIMEOUT_S = 20.0
+#: The node's accept and handshake deadlines are 3 s and 5 s; a dial that takes longer will fail anyway.
+CONNECT_TIMEOUT_S = 5.0
+HANDSHAKE_TIMEOUT_S = 5.0
+#: Largest request accepted: v0.38+ votes may carry vote extensions up to 1 MiB (PROTOCOL.md §2.2).
+MAX_REQUEST_BYTES = 1024 * 1024 + 64 * 1024
+
+
+class SyncStream(Protocol):
+    """A blocking, message-agnostic byte stream: SecretConnection over TCP, or plain over a unix socket."""
+
+    def send(self, data: bytes) -> None: ...
+
+    def recv(self) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class Backoff:
+    """Capped exponential backoff with full jitter in [delay/2, delay]."""
+
+    base: float = 0.1
+    cap: float = 10.0
+    attempt: int = 0
+    rng: random.Random = field(default_factory=random.Random)
+
+    def next_delay(self) -> float:
+        delay = min(self.cap, self.base * (2**self.attempt))
+        self.attempt = min(self.attempt + 1, 32)
+        return delay * self.rng.uniform(0.5, 1.0)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class _PlainStream:
+    """privval over a unix socket is plaintext (PROTOCOL.md §2.1)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def recv(self) -> bytes:
+        return self.sock.recv(65536)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+class _Session:
+    """One ``[[validator]]`` entry: a thread that keeps a connection to the node alive and serves it."""
+
+    def __init__(self, runtime: Runtime, index: int, cfg: ValidatorConfig, chain: ChainContext) -> None:
+        self.runtime = runtime
+        self.cfg = cfg
+        self.chain = chain
+        self.addr = cfg.parsed_addr
+        self.log = get_logger("pykms.session", chain_id=cfg.chain_id, validator=self.addr.display)
+        self.handler = RequestHandler(
+            chain, Dialect.parse(cfg.protocol_version), chain_id=cfg.chain_id, max_height=cfg.max_height, log=self.log
+        )
+        self.thread = threading.Thread(target=self.run, name=f"validator-{index}", daemon=True)
+        self.sock: socket.socket | None = None
+        self.connected = threading.Event()
+        self.reconnects = 0
+
+    def run(self) -> None:
+        backoff = Backoff()
+        stop = self.runtime.stop_event
+        while not stop.is_set():
+            stream: SyncStream | None = None
+            try:
+                stream = self._connect()
+                backoff.reset()
+                self.connected.set()
+                self.runtime.notify("validator_connected", self)
+                self.log.info("validator_connected", peer_id=getattr(stream, "remote_id", None))
+                self._serve(stream)
+            except ProtocolError as exc:
+                self.log.warning("connection_closed", reason=str(exc), error=type(exc).__name__)
+            except OSError as exc:
+                if not stop.is_set():
+                    self.log.warning("connection_failed", reason=exc.strerror or str(exc))
+            except KmsError as exc:
+                self.log.error("session_error", reason=str(exc), error=type(exc).__name__)
+            finally:
+                was_connected = self.connected.is_set()
+                self.connected.clear()
+                if stream is not None:
+                    stream.close()
+                self._close_sock()
+                if was_connected:
+                    self.runtime.notify("validator_disconnected", self)
+            if not self.cfg.reconnect or stop.is_set():
+                break
+            self.reconnects += 1
+            stop.wait(backoff.next_delay())
+        self.log.info("session_stopped")
+
+    def _connect(self) -> SyncStream:
+        addr = self.addr
+        if addr.scheme == "unix":
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock = sock
+            sock.settimeout(CONNECT_TIMEOUT_S)
+            sock.connect(str(addr.path))
+            sock.settimeout(IDLE_TIMEOUT_S)
+            return _PlainStream(sock)
+        assert addr.host is not None and addr.port is not None
+        sock = socket.create_connection((addr.host, addr.port), timeout=CONNECT_TIMEOUT_S)
+        self.sock = sock
+        # Requests and replies are small and strictly alternating: Nagle would only add latency.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        identity = self.runtime.identity_for(self.cfg)
+        from pykms.secretconn.sync import secret_connection_sync
+
+        stream = secret_connection_sync(sock, identity, expected_peer_id=addr.peer_id, timeout=HANDSHAKE_TIMEOUT_S)
+        sock.settimeout(IDLE_TIMEOUT_S)
+        if addr.peer_id is None:
+            self.log.warning(
+                "peer_not_pinned",
+                hint="set addr = tcp://ID@host:port to pin the node; note the node makes a new ID at every start",
+            )
+        return stream
+
+    def _serve(self, stream: SyncStream) -> None:
+        reader = MessageReader(MAX_REQUEST_BYTES)
+        last_message = time.monotonic()
+        stop = self.runtime.stop_event
+        while not stop.is_set():
+            try:
+                data = stream.recv()
+            except TimeoutError:
+                raise ProtocolError(f"no request for {IDLE_TIMEOUT_S:.0f} s; the link is considered dead") from None
+            if not data:
+                raise ProtocolError("the validator closed the connection")
+            bodies = reader.feed(data)
+            now = time.monotonic()
+            if bodies:
+                last_message = now
+            elif now - last_message > IDLE_TIMEOUT_S:
+                raise ProtocolError(f"no complete request for {IDLE_TIMEOUT_S:.0f} s (slow peer); closing")
+            for body in bodies:
+                self.handler.handle(body, stream.send)
+
+    def abort(self) -> None:
+        """Wake a blocked read so the thread sees the stop event."""
+        sock = self.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _close_sock(self) -> None:
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+class Runtime:
+    """Builds chains (key + guard) from the config and runs one session per validator."""
+
+    def __init__(self, config: KmsConfig) -> None:
+        self.config = config
+        self.log = get_logger("pykms")
+        self.stop_event = threading.Event()
+        self.chains: dict[str, ChainContext] = {}
+        self.sessions: list[_Session] = []
+        self._identities: dict[Path, Any] = {}
+        self._listeners: list[Callable[[str, Any], None]] = []
+        self.failed_chains: dict[str, str] = {}
+        self._closers: list[Callable[[], None]] = []
+        self.metrics: Any = None
+        self.metrics_server: Any = None
+
+    # Construction -----------------------------------------------------------------------------------
+
+    def build(self, signers: dict[str, Signer] | None = None) -> None:
+        """Open keys and guard state; a chain whose state cannot be trusted is stopped (fail closed)."""
+        from pykms.guard.factory import open_guard
+        from pykms.providers.registry import build_signers
+
+        signers = signers if signers is not None else build_signers(self.config)
+        for chain_cfg in self.config.chains:
+            signer = signers.get(chain_cfg.id)
+            if signer is None:
+                raise ConfigError(
+                    f"no signing key for chain {chain_cfg.id!r}",
+                    file=str(self.config.path),
+                    key="providers",
+                    fix=f'add chain_ids = ["{chain_cfg.id}"] to one [[providers.*]] entry',
+                )
+            try:
+                guard = open_guard(self.config, chain_cfg)
+            except StateError as exc:
+                self.failed_chains[chain_cfg.id] = str(exc)
+                self.log.error("chain_stopped", chain_id=chain_cfg.id, reason=str(exc))
+                continue
+            chain = ChainContext(chain_cfg.id, signer, guard, chain_cfg.sign_extensions)
+            if chain_cfg.audit_log is not None:
+                from pykms.audit import AuditLog
+
+                audit = AuditLog(chain_cfg.audit_log, chain_cfg.id)
+                self._closers.append(audit.close)
+                chain.durable_observers.append(audit.record)
+            self.chains[chain_cfg.id] = chain
+        self._setup_metrics()
+        for index, validator in enumerate(self.config.validators):
+            chain = self.chains.get(validator.chain_id)
+            if chain is None:
+                continue
+            self.sessions.append(_Session(self, index, validator, chain))
+
+    def _setup_metrics(self) -> None:
+        if self.config.metrics is None:
+            return
+        from pykms.metrics import Metrics, MetricsServer
+
+        metrics = self.metrics = Metrics()
+        for chain in self.chains.values():
+            chain.observers.append(metrics.observe)
+            chain.metrics = metrics
+
+        def on_event(event: str, session: _Session) -> None:
+            gauge = metrics.connected.labels(session.cfg.chain_id, session.addr.display)
+            if event == "validator_connected":
+                gauge.set(1)
+                if session.reconnects:
+                    metrics.reconnects.labels(session.cfg.chain_id, session.addr.display).inc()
+            elif event == "validator_disconnected":
+                gauge.set(0)
+
+        self.add_listener(on_event)
+        host, _, port = self.config.metrics.addr.rpartition(":")
+        self.metrics_server = MetricsServer(host or "127.0.0.1", int(port), metrics, self.health)
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Healthy while every configured chain has a live validator connection and a writable state."""
+        details: dict[str, Any] = {}
+        for chain_cfg in self.config.chains:
+            problems = []
+            if chain_cfg.id in self.failed_chains:
+                problems.append(f"stopped: {self.failed_chains[chain_cfg.id]}")
+            chain = self.chains.get(chain_cfg.id)
+            sessions = [s for s in self.sessions if s.cfg.chain_id == chain_cfg.id]
+            if not any(s.connected.is_set() for s in sessions):
+                problems.append("no live validator connection")
+            if chain is not None and chain.persist_error:
+                problems.append(f"state not writable: {chain.persist_error}")
+            details[chain_cfg.id] = "; ".join(problems) or "ok"
+        return all(v == "ok" for v in details.values()), details
+
+    def identity_for(self, cfg: ValidatorConfig) -> Any:
+        from pykms.secretconn.identity import load_identity
+
+        if cfg.secret_key is None:
+            raise ConfigError(
+                "a tcp:// validator needs a SecretConnection identity key",
+                file=str(self.config.path),
+                key="validator.secret_key",
+                fix="generate one with `pykms init` or point secret_key at a kms-identity.key",
+            )
+        if cfg.secret_key not in self._identities:
+            self._identities[cfg.secret_key] = load_identity(cfg.secret_key)
+        return self._identities[cfg.secret_key]
+
+    # Running ----------------------------------------------------------------------------------------
+
+    def add_listener(self, listener: Callable[[str, Any], None]) -> None:
+        self._listeners.append(listener)
+
+    def notify(self, event: str, session: _Session) -> None:
+        for listener in self._listeners:
+            with contextlib.suppress(Exception):
+                listener(event, session)
+
+    def start(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.start()
+            host, port = self.metrics_server.address
+            self.log.info("metrics_listening", addr=f"{host}:{port}")
+        for session in self.sessions:
+            session.thread.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        for session in self.sessions:
+            session.abort()
+
+    def wait(self, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for session in self.sessions:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            session.thread.join(remaining)
+
+    def close(self) -> None:
+        if self.metrics_server is not None:
+            with contextlib.suppress(Exception):
+                self.metrics_server.stop()
+        for closer in self._closers:
+            with contextlib.suppress(Exception):
+                closer()
+        for chain in self.chains.values():
+            with contextlib.suppress(Exception):
+                chain.guard.close()
+            with contextlib.suppress(Exception):
+                chain.signer.close()
+
+    def run_forever(self) -> int:
+        """Serve until SIGINT/SIGTERM or until every session has ended (reconnect = false)."""
+        if not self.sessions:
+            self.log.error("nothing_to_serve", failed_chains=self.failed_chains)
+            return 5 if self.failed_chains else 3
+
+        def _on_signal(signum: int, _frame: Any) -> None:
+            self.log.info("shutdown_requested", signal=signal.Signals(signum).name)
+            self.stop()
+
+        previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self.start()
+            self.log.info("pykms_started", chains=sorted(self.chains), validators=len(self.sessions))
+            while not self.stop_event.is_set() and any(s.thread.is_alive() for s in self.sessions):
+                self.stop_event.wait(0.5)
+            self.stop()
+            self.wait(timeout=10)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.close()
+        self.log.info("pykms_stopped")
+        return 0

@@ -224,7 +224,12 @@ class RequestHandler:
             vote.signature = outcome.signature
             if extension_signature:
                 vote.extension_signature = extension_signature
-            return codec.encode_signed_vote(self.dialect, vote)
+            response = codec.encode_signed_vote(self.dialect, vote)
+            if len(response) > codec.MAX_RESPONSE_BYTES:
+                # Nodes up to v1.0.1 drop responses over 10,240 bytes; they copy back only the signature,
+                # timestamp and extension signature, so a large extension need not be echoed.
+                response = codec.encode_signed_vote(self.dialect, vote, echo_extension=False)
+            return response
         proposal = request.proposal
         if outcome.timestamp is not None:
             proposal.timestamp.seconds, proposal.timestamp.nanos = outcome.timestamp

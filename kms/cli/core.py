@@ -205,36 +205,31 @@ def _write_state(args: argparse.Namespace, state: Any, *, allow_backwards: bool,
         import_state(config, chain.id, state, force=allow_backwards)
         print(f"{chain.id}: state set to height {state.height} round {state.round} step {state.step} (postgres)")
         return 0
-    from pykms.guard.factory import default_state_path, open_store
+    from pykms.guard.factory import default_state_path
+    from pykms.guard.store import create_state_file, read_state_file
 
     path = default_state_path(config, chain)
     if path.exists():
-        store = open_store(config, chain)  # takes the lock: refuses while a running pykms holds the state
         try:
-            try:
-                current = store.load()
-            except StateError:
-                current = None
-            if not replace and current is not None:
-                raise StateError(f"{path}: a state already exists (height {current.height}); use --force to replace")
-            if (
-                current is not None
-                and not allow_backwards
-                and ((state.height, state.round, state.step) < (current.height, current.round, current.step))
-            ):
-                raise SigningRefused(
-                    f"{path}: the imported state (height {state.height} round {state.round} step {state.step}) "
-                    f"is older than the current one (height {current.height} round {current.round} "
-                    f"step {current.step}); refusing to weaken the double-sign guard (use --force to override)"
-                )
-            store.save(state)
-        finally:
-            store.close()
+            _fmt, current = read_state_file(path)
+        except StateError:
+            current = None  # corrupt: replacing it is what import is for
+        if not replace and current is not None:
+            raise StateError(f"{path}: a state already exists (height {current.height}); use --force to replace it")
+        if (
+            current is not None
+            and not allow_backwards
+            and (state.height, state.round, state.step) < (current.height, current.round, current.step)
+        ):
+            raise SigningRefused(
+                f"{path}: the imported state (height {state.height} round {state.round} step {state.step}) "
+                f"is older than the current one (height {current.height} round {current.round} "
+                f"step {current.step}); refusing to weaken the double-sign guard (use --force to override)"
+            )
     else:
-        from pykms.guard.store import create_state_file
-
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        create_state_file(path, state, fmt=chain.state_format)
+    # Takes the state's lock: refuses (StateLocked) while a running pykms holds this chain's state.
+    create_state_file(path, state, fmt=chain.state_format, overwrite=True)
     print(f"{chain.id}: state set to height {state.height} round {state.round} step {state.step} ({path})")
     return 0
 

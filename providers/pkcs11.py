@@ -1,0 +1,699 @@
+"""PKCS#11 provider: Ed25519 consensus keys on an HSM reached through its PKCS#11 module.
+
+Theory of operation
+-------------------
+A PKCS#11 module is loaded once per process (python-pkcs11 caches it by path). Every call into one module goes
+through one lock (``_Module.lock``): the module is initialised with ``C_Initialize(NULL)``, which promises the
+library single-threaded access, and the runtime calls signers from worker threads.
+
+Each configured token (module + token label or slot) is a ``Pkcs11Token``: one logged-in session, shared by the
+signers of every key on it. ``Pkcs11Token.run(op)`` runs ``op(session)`` and, when the module reports a lost
+session or device (CKR_SESSION_HANDLE_INVALID, CKR_DEVICE_REMOVED, CKR_TOKEN_NOT_PRESENT, CKR_CRYPTOKI_NOT_
+INITIALIZED, ...), re-opens the session (re-initialising the module where the whole library was lost) and retries
+once before raising ``TransientProviderError``. Wrong or locked PINs and absent keys are ``FatalProviderError``
+naming what to fix; the PIN itself never appears in any message.
+
+Key material: Ed25519 per PKCS#11 3.0 (``CKK_EC_EDWARDS``, ``CKM_EC_EDWARDS_KEY_PAIR_GEN``, ``CKM_EDDSA`` without
+parameters = pure Ed25519). ``CKA_EC_PARAMS`` is the DER PrintableString "edwards25519" (the form SoftHSM2 2.6 and
+PKCS#11 3.0 section 2.3.5 name; the OID 1.3.101.112 is also accepted by SoftHSM2). ``CKA_EC_POINT`` of the public
+key is a DER OCTET STRING holding the 32 raw bytes. An imported private key's ``CKA_VALUE`` is the 32-byte seed
+(RFC 8032 private key), checked against PyNaCl in the tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pkcs11
+from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11 import exceptions as p11e
+
+from pykms.errors import ConfigError, FatalProviderError, KeyFileError, ProviderError, TransientProviderError
+from pykms.keyfiles import read_secret_file
+from pykms.providers.signer import verify_or_raise
+
+if TYPE_CHECKING:
+    from pykms.config import Pkcs11Config, Pkcs11Key
+
+__all__ = [
+    "EC_PARAMS_ED25519",
+    "EC_PARAMS_ED25519_OID",
+    "KeyInfo",
+    "Pkcs11Signer",
+    "Pkcs11Token",
+    "decode_ec_point",
+    "encode_ec_point",
+    "generate_key",
+    "import_key",
+    "list_keys",
+    "map_pkcs11_error",
+    "parse_key_id",
+    "read_pin",
+]
+
+PROVIDER = "pkcs11"
+
+#: DER PrintableString "edwards25519": PKCS#11 3.0 section 2.3.5 (curve name form), what SoftHSM2 2.6 writes.
+EC_PARAMS_ED25519 = b"\x13\x0cedwards25519"
+#: DER OID 1.3.101.112 (id-Ed25519, RFC 8410 section 3): the other CKA_EC_PARAMS form tokens accept.
+EC_PARAMS_ED25519_OID = b"\x06\x03\x2b\x65\x70"
+
+#: Message signed once when a signer opens, to prove the public key object matches the private key.
+_PROBE_MESSAGE = b"pykms pkcs11 key check"
+
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------------------------- pure helpers
+
+
+def encode_ec_point(public_key: bytes) -> bytes:
+    """CKA_EC_POINT for an Ed25519 public key: DER OCTET STRING (tag 0x04, length 0x20) of the 32 bytes."""
+    if len(public_key) != 32:
+        raise ValueError("an Ed25519 public key is 32 bytes")
+    return b"\x04\x20" + public_key
+
+
+def decode_ec_point(ec_point: bytes) -> bytes:
+    """The 32 raw bytes from CKA_EC_POINT; some tokens return them bare instead of DER-wrapped."""
+    if len(ec_point) == 34 and ec_point[:2] == b"\x04\x20":
+        return bytes(ec_point[2:])
+    if len(ec_point) == 32:
+        return bytes(ec_point)
+    raise FatalProviderError(
+        f"the token's Ed25519 public key has an unexpected CKA_EC_POINT encoding ({len(ec_point)} bytes)"
+    )
+
+
+def parse_key_id(key_id: str | None) -> bytes | None:
+    """CKA_ID from its hex spelling in the config (``id = "01a2"``)."""
+    if key_id is None:
+        return None
+    text = key_id.strip().removeprefix("0x")
+    try:
+        value = bytes.fromhex(text)
+    except ValueError:
+        raise ConfigError(
+            f"key id {key_id!r} is not hex", key="providers.pkcs11.keys.id", fix='write it as hex, e.g. id = "01"'
+        ) from None
+    if not value:
+        raise ConfigError("key id is empty", key="providers.pkcs11.keys.id", fix='write it as hex, e.g. id = "01"')
+    return value
+
+
+def read_pin(pin_file: Path | None, pin_env: str | None) -> str:
+    """The user PIN from a private file (trailing newline dropped) or an environment variable; never the config."""
+    if pin_file is not None and pin_env is not None:
+        raise ConfigError(
+            "both user_pin_file and user_pin_env are set",
+            key="providers.pkcs11.user_pin_file",
+            fix="keep exactly one of them",
+        )
+    if pin_file is not None:
+        try:
+            raw = read_secret_file(pin_file)
+        except KeyFileError as exc:
+            raise ConfigError(f"PIN file unusable: {exc}", key="providers.pkcs11.user_pin_file") from None
+        try:
+            pin = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise ConfigError(f"PIN file {pin_file} is not UTF-8 text", key="providers.pkcs11.user_pin_file") from None
+        if not pin:
+            raise ConfigError(f"PIN file {pin_file} is empty", key="providers.pkcs11.user_pin_file")
+        return pin
+    if pin_env is not None:
+        pin = os.environ.get(pin_env, "")
+        if not pin:
+            raise ConfigError(
+                f"environment variable {pin_env} is unset or empty",
+                key="providers.pkcs11.user_pin_env",
+                fix=f"export {pin_env} with the token's user PIN before starting pykms",
+            )
+        return pin
+    raise ConfigError(
+        "no user PIN source",
+        key="providers.pkcs11",
+        fix="set user_pin_file (a 0600 file holding the PIN) or user_pin_env (a variable name)",
+    )
+
+
+# ------------------------------------------------------------------------------------------- error mapping
+
+#: The session is gone but the library is fine: open a new session and retry.
+_SESSION_LOST: tuple[type[p11e.PKCS11Error], ...] = (
+    p11e.SessionHandleInvalid,
+    p11e.SessionClosed,
+    p11e.ObjectHandleInvalid,
+    p11e.KeyHandleInvalid,
+    p11e.UserNotLoggedIn,
+    p11e.OperationActive,
+    p11e.OperationNotInitialized,
+    p11e.SessionCount,
+)
+#: The device or the library is gone: re-initialise the module, then open a new session and retry.
+_DEVICE_LOST: tuple[type[p11e.PKCS11Error], ...] = (
+    p11e.DeviceRemoved,
+    p11e.DeviceError,
+    p11e.DeviceMemory,
+    p11e.TokenNotPresent,
+    p11e.TokenNotRecognised,
+    p11e.SlotIDInvalid,
+    p11e.GeneralError,
+    p11e.FunctionFailed,
+    p11e.HostMemory,
+    p11e.NoSuchToken,
+)
+_PIN_ERRORS: dict[type[p11e.PKCS11Error], str] = {
+    p11e.PinIncorrect: "the user PIN was refused (CKR_PIN_INCORRECT); fix the PIN file or variable",
+    p11e.PinInvalid: "the user PIN has invalid characters (CKR_PIN_INVALID); fix the PIN file or variable",
+    p11e.PinLenRange: "the user PIN has the wrong length (CKR_PIN_LEN_RANGE); fix the PIN file or variable",
+    p11e.PinLocked: "the user PIN is locked (CKR_PIN_LOCKED); unlock it with the token's SO tools",
+    p11e.PinExpired: "the user PIN has expired (CKR_PIN_EXPIRED); set a new one with the token's tools",
+    p11e.UserPinNotInitialized: "the token has no user PIN (CKR_USER_PIN_NOT_INITIALIZED); initialise it",
+}
+
+
+def _is_library_uninitialised(exc: p11e.PKCS11Error) -> bool:
+    # python-pkcs11 0.10 maps CKR_CRYPTOKI_NOT_INITIALIZED to a bare PKCS11Error (pkcs11/_pkcs11.pxd,
+    # map_rv_to_error), so the exact class is the signal.
+    return type(exc) is p11e.PKCS11Error
+
+
+def _needs_reinit(exc: p11e.PKCS11Error) -> bool:
+    return isinstance(exc, _DEVICE_LOST) or _is_library_uninitialised(exc)
+
+
+def _is_retryable(exc: p11e.PKCS11Error) -> bool:
+    return isinstance(exc, _SESSION_LOST) or _needs_reinit(exc)
+
+
+def map_pkcs11_error(exc: BaseException, where: str) -> ProviderError:
+    """Our exception for a python-pkcs11 one. The text names the failing step and the PKCS#11 error class only."""
+    name = type(exc).__name__
+    if isinstance(exc, p11e.PKCS11Error):
+        for cls, text in _PIN_ERRORS.items():
+            if isinstance(exc, cls):
+                return FatalProviderError(f"pkcs11: {where}: {text}")
+        if isinstance(exc, p11e.NoSuchToken):
+            return TransientProviderError(f"pkcs11: {where}: token not found (is it connected and initialised?)")
+        if _is_retryable(exc):
+            return TransientProviderError(f"pkcs11: {where}: {name} (session or device lost)")
+        if isinstance(exc, (p11e.MechanismInvalid, p11e.FunctionNotSupported, p11e.KeyTypeInconsistent)):
+            return FatalProviderError(f"pkcs11: {where}: the token does not support Ed25519 (CKM_EDDSA): {name}")
+        return TransientProviderError(f"pkcs11: {where}: {name}")
+    return TransientProviderError(f"pkcs11: {where}: unexpected {name}")
+
+
+# ------------------------------------------------------------------------------------------ module & token
+
+
+class _Module:
+    """One loaded PKCS#11 library; ``lock`` serialises every call into it (C_Initialize(NULL) semantics)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lock = threading.RLock()
+        self.users = 0
+        #: Bumped on every re-initialisation; tokens re-open their session when it changed (stale handles
+        #: could otherwise name another session's objects once the library reuses handle numbers).
+        self.generation = 0
+        self._lib: Any = None
+
+    def lib(self) -> Any:
+        if self._lib is None or not self._lib.initialized:
+            try:
+                self._lib = pkcs11.lib(self.path)  # initialises it (python-pkcs11 caches by path)
+            except p11e.PKCS11Error as exc:
+                raise FatalProviderError(
+                    f"pkcs11: cannot load module {self.path}: {type(exc).__name__} "
+                    "(check the `module` path in [[providers.pkcs11]])"
+                ) from None
+            self.generation += 1
+        return self._lib
+
+    def reinitialize(self) -> None:
+        """Finalize (best effort) and initialise again: recovers from a lost device or library state."""
+        if self._lib is not None:
+            with contextlib.suppress(p11e.PKCS11Error):
+                self._lib.finalize()
+        self._lib = None
+        self.lib()
+
+    def finalize(self) -> None:
+        if self._lib is not None and self._lib.initialized:
+            with contextlib.suppress(p11e.PKCS11Error):
+                self._lib.finalize()
+        self._lib = None
+
+
+_modules: dict[str, _Module] = {}
+_modules_lock = threading.Lock()
+
+
+def _acquire_module(path: str) -> _Module:
+    if not Path(path).is_file():
+        raise ConfigError(
+            f"PKCS#11 module {path} does not exist",
+            key="providers.pkcs11.module",
+            fix="give the path of the vendor's PKCS#11 .so (e.g. libsofthsm2.so)",
+        )
+    with _modules_lock:
+        module = _modules.get(path)
+        if module is None:
+            module = _modules[path] = _Module(path)
+        module.users += 1
+        return module
+
+
+def _release_module(module: _Module) -> None:
+    with _modules_lock:
+        module.users -= 1
+        if module.users > 0:
+            return
+        _modules.pop(module.path, None)
+    with module.lock:
+        # Last user: finalize so sessions and logins end, and a later load re-reads the module's configuration.
+        module.finalize()
+
+
+class Pkcs11Token:
+    """A logged-in session on one token, re-opened when lost. Thread-safe; shared by that token's signers."""
+
+    def __init__(self, module: str | Path, pin: str, *, token_label: str | None = None, slot: int | None = None):
+        if token_label is None and slot is None:
+            raise ConfigError(
+                "no token selected",
+                key="providers.pkcs11.token_label",
+                fix="set token_label (or slot) in [[providers.pkcs11]]",
+            )
+        self.token_label = token_label
+        self.slot = slot
+        self._pin = pin
+        self._module = _acquire_module(str(module))
+        self._session: Any = None
+        self._generation = -1
+        #: Bumped whenever a new session is opened, so signers know their cached key handles are stale.
+        self.session_serial = 0
+        self._closed = False
+
+    def __repr__(self) -> str:  # never the PIN
+        return f"Pkcs11Token(module={self._module.path!r}, token_label={self.token_label!r}, slot={self.slot!r})"
+
+    @property
+    def description(self) -> str:
+        return f"token {self.token_label!r}" if self.token_label is not None else f"slot {self.slot}"
+
+    @property
+    def lock(self) -> threading.RLock:
+        return self._module.lock
+
+    def _find_token(self, lib: Any) -> Any:
+        if self.token_label is not None:
+            token = lib.get_token(token_label=self.token_label)
+            if self.slot is not None and token.slot.slot_id != self.slot:
+                raise FatalProviderError(
+                    f"pkcs11: token {self.token_label!r} is in slot {token.slot.slot_id}, not the configured "
+                    f"slot {self.slot} (fix: correct or remove `slot`)"
+                )
+            return token
+        for slot in lib.get_slots(token_present=True):
+            if slot.slot_id == self.slot:
+                return slot.get_token()
+        raise p11e.NoSuchToken()
+
+    def _open(self) -> Any:
+        lib = self._module.lib()
+        token = self._find_token(lib)
+        try:
+            session = token.open(rw=True, user_pin=self._pin)
+        except p11e.UserAlreadyLoggedIn:
+            # Login state is per application and token: another session of ours is already logged in, and a new
+            # session inherits it (PKCS#11 2.40 section 5.6, C_Login).
+            session = token.open(rw=True)
+        self._session = session
+        self._generation = self._module.generation
+        self.session_serial += 1
+        return session
+
+    def _drop_session(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            with contextlib.suppress(p11e.PKCS11Error):
+                session.close()
+
+    def _ensure(self) -> Any:
+        if self._closed:
+            raise FatalProviderError("pkcs11: signer used after close()")
+        if self._session is not None and self._generation == self._module.generation:
+            return self._session
+        self._session = None
+        return self._open()
+
+    def run(self, op: Callable[[Any], T], where: str) -> T:
+        """``op(session)`` under the module lock; one re-open and retry when the session or device was lost."""
+        with self._module.lock:
+            for attempt in (0, 1):
+                try:
+                    return op(self._ensure())
+                except p11e.PKCS11Error as exc:
+                    if attempt == 0 and _is_retryable(exc):
+                        if _needs_reinit(exc):
+                            self._session = None
+                            self._module.reinitialize()
+                        else:
+                            self._drop_session()
+                        continue
+                    raise map_pkcs11_error(exc, f"{where} on {self.description}") from None
+            raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        """End the session and release the module (finalised when its last token closes). Idempotent."""
+        with self._module.lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._drop_session()
+        _release_module(self._module)
+
+    def __enter__(self) -> Pkcs11Token:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -------------------------------------------------------------------------------------------- key objects
+
+
+def _key_template(label: str | None, key_id: bytes | None) -> dict[Attribute, Any]:
+    template: dict[Attribute, Any] = {Attribute.KEY_TYPE: KeyType.EC_EDWARDS}
+    if label is not None:
+        template[Attribute.LABEL] = label
+    if key_id is not None:
+        template[Attribute.ID] = key_id
+    return template
+
+
+def _describe(label: str | None, key_id: bytes | None) -> str:
+    parts = []
+    if label is not None:
+        parts.append(f"label {label!r}")
+    if key_id is not None:
+        parts.append(f"id {key_id.hex()}")
+    return " and ".join(parts) or "no label or id"
+
+
+def _find_one(session: Any, cls: ObjectClass, label: str | None, key_id: bytes | None) -> Any | None:
+    template = _key_template(label, key_id)
+    template[Attribute.CLASS] = cls
+    found = list(session.get_objects(template))
+    if len(found) > 1:
+        raise FatalProviderError(
+            f"pkcs11: {len(found)} Ed25519 {cls.name.lower().replace('_', ' ')}s match {_describe(label, key_id)} "
+            "(fix: give each key a unique label or id)"
+        )
+    return found[0] if found else None
+
+
+def _public_key_of(session: Any, label: str | None, key_id: bytes | None, where: str) -> bytes:
+    pub = _find_one(session, ObjectClass.PUBLIC_KEY, label, key_id)
+    if pub is None:
+        raise FatalProviderError(
+            f"pkcs11: no Ed25519 public key with {_describe(label, key_id)} on {where} (the public half is needed "
+            "for verification; fix: import or generate the key with `pykms pkcs11 keys`)"
+        )
+    return decode_ec_point(bytes(pub[Attribute.EC_POINT]))
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """One Ed25519 public key object on a token, as `pykms pkcs11 keys list` shows it."""
+
+    label: str
+    key_id: bytes
+    public_key: bytes
+    has_private: bool
+
+
+def list_keys(token: Pkcs11Token) -> list[KeyInfo]:
+    """Every Ed25519 public key on the token, and whether its private half (same label and id) is there."""
+
+    def op(session: Any) -> list[KeyInfo]:
+        out = []
+        # Materialised first: a session runs one C_FindObjects search at a time (CKR_OPERATION_ACTIVE otherwise).
+        pubs = list(
+            session.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.KEY_TYPE: KeyType.EC_EDWARDS})
+        )
+        for pub in pubs:
+            label = str(pub[Attribute.LABEL])
+            key_id = bytes(pub[Attribute.ID])
+            public_key = decode_ec_point(bytes(pub[Attribute.EC_POINT]))
+            priv = list(
+                session.get_objects(
+                    {
+                        Attribute.CLASS: ObjectClass.PRIVATE_KEY,
+                        Attribute.KEY_TYPE: KeyType.EC_EDWARDS,
+                        Attribute.LABEL: label,
+                        Attribute.ID: key_id,
+                    }
+                )
+            )
+            out.append(KeyInfo(label, key_id, public_key, bool(priv)))
+        return sorted(out, key=lambda k: (k.label, k.key_id))
+
+    return token.run(op, "listing keys")
+
+
+def _refuse_existing(session: Any, label: str | None, key_id: bytes | None, where: str) -> None:
+    for cls in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
+        if list(session.get_objects({**_key_template(label, key_id), Attribute.CLASS: cls})):
+            raise FatalProviderError(
+                f"pkcs11: an Ed25519 key with {_describe(label, key_id)} already exists on {where}; "
+                "refusing to create a second one (fix: choose another label/id, or delete the old key with the "
+                "token's tools if you mean to replace it)"
+            )
+
+
+def _common(label: str | None, key_id: bytes | None) -> dict[Attribute, Any]:
+    attrs: dict[Attribute, Any] = {Attribute.TOKEN: True}
+    if label is not None:
+        attrs[Attribute.LABEL] = label
+    if key_id is not None:
+        attrs[Attribute.ID] = key_id
+    return attrs
+
+
+def _private_policy() -> dict[Attribute, Any]:
+    # Sensitive, non-extractable, private: the seed never leaves the token again (PKCS#11 2.40 section 4.9).
+    return {
+        Attribute.PRIVATE: True,
+        Attribute.SENSITIVE: True,
+        Attribute.EXTRACTABLE: False,
+        Attribute.SIGN: True,
+    }
+
+
+def generate_key(token: Pkcs11Token, label: str | None, key_id: bytes | None) -> bytes:
+    """Generate an Ed25519 key pair on the token (never extractable); returns the raw public key."""
+    if label is None and key_id is None:
+        raise ConfigError("a key needs a label or an id", key="providers.pkcs11.keys", fix="set label or id")
+
+    def op(session: Any) -> bytes:
+        _refuse_existing(session, label, key_id, token.description)
+        pub, _priv = session.generate_keypair(
+            KeyType.EC_EDWARDS,
+            mechanism=Mechanism.EC_EDWARDS_KEY_PAIR_GEN,
+            public_template={**_common(label, key_id), Attribute.EC_PARAMS: EC_PARAMS_ED25519, Attribute.VERIFY: True},
+            private_template={**_common(label, key_id), **_private_policy()},
+            store=True,
+        )
+        return decode_ec_point(bytes(pub[Attribute.EC_POINT]))
+
+    return token.run(op, "generating a key")
+
+
+def import_key(token: Pkcs11Token, seed: bytes, label: str | None, key_id: bytes | None) -> bytes:
+    """Store an Ed25519 seed on the token as a sensitive, non-extractable key plus its public key object."""
+    from nacl.signing import SigningKey
+
+    if len(seed) != 32:
+        raise KeyFileError("an Ed25519 seed is 32 bytes")
+    if label is None and key_id is None:
+        raise ConfigError("a key needs a label or an id", key="providers.pkcs11.keys", fix="set label or id")
+    public_key = bytes(SigningKey(seed).verify_key)
+
+    def op(session: Any) -> bytes:
+        _refuse_existing(session, label, key_id, token.description)
+        priv = session.create_object(
+            {
+                **_common(label, key_id),
+                **_private_policy(),
+                Attribute.CLASS: ObjectClass.PRIVATE_KEY,
+                Attribute.KEY_TYPE: KeyType.EC_EDWARDS,
+                Attribute.EC_PARAMS: EC_PARAMS_ED25519,
+                Attribute.VALUE: seed,
+            }
+        )
+        try:
+            session.create_object(
+                {
+                    **_common(label, key_id),
+                    Attribute.CLASS: ObjectClass.PUBLIC_KEY,
+                    Attribute.KEY_TYPE: KeyType.EC_EDWARDS,
+                    Attribute.EC_PARAMS: EC_PARAMS_ED25519,
+                    Attribute.EC_POINT: encode_ec_point(public_key),
+                    Attribute.VERIFY: True,
+                }
+            )
+        except p11e.PKCS11Error:
+            priv.destroy()  # no half-imported key left behind
+            raise
+        return public_key
+
+    return token.run(op, "importing a key")
+
+
+# ------------------------------------------------------------------------------------------------ signer
+
+
+_shared_tokens: dict[tuple[str, str | None, int | None], tuple[Pkcs11Token, list[int]]] = {}
+_shared_lock = threading.Lock()
+
+
+def _shared_token(cfg: Pkcs11Config) -> Pkcs11Token:
+    """One Pkcs11Token per configured token, so two keys on it share one session and one login."""
+    key = (str(cfg.module), cfg.token_label, cfg.slot)
+    with _shared_lock:
+        entry = _shared_tokens.get(key)
+        if entry is not None and not entry[0]._closed:
+            entry[1][0] += 1
+            return entry[0]
+        token = Pkcs11Token(
+            cfg.module, read_pin(cfg.user_pin_file, cfg.user_pin_env), token_label=cfg.token_label, slot=cfg.slot
+        )
+        _shared_tokens[key] = (token, [1])
+        return token
+
+
+def _release_shared(token: Pkcs11Token) -> None:
+    with _shared_lock:
+        for key, (tok, refs) in list(_shared_tokens.items()):
+            if tok is token:
+                refs[0] -= 1
+                if refs[0] > 0:
+                    return
+                del _shared_tokens[key]
+                break
+    token.close()
+
+
+class Pkcs11Signer:
+    """An Ed25519 consensus key on a PKCS#11 token (implements pykms.providers.signer.Signer)."""
+
+    provider = PROVIDER
+
+    def __init__(
+        self, token: Pkcs11Token, *, label: str | None = None, key_id: bytes | None = None, owns_token: bool = False
+    ) -> None:
+        if label is None and key_id is None:
+            raise ConfigError("a pkcs11 key needs a label or an id", key="providers.pkcs11.keys", fix="set label or id")
+        self._token = token
+        self._label = label
+        self._key_id = key_id
+        self._owns_token = owns_token
+        self._release: Callable[[Pkcs11Token], None] | None = None
+        self._priv: Any = None
+        self._priv_serial = -1
+        self._closed = False
+        try:
+            self._public_key = token.run(
+                lambda s: _public_key_of(s, label, key_id, token.description), "reading the public key"
+            )
+            self._locate_private_now()
+            # Prove the pair matches once, up front: a mismatched public object would otherwise fail every sign.
+            self.sign(_PROBE_MESSAGE)
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def open(
+        cls,
+        module: str | Path,
+        pin: str,
+        *,
+        token_label: str | None = None,
+        slot: int | None = None,
+        label: str | None = None,
+        key_id: bytes | None = None,
+    ) -> Pkcs11Signer:
+        """A signer with its own token session, from plain arguments."""
+        token = Pkcs11Token(module, pin, token_label=token_label, slot=slot)
+        try:
+            return cls(token, label=label, key_id=key_id, owns_token=True)
+        except BaseException:
+            token.close()
+            raise
+
+    @classmethod
+    def from_config(cls, cfg: Pkcs11Config, key: Pkcs11Key) -> Pkcs11Signer:
+        """A signer for one ``[[providers.pkcs11]]`` key entry; keys on the same token share its session."""
+        key_id = parse_key_id(key.id)
+        token = _shared_token(cfg)
+        try:
+            signer = cls(token, label=key.label, key_id=key_id)
+        except BaseException:
+            _release_shared(token)
+            raise
+        signer._release = _release_shared
+        return signer
+
+    def __repr__(self) -> str:
+        return f"Pkcs11Signer({self._token!r}, key={_describe(self._label, self._key_id)})"
+
+    def _locate_private(self, session: Any) -> Any:
+        if self._priv is not None and self._priv_serial == self._token.session_serial:
+            return self._priv
+        priv = _find_one(session, ObjectClass.PRIVATE_KEY, self._label, self._key_id)
+        if priv is None:
+            raise FatalProviderError(
+                f"pkcs11: no Ed25519 private key with {_describe(self._label, self._key_id)} on "
+                f"{self._token.description} (fix: `pykms pkcs11 keys generate|import -c FILE`, or correct the "
+                "label/id in [[providers.pkcs11.keys]])"
+            )
+        self._priv, self._priv_serial = priv, self._token.session_serial
+        return priv
+
+    def _locate_private_now(self) -> None:
+        self._token.run(self._locate_private, "finding the private key")
+
+    def public_key(self) -> bytes:
+        return self._public_key
+
+    def sign(self, message: bytes) -> bytes:
+        def op(session: Any) -> bytes:
+            priv = self._locate_private(session)
+            return bytes(priv.sign(message, mechanism=Mechanism.EDDSA))
+
+        with self._token.lock:  # one signer call at a time per module (the runtime uses worker threads)
+            if self._closed:
+                raise FatalProviderError("pkcs11: signer used after close()")
+            signature = self._token.run(op, "signing")
+        verify_or_raise(self._public_key, message, signature, PROVIDER)
+        return signature
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._priv = None
+        if self._release is not None:
+            self._release(self._token)
+        elif self._owns_token:
+            self._token.close()

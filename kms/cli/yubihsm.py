@@ -1,0 +1,435 @@
+"""``pykms yubihsm detect|setup|keys|test``: YubiHSM2 management, as tmkms's ``tmkms yubihsm`` commands.
+
+Every command reads the connection settings (adapter, auth, serial_number) from the first
+``[[providers.yubihsm]]`` section of ``-c FILE``; ``--auth-key``/``--password-file`` override the credentials
+(key management needs the admin or operator key, while the provider normally uses the validator key). When the
+section has ``connector_server = { laddr = ..., cli = { auth_key = N } }`` the commands go through that server,
+so they work while ``pykms start`` holds the device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import contextlib
+import getpass
+import json
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pykms.errors import ConfigError, FatalProviderError, KeyFileError, KmsError
+
+__all__ = ["parse_key_file", "register"]
+
+#: tmkms keys.rs: DEFAULT_DOMAINS = DOM1, DEFAULT_CAPABILITIES = SIGN_EDDSA, DEFAULT_WRAP_KEY = 1.
+DEFAULT_DOMAINS = 0x0001
+CAP_SIGN_EDDSA = 1 << 0x08
+CAP_EXPORTABLE_UNDER_WRAP = 1 << 0x10
+DEFAULT_WRAP_KEY = 1
+
+
+def _key_id(text: str) -> int:
+    try:
+        value = int(text, 16) if text.lower().startswith("0x") else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a key id: {text!r} (a number 1-65535, decimal or 0x hex)") from None
+    if not 1 <= value <= 0xFFFF:
+        raise argparse.ArgumentTypeError(f"key id {value} out of range 1-65535")
+    return value
+
+
+def register(sub: Any) -> None:
+    group = sub.add_parser("yubihsm", help="YubiHSM2 management (detect, setup, keys, test)")
+    cmds = group.add_subparsers(dest="yubihsm_cmd", metavar="CMD")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-c", "--config", type=Path, default=None, help="path to tmkms.toml")
+        p.add_argument("--auth-key", type=_key_id, default=None, help="authentication key id (overrides config)")
+        p.add_argument("--password-file", type=Path, default=None, help="password file for --auth-key")
+
+    p = cmds.add_parser("detect", help="show the YubiHSM2 behind the configured connector")
+    common(p)
+    p.set_defaults(func=cmd_detect)
+
+    p = cmds.add_parser("setup", help="factory-reset and provision the YubiHSM2 from a 24-word mnemonic")
+    common(p)
+    p.add_argument("-r", "--restore", action="store_true", help="restore from an existing 24-word mnemonic")
+    p.add_argument("-p", "--print-only", action="store_true", help="print the derived keys only, change nothing")
+    p.add_argument("-w", "--write-report", type=Path, default=None, help="write the provisioning report (JSON)")
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(func=cmd_setup)
+
+    keys = cmds.add_parser("keys", help="manage Ed25519 keys in the HSM").add_subparsers(dest="keys_cmd", metavar="CMD")
+    p = keys.add_parser("generate", help="generate an Ed25519 key inside the HSM")
+    common(p)
+    p.add_argument("key_id", type=_key_id)
+    p.add_argument("-l", "--label", default=None)
+    p.add_argument("-b", "--backup", type=Path, default=None, help="write an encrypted (wrapped) backup here")
+    p.add_argument("-w", "--wrapkey", type=_key_id, default=DEFAULT_WRAP_KEY, help="wrap key id (default 1)")
+    p.add_argument("--non-exportable", action="store_true", help="the key can never be exported, not even wrapped")
+    p.set_defaults(func=cmd_keys_generate)
+
+    p = keys.add_parser("list", help="list the Ed25519 keys in the HSM")
+    common(p)
+    p.set_defaults(func=cmd_keys_list)
+
+    p = keys.add_parser("import", help="import priv_validator_key.json, a base64 seed, or a wrapped backup")
+    common(p)
+    p.add_argument("-t", "--type", choices=("json", "base64", "wrapped", "wrap"), default=None)
+    p.add_argument("-i", "--id", type=_key_id, default=None, dest="key_id", help="key id (json/base64)")
+    p.add_argument("-l", "--label", default="")
+    p.add_argument("-w", "--wrapkey", type=_key_id, default=DEFAULT_WRAP_KEY)
+    p.add_argument("path", type=Path)
+    p.set_defaults(func=cmd_keys_import)
+
+    p = keys.add_parser("export", help="export a key wrapped under a wrap key (encrypted backup)")
+    common(p)
+    p.add_argument("-i", "--id", type=_key_id, required=True, dest="key_id")
+    p.add_argument("-w", "--wrapkey", type=_key_id, default=DEFAULT_WRAP_KEY)
+    p.add_argument("path", type=Path)
+    p.set_defaults(func=cmd_keys_export)
+
+    p = keys.add_parser("delete", help="delete a key from the HSM (needs an admin key)")
+    common(p)
+    p.add_argument("-i", "--id", type=_key_id, required=True, dest="key_id")
+    p.set_defaults(func=cmd_keys_delete)
+
+    p = cmds.add_parser("test", help="sign in a loop with a key and print the rate and latency")
+    common(p)
+    p.add_argument("key_id", type=_key_id)
+    p.add_argument("-n", "--count", type=int, default=100, help="number of signatures (default 100)")
+    p.set_defaults(func=cmd_test)
+
+
+# ---- connection --------------------------------------------------------------------------------------------
+
+
+def _settings(args: argparse.Namespace) -> tuple[str, int, str, str | None]:
+    """(url, auth key id, password, serial) from the config and the overrides."""
+    from pykms.config import load_config
+    from pykms.providers.yubihsm import adapter_url, read_password
+
+    cfg = load_config(args.config)
+    if not cfg.providers.yubihsm:
+        raise ConfigError(
+            "no [[providers.yubihsm]] section", file=str(cfg.path), fix="add one (see tmkms.toml.example)"
+        )
+    hsm = cfg.providers.yubihsm[0]
+    url = adapter_url(hsm.adapter.type, hsm.adapter.addr, hsm.serial_number)
+    auth_key = hsm.auth.key
+    password: str | None = None
+    server = hsm.connector_server
+    if server is not None and server.cli:
+        url = adapter_url("http", server.laddr)
+        if server.cli_auth_key is not None:
+            auth_key = server.cli_auth_key
+    if args.auth_key is not None:
+        auth_key = args.auth_key
+        if args.password_file is None:
+            password = getpass.getpass(f"password for authentication key 0x{auth_key:04x}: ")
+    if args.password_file is not None:
+        password = read_password(None, args.password_file)
+    if password is None:
+        password = read_password(hsm.auth.password, hsm.auth.password_file)
+    return url, auth_key, password, hsm.serial_number
+
+
+@contextlib.contextmanager
+def _session(args: argparse.Namespace, what: str) -> Iterator[Any]:
+    from pykms.providers.yubihsm import open_session
+
+    url, auth_key, password, serial = _settings(args)
+    backend, _hsm, session = open_session(url, auth_key, password, serial_number=serial, what=what)
+    args._auth_key_used = auth_key
+    try:
+        yield session
+    finally:
+        with contextlib.suppress(Exception):
+            session.close()
+        backend.close()
+
+
+def _hsm_call(args: argparse.Namespace, what: str, key_id: int | None, fn: Any, *a: Any) -> Any:
+    from pykms.providers.yubihsm import map_yubihsm_error
+
+    try:
+        return fn(*a)
+    except KmsError:
+        raise
+    except Exception as exc:
+        raise map_yubihsm_error(exc, what=what, auth_key=args._auth_key_used, key_id=key_id) from None
+
+
+def _raw_public_key(key: Any) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    return bytes(key.get_public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+
+
+def _timestamp() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ---- commands ----------------------------------------------------------------------------------------------
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from yubihsm.core import YubiHsm
+
+    from pykms.providers.yubihsm import _make_backend, map_yubihsm_error
+
+    url, auth_key, _password, _serial = _settings(args)
+    backend = _make_backend(url)
+    try:
+        info = YubiHsm(backend).get_device_info()
+    except Exception as exc:
+        raise map_yubihsm_error(exc, what=f"yubihsm detect ({url})", auth_key=auth_key) from None
+    finally:
+        backend.close()
+    version = ".".join(str(v) for v in info.version)
+    print(f"YubiHSM2 at {url}: serial {info.serial}, firmware {version}, part {info.part_number or '-'}")
+    return 0
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    from pykms.providers import yubihsm_setup as setup
+
+    url, auth_key, password, _serial = _settings(args)
+    if args.restore:
+        print("Restoring and reprovisioning the YubiHSM from an existing 24-word mnemonic.")
+        phrase = getpass.getpass("*** Enter mnemonic (separate words with spaces): ") if sys.stdin.isatty() else ""
+        if not phrase:
+            phrase = sys.stdin.readline()
+        entropy = setup.mnemonic_to_entropy(" ".join(phrase.split()))
+        print("Mnemonic phrase decoded and checksummed successfully.")
+    else:
+        with _session(args, "yubihsm setup: device randomness") as session:
+            device_random = _hsm_call(args, "yubihsm setup: get pseudo-random", None, session.get_pseudo_random, 32)
+        entropy = setup.new_mnemonic_entropy(bytes(device_random))
+    plan = setup.plan_from_entropy(entropy)
+    words = plan.mnemonic.split()
+    if args.print_only:
+        print("Keys and passwords derived from the 24-word admin mnemonic:")
+    else:
+        print(f"This will ERASE the YubiHSM2 at {url} and reinitialize it.")
+        print("Authentication keys with these ids and passwords will be created:")
+    print()
+    print("- authkey 0x0001 [admin]: the 24-word mnemonic:")
+    print("    " + " ".join(words[:12]))
+    print("    " + " ".join(words[12:]))
+    for name in ("operator", "auditor", "validator"):
+        role = plan.role(name)
+        print(f"- authkey 0x{role.key_id:04x} [{name}]: {role.password}")
+    print(f"- wrapkey 0x{setup.WRAP_KEY_ID:04x} [primary]: {plan.wrap_key.hex()}")
+    print()
+    if args.print_only:
+        return 0
+    if not args.yes:
+        answer = input("*** Are you SURE you want to erase and reinitialize this HSM? (y/N): ")
+        if answer.strip().lower() != "y":
+            print("Aborted; nothing was changed.")
+            return 8
+    report = setup.provision(url, setup.Credentials(auth_key, password), plan)
+    print(f"Reinitialized YubiHSM (serial {report['serial_number']}).")
+    if args.write_report is not None:
+        try:
+            args.write_report.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        except OSError as exc:
+            raise KeyFileError(f"{args.write_report}: cannot write the report ({exc.strerror})") from None
+        print(f"Wrote provisioning report to {args.write_report}")
+    return 0
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    from yubihsm.defs import ALGORITHM, OBJECT
+    from yubihsm.objects import AsymmetricKey
+
+    capabilities = CAP_SIGN_EDDSA | (0 if args.non_exportable else CAP_EXPORTABLE_UNDER_WRAP)
+    label = args.label if args.label is not None else f"consensus:{_timestamp()}"
+    if len(label.encode()) > 40:
+        raise ConfigError(f"label {label!r} is longer than 40 bytes", fix="use a shorter --label")
+    with _session(args, "yubihsm keys generate") as session:
+        what = f"generate key 0x{args.key_id:04x}"
+        key = _hsm_call(
+            args, what, None, AsymmetricKey.generate, session, args.key_id, label, DEFAULT_DOMAINS, capabilities,
+            ALGORITHM.EC_ED25519,
+        )  # fmt: skip
+        pub = _hsm_call(args, what, args.key_id, _raw_public_key, key)
+        print(f"Generated consensus (ed25519) key 0x{args.key_id:04x}: {pub.hex().upper()}")
+        if args.backup is not None:
+            wrap = session.get_object(args.wrapkey, OBJECT.WRAP_KEY)
+            _export(args, session, wrap, key, args.backup)
+    return 0
+
+
+def _export(args: argparse.Namespace, session: Any, wrap: Any, key: Any, path: Path) -> None:
+    from pykms.keyfiles import write_secret_file
+
+    what = f"export key 0x{key.id:04x} under wrap key 0x{wrap.id:04x}"
+    blob = _hsm_call(args, what, key.id, wrap.export_wrapped, key)
+    write_secret_file(path, base64.b64encode(bytes(blob)) + b"\n")
+    print(f"Wrote backup of key 0x{key.id:04x} (encrypted under wrap key 0x{wrap.id:04x}) to {path}")
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    from yubihsm.defs import ALGORITHM, OBJECT
+
+    with _session(args, "yubihsm keys list") as session:
+        objects = _hsm_call(
+            args, "list keys", None, session.list_objects, None, OBJECT.ASYMMETRIC_KEY, None, None,
+            ALGORITHM.EC_ED25519,
+        )  # fmt: skip
+        if not objects:
+            print("No Ed25519 keys found.")
+        for obj in objects:
+            info = _hsm_call(args, "key info", obj.id, obj.get_info)
+            pub = _hsm_call(args, "public key", obj.id, _raw_public_key, obj)
+            label = info.label if isinstance(info.label, str) else info.label.hex()
+            print(f"- 0x{obj.id:04x}: {pub.hex().upper()}  label={label!r} domains=0x{info.domains:04x}")
+    return 0
+
+
+def parse_key_file(kind: str, raw: bytes, source: Path) -> bytes:
+    """A json or base64 key file -> the 32-byte Ed25519 seed. Refuses anything malformed; names the problem."""
+    from nacl.signing import SigningKey
+
+    def fail(why: str) -> KeyFileError:
+        return KeyFileError(f"{source}: {why}")
+
+    if kind == "json":
+        try:
+            doc = json.loads(raw)
+            priv = doc["priv_key"]
+            key_type, value = priv["type"], priv["value"]
+        except (ValueError, KeyError, TypeError):
+            raise fail("not a priv_validator_key.json (expected priv_key.type and priv_key.value)") from None
+        if key_type != "tendermint/PrivKeyEd25519":
+            raise fail(f"priv_key.type is {key_type!r}; only tendermint/PrivKeyEd25519 can be imported") from None
+        try:
+            keypair = base64.b64decode(str(value), validate=True)
+        except (binascii.Error, ValueError):
+            raise fail("priv_key.value is not base64") from None
+        if len(keypair) != 64:
+            raise fail(f"priv_key.value holds {len(keypair)} bytes, expected 64 (seed and public key)")
+        seed = keypair[:32]
+        if bytes(SigningKey(seed).verify_key) != keypair[32:]:
+            raise fail("priv_key.value: the public half does not match the seed (corrupt file)")
+        pub_key = doc.get("pub_key", {}) if isinstance(doc, dict) else {}
+        if isinstance(pub_key, dict) and "value" in pub_key:
+            try:
+                declared = base64.b64decode(str(pub_key["value"]), validate=True)
+            except (binascii.Error, ValueError):
+                raise fail("pub_key.value is not base64") from None
+            if declared != keypair[32:]:
+                raise fail("pub_key.value does not match priv_key.value (corrupt file)")
+        return seed
+    try:
+        decoded = base64.b64decode(raw.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise fail("not base64") from None
+    if len(decoded) == 64 and bytes(SigningKey(decoded[:32]).verify_key) == decoded[32:]:
+        return decoded[:32]
+    if len(decoded) != 32:
+        raise fail(f"holds {len(decoded)} bytes; an Ed25519 seed is 32 bytes")
+    return decoded
+
+
+def cmd_keys_import(args: argparse.Namespace) -> int:
+    from yubihsm.defs import OBJECT
+    from yubihsm.objects import AsymmetricKey
+
+    from pykms.keyfiles import read_secret_file
+
+    raw = read_secret_file(args.path)
+    kind = args.type or ("json" if args.path.name.endswith(".json") else "wrapped")
+    kind = "wrapped" if kind == "wrap" else kind
+    # Everything is parsed and checked before the device is touched: a bad file writes nothing.
+    if kind == "wrapped":
+        try:
+            blob = base64.b64decode(raw.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raise KeyFileError(f"{args.path}: not a base64 wrapped backup") from None
+        if len(blob) < 13 + 16 + 1:
+            raise KeyFileError(f"{args.path}: too short to be a wrapped backup ({len(blob)} bytes)")
+        with _session(args, "yubihsm keys import") as session:
+            wrap = session.get_object(args.wrapkey, OBJECT.WRAP_KEY)
+            what = f"import wrapped backup {args.path} with wrap key 0x{args.wrapkey:04x}"
+            obj = _hsm_call(args, what, None, wrap.import_wrapped, blob)
+            if obj.object_type == OBJECT.ASYMMETRIC_KEY:
+                pub = _hsm_call(args, what, obj.id, _raw_public_key, obj)
+                print(f"Imported key 0x{obj.id:04x}: {pub.hex().upper()}")
+            else:
+                print(f"Imported object 0x{obj.id:04x} ({obj.object_type!s})")
+        return 0
+    if args.key_id is None:
+        raise ConfigError("no key id given", fix=f"pass -i ID, e.g. pykms yubihsm keys import -i 1 {args.path}")
+    seed = parse_key_file(kind, raw, args.path)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    private = Ed25519PrivateKey.from_private_bytes(seed)
+    with _session(args, "yubihsm keys import") as session:
+        what = f"import key 0x{args.key_id:04x}"
+        key = _hsm_call(
+            args, what, None, AsymmetricKey.put, session, args.key_id, args.label, DEFAULT_DOMAINS,
+            CAP_SIGN_EDDSA | CAP_EXPORTABLE_UNDER_WRAP, private,
+        )  # fmt: skip
+        pub = _hsm_call(args, what, args.key_id, _raw_public_key, key)
+    print(f"Imported key 0x{args.key_id:04x}: {pub.hex().upper()}")
+    return 0
+
+
+def cmd_keys_export(args: argparse.Namespace) -> int:
+    from yubihsm.defs import OBJECT
+
+    if args.path.exists():
+        raise KeyFileError(f"{args.path}: already exists; refusing to overwrite a backup")
+    with _session(args, "yubihsm keys export") as session:
+        wrap = session.get_object(args.wrapkey, OBJECT.WRAP_KEY)
+        key = session.get_object(args.key_id, OBJECT.ASYMMETRIC_KEY)
+        _export(args, session, wrap, key, args.path)
+    return 0
+
+
+def cmd_keys_delete(args: argparse.Namespace) -> int:
+    from yubihsm.defs import OBJECT
+
+    with _session(args, "yubihsm keys delete") as session:
+        key = session.get_object(args.key_id, OBJECT.ASYMMETRIC_KEY)
+        _hsm_call(args, f"delete key 0x{args.key_id:04x}", args.key_id, key.delete)
+    print(f"Deleted key 0x{args.key_id:04x}")
+    return 0
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from pykms.providers.yubihsm import YubihsmSigner
+
+    if args.count < 1:
+        raise ConfigError("--count must be at least 1")
+    url, auth_key, password, serial = _settings(args)
+    signer = YubihsmSigner(url, auth_key, password, args.key_id, serial_number=serial)
+    latencies: list[float] = []
+    try:
+        start = time.perf_counter()
+        for i in range(args.count):
+            t0 = time.perf_counter()
+            signer.sign(b"pykms yubihsm test %d" % i)
+            latencies.append(time.perf_counter() - t0)
+        elapsed = time.perf_counter() - start
+    finally:
+        signer.close()
+    latencies.sort()
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    print(
+        f"signed {args.count} messages with key 0x{args.key_id:04x} in {elapsed:.3f} s: "
+        f"{args.count / elapsed:.1f} signatures/s, p50 {statistics.median(latencies) * 1e3:.2f} ms, "
+        f"p99 {p99 * 1e3:.2f} ms, max {latencies[-1] * 1e3:.2f} ms (every signature verified)"
+    )
+    if not latencies:
+        raise FatalProviderError("no signatures")
+    return 0

@@ -1,0 +1,424 @@
+"""YubiHSM2 signing backend (tmkms's ``[[providers.yubihsm]]``), through Yubico's python-yubihsm library.
+
+One ``YubihsmSigner`` holds one Ed25519 key on the device, over one authenticated session (SCP03). A lost
+session (idle timeout, device reset, connector restart, MAC chain broken by a dropped reply) is re-established
+transparently; while the connector is away, ``sign`` keeps retrying for ``retry_seconds`` and then raises
+``TransientProviderError``, so signing pauses and resumes by itself. Every signature is verified against the
+public key read at connect time before it is returned: a faulty device or link can never emit a bad signature.
+
+Errors that retrying cannot fix (wrong password, absent authentication key or signing key, a key without the
+sign-eddsa capability, a serial number that does not match) raise ``FatalProviderError`` with the fix in the text.
+
+``ConnectorServer`` implements tmkms's ``connector_server``: a yubihsm-connector-compatible HTTP API that
+forwards raw frames to the device through pykms's own connection, so yubihsm-shell can reach the HSM while
+pykms holds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pykms.errors import ConfigError, FatalProviderError, ProviderError, TransientProviderError
+from pykms.providers.signer import verify_or_raise
+
+if TYPE_CHECKING:
+    from pykms.config import YubihsmConfig, YubihsmKey
+
+__all__ = [
+    "ConnectorServer",
+    "YubihsmSigner",
+    "adapter_url",
+    "map_yubihsm_error",
+    "open_session",
+    "read_password",
+]
+
+#: CAPABILITY.SIGN_EDDSA (python-yubihsm defs.CAPABILITY, bit 0x08).
+_CAP_SIGN_EDDSA = 1 << 0x08
+#: ALGORITHM.EC_ED25519 (python-yubihsm defs.ALGORITHM).
+_ALG_ED25519 = 46
+#: Device errors that mean the session is gone and a new one will do (python-yubihsm defs.ERROR).
+_SESSION_ERRORS = {0x03, 0x06}  # INVALID_SESSION, SESSION_FAILED
+#: Connection timeouts (connect, read) for the HTTP connector: a signature takes milliseconds on the device,
+#: and a validator must not block for minutes on a hung connector (python-yubihsm defaults to 10 s / 600 s).
+_HTTP_TIMEOUT = (2, 10)
+
+
+def adapter_url(adapter_type: str, addr: str | None, serial_number: str | None = None) -> str:
+    """tmkms adapter settings -> a python-yubihsm backend URL (``http://host:port`` or ``yhusb://``)."""
+    if adapter_type == "http":
+        raw = addr or "tcp://127.0.0.1:12345"
+        for prefix in ("tcp://", "http://"):
+            if raw.startswith(prefix):
+                raw = raw[len(prefix) :]
+                break
+        host, sep, port = raw.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ConfigError(
+                f"adapter addr {addr!r} is not host:port",
+                key="providers.yubihsm.adapter.addr",
+                fix='write e.g. addr = "tcp://127.0.0.1:12345"',
+            )
+        return f"http://{host}:{port}"
+    if adapter_type == "usb":
+        # python-yubihsm's USB backend needs pyusb (and libusb underneath).
+        if importlib.util.find_spec("usb") is None:
+            raise ConfigError(
+                "the USB adapter needs pyusb and libusb, which are not installed",
+                key="providers.yubihsm.adapter.type",
+                fix="pip install pyusb (and install libusb-1.0), or run yubihsm-connector and use "
+                'adapter = { type = "http", addr = "tcp://127.0.0.1:12345" }',
+            )
+        return f"yhusb://serial={int(serial_number)}" if serial_number else "yhusb://"
+    raise ConfigError(
+        f"unknown adapter type {adapter_type!r}", key="providers.yubihsm.adapter.type", fix='use "http" or "usb"'
+    )
+
+
+def read_password(password: str | None, password_file: Path | None) -> str:
+    """The authentication password, from the config or its file (0600; trailing newline stripped)."""
+    if password_file is not None:
+        from pykms.keyfiles import read_secret_file
+
+        raw = read_secret_file(Path(password_file))
+        try:
+            return raw.decode().rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise ConfigError(
+                f"{password_file}: the password file is not UTF-8 text",
+                key="providers.yubihsm.auth.password_file",
+                fix="write the password as one line of text",
+            ) from None
+    if password is not None:
+        return password
+    raise ConfigError(
+        "no password for the authentication key",
+        key="providers.yubihsm.auth",
+        fix='set auth = { key = N, password_file = "/path/to/password" }',
+    )
+
+
+def map_yubihsm_error(exc: Exception, *, what: str, auth_key: int, key_id: int | None = None) -> ProviderError:
+    """python-yubihsm exception -> our tree, with a message that says what to fix. Never includes secrets."""
+    from yubihsm.exceptions import (
+        YubiHsmAuthenticationError,
+        YubiHsmConnectionError,
+        YubiHsmDeviceError,
+        YubiHsmInvalidResponseError,
+    )
+
+    if isinstance(exc, YubiHsmAuthenticationError):
+        return FatalProviderError(
+            f"{what}: the YubiHSM rejected the password of authentication key 0x{auth_key:04x} "
+            "(fix: check auth.password / auth.password_file in the [[providers.yubihsm]] section)"
+        )
+    if isinstance(exc, YubiHsmConnectionError):
+        return TransientProviderError(f"{what}: cannot reach the YubiHSM connector ({type(exc).__name__})")
+    if isinstance(exc, YubiHsmInvalidResponseError):
+        return TransientProviderError(f"{what}: the YubiHSM sent an invalid response; the session is reset")
+    if isinstance(exc, YubiHsmDeviceError):
+        code = int(exc.code)
+        name = getattr(exc.code, "name", hex(code))
+        if code in _SESSION_ERRORS:
+            return TransientProviderError(f"{what}: YubiHSM session lost ({name})")
+        if code == 0x0B:  # OBJECT_NOT_FOUND
+            target = f"key 0x{key_id:04x}" if key_id is not None else f"authentication key 0x{auth_key:04x}"
+            return FatalProviderError(
+                f"{what}: {target} is not on the YubiHSM or not in a domain of authentication key "
+                f"0x{auth_key:04x} (fix: check the key id with `pykms yubihsm keys list`, or import the key)"
+            )
+        if code == 0x09:  # INSUFFICIENT_PERMISSIONS
+            return FatalProviderError(
+                f"{what}: authentication key 0x{auth_key:04x} lacks the capability for this operation "
+                "(fix: use an authentication key with that capability, e.g. the validator key for signing "
+                "or the admin/operator key for key management)"
+            )
+        if code == 0x05:  # SESSIONS_FULL
+            return TransientProviderError(f"{what}: all 16 YubiHSM sessions are in use")
+        if code == 0x04:  # AUTHENTICATION_FAILED
+            return FatalProviderError(
+                f"{what}: authentication with key 0x{auth_key:04x} failed (fix: check the password)"
+            )
+        return FatalProviderError(f"{what}: YubiHSM error {name}")
+    return TransientProviderError(f"{what}: unexpected YubiHSM failure ({type(exc).__name__})")
+
+
+def _make_backend(url: str) -> Any:
+    from yubihsm.backends import get_backend
+
+    if url.startswith("http"):
+        from yubihsm.backends.http import HttpBackend
+
+        return HttpBackend(url, _HTTP_TIMEOUT)
+    try:
+        return get_backend(url)
+    except ValueError as exc:
+        raise ConfigError(f"cannot open YubiHSM backend {url}: {exc}", key="providers.yubihsm.adapter") from None
+
+
+def open_session(
+    url: str, auth_key: int, password: str, *, serial_number: str | None = None, what: str = "yubihsm"
+) -> tuple[Any, Any, Any]:
+    """Connect and authenticate: ``(backend, YubiHsm, AuthSession)``. Raises our errors only."""
+    from yubihsm.core import YubiHsm
+
+    backend = _make_backend(url)
+    try:
+        hsm = YubiHsm(backend)
+        if serial_number is not None:
+            serial = hsm.get_device_info().serial
+            if str(serial) != str(serial_number).lstrip("0") and str(serial) != str(serial_number):
+                backend.close()
+                raise FatalProviderError(
+                    f"{what}: the YubiHSM at {url} has serial {serial}, not {serial_number} "
+                    "(fix: correct serial_number in [[providers.yubihsm]] or connect the right device)"
+                )
+        session = hsm.create_session_derived(auth_key, password)
+    except ProviderError:
+        raise
+    except Exception as exc:
+        backend.close()
+        raise map_yubihsm_error(exc, what=what, auth_key=auth_key) from None
+    return backend, hsm, session
+
+
+class YubihsmSigner:
+    """An Ed25519 key held in a YubiHSM2 (``pykms.providers.signer.Signer``)."""
+
+    provider = "yubihsm"
+
+    def __init__(
+        self,
+        url: str,
+        auth_key: int,
+        password: str,
+        key_id: int,
+        *,
+        serial_number: str | None = None,
+        retry_seconds: float = 10.0,
+        retry_interval: float = 0.05,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.url = url
+        self.auth_key = auth_key
+        self.key_id = key_id
+        self._password = password
+        self._serial_number = serial_number
+        self._retry_seconds = retry_seconds
+        self._retry_interval = retry_interval
+        self._sleep = sleep
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._backend: Any = None
+        self._session: Any = None
+        self._key: Any = None
+        self._public_key: bytes | None = None
+        self.reconnects = 0
+        with self._lock:
+            self._connect()
+
+    def __repr__(self) -> str:
+        return f"YubihsmSigner(url={self.url!r}, auth_key={self.auth_key}, key_id={self.key_id})"
+
+    @classmethod
+    def from_config(cls, cfg: YubihsmConfig, key: YubihsmKey) -> YubihsmSigner:
+        """Build from a ``[[providers.yubihsm]]`` section and one of its ``keys`` entries."""
+        url = adapter_url(cfg.adapter.type, cfg.adapter.addr, cfg.serial_number)
+        password = read_password(cfg.auth.password, cfg.auth.password_file)
+        signer = cls(url, cfg.auth.key, password, key.key, serial_number=cfg.serial_number)
+        if cfg.connector_server is not None:
+            ConnectorServer.ensure(cfg.connector_server.laddr, url, cfg.auth.key)
+        return signer
+
+    # ---- Signer -----------------------------------------------------------------------------------------
+
+    def public_key(self) -> bytes:
+        assert self._public_key is not None
+        return self._public_key
+
+    def sign(self, message: bytes) -> bytes:
+        """Sign on the device; re-establish a lost session and retry until ``retry_seconds`` have passed."""
+        deadline = self._clock() + self._retry_seconds
+        with self._lock:
+            while True:
+                try:
+                    if self._session is None:
+                        self._connect()
+                        self.reconnects += 1
+                    signature = self._sign_once(message)
+                    verify_or_raise(self.public_key(), message, signature, self.provider)
+                    return signature
+                except TransientProviderError:
+                    self._drop()
+                    if self._clock() >= deadline:
+                        raise
+                    self._sleep(self._retry_interval)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._session is not None:
+                with contextlib.suppress(Exception):
+                    self._session.close()
+            self._drop()
+
+    # ---- internals --------------------------------------------------------------------------------------
+
+    def _sign_once(self, message: bytes) -> bytes:
+        try:
+            signature = bytes(self._key.sign_eddsa(message))
+        except Exception as exc:
+            raise map_yubihsm_error(exc, what="sign", auth_key=self.auth_key, key_id=self.key_id) from None
+        if len(signature) != 64:
+            raise TransientProviderError("yubihsm returned a signature of the wrong length")
+        return signature
+
+    def _connect(self) -> None:
+        from yubihsm.defs import OBJECT
+
+        backend, _hsm, session = open_session(
+            self.url, self.auth_key, self._password, serial_number=self._serial_number, what="yubihsm connect"
+        )
+        try:
+            key = session.get_object(self.key_id, OBJECT.ASYMMETRIC_KEY)
+            info = key.get_info()
+            raw_pub = key.get_public_key()
+        except Exception as exc:
+            backend.close()
+            raise map_yubihsm_error(exc, what="yubihsm connect", auth_key=self.auth_key, key_id=self.key_id) from None
+        if int(info.algorithm) != _ALG_ED25519:
+            backend.close()
+            raise FatalProviderError(
+                f"yubihsm key 0x{self.key_id:04x} is {info.algorithm!s}, not Ed25519 "
+                "(fix: point keys.key at an Ed25519 key; see `pykms yubihsm keys list`)"
+            )
+        if not int(info.capabilities) & _CAP_SIGN_EDDSA:
+            backend.close()
+            raise FatalProviderError(
+                f"yubihsm key 0x{self.key_id:04x} lacks the sign-eddsa capability "
+                "(fix: re-import or regenerate it with `pykms yubihsm keys generate`/`keys import`, "
+                "which grant sign-eddsa)"
+            )
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+        pub = raw_pub.public_bytes(Encoding.Raw, PublicFormat.Raw)
+        if self._public_key is not None and pub != self._public_key:
+            backend.close()
+            raise FatalProviderError(
+                f"yubihsm key 0x{self.key_id:04x} changed while pykms was running; refusing to sign with it"
+            )
+        self._public_key = pub
+        self._backend, self._session, self._key = backend, session, key
+
+    def _drop(self) -> None:
+        if self._backend is not None:
+            with contextlib.suppress(Exception):
+                self._backend.close()
+        self._backend = self._session = self._key = None
+
+
+class ConnectorServer:
+    """yubihsm-connector-compatible HTTP API forwarding raw frames to the device (tmkms ``connector_server``).
+
+    Frames are forwarded verbatim through a backend of our own, one at a time under a lock, so a client such as
+    yubihsm-shell runs its own SCP03 session alongside pykms's sessions.
+    """
+
+    _running: dict[str, ConnectorServer] = {}
+    _registry_lock = threading.Lock()
+
+    def __init__(self, laddr: str, device_url: str):
+        raw = laddr.removeprefix("tcp://").removeprefix("http://")
+        host, _, port = raw.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(
+                f"connector_server laddr {laddr!r} is not host:port",
+                key="providers.yubihsm.connector_server.laddr",
+                fix='write e.g. laddr = "tcp://127.0.0.1:12345"',
+            )
+        self.device_url = device_url
+        self._backend = _make_backend(device_url)
+        self._lock = threading.Lock()
+        try:
+            self.httpd = ThreadingHTTPServer((host, int(port)), self._handler())
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {laddr}: {exc.strerror}",
+                key="providers.yubihsm.connector_server.laddr",
+                fix="choose a free port",
+            ) from None
+        self.httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="yubihsm-connector", daemon=True)
+        self._thread.start()
+
+    @property
+    def port(self) -> int:
+        return int(self.httpd.server_address[1])
+
+    @classmethod
+    def ensure(cls, laddr: str, device_url: str, auth_key: int) -> ConnectorServer:
+        """One server per listen address, shared by every key of the provider section."""
+        with cls._registry_lock:
+            server = cls._running.get(laddr)
+            if server is None:
+                server = cls(laddr, device_url)
+                cls._running[laddr] = server
+            return server
+
+    def forward(self, frame: bytes) -> bytes:
+        with self._lock:
+            return bytes(self._backend.transceive(frame))
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._backend.close()
+        with self._registry_lock:
+            for key, value in list(self._running.items()):
+                if value is self:
+                    del self._running[key]
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+            def _send(self, status: int, body: bytes, content_type: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                if self.path.split("?")[0] != "/connector/status":
+                    self._send(404, b"not found\n", "text/plain")
+                    return
+                body = f"status=OK\nserial=*\nversion=pykms\naddress=\nport={server.port}\n"
+                self._send(200, body.encode(), "text/plain")
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                frame = self.rfile.read(min(length, 4096))
+                if self.path != "/connector/api":
+                    self._send(404, b"not found\n", "text/plain")
+                    return
+                try:
+                    reply = server.forward(frame)
+                except Exception:
+                    self._send(502, b"device unreachable\n", "text/plain")
+                    return
+                self._send(200, reply, "application/octet-stream")
+
+        return Handler

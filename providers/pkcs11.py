@@ -34,7 +34,14 @@ import pkcs11
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11e
 
-from pykms.errors import ConfigError, FatalProviderError, KeyFileError, ProviderError, TransientProviderError
+from pykms.errors import (
+    ConfigError,
+    FatalProviderError,
+    KeyFileError,
+    KmsError,
+    ProviderError,
+    TransientProviderError,
+)
 from pykms.keyfiles import read_secret_file
 from pykms.providers.signer import verify_or_raise
 
@@ -315,13 +322,19 @@ class Pkcs11Token:
 
     def _find_token(self, lib: Any) -> Any:
         if self.token_label is not None:
-            token = lib.get_token(token_label=self.token_label)
-            if self.slot is not None and token.slot.slot_id != self.slot:
+            tokens = [
+                t
+                for t in lib.get_tokens(token_label=self.token_label)
+                if self.slot is None or t.slot.slot_id == self.slot
+            ]
+            if len(tokens) > 1:
                 raise FatalProviderError(
-                    f"pkcs11: token {self.token_label!r} is in slot {token.slot.slot_id}, not the configured "
-                    f"slot {self.slot} (fix: correct or remove `slot`)"
+                    f"pkcs11: {len(tokens)} tokens are labelled {self.token_label!r} (fix: add `slot` to "
+                    "[[providers.pkcs11]] to pick one)"
                 )
-            return token
+            if not tokens:
+                raise p11e.NoSuchToken()
+            return tokens[0]
         for slot in lib.get_slots(token_present=True):
             if slot.slot_id == self.slot:
                 return slot.get_token()
@@ -370,6 +383,10 @@ class Pkcs11Token:
                             self._drop_session()
                         continue
                     raise map_pkcs11_error(exc, f"{where} on {self.description}") from None
+                except KmsError:
+                    raise
+                except Exception as exc:  # a foreign error from the binding: still ours at this edge
+                    raise map_pkcs11_error(exc, f"{where} on {self.description}") from exc
             raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:
@@ -616,8 +633,7 @@ class Pkcs11Signer:
                 lambda s: _public_key_of(s, label, key_id, token.description), "reading the public key"
             )
             self._locate_private_now()
-            # Prove the pair matches once, up front: a mismatched public object would otherwise fail every sign.
-            self.sign(_PROBE_MESSAGE)
+            self._check_pair()
         except BaseException:
             self.close()
             raise
@@ -673,18 +689,31 @@ class Pkcs11Signer:
     def _locate_private_now(self) -> None:
         self._token.run(self._locate_private, "finding the private key")
 
+    def _check_pair(self) -> None:
+        """Prove once, up front, that the public object matches the private key: otherwise every sign fails."""
+        signature = self._token.run(lambda s: self._raw_sign(s, _PROBE_MESSAGE), "signing a check message")
+        try:
+            verify_or_raise(self._public_key, _PROBE_MESSAGE, signature, PROVIDER)
+        except TransientProviderError:
+            raise FatalProviderError(
+                f"pkcs11: the public key object with {_describe(self._label, self._key_id)} on "
+                f"{self._token.description} does not match its private key (fix: delete the stray public key "
+                "object with the token's tools, or re-import the key)"
+            ) from None
+
+    def _raw_sign(self, session: Any, message: bytes) -> bytes:
+        priv = self._locate_private(session)
+        # CKM_EDDSA with no parameters is pure Ed25519 (PKCS#11 3.0 section 2.3.14): the message, unhashed.
+        return bytes(priv.sign(message, mechanism=Mechanism.EDDSA))
+
     def public_key(self) -> bytes:
         return self._public_key
 
     def sign(self, message: bytes) -> bytes:
-        def op(session: Any) -> bytes:
-            priv = self._locate_private(session)
-            return bytes(priv.sign(message, mechanism=Mechanism.EDDSA))
-
         with self._token.lock:  # one signer call at a time per module (the runtime uses worker threads)
             if self._closed:
                 raise FatalProviderError("pkcs11: signer used after close()")
-            signature = self._token.run(op, "signing")
+            signature = self._token.run(lambda s: self._raw_sign(s, message), "signing")
         verify_or_raise(self._public_key, message, signature, PROVIDER)
         return signature
 

@@ -39,7 +39,7 @@ from pykms.providers.pkcs11 import (
     read_pin,
 )
 from pykms.providers.signer import Signer
-from tests.softhsm import SoftHsm, fresh_token
+from tests.softhsm import SoftHsm, finalize_module, fresh_token
 
 # VECTORS.md V11, cometbft tools/tm-signer-harness/internal/test_harness_test.go (keyFileContents).
 HARNESS_SEED = bytes.fromhex("f0edfd02442ca1ed6c050c2e77f29dba5f2583c2bd485b2a97d699bf05d04add")
@@ -328,7 +328,7 @@ def test_mismatched_public_key_refused_at_open(hsm: SoftHsm) -> None:
             )
 
         token.run(forge, "test")
-    with pytest.raises(TransientProviderError, match="does not verify"):
+    with pytest.raises(FatalProviderError, match="does not match its private key"):
         _signer(hsm, label="forged")
 
 
@@ -528,3 +528,23 @@ def test_cli_import_seed_file_and_errors(hsm: SoftHsm, tmp_path: Path, capsys: p
     assert main(["pkcs11", "keys", "list", "-c", str(config)]) == 6
     err = capsys.readouterr().err
     assert "CKR_PIN_INCORRECT" in err and "000000" not in err
+
+
+@pytest.mark.softhsm
+def test_two_tokens_with_one_label_need_a_slot(hsm: SoftHsm, tmp_path: Path) -> None:
+    from tests.softhsm import make_token
+
+    twin = make_token(tmp_path / "softhsm", label=hsm.label)  # same directory and conf: a second token
+    assert twin.slot != hsm.slot
+    finalize_module(hsm.module)
+    with pytest.raises(FatalProviderError, match=r"2 tokens are labelled 'pykms'.*slot"):
+        Pkcs11Signer.open(hsm.module, hsm.user_pin, token_label=hsm.label, label="val")
+    with Pkcs11Token(hsm.module, hsm.user_pin, token_label=hsm.label, slot=twin.slot) as token:
+        import_key(token, SECRET_SEED, "val", None)
+    signer = Pkcs11Signer.open(hsm.module, hsm.user_pin, token_label=hsm.label, slot=twin.slot, label="val")
+    try:
+        assert signer.sign(b"m") == SigningKey(SECRET_SEED).sign(b"m").signature
+    finally:
+        signer.close()
+    with pytest.raises(FatalProviderError, match="no Ed25519 public key"):  # the first token has no key
+        Pkcs11Signer.open(hsm.module, hsm.user_pin, slot=hsm.slot, label="val")

@@ -869,8 +869,15 @@ def parse_config(data: Mapping[str, Any], path: Path) -> KmsConfig:
                 f"no [[chain]] with id {chain_id!r}{_did_you_mean(chain_id, chain_ids)}",
                 f'add a [[chain]] with id = "{chain_id}" or correct chain_ids',
             )
+    served = {v.chain_id for v in validators}
+    kept: list[ChainConfig] = []
     for i, chain in enumerate(chains):
         mine = [key for chain_id, key in owners if chain_id == chain.id]
+        if not mine and chain.id not in served:
+            # tmkms's own example lists chains without keys; such a chain can do nothing, so it is left out
+            # (the runtime opens a key and a state for every chain it is given).
+            ctx.warn(f"chain[{i}]", f"chain {chain.id!r} has no key and no [[validator]]; ignored")
+            continue
         if not mine:
             raise ctx.error(
                 f"chain[{i}]",
@@ -883,9 +890,10 @@ def parse_config(data: Mapping[str, Any], path: Path) -> KmsConfig:
                 f"chain {chain.id!r} has a consensus key in {len(mine)} provider entries ({', '.join(mine)})",
                 "keep exactly one key per chain",
             )
+        kept.append(chain)
     return KmsConfig(
         path=path,
-        chains=chains,
+        chains=kept,
         validators=validators,
         providers=providers,
         guard=guard,

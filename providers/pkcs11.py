@@ -237,9 +237,11 @@ class _Module:
             try:
                 self._lib = pkcs11.lib(self.path)  # initialises it (python-pkcs11 caches by path)
             except p11e.PKCS11Error as exc:
+                # The binding's text here is the loader's (dlopen/dlsym) and holds no secret.
+                detail = str(exc) or type(exc).__name__
                 raise FatalProviderError(
-                    f"pkcs11: cannot load module {self.path}: {type(exc).__name__} "
-                    "(check the `module` path in [[providers.pkcs11]])"
+                    f"pkcs11: cannot load module {self.path}: {detail} "
+                    "(fix: give the vendor's PKCS#11 library as `module` in [[providers.pkcs11]])"
                 ) from None
             self.generation += 1
         return self._lib

@@ -191,6 +191,9 @@ def test_token_needs_label_or_slot(tmp_path: Path) -> None:
         Pkcs11Token(module, "1234")
     with pytest.raises(ConfigError, match="does not exist"):
         Pkcs11Token(tmp_path / "missing.so", "1234", token_label="x")
+    module.write_bytes(b"not a shared object")
+    with pytest.raises(FatalProviderError, match=r"cannot load module .*fix: give the vendor's PKCS#11 library"):
+        Pkcs11Signer.open(module, "1234", token_label="x", label="y")
 
 
 # ---------------------------------------------------------------------------------------------- SoftHSM2

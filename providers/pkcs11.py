@@ -273,22 +273,19 @@ def _acquire_module(path: str) -> _Module:
             fix="give the path of the vendor's PKCS#11 .so (e.g. libsofthsm2.so)",
         )
     with _modules_lock:
-        module = _modules.get(path)
-        if module is None:
-            module = _modules[path] = _Module(path)
+        # Kept for the process's life: python-pkcs11 caches one library object per path, so one lock per path.
+        module = _modules.setdefault(path, _Module(path))
+    with module.lock:
         module.users += 1
-        return module
+    return module
 
 
 def _release_module(module: _Module) -> None:
-    with _modules_lock:
-        module.users -= 1
-        if module.users > 0:
-            return
-        _modules.pop(module.path, None)
     with module.lock:
-        # Last user: finalize so sessions and logins end, and a later load re-reads the module's configuration.
-        module.finalize()
+        module.users -= 1
+        if module.users == 0:
+            # Last user: finalize so sessions and logins end and a later load re-reads the module's configuration.
+            module.finalize()
 
 
 class Pkcs11Token:

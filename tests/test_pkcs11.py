@@ -464,7 +464,7 @@ def test_cli_generate_import_list(hsm: SoftHsm, tmp_path: Path, capsys: pytest.C
     )
     assert main(["pkcs11", "keys", "generate", "-c", str(config), "--chain", "test-chain"]) == 0
     out = capsys.readouterr().out
-    assert "test-chain: generated label='val'" in out
+    assert "test-chain: generated label='val'; consensus key cosmosvalconspub1" in out
     # Generating again for that chain is refused (exit 6, provider error); for all keys, it is skipped.
     assert main(["pkcs11", "keys", "generate", "-c", str(config), "--chain", "test-chain"]) == 6
     assert "already exists" in capsys.readouterr().err
@@ -498,7 +498,7 @@ def test_cli_generate_import_list(hsm: SoftHsm, tmp_path: Path, capsys: pytest.C
     out = capsys.readouterr().out
     assert "2 Ed25519 key(s)" in out
     assert f"chain other-chain: {secret_pub.hex().upper()}" in out
-    assert "chain test-chain: " in out
+    assert "chain test-chain: cosmosvalconspub1" in out  # the chain's bech32 key_format
     assert hsm.user_pin not in out
 
     # The imported key signs exactly as softsign (PyNaCl) would with the same seed.

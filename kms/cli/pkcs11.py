@@ -94,16 +94,12 @@ def parse_seed_file(data: bytes, source: str) -> bytes:
 
 
 def consensus_key(config: Any, chain_id: str, public_key: bytes) -> str:
-    """The public key as the chain's operators write it (bech32 per key_format when pykms.keyring has it)."""
-    try:
-        from pykms import keyring  # type: ignore[attr-defined,unused-ignore]
+    """The public key as the chain's operators write it: the chain's key_format (bech32, hex, cosmos-json)."""
+    from pykms.keyring import format_public_key
 
-        formatter = keyring.format_public_key
-    except (ImportError, AttributeError):
-        return public_key.hex().upper()
-    for chain in getattr(config, "chains", ()):
+    for chain in config.chains:
         if chain.id == chain_id:
-            return str(formatter(public_key, chain.key_format))
+            return format_public_key(public_key, chain.key_format)
     return public_key.hex().upper()
 
 

@@ -105,7 +105,10 @@ class SimServer:
     def start(self) -> SimServer:
         """Serve in a daemon thread (for tests and embedding)."""
         self._persist_initial()
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="yubihsm-sim", daemon=True)
+        # A short poll interval so stop() returns promptly (serve_forever checks for shutdown between polls).
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="yubihsm-sim", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -128,6 +131,9 @@ class SimServer:
 def _handler_for(sim: SimServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body go out as separate writes: without TCP_NODELAY, Nagle plus delayed ACK adds ~40 ms
+        # to every request.
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: Any) -> None:
             return

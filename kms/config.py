@@ -287,6 +287,8 @@ class _Ctx:
         self.path = path
         self.base = path.parent
         self.warnings: list[str] = []
+        #: Dotted name of each ledger entry as written ([[providers.ledgertm]] or its alias [[providers.ledger]]).
+        self.ledger_keys: list[str] = []
 
     def error(self, key: str, message: str, fix: str | None = None) -> ConfigError:
         return ConfigError(message, file=str(self.path), key=key, fix=fix)
@@ -324,7 +326,9 @@ class _Table:
         value = self.data.pop(name)
         # bool is an int subclass in Python; TOML keeps them apart, and so do we.
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise self.ctx.error(self.sub(name), f"expected {what}, found {_type_name(value)} {value!r}", fix)
+            raise self.ctx.error(
+                self.sub(name), f"expected {what}, found {_type_name(value)} {value!r}", fix or f"set {name} to {what}"
+            )
         return value
 
     def str_(self, name: str, *, required: bool = False, fix: str | None = None) -> str | None:
@@ -382,7 +386,9 @@ class _Table:
         for index, item in enumerate(value):
             key = f"{self.sub(name)}[{index}]"
             if not isinstance(item, str):
-                raise self.ctx.error(key, f"expected a string, found {_type_name(item)} {item!r}")
+                raise self.ctx.error(
+                    key, f"expected a string, found {_type_name(item)} {item!r}", 'quote it: "<chain-id>"'
+                )
             _check_chain_id(self.ctx, key, item)
             if item in seen:
                 raise self.ctx.error(key, f"chain {item!r} is listed twice", "list each chain once")
@@ -815,14 +821,17 @@ def _providers(ctx: _Ctx, data: object) -> ProvidersConfig:
             continue
         softsign.append(soft)
     yubihsm = [_yubihsm(ctx, item, f"providers.yubihsm[{i}]") for i, item in enumerate(t.table_list("yubihsm"))]
-    ledger = [_ledger(ctx, item, f"providers.ledgertm[{i}]") for i, item in enumerate(t.table_list("ledgertm"))]
-    ledger += [_ledger(ctx, item, f"providers.ledger[{i}]") for i, item in enumerate(t.table_list("ledger"))]
+    ledger: list[LedgerConfig] = []
+    for section in ("ledgertm", "ledger"):
+        for i, item in enumerate(t.table_list(section)):
+            ctx.ledger_keys.append(f"providers.{section}[{i}]")
+            ledger.append(_ledger(ctx, item, ctx.ledger_keys[-1]))
     pkcs11 = [_pkcs11(ctx, item, f"providers.pkcs11[{i}]") for i, item in enumerate(t.table_list("pkcs11"))]
     t.done()
     return ProvidersConfig(softsign=softsign, yubihsm=yubihsm, ledger=ledger, pkcs11=pkcs11)
 
 
-def _key_owners(providers: ProvidersConfig) -> list[tuple[str, str]]:
+def _key_owners(providers: ProvidersConfig, ledger_keys: list[str]) -> list[tuple[str, str]]:
     """(chain id, dotted provider key) for every consensus key entry."""
     owners: list[tuple[str, str]] = []
     for i, soft in enumerate(providers.softsign):
@@ -830,8 +839,8 @@ def _key_owners(providers: ProvidersConfig) -> list[tuple[str, str]]:
     for i, hsm in enumerate(providers.yubihsm):
         for j, key in enumerate(hsm.keys):
             owners += [(c, f"providers.yubihsm[{i}].keys[{j}]") for c in key.chain_ids]
-    for i, ledger in enumerate(providers.ledger):
-        owners += [(c, f"providers.ledger[{i}]") for c in ledger.chain_ids]
+    for ledger, key in zip(providers.ledger, ledger_keys, strict=True):
+        owners += [(c, key) for c in ledger.chain_ids]
     for i, token in enumerate(providers.pkcs11):
         for j, p11 in enumerate(token.keys):
             owners += [(c, f"providers.pkcs11[{i}].keys[{j}]") for c in p11.chain_ids]
@@ -861,7 +870,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> KmsConfig:
                 f"no [[chain]] with id {validator.chain_id!r}{_did_you_mean(validator.chain_id, chain_ids)}",
                 f'add a [[chain]] with id = "{validator.chain_id}" or correct the chain_id',
             )
-    owners = _key_owners(providers)
+    owners = _key_owners(providers, ctx.ledger_keys)
     for chain_id, key in owners:
         if chain_id not in chain_ids:
             raise ctx.error(

@@ -324,7 +324,7 @@ def test_duplicate_chain_and_two_keys(tmp_path: Path) -> None:
     err = refused(tmp_path, BASE + '[[chain]]\nid = "test-chain"\nkey_format = { type = "hex" }\n')
     assert err.key == "chain[1].id" and "configured twice" in str(err)
     err = refused(tmp_path, BASE + '[[providers.ledgertm]]\nchain_ids = ["test-chain"]\n')
-    assert err.key == "providers.ledger[0].chain_ids" and "2 provider entries" in str(err)
+    assert err.key == "providers.ledgertm[0].chain_ids" and "2 provider entries" in str(err)
     err = refused(tmp_path, BASE.replace('chain_ids = ["test-chain"]', 'chain_ids = ["test-chain", "test-chain"]'))
     assert err.key == "providers.softsign[0].chain_ids[1]" and "listed twice" in str(err)
 
@@ -390,3 +390,150 @@ def test_parse_addr_forms() -> None:
     unix = parse_addr("unix:///run/node.sock")
     assert (unix.scheme, unix.path, unix.display) == ("unix", Path("/run/node.sock"), "unix:///run/node.sock")
     assert parse_addr("unix://node.sock", base=Path("/etc/kms")).path == Path("/etc/kms/node.sock")
+
+
+SOFT = '[[providers.softsign]]\nchain_ids = ["test-chain"]\npath = "secrets/consensus.key"\n'
+HSM = '[[providers.yubihsm]]\nkeys = [{ chain_ids = ["test-chain"], key = 1 }]\n'
+P11 = '[[providers.pkcs11]]\nmodule = "/lib/p11.so"\n'
+P11_KEYS = 'keys = [{ chain_ids = ["test-chain"], label = "k" }]\n'
+
+
+@pytest.mark.parametrize(
+    ("provider", "key", "needle"),
+    [
+        (SOFT.replace('["test-chain"]', "[]"), "providers.softsign[0].chain_ids", "at least one chain"),
+        (SOFT.replace('["test-chain"]', "[1]"), "providers.softsign[0].chain_ids[0]", "expected a string"),
+        (SOFT.replace('path = "secrets/consensus.key"', 'path = ""'), "providers.softsign[0].path", "not be empty"),
+        (SOFT.replace('path = "secrets/consensus.key"', ""), "providers.softsign[0].path", "missing"),
+        (SOFT.replace("[[providers.softsign]]", "[providers.softsign]"), "providers.softsign", "array of tables"),
+        (HSM, "providers.yubihsm[0].adapter", "missing"),
+        (HSM + 'adapter = { type = "usb" }\n', "providers.yubihsm[0].auth", "missing"),
+        (
+            HSM + 'adapter = { type = "usb", timeout_ms = 0 }\nauth = { key = 1, password = "x" }\n',
+            "providers.yubihsm[0].adapter.timeout_ms",
+            "out of range",
+        ),
+        (
+            HSM + 'adapter = { type = "http" }\nauth = { key = 1, password = "x" }\n',
+            "providers.yubihsm[0].adapter.addr",
+            "missing",
+        ),
+        (
+            HSM + 'adapter = { type = "http", addr = "tcp://localhost" }\nauth = { key = 1, password = "x" }\n',
+            "providers.yubihsm[0].adapter.addr",
+            "not host:port",
+        ),
+        (
+            HSM + 'adapter = { type = "usb" }\nauth = { key = 1, password = "x", password_file = "f" }\n',
+            "providers.yubihsm[0].auth",
+            "exactly one of password_file and password",
+        ),
+        (
+            HSM + 'adapter = { type = "usb" }\nauth = { key = 70000, password_file = "f" }\n',
+            "providers.yubihsm[0].auth.key",
+            "out of range",
+        ),
+        (
+            HSM + 'adapter = { type = "usb" }\nauth = { key = 1, password_file = "f" }\nserial_number = 123\n',
+            "providers.yubihsm[0].serial_number",
+            "expected a string",
+        ),
+        (
+            HSM + 'adapter = { type = "usb" }\nauth = { key = 1, password_file = "f" }\n'
+            'connector_server = { laddr = "tcp://127.0.0.1:1", cli = { auth_kye = 2 } }\n',
+            "providers.yubihsm[0].connector_server.cli.auth_kye",
+            "did you mean `auth_key`?",
+        ),
+        (
+            '[[providers.ledgertm]]\nchain_ids = ["test-chain"]\ntransport = "tcp"\n',
+            "providers.ledgertm[0].addr",
+            "missing",
+        ),
+        (
+            '[[providers.ledgertm]]\nchain_ids = ["test-chain"]\naddr = "h:1"\n',
+            "providers.ledgertm[0].addr",
+            "only used",
+        ),
+        (P11 + 'user_pin_env = "PIN"\n' + P11_KEYS, "providers.pkcs11[0].token_label", "name the token"),
+        (
+            P11 + 'token_label = "t"\nuser_pin_env = "PIN"\nuser_pin_file = "f"\n' + P11_KEYS,
+            "providers.pkcs11[0].user_pin_file",
+            "only one",
+        ),
+        (
+            P11 + 'slot = 0\nkeys = [{ chain_ids = ["test-chain"], id = "xyz" }]\n',
+            "providers.pkcs11[0].keys[0].id",
+            "not hex",
+        ),
+        (P11 + 'slot = 0\nkeys = [{ chain_ids = ["test-chain"] }]\n', "providers.pkcs11[0].keys[0]", "label or id"),
+        (P11 + "slot = 0\n", "providers.pkcs11[0].keys", "no keys"),
+    ],
+)
+def test_provider_refusals(tmp_path: Path, provider: str, key: str, needle: str) -> None:
+    err = refused(tmp_path, BASE.replace(SOFT, provider))
+    assert err.key == key, str(err)
+    assert needle in str(err)
+    assert err.fix
+
+
+def test_pkcs11_and_usb_accepted(tmp_path: Path) -> None:
+    text = BASE.replace(
+        SOFT, P11 + 'slot = 3\nuser_pin_env = "PIN"\nkeys = [{ chain_ids = ["test-chain"], id = "0A0b" }]\n'
+    )
+    (token,) = load_text(tmp_path, text).providers.pkcs11  # type: ignore[attr-defined]
+    assert (token.slot, token.token_label, token.user_pin_env, token.keys[0].id) == (3, None, "PIN", "0a0b")
+    text = BASE.replace(
+        SOFT, HSM + 'adapter = { type = "usb", timeout_ms = 5000 }\nauth = { key = 1, password_file = "p" }\n'
+    )
+    (hsm,) = load_text(tmp_path, text).providers.yubihsm  # type: ignore[attr-defined]
+    assert hsm.adapter.timeout_ms == 5000 and hsm.auth.password_file == tmp_path / "p"
+    assert hsm.connector_server is None
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "needle"),
+    [
+        ('[metrics]\naddr = "9102"\n', "metrics.addr", "not host:port"),
+        ("[metrics]\n", "metrics.addr", "missing"),
+        ("metrics = 1\n", "metrics", "expected a table"),
+        ('[guard]\nbackend = "sqlite"\n', "guard.backend", "use one of file, postgres"),
+        ("[guard]\ntimeout_ms = 0\n", "guard.timeout_ms", "out of range"),
+    ],
+)
+def test_extension_refusals(tmp_path: Path, text: str, key: str, needle: str) -> None:
+    err = refused(tmp_path, text + BASE)
+    assert err.key == key and needle in str(err)
+
+
+def test_key_format_refusals(tmp_path: Path) -> None:
+    err = refused(tmp_path, BASE.replace('key_format = { type = "hex" }', 'key_format = "bech32"'))
+    assert err.key == "chain[0].key_format" and "consensus_key_prefix" in (err.fix or "")
+    err = refused(tmp_path, BASE.replace('key_format = { type = "hex" }', ""))
+    assert err.key == "chain[0].key_format" and "missing" in str(err)
+    bad = '{ type = "bech32", account_key_prefix = "cosmospub", consensus_key_prefix = "CosmosValConsPub" }'
+    err = refused(tmp_path, BASE.replace('{ type = "hex" }', bad))
+    assert err.key == "chain[0].key_format.consensus_key_prefix" and "lowercase" in (err.fix or "")
+    err = refused(tmp_path, BASE.replace('{ type = "hex" }', '{ type = "hex", consensus_key_prefix = "x" }'))
+    assert err.key == "chain[0].key_format.consensus_key_prefix" and "unknown key" in str(err)
+
+
+def test_account_softsign_key_ignored_with_warning(tmp_path: Path) -> None:
+    extra = '[[providers.softsign]]\nchain_ids = ["test-chain"]\nkey_type = "account"\npath = "secrets/account.key"\n'
+    config = load_text(tmp_path, BASE + extra)
+    assert len(config.providers.softsign) == 1  # type: ignore[attr-defined]
+    assert any("account keys are not used" in w for w in config.warnings)  # type: ignore[attr-defined]
+
+
+def test_unreadable_and_non_utf8_files(tmp_path: Path) -> None:
+    (tmp_path / "dir.toml").mkdir()
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "dir.toml")
+    (tmp_path / "latin1.toml").write_bytes(b"# caf\xe9\n" + BASE.encode())
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(tmp_path / "latin1.toml")
+
+
+def test_public_parse_addr_errors() -> None:
+    with pytest.raises(ConfigError, match=r"unsupported scheme 'tpc'.*did you mean `tcp`") as info:
+        parse_addr("tpc://127.0.0.1:1")
+    assert info.value.fix and info.value.file is None

@@ -839,8 +839,8 @@ def _key_owners(providers: ProvidersConfig, ledger_keys: list[str]) -> list[tupl
     for i, hsm in enumerate(providers.yubihsm):
         for j, key in enumerate(hsm.keys):
             owners += [(c, f"providers.yubihsm[{i}].keys[{j}]") for c in key.chain_ids]
-    for ledger, key in zip(providers.ledger, ledger_keys, strict=True):
-        owners += [(c, key) for c in ledger.chain_ids]
+    for ledger, name in zip(providers.ledger, ledger_keys, strict=True):
+        owners += [(c, name) for c in ledger.chain_ids]
     for i, token in enumerate(providers.pkcs11):
         for j, p11 in enumerate(token.keys):
             owners += [(c, f"providers.pkcs11[{i}].keys[{j}]") for c in p11.chain_ids]

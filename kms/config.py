@@ -289,6 +289,8 @@ class _Ctx:
         self.warnings: list[str] = []
         #: Dotted name of each ledger entry as written ([[providers.ledgertm]] or its alias [[providers.ledger]]).
         self.ledger_keys: list[str] = []
+        #: Dotted name, as written, of each kept YubiHSM key (account keys before it are dropped).
+        self.key_names: dict[int, str] = {}
 
     def error(self, key: str, message: str, fix: str | None = None) -> ConfigError:
         return ConfigError(message, file=str(self.path), key=key, fix=fix)
@@ -682,6 +684,7 @@ def _yubihsm(ctx: _Ctx, data: object, key: str) -> YubihsmConfig:
             ctx.warn(kkey, "account keys are not used by pykms (it signs consensus messages only); entry ignored")
             continue
         keys.append(YubihsmKey(chain_ids=list(chain_ids), key=object_id, type=key_type))
+        ctx.key_names[id(keys[-1])] = kkey
 
     serial = t.str_("serial_number", fix='quote it: serial_number = "0123456789"')
     server: YubihsmConnectorServer | None = None
@@ -831,14 +834,15 @@ def _providers(ctx: _Ctx, data: object) -> ProvidersConfig:
     return ProvidersConfig(softsign=softsign, yubihsm=yubihsm, ledger=ledger, pkcs11=pkcs11)
 
 
-def _key_owners(providers: ProvidersConfig, ledger_keys: list[str]) -> list[tuple[str, str]]:
+def _key_owners(providers: ProvidersConfig, ledger_keys: list[str], key_names: dict[int, str]) -> list[tuple[str, str]]:
     """(chain id, dotted provider key) for every consensus key entry."""
     owners: list[tuple[str, str]] = []
     for i, soft in enumerate(providers.softsign):
         owners += [(c, f"providers.softsign[{i}]") for c in soft.chain_ids]
     for i, hsm in enumerate(providers.yubihsm):
         for j, key in enumerate(hsm.keys):
-            owners += [(c, f"providers.yubihsm[{i}].keys[{j}]") for c in key.chain_ids]
+            name = key_names.get(id(key), f"providers.yubihsm[{i}].keys[{j}]")
+            owners += [(c, name) for c in key.chain_ids]
     for ledger, name in zip(providers.ledger, ledger_keys, strict=True):
         owners += [(c, name) for c in ledger.chain_ids]
     for i, token in enumerate(providers.pkcs11):
@@ -870,7 +874,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> KmsConfig:
                 f"no [[chain]] with id {validator.chain_id!r}{_did_you_mean(validator.chain_id, chain_ids)}",
                 f'add a [[chain]] with id = "{validator.chain_id}" or correct the chain_id',
             )
-    owners = _key_owners(providers, ctx.ledger_keys)
+    owners = _key_owners(providers, ctx.ledger_keys, ctx.key_names)
     for chain_id, key in owners:
         if chain_id not in chain_ids:
             raise ctx.error(

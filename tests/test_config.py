@@ -537,3 +537,12 @@ def test_public_parse_addr_errors() -> None:
     with pytest.raises(ConfigError, match=r"unsupported scheme 'tpc'.*did you mean `tcp`") as info:
         parse_addr("tpc://127.0.0.1:1")
     assert info.value.fix and info.value.file is None
+
+
+def test_yubihsm_key_errors_name_the_entry_as_written(tmp_path: Path) -> None:
+    hsm = (
+        '[[providers.yubihsm]]\nadapter = { type = "usb" }\nauth = { key = 1, password_file = "p" }\n'
+        'keys = [{ chain_ids = ["test-chain"], key = 2, type = "account" }, { chain_ids = ["nope"], key = 1 }]\n'
+    )
+    err = refused(tmp_path, BASE + hsm)
+    assert err.key == "providers.yubihsm[0].keys[1].chain_ids" and "'nope'" in str(err)

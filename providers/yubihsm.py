@@ -247,6 +247,7 @@ class YubihsmSigner:
     def sign(self, message: bytes) -> bytes:
         """Sign on the device; re-establish a lost session and retry until ``retry_seconds`` have passed."""
         deadline = self._clock() + self._retry_seconds
+        interval = self._retry_interval
         with self._lock:
             while True:
                 try:
@@ -260,13 +261,13 @@ class YubihsmSigner:
                     self._drop()
                     if self._clock() >= deadline:
                         raise
-                    self._sleep(self._retry_interval)
+                    # Exponential backoff up to 1 s: each attempt may leave a half-open session on the device
+                    # (its reply lost), and the device has only 16 until the 30 s idle timeout frees them.
+                    self._sleep(min(interval, max(0.0, deadline - self._clock())))
+                    interval = min(interval * 2, 1.0)
 
     def close(self) -> None:
         with self._lock:
-            if self._session is not None:
-                with contextlib.suppress(Exception):
-                    self._session.close()
             self._drop()
 
     # ---- internals --------------------------------------------------------------------------------------
@@ -318,6 +319,11 @@ class YubihsmSigner:
         self._backend, self._session, self._key = backend, session, key
 
     def _drop(self) -> None:
+        """Forget the session; first try to close it on the device, since the device holds only 16 and an
+        abandoned one stays allocated until its 30 s idle timeout. A dead link makes the close fail fast."""
+        if self._session is not None:
+            with contextlib.suppress(Exception):
+                self._session.close()
         if self._backend is not None:
             with contextlib.suppress(Exception):
                 self._backend.close()

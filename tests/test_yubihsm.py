@@ -167,6 +167,27 @@ def test_connector_outage_pauses_then_resumes(sim: SimServer, fault: str) -> Non
     assert signer.reconnects >= 1
 
 
+def test_lost_replies_never_yield_a_bad_signature(sim: SimServer, clock: Clock) -> None:
+    """The device processed the request but the reply was lost: the MAC chain is out of step, sessions may
+    be left half-open on the device. The signer resynchronises with a new session and, once the half-open
+    sessions time out, signs again, and every signature it returns verifies."""
+    pub = _key(sim)
+    signer = _signer(sim, retry_seconds=30.0, retry_interval=0.01)
+    sim.faults.drop_replies = True
+    results: list[bytes] = []
+    worker = threading.Thread(target=lambda: results.append(signer.sign(b"lost")))
+    worker.start()
+    time.sleep(0.3)
+    assert not results
+    sim.faults.drop_replies = False
+    clock.t += 31  # the device frees the sessions whose replies were lost
+    worker.join(20)
+    VerifyKey(pub).verify(b"lost", results[0])
+    for i in range(20):  # and the device's 16 sessions are not exhausted by reconnects
+        sim.expire_sessions()
+        VerifyKey(pub).verify(b"%d" % i, signer.sign(b"%d" % i))
+
+
 def test_outage_longer_than_retry_window_is_transient(sim: SimServer) -> None:
     _key(sim)
     signer = _signer(sim, retry_seconds=0.2, retry_interval=0.01)

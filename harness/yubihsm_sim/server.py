@@ -38,6 +38,9 @@ class Faults:
     drop_connections: bool = False
     #: Answer every API request with HTTP 500 (a connector that lost its device).
     http_500: bool = False
+    #: Let the device process each request, then close the connection without the reply (a link lost
+    #: mid-request: the device's state moved on, the client never learns how).
+    drop_replies: bool = False
 
 
 class SimServer:
@@ -140,11 +143,14 @@ def _handler_for(sim: SimServer) -> type[BaseHTTPRequestHandler]:
 
         def _drop(self) -> bool:
             if sim.faults.drop_connections:
-                self.close_connection = True
-                with contextlib.suppress(OSError):
-                    self.connection.shutdown(socket.SHUT_RDWR)
+                self._hang_up()
                 return True
             return False
+
+        def _hang_up(self) -> None:
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
 
         def _send(self, status: int, body: bytes, content_type: str) -> None:
             self.send_response(status)
@@ -184,6 +190,10 @@ def _handler_for(sim: SimServer) -> type[BaseHTTPRequestHandler]:
             if sim.faults.http_500:
                 self._send(500, b"device unavailable\n", "text/plain")
                 return
+            if sim.faults.drop_replies:
+                sim.transceive(body)
+                self._hang_up()
+                return
             self._send(200, sim.transceive(body), "application/octet-stream")
 
         def _set_faults(self, body: bytes) -> None:
@@ -191,6 +201,7 @@ def _handler_for(sim: SimServer) -> type[BaseHTTPRequestHandler]:
                 wanted = json.loads(body or b"{}")
                 sim.faults.drop_connections = bool(wanted.get("drop_connections", False))
                 sim.faults.http_500 = bool(wanted.get("http_500", False))
+                sim.faults.drop_replies = bool(wanted.get("drop_replies", False))
                 if wanted.get("expire_sessions"):
                     sim.expire_sessions()
             except (ValueError, AttributeError):

@@ -24,6 +24,7 @@ object 0xFFFF, and delete the setup key.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -288,6 +289,13 @@ def _label(prefix: str, now: datetime) -> str:
 # ---- provisioning (I/O, through python-yubihsm) -------------------------------------------------------------
 
 
+def _close(session: Any, backend: Any) -> None:
+    """Close the session on the device (it has only 16), then the connection."""
+    with contextlib.suppress(Exception):
+        session.close()
+    backend.close()
+
+
 def provision(
     url: str,
     current: Credentials,
@@ -331,7 +339,7 @@ def provision(
     except Exception as exc:
         raise map_yubihsm_error(exc, what="yubihsm setup: temporary key", auth_key=1) from None
     finally:
-        backend.close()
+        _close(session, backend)
 
     backend, hsm, session = open_session(url, SETUP_KEY_ID, setup_password, what="yubihsm setup")
     step = "delete default key"
@@ -378,7 +386,7 @@ def provision(
     except Exception as exc:
         raise map_yubihsm_error(exc, what=f"yubihsm setup: {step}", auth_key=SETUP_KEY_ID) from None
     finally:
-        backend.close()
+        _close(session, backend)
     if serial is None:
         raise FatalProviderError("yubihsm setup: no serial number")
     return report

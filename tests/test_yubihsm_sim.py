@@ -283,3 +283,35 @@ def test_cli_refuses_a_bad_state_file(tmp_path: Path, capsys: pytest.CaptureFixt
     state.write_text('{"serial": 1}')
     assert main(["--port", "0", "--state", str(state)]) == 1
     assert "not valid" in capsys.readouterr().err
+
+
+def test_console_script_runs_and_keeps_state(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    state = tmp_path / "hsm.json"
+
+    def start() -> tuple[subprocess.Popen[str], str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pykms.harness.yubihsm_sim.server", "--port", "0", "--state", str(state)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        return proc, line.rsplit(" ", 1)[-1].strip()
+
+    proc, url = start()
+    try:
+        s = YubiHsm.connect(url).create_session_derived(1, "password")
+        pub = AsymmetricKey.generate(s, 2, "p", 1, CAPABILITY.SIGN_EDDSA, ALGORITHM.EC_ED25519).get_public_key()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    proc, url = start()
+    try:
+        s = YubiHsm.connect(url).create_session_derived(1, "password")
+        assert AsymmetricKey(s, 2).get_public_key() == pub
+    finally:
+        proc.terminate()
+        proc.wait(10)

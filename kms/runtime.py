@@ -67,9 +67,9 @@ class Backoff:
     rng: random.Random = field(default_factory=random.Random)
 
     def next_delay(self) -> float:
-        delay = min(self.cap, self.base * (2**self.attempt))
+        delay: float = min(self.cap, self.base * (2.0**self.attempt))
         self.attempt = min(self.attempt + 1, 32)
-        return delay * self.rng.uniform(0.5, 1.0)
+        return delay * float(self.rng.uniform(0.5, 1.0))
 
     def reset(self) -> None:
         self.attempt = 0
@@ -252,10 +252,9 @@ class Runtime:
             self.chains[chain_cfg.id] = chain
         self._setup_metrics()
         for index, validator in enumerate(self.config.validators):
-            chain = self.chains.get(validator.chain_id)
-            if chain is None:
-                continue
-            self.sessions.append(_Session(self, index, validator, chain))
+            served = self.chains.get(validator.chain_id)
+            if served is not None:
+                self.sessions.append(_Session(self, index, validator, served))
 
     def _setup_metrics(self) -> None:
         if self.config.metrics is None:

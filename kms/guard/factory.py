@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pykms.config import ChainConfig, KmsConfig
 from pykms.guard.backend import GuardBackend
+from pykms.guard.store import JsonStateStore, SlotStateStore, StateStore
 
 __all__ = ["default_state_path", "open_guard", "open_store"]
 
@@ -17,8 +18,7 @@ def default_state_path(config: KmsConfig, chain: ChainConfig) -> Path:
     return config.path.parent / "state" / f"{chain.id}_priv_validator_state.json"
 
 
-def open_store(config: KmsConfig, chain: ChainConfig):  # type: ignore[no-untyped-def]
-    from pykms.guard.store import JsonStateStore, SlotStateStore
+def open_store(config: KmsConfig, chain: ChainConfig) -> StateStore:
 
     path = default_state_path(config, chain)
     if chain.state_format == "slots":
@@ -31,7 +31,8 @@ def open_guard(config: KmsConfig, chain: ChainConfig) -> GuardBackend:
     if config.guard is not None and config.guard.backend == "postgres":
         from pykms.guard.postgres import PostgresGuard
 
-        return PostgresGuard.from_config(config.guard, chain.id)
+        guard: GuardBackend = PostgresGuard.from_config(config.guard, chain.id)
+        return guard
     from pykms.guard.file_guard import FileGuard
 
     return FileGuard(chain.id, open_store(config, chain))

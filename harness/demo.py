@@ -7,6 +7,7 @@ this machine — key, config, state, SecretConnection, the guard, fsync — and 
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import signal
 import subprocess
@@ -30,14 +31,15 @@ def write_demo_home(home: Path, listen_addr: str, *, chain_id: str = CHAIN_ID, p
     from pykms.guard.state import SignState
     from pykms.guard.store import create_state_file
     from pykms.providers.softsign import keygen
-    from pykms.secretconn.identity import generate_identity
+    from pykms.keyfiles import write_secret_file
 
     secrets = home / "secrets"
     state = home / "state"
     secrets.mkdir(mode=0o700, parents=True, exist_ok=True)
     state.mkdir(mode=0o700, parents=True, exist_ok=True)
     keygen(secrets / f"{chain_id}-consensus.key")
-    generate_identity(secrets / "kms-identity.key")
+    # kms-identity.key: base64 of a 32-byte Ed25519 seed, as tmkms writes it (PROTOCOL.md §3.4).
+    write_secret_file(secrets / "kms-identity.key", base64.b64encode(os.urandom(32)))
     state_file = state / f"{chain_id}_priv_validator_state.json"
     create_state_file(state_file, SignState(0, 0, 0, b"", b""), fmt=state_format)
     config = home / "tmkms.toml"

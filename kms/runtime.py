@@ -32,7 +32,7 @@ from pykms.config import KmsConfig, ValidatorConfig
 from pykms.errors import ConfigError, KmsError, ProtocolError, StateError
 from pykms.handler import ChainContext, RequestHandler
 from pykms.logconfig import get_logger
-from pykms.privval.codec import Dialect, MessageReader
+from pykms.privval.codec import Dialect, MessageReader, delimit
 from pykms.providers.signer import Signer
 
 __all__ = ["Backoff", "Runtime", "SyncStream"]
@@ -171,6 +171,11 @@ class _Session:
 
     def _serve(self, stream: SyncStream) -> None:
         reader = MessageReader(MAX_REQUEST_BYTES)
+        send = stream.send
+
+        def reply(body: bytes) -> None:
+            send(delimit(body))
+
         last_message = time.monotonic()
         stop = self.runtime.stop_event
         while not stop.is_set():
@@ -187,7 +192,7 @@ class _Session:
             elif now - last_message > IDLE_TIMEOUT_S:
                 raise ProtocolError(f"no complete request for {IDLE_TIMEOUT_S:.0f} s (slow peer); closing")
             for body in bodies:
-                self.handler.handle(body, stream.send)
+                self.handler.handle(body, reply)
 
     def abort(self) -> None:
         """Wake a blocked read so the thread sees the stop event."""

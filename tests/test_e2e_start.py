@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pykms.harness.simulator import PRECOMMIT, PREVOTE, make_proposal, make_vote
+from pykms.privval import codec
 from pykms.privval.codec import Dialect
 from pykms.privval.signbytes import proposal_sign_bytes, vote_extension_sign_bytes, vote_sign_bytes
 from tests.e2e import accept, running_kms, verify
@@ -33,7 +34,7 @@ def test_signs_and_verifies_every_signature(tmp_path: Path, dialect: Dialect, un
         link = accept(sim, kms)
         pub = bytes(link.pubkey().pub_key)
         assert len(pub) == 32
-        assert link.ping().error is None
+        assert isinstance(link.ping(), codec.PingResponse)
         for height in range(1, 6):
             prop = make_proposal(height, 0, f"b{height}")
             resp = link.sign_proposal(prop)
@@ -84,7 +85,7 @@ def test_double_sign_refused_and_repeat_identical(tmp_path: Path) -> None:
         assert regress.error is not None and "regression" in regress.error.description
         assert _state(tmp_path) == before
         # the refusals did not close the connection
-        assert link.ping().error is None
+        assert isinstance(link.ping(), codec.PingResponse)
         link.close()
 
 

@@ -17,6 +17,7 @@ import pytest
 import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from yubihsm.backends import YhsmBackend
 from yubihsm.core import YubiHsm
 from yubihsm.defs import ALGORITHM, CAPABILITY, ERROR, OBJECT
@@ -315,3 +316,92 @@ def test_console_script_runs_and_keeps_state(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+class DeviceMachine(RuleBasedStateMachine):
+    """Sessions x commands x time against a model: at most 16 sessions, idle ones expire after 30 s, closed or
+    expired sessions refuse commands, keys exist exactly when the model says, and every signature verifies."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = Clock()
+        self.device = Device(now=self.clock)
+        self.hsm = YubiHsm(DirectBackend(self.device))
+        self.sessions: dict[int, tuple[object, float]] = {}  # our handle -> (AuthSession, last use)
+        self.next_handle = 0
+        self.keys: dict[int, object] = {}  # key id -> public key
+
+    def _live(self) -> dict[int, tuple[object, float]]:
+        return {h: v for h, v in self.sessions.items() if self.clock.t - v[1] <= 30.0}
+
+    @rule()
+    def open_session(self) -> None:
+        live = self._live()
+        if len(live) >= 16:
+            with pytest.raises(YubiHsmDeviceError) as exc:
+                self.hsm.create_session_derived(1, "password")
+            assert _code(exc) == ERROR.SESSIONS_FULL
+            return
+        self.sessions[self.next_handle] = (self.hsm.create_session_derived(1, "password"), self.clock.t)
+        self.next_handle += 1
+
+    @rule(seconds=st.sampled_from([1.0, 10.0, 29.0, 31.0]))
+    def wait(self, seconds: float) -> None:
+        self.clock.t += seconds
+
+    @rule(data=st.data())
+    def close_session(self, data: st.DataObject) -> None:
+        live = self._live()
+        if not live:
+            return
+        handle = data.draw(st.sampled_from(sorted(live)))
+        session = live[handle][0]
+        session.close()  # type: ignore[attr-defined]
+        del self.sessions[handle]
+
+    @rule(data=st.data(), key_id=st.integers(1, 4), op=st.sampled_from(["generate", "sign", "delete"]))
+    def command(self, data: st.DataObject, key_id: int, op: str) -> None:
+        if not self.sessions:
+            return
+        handle = data.draw(st.sampled_from(sorted(self.sessions)))
+        session, _ = self.sessions[handle]
+        if handle not in self._live():
+            with pytest.raises(YubiHsmDeviceError) as exc:
+                session.get_pseudo_random(1)  # type: ignore[attr-defined]
+            del self.sessions[handle]
+            if _code(exc) == ERROR.SESSION_FAILED:
+                # Its id was given to a newer session, which the stale MAC has now ended, as on the device.
+                stale_sid = session.sid  # type: ignore[attr-defined]
+                for other, (live, _) in list(self._live().items()):
+                    if live.sid == stale_sid:  # type: ignore[attr-defined]
+                        del self.sessions[other]
+            else:
+                assert _code(exc) == ERROR.INVALID_SESSION
+            return
+        self.sessions[handle] = (session, self.clock.t)
+        key = AsymmetricKey(session, key_id)
+        if op == "generate":
+            if key_id in self.keys:
+                with pytest.raises(YubiHsmDeviceError) as exc:
+                    AsymmetricKey.generate(session, key_id, "k", 1, CAPABILITY.SIGN_EDDSA, ALGORITHM.EC_ED25519)
+                assert _code(exc) == ERROR.OBJECT_EXISTS
+            else:
+                generated = AsymmetricKey.generate(session, key_id, "k", 1, CAPABILITY.SIGN_EDDSA, ALGORITHM.EC_ED25519)
+                self.keys[key_id] = generated.get_public_key()
+        elif key_id not in self.keys:
+            with pytest.raises(YubiHsmDeviceError) as exc:
+                key.sign_eddsa(b"m") if op == "sign" else key.delete()
+            assert _code(exc) == ERROR.OBJECT_NOT_FOUND
+        elif op == "sign":
+            self.keys[key_id].verify(key.sign_eddsa(b"m %d" % key_id), b"m %d" % key_id)  # type: ignore[attr-defined]
+        else:
+            key.delete()
+            del self.keys[key_id]
+
+    @invariant()
+    def sessions_match_the_model(self) -> None:
+        assert self.device.session_count == len(self._live()) <= 16
+
+
+TestDeviceMachine = DeviceMachine.TestCase
+TestDeviceMachine.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)

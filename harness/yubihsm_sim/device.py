@@ -386,6 +386,7 @@ class Device:
         self.objects: dict[tuple[ObjType, int], StoredObject] = {}
         self._sessions: dict[int, _Session] = {}
         self._sequences: dict[tuple[ObjType, int], int] = {}
+        self._next_sid = 0
         self.factory_reset()
 
     # ---- state --------------------------------------------------------------------------------------------
@@ -464,9 +465,13 @@ class Device:
         key = self.objects.get((ObjType.AUTHENTICATION_KEY, key_id))
         if key is None:
             raise DeviceError(Err.OBJECT_NOT_FOUND)
-        free = [sid for sid in range(MAX_SESSIONS) if sid not in self._sessions]
+        # Round-robin allocation: a just-freed id is reused last, so a client still holding an expired
+        # session is unlikely to address (and, with a bad MAC, end) the session that replaced it.
+        order = [(self._next_sid + i) % MAX_SESSIONS for i in range(MAX_SESSIONS)]
+        free = [sid for sid in order if sid not in self._sessions]
         if not free:
             raise DeviceError(Err.SESSIONS_FULL)
+        self._next_sid = (free[0] + 1) % MAX_SESSIONS
         card_challenge = self._random(8)
         context = data[2:] + card_challenge
         k_enc, k_mac = key.secret[:16], key.secret[16:]

@@ -254,6 +254,9 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
     label = args.label if args.label is not None else f"consensus:{_timestamp()}"
     if len(label.encode()) > 40:
         raise ConfigError(f"label {label!r} is longer than 40 bytes", fix="use a shorter --label")
+    if args.backup is not None and args.backup.exists():
+        # Checked before generating, so a key never exists without the backup the operator asked for.
+        raise KeyFileError(f"{args.backup}: already exists; refusing to overwrite a backup")
     with _session(args, "yubihsm keys generate") as session:
         what = f"generate key 0x{args.key_id:04x}"
         key = _hsm_call(

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from pykms.config import YubihsmConfig, YubihsmKey
 
 __all__ = [
+    "DEFAULT_RETRY_SECONDS",
     "ConnectorServer",
     "YubihsmSigner",
     "adapter_url",
@@ -46,9 +47,13 @@ _CAP_SIGN_EDDSA = 1 << 0x08
 _ALG_ED25519 = 46
 #: Device errors that mean the session is gone and a new one will do (python-yubihsm defs.ERROR).
 _SESSION_ERRORS = {0x03, 0x06}  # INVALID_SESSION, SESSION_FAILED
+#: How long one sign() keeps retrying a lost connector/session: under the node's 5 s per-message deadline
+#: (CometBFT privval signer_endpoint.go defaultTimeoutReadWriteSeconds = 5), so the node gets an error reply
+#: rather than a dead connection; the next request resumes once the device is back.
+DEFAULT_RETRY_SECONDS = 3.0
 #: Connection timeouts (connect, read) for the HTTP connector: a signature takes milliseconds on the device,
 #: and a validator must not block for minutes on a hung connector (python-yubihsm defaults to 10 s / 600 s).
-_HTTP_TIMEOUT = (2, 10)
+_HTTP_TIMEOUT = (2, 4)
 
 
 def adapter_url(adapter_type: str, addr: str | None, serial_number: str | None = None) -> str:
@@ -202,7 +207,7 @@ class YubihsmSigner:
         key_id: int,
         *,
         serial_number: str | None = None,
-        retry_seconds: float = 10.0,
+        retry_seconds: float = DEFAULT_RETRY_SECONDS,
         retry_interval: float = 0.05,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,

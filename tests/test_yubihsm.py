@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 from nacl.signing import SigningKey, VerifyKey
 from yubihsm.core import YubiHsm
 from yubihsm.defs import ALGORITHM, CAPABILITY, OBJECT
@@ -409,3 +410,21 @@ def test_setup_from_fresh_entropy_uses_device_randomness(sim: SimServer, tmp_pat
         3,
         4,
     ]
+
+
+def test_cli_goes_through_the_connector_server_when_configured(
+    sim: SimServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _key(sim, 3)
+    server = ConnectorServer("tcp://127.0.0.1:0", sim.url)
+    try:
+        config = _write_config(tmp_path, sim, "password")
+        text = config.read_text().replace(f"tcp://127.0.0.1:{sim.port}", "tcp://127.0.0.1:1")  # device unreachable
+        text += f'connector_server = {{ laddr = "tcp://127.0.0.1:{server.port}", cli = {{ auth_key = 1 }} }}\n'
+        config.write_text(text)
+        assert pykms_main(["yubihsm", "keys", "list", "-c", str(config)]) == 0
+        assert "0x0003" in capsys.readouterr().out
+        status = requests.get(f"http://127.0.0.1:{server.port}/connector/status", timeout=5).text
+        assert "status=OK" in status
+    finally:
+        server.close()

@@ -4,8 +4,8 @@ Usage: python tests/bench/bench_yubihsm.py [-n N] [--url URL --auth-key K --pass
 
 Without --url a simulator is started in-process on a free port (its own thread, so the figures include the
 HTTP round trip, SCP03 encryption and MACs on both sides, Ed25519 signing in the simulator, and pykms's
-verification of every signature). With --url it measures a running connector (a real YubiHSM2 signs Ed25519 in
-about 70-80 ms per Yubico's published performance figures, so expect ~13 signatures/s there).
+verification of every signature). With --url it measures a running connector instead (a real YubiHSM2, whose
+own signing time then dominates: the simulator's figures are an upper bound on what the pykms side allows).
 Also measured: the cost of re-establishing a session (what a lost session costs one request).
 """
 

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from google.protobuf.message import DecodeError as ProtobufDecodeError
-from merlin_transcripts import MerlinTranscript
+from merlin_transcripts.merlin_transcript import MerlinTranscript
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 

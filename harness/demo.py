@@ -30,9 +30,10 @@ def write_demo_home(home: Path, listen_addr: str, *, chain_id: str = CHAIN_ID, p
     """Create key, identity, state and tmkms.toml for one chain served to ``listen_addr``; returns the config."""
     from pykms.guard.state import SignState
     from pykms.guard.store import create_state_file
-    from pykms.providers.softsign import keygen
     from pykms.keyfiles import write_secret_file
+    from pykms.providers.softsign import keygen
 
+    home = home.resolve()
     secrets = home / "secrets"
     state = home / "state"
     secrets.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from nacl.signing import SigningKey
 
 from pykms.errors import KeyFileError
 from pykms.keyfiles import read_secret_file, write_secret_file
-from pykms.secretconn.sync import node_id
+from pykms.secretconn.core import node_id
 
 __all__ = ["generate_identity", "load_identity", "node_id"]
 

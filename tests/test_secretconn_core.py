@@ -8,21 +8,22 @@ import threading
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from pykms.errors import FrameError, HandshakeError, PeerIdMismatch
-from pykms.secretconn.sync import (
+from pykms.secretconn.core import (
     LOW_ORDER_POINTS,
     SEALED_FRAME_SIZE,
-    BlockingSecretStream,
-    _nonce,
+    FrameCodec,
+    Handshake,
     challenge_of,
     derive_keys,
     node_id,
-    secret_connection_sync,
 )
+from pykms.secretconn.core import nonce_bytes as _nonce
+from pykms.secretconn.sync import BlockingSecretStream, secret_connection_sync
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "VECTORS.md"
 
@@ -71,18 +72,13 @@ def test_v2_nonces() -> None:
 
 
 def test_nonce_never_wraps() -> None:
-    a, b = socket.socketpair()
-    try:
-        stream = BlockingSecretStream(a, bytes(32), bytes(32))
-        stream._send_nonce = 2**64 - 1  # the last usable nonce (Go panics on the increment after it)
-        stream.seal_frames(b"x")
-        with pytest.raises(FrameError, match="nonce exhausted"):
-            stream.seal_frames(b"y")
-        with pytest.raises(FrameError):
-            stream.seal_frames(b"z")  # poisoned
-    finally:
-        a.close()
-        b.close()
+    codec = FrameCodec(bytes(32), bytes(32))
+    codec.send_nonce = 2**64 - 1  # the last usable nonce (Go panics on the increment after it)
+    codec.seal(b"x")
+    with pytest.raises(FrameError, match="nonce exhausted"):
+        codec.seal(b"y")
+    with pytest.raises(FrameError):
+        codec.seal(b"z")  # poisoned
 
 
 def test_v3_node_id() -> None:
@@ -102,17 +98,51 @@ def test_d1_derivation_challenge_and_frames() -> None:
     assert challenge.hex() == D1["challenge"]
     a_sig = SigningKey(SEED_A).sign(challenge).signature
     assert D1["a_authsig"].endswith(a_sig.hex())
-    x, y = socket.socketpair()
-    try:
-        stream = BlockingSecretStream(x, send, recv)
-        frame0 = stream.seal_frames(bytes.fromhex(D1["a_authsig"]))
-        frame1 = stream.seal_frames(bytes.fromhex("023a00"))
-        assert len(frame0) == len(frame1) == SEALED_FRAME_SIZE
-        assert hashlib.sha256(frame0).hexdigest() == D1["frame0_sha"]
-        assert hashlib.sha256(frame1).hexdigest() == D1["frame1_sha"]
-    finally:
-        x.close()
-        y.close()
+    codec = FrameCodec(send, recv)
+    frame0 = codec.seal(bytes.fromhex(D1["a_authsig"]))
+    frame1 = codec.seal(bytes.fromhex("023a00"))
+    assert len(frame0) == len(frame1) == SEALED_FRAME_SIZE
+    assert hashlib.sha256(frame0).hexdigest() == D1["frame0_sha"]
+    assert hashlib.sha256(frame1).hexdigest() == D1["frame1_sha"]
+
+
+def test_d1_sans_io_handshake_byte_for_byte() -> None:
+    """Both sides driven in memory with D1's keys: first bytes on the wire and the AuthSig frame."""
+    a = Handshake(SigningKey(SEED_A), ephemeral_secret=EPH_A)
+    b = Handshake(SigningKey(SEED_B), ephemeral_secret=EPH_B)
+    a_first, b_first = a.data_to_send(), b.data_to_send()
+    assert a_first.hex() == "220a20" + D1["a_pub"]
+    assert b_first.hex() == "220a20" + D1["b_pub"]
+    a.receive_data(b_first)
+    b.receive_data(a_first)
+    a_auth, b_auth = a.data_to_send(), b.data_to_send()
+    assert hashlib.sha256(a_auth).hexdigest() == D1["frame0_sha"]
+    b.receive_data(a_auth)
+    a.receive_data(b_auth)
+    assert a.done and b.done
+    assert a.remote_pubkey == bytes(SigningKey(SEED_B).verify_key)
+    assert a.codec is not None and b.codec is not None
+    assert hashlib.sha256(a.codec.seal(bytes.fromhex("023a00"))).hexdigest() == D1["frame1_sha"]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.large_base_example])
+@given(st.data())
+def test_sans_io_any_split_of_the_stream(data: st.DataObject) -> None:
+    """The handshake and the frames give the same result however the byte stream is cut."""
+    a, b = Handshake(SigningKey.generate()), Handshake(SigningKey.generate())
+    wire_ab, wire_ba = a.data_to_send(), b.data_to_send()
+    while not (a.done and b.done):
+        for hs, wire in ((b, wire_ab), (a, wire_ba)):
+            step = data.draw(st.integers(1, 1100))
+            for cut in range(0, len(wire), step):
+                hs.receive_data(wire[cut : cut + step])
+        wire_ab, wire_ba = a.data_to_send(), b.data_to_send()
+    assert a.codec is not None and b.codec is not None
+    message = data.draw(st.binary(max_size=5000))
+    sealed = a.codec.seal(message)
+    step = data.draw(st.integers(1, 2100))
+    got = b"".join(b.codec.feed(sealed[cut : cut + step]) for cut in range(0, len(sealed), step))
+    assert got == message
 
 
 def _pair(
@@ -227,28 +257,28 @@ def _established() -> tuple[BlockingSecretStream, BlockingSecretStream]:
 @pytest.mark.parametrize("bit", [0, 7, 500, 1027 * 8, SEALED_FRAME_SIZE * 8 - 1])
 def test_any_flipped_bit_poisons(bit: int) -> None:
     stream_a, stream_b = _established()
-    frame = bytearray(stream_a.seal_frames(b"\x02\x3a\x00"))
+    frame = bytearray(stream_a.codec.seal(b"\x02\x3a\x00"))
     frame[bit // 8] ^= 1 << (bit % 8)
     with pytest.raises(FrameError):
-        stream_b.open_frame(bytes(frame))
+        stream_b.codec.open(bytes(frame))
     with pytest.raises(FrameError, match="earlier error"):
-        stream_b.open_frame(stream_a.seal_frames(b"ok"))
+        stream_b.codec.open(stream_a.codec.seal(b"ok"))
     stream_a.close()
     stream_b.close()
 
 
 def test_replayed_and_reordered_frames_poison() -> None:
     stream_a, stream_b = _established()
-    first = stream_a.seal_frames(b"one")
-    second = stream_a.seal_frames(b"two")
-    assert stream_b.open_frame(first) == b"one"
+    first = stream_a.codec.seal(b"one")
+    second = stream_a.codec.seal(b"two")
+    assert stream_b.codec.open(first) == b"one"
     with pytest.raises(FrameError):
-        stream_b.open_frame(first)  # replay
+        stream_b.codec.open(first)  # replay
     stream_c, stream_d = _established()
-    one = stream_c.seal_frames(b"one")
-    two = stream_c.seal_frames(b"two")
+    one = stream_c.codec.seal(b"one")
+    two = stream_c.codec.seal(b"two")
     with pytest.raises(FrameError):
-        stream_d.open_frame(two)  # reordered
+        stream_d.codec.open(two)  # reordered
     del one, second
     for s in (stream_a, stream_b, stream_c, stream_d):
         s.close()
@@ -258,8 +288,75 @@ def test_declared_length_above_1024_poisons() -> None:
     stream_a, stream_b = _established()
     # Seal a frame by hand whose length field says 1025.
     plain = (1025).to_bytes(4, "little") + bytes(1024)
-    sealed = stream_a._send_aead.encrypt(_nonce(stream_a._send_nonce), plain, None)
+    sealed = stream_a.codec._send.encrypt(_nonce(stream_a.codec.send_nonce), plain, None)
     with pytest.raises(FrameError, match="more than 1024"):
-        stream_b.open_frame(sealed)
+        stream_b.codec.open(sealed)
     stream_a.close()
     stream_b.close()
+
+
+def test_wrong_key_type_and_bad_challenge_signature() -> None:
+    from pykms.proto.tendermint.p2p import conn_pb2
+
+    for mutate, match in (
+        (lambda m: m.pub_key.ClearField("ed25519") or setattr(m.pub_key, "secp256k1", b"\x02" * 33),
+         "expected ed25519"),
+        (lambda m: setattr(m, "sig", bytes(64)), "challenge verification failed"),
+    ):  # fmt: skip
+        honest, evil = Handshake(SigningKey.generate()), Handshake(SigningKey.generate())
+        to_evil, to_honest = honest.data_to_send(), evil.data_to_send()
+        evil.receive_data(to_evil)
+        honest.receive_data(to_honest)
+        assert evil.codec is not None
+        evil.codec.send_nonce = 0  # replace evil's honest AuthSig frame (nonce 0) by a forged one
+        auth = conn_pb2.AuthSigMessage(sig=b"\x01" * 64)
+        auth.pub_key.ed25519 = bytes(32)
+        mutate(auth)
+        body = auth.SerializeToString()
+        with pytest.raises(HandshakeError, match=match):
+            honest.receive_data(evil.codec.seal(bytes([len(body)]) + body))
+
+
+def test_asyncio_adapter_both_roles() -> None:
+    import asyncio
+
+    from pykms.secretconn.aio import secret_connection
+
+    async def main() -> None:
+        key_a, key_b = SigningKey.generate(), SigningKey.generate()
+        accepted: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+
+        async def on_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            stream = await secret_connection(reader, writer, key_b, timeout=2)
+            message = await stream.recv()
+            while len(message) < 3000:
+                message += await stream.recv()
+            await stream.send(message[::-1])
+            accepted.set_result(stream.remote_id)
+            await stream.close()
+
+        server = await asyncio.start_server(on_conn, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        stream = await secret_connection(
+            reader, writer, key_a, timeout=2, expected_peer_id=node_id(bytes(key_b.verify_key))
+        )
+        payload = bytes(range(256)) * 11 + b"x" * 184
+        await stream.send(payload)
+        back = b""
+        while len(back) < len(payload):
+            back += await stream.recv()
+        assert back == payload[::-1]
+        assert await accepted == node_id(bytes(key_a.verify_key))
+        await stream.close()
+        server.close()
+        await server.wait_closed()
+        # a stalled peer: the handshake times out with a HandshakeError
+        stall = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", stall.sockets[0].getsockname()[1])
+        with pytest.raises(HandshakeError, match="timed out"):
+            await secret_connection(reader, writer, key_a, timeout=0.2)
+        writer.close()
+        stall.close()
+
+    asyncio.run(main())

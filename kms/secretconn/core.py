@@ -1,0 +1,313 @@
+"""SecretConnection, sans-IO: the handshake and the frame layer as pure state machines (bytes in, bytes out).
+
+Theory of operation (PROTOCOL.md §1, cometbft p2p/conn/secret_connection.go): both sides send a 35-byte
+ephemeral X25519 key, sort the two keys into ``lo``/``hi``, compute the DH secret (refusing low-order keys and
+an all-zero result), feed ``lo``, ``hi`` and the secret into a Merlin transcript whose 32-byte challenge each side
+signs with its long-term Ed25519 identity, and split HKDF-SHA256(dh) into one ChaCha20-Poly1305 key per direction.
+From then on a write is cut into 1,024-byte chunks, each sealed in a 1,028-byte frame (LE32 length + data + zero
+padding) under a 64-bit little-endian counter nonce; a read opens exactly 1,044 bytes. Frames carry a byte stream,
+not messages. Any failure poisons the object: every later call raises.
+
+Nothing here touches a socket or a clock: the adapters (``pykms.secretconn.sync`` for blocking sockets,
+``pykms.secretconn.aio`` for asyncio) move the bytes and enforce the timeouts. The ephemeral secret is injectable
+so tests reproduce VECTORS.md D1 byte for byte. The protocol is symmetric: the same object serves both roles.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from hashlib import sha256
+from hmac import compare_digest
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from google.protobuf.message import DecodeError as ProtobufDecodeError
+from merlin_transcripts.merlin_transcript import MerlinTranscript
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
+
+from pykms.errors import FrameError, HandshakeError, PeerIdMismatch
+from pykms.proto.tendermint.p2p import conn_pb2
+
+__all__ = [
+    "DATA_MAX_SIZE",
+    "LOW_ORDER_POINTS",
+    "SEALED_FRAME_SIZE",
+    "FrameCodec",
+    "Handshake",
+    "challenge_of",
+    "derive_keys",
+    "node_id",
+    "nonce_bytes",
+]
+
+# Framing (cometbft secret_connection.go: dataLenSize 4, dataMaxSize 1024, totalFrameSize 1028, aeadSizeOverhead 16).
+DATA_LEN_SIZE = 4
+DATA_MAX_SIZE = 1024
+TOTAL_FRAME_SIZE = DATA_LEN_SIZE + DATA_MAX_SIZE
+SEALED_FRAME_SIZE = TOTAL_FRAME_SIZE + 16
+#: Go panics and tendermint-rs errors on the increment after this counter: the nonce never wraps.
+MAX_NONCE = 2**64 - 1
+#: The ephemeral-key message: google.protobuf.BytesValue{1: 32 bytes}, length-delimited = 22 0a 20 || key.
+EPH_PREFIX = b"\x22\x0a\x20"
+EPH_MESSAGE_SIZE = 35
+#: An AuthSigMessage is 103 bytes with an Ed25519 key; Go caps the read at 1 MiB, tendermint-rs reads exactly
+#: 103. We allow room for other key types only so that we can name them in the error.
+MAX_AUTH_SIG_BYTES = 1024
+_P = 2**255 - 19
+#: Low-order X25519 u-coordinates refused before DH (tendermint-rs secret_connection.rs; PROTOCOL.md §1.2 step 4).
+LOW_ORDER_POINTS = frozenset(
+    {
+        bytes(32),
+        (1).to_bytes(32, "little"),
+        bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"),
+        bytes.fromhex("5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157"),
+        (_P - 1).to_bytes(32, "little"),
+        _P.to_bytes(32, "little"),
+        (_P + 1).to_bytes(32, "little"),
+    }
+)
+TRANSCRIPT_LABEL = b"TENDERMINT_SECRET_CONNECTION_TRANSCRIPT_HASH"
+HKDF_INFO = b"TENDERMINT_SECRET_CONNECTION_KEY_AND_CHALLENGE_GEN"
+
+
+def node_id(pub: bytes) -> str:
+    """CometBFT node ID: hex of the first 20 bytes of SHA-256 of the raw Ed25519 key (p2p/key.go PubKeyToID)."""
+    return sha256(pub).digest()[:20].hex()
+
+
+def derive_keys(dh: bytes, loc_is_least: bool) -> tuple[bytes, bytes]:
+    """(receive key, send key) from the DH secret (VECTORS.md V1: okm[0:32] carries hi -> lo traffic)."""
+    okm = HKDF(algorithm=hashes.SHA256(), length=96, salt=None, info=HKDF_INFO).derive(dh)
+    if loc_is_least:
+        return okm[0:32], okm[32:64]
+    return okm[32:64], okm[0:32]
+
+
+def challenge_of(lo: bytes, hi: bytes, dh: bytes) -> bytes:
+    """The Merlin transcript challenge both sides sign (PROTOCOL.md §1.3)."""
+    transcript = MerlinTranscript(TRANSCRIPT_LABEL)
+    transcript.append_message(b"EPHEMERAL_LOWER_PUBLIC_KEY", lo)
+    transcript.append_message(b"EPHEMERAL_UPPER_PUBLIC_KEY", hi)
+    transcript.append_message(b"DH_SECRET", dh)
+    return bytes(transcript.challenge_bytes(b"SECRET_CONNECTION_MAC", 32))
+
+
+def nonce_bytes(counter: int) -> bytes:
+    """12-byte ChaCha20-Poly1305 nonce: 4 zero bytes then the 64-bit counter, little-endian (VECTORS.md V2)."""
+    return b"\x00\x00\x00\x00" + counter.to_bytes(8, "little")
+
+
+class FrameCodec:
+    """The frame layer of an established connection, one object per connection (ciphers made once)."""
+
+    def __init__(self, send_key: bytes, recv_key: bytes) -> None:
+        self._send = ChaCha20Poly1305(send_key)
+        self._recv = ChaCha20Poly1305(recv_key)
+        self.send_nonce = 0
+        self.recv_nonce = 0
+        self._pending = bytearray()
+        self._dead: str | None = None
+
+    def _fail(self, reason: str) -> FrameError:
+        self._dead = reason
+        return FrameError(reason)
+
+    def _check(self) -> None:
+        if self._dead is not None:
+            raise FrameError(f"connection unusable after an earlier error: {self._dead}")
+
+    def seal(self, data: bytes) -> bytes:
+        """All the sealed frames for ``data`` (none for b""), advancing the send nonce."""
+        self._check()
+        out = []
+        view = memoryview(data)
+        for start in range(0, len(data), DATA_MAX_SIZE):
+            chunk = bytes(view[start : start + DATA_MAX_SIZE])
+            if self.send_nonce > MAX_NONCE:
+                raise self._fail("send nonce exhausted (2^64 frames); the connection must be re-established")
+            plain = len(chunk).to_bytes(4, "little") + chunk + bytes(DATA_MAX_SIZE - len(chunk))
+            out.append(self._send.encrypt(nonce_bytes(self.send_nonce), plain, None))
+            self.send_nonce += 1
+        return b"".join(out)
+
+    def open(self, sealed: bytes) -> bytes:
+        """The data of exactly one sealed frame, advancing the receive nonce."""
+        self._check()
+        if len(sealed) != SEALED_FRAME_SIZE:
+            raise self._fail(f"sealed frame of {len(sealed)} bytes, expected {SEALED_FRAME_SIZE}")
+        if self.recv_nonce > MAX_NONCE:
+            raise self._fail("receive nonce exhausted (2^64 frames)")
+        try:
+            plain = self._recv.decrypt(nonce_bytes(self.recv_nonce), sealed, None)
+        except InvalidTag:
+            raise self._fail("frame authentication failed (tampered, replayed or reordered frame)") from None
+        self.recv_nonce += 1
+        length = int.from_bytes(plain[:DATA_LEN_SIZE], "little")
+        if length > DATA_MAX_SIZE:
+            raise self._fail(f"frame declares {length} data bytes, more than {DATA_MAX_SIZE}")
+        return plain[DATA_LEN_SIZE : DATA_LEN_SIZE + length]
+
+    def feed(self, data: bytes) -> bytes:
+        """Buffer received bytes; return the data of every frame completed (b"" if none yet)."""
+        self._check()
+        self._pending += data
+        if len(self._pending) < SEALED_FRAME_SIZE:
+            return b""
+        out = []
+        while len(self._pending) >= SEALED_FRAME_SIZE:
+            sealed = bytes(self._pending[:SEALED_FRAME_SIZE])
+            del self._pending[:SEALED_FRAME_SIZE]
+            out.append(self.open(sealed))
+        return b"".join(out)
+
+    @property
+    def mid_frame(self) -> bool:
+        """True when part of a frame has been received (a clean EOF must not fall here)."""
+        return bool(self._pending)
+
+    def poison(self, reason: str) -> None:
+        self._dead = self._dead or reason
+
+
+class _State(enum.Enum):
+    WAIT_EPHEMERAL = "waiting for the peer's ephemeral key"
+    WAIT_AUTH = "waiting for the peer's authentication"
+    DONE = "established"
+    FAILED = "failed"
+
+
+class Handshake:
+    """The handshake of one side. Feed it received bytes; send what ``data_to_send`` returns; when ``done``,
+    ``codec`` carries the connection and ``leftover`` any data the peer sent after its AuthSigMessage."""
+
+    def __init__(
+        self,
+        identity: SigningKey,
+        *,
+        ephemeral_secret: bytes | None = None,
+        expected_peer_id: str | None = None,
+    ) -> None:
+        self._identity = identity
+        self._eph = X25519PrivateKey.from_private_bytes(
+            ephemeral_secret if ephemeral_secret is not None else os.urandom(32)
+        )
+        self.own_ephemeral = self._eph.public_key().public_bytes_raw()
+        self._expected = expected_peer_id.lower() if expected_peer_id else None
+        self._outgoing = bytearray(EPH_PREFIX + self.own_ephemeral)
+        self._incoming = bytearray()
+        self._plain = bytearray()
+        self._state = _State.WAIT_EPHEMERAL
+        self._challenge = b""
+        self.codec: FrameCodec | None = None
+        self.remote_pubkey = b""
+        self.remote_id = ""
+        self.leftover = b""
+
+    @property
+    def done(self) -> bool:
+        return self._state is _State.DONE
+
+    @property
+    def state(self) -> str:
+        return self._state.value
+
+    def data_to_send(self) -> bytes:
+        out, self._outgoing = bytes(self._outgoing), bytearray()
+        return out
+
+    def receive_data(self, data: bytes) -> None:
+        """Advance with bytes from the peer. Raises HandshakeError / PeerIdMismatch; the object is then dead."""
+        if self._state is _State.FAILED:
+            raise HandshakeError("handshake already failed")
+        if self._state is _State.DONE:
+            raise HandshakeError("handshake already complete: give further bytes to the codec")
+        try:
+            self._incoming += data
+            if self._state is _State.WAIT_EPHEMERAL and len(self._incoming) >= EPH_MESSAGE_SIZE:
+                self._on_ephemeral(bytes(self._incoming[:EPH_MESSAGE_SIZE]))
+                del self._incoming[:EPH_MESSAGE_SIZE]
+            if self._state is _State.WAIT_AUTH and self._incoming:
+                self._on_auth_bytes()
+        except HandshakeError:
+            self._state = _State.FAILED
+            raise
+
+    def _on_ephemeral(self, message: bytes) -> None:
+        if message[:3] != EPH_PREFIX:
+            raise HandshakeError("malformed ephemeral key message (expected 35 bytes: 22 0a 20 + key)")
+        remote = message[3:]
+        if remote in LOW_ORDER_POINTS:
+            raise HandshakeError("the peer sent a low-order ephemeral key")
+        if remote == self.own_ephemeral:
+            raise HandshakeError("the peer echoed our ephemeral key")
+        lo, hi = sorted((self.own_ephemeral, remote))
+        try:
+            dh = self._eph.exchange(X25519PublicKey.from_public_bytes(remote))
+        except ValueError:
+            raise HandshakeError("the DH result is all zero (low-order ephemeral key)") from None
+        recv_key, send_key = derive_keys(dh, self.own_ephemeral == lo)
+        self._challenge = challenge_of(lo, hi, dh)
+        self.codec = FrameCodec(send_key, recv_key)
+        auth = conn_pb2.AuthSigMessage(sig=self._identity.sign(self._challenge).signature)
+        auth.pub_key.ed25519 = bytes(self._identity.verify_key)
+        body = auth.SerializeToString()
+        self._outgoing += self.codec.seal(bytes([len(body)]) + body)  # 102 < 128: one varint byte
+        self._state = _State.WAIT_AUTH
+
+    def _on_auth_bytes(self) -> None:
+        assert self.codec is not None
+        try:
+            self._plain += self.codec.feed(bytes(self._incoming))
+        except FrameError as exc:
+            raise HandshakeError(f"handshake failed: {exc}") from None
+        self._incoming.clear()
+        length, used = _uvarint(bytes(self._plain[:10]))
+        if length is None:
+            return
+        if length > MAX_AUTH_SIG_BYTES:
+            raise HandshakeError(f"AuthSigMessage of {length} bytes is too large")
+        if len(self._plain) < used + length:
+            return
+        remote_pub, sig = _parse_auth_sig(bytes(self._plain[used : used + length]))
+        try:
+            VerifyKey(remote_pub).verify(self._challenge, sig)
+        except (BadSignatureError, ValueError):
+            raise HandshakeError("challenge verification failed: the peer's signature is invalid") from None
+        self.remote_pubkey = remote_pub
+        self.remote_id = node_id(remote_pub)
+        if self._expected is not None and not compare_digest(self.remote_id, self._expected):
+            raise PeerIdMismatch(f"peer ID {self.remote_id} is not the pinned {self._expected}")
+        self.leftover = bytes(self._plain[used + length :])
+        self._state = _State.DONE
+
+
+def _parse_auth_sig(body: bytes) -> tuple[bytes, bytes]:
+    msg = conn_pb2.AuthSigMessage()
+    try:
+        msg.ParseFromString(body)
+    except (ProtobufDecodeError, ValueError, RuntimeError) as exc:
+        raise HandshakeError(f"malformed AuthSigMessage: {exc}") from None
+    case = msg.pub_key.WhichOneof("sum")
+    if case != "ed25519":
+        raise HandshakeError(f"expected ed25519 pubkey, got {case or 'none'}")
+    pub = bytes(msg.pub_key.ed25519)
+    if len(pub) != 32:
+        raise HandshakeError(f"ed25519 pubkey of {len(pub)} bytes")
+    return pub, bytes(msg.sig)
+
+
+def _uvarint(data: bytes) -> tuple[int | None, int]:
+    """(value, bytes used), or (None, 0) when more bytes are needed."""
+    value = 0
+    for i, byte in enumerate(data):
+        value |= (byte & 0x7F) << (7 * i)
+        if not byte & 0x80:
+            return value, i + 1
+        if i >= 9:
+            raise HandshakeError("malformed AuthSigMessage length")
+    return None, 0

@@ -8,6 +8,7 @@ measured in the same run. ``p50 / floor`` says how much a signer adds on top of 
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import tempfile
@@ -16,13 +17,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from pykms.errors import HarnessError
 from pykms.harness.simulator import PRECOMMIT, PREVOTE, SignerLink, make_proposal, make_vote
+from pykms.privval.codec import SignedProposalResponse, SignedVoteResponse
 from pykms.privval.signbytes import proposal_sign_bytes, vote_extension_sign_bytes, vote_sign_bytes
 
-__all__ = ["BenchResult", "format_result", "measure_floor", "percentile", "run_sequence"]
+__all__ = ["BenchResult", "format_result", "measure_floor", "percentile", "run_sequence", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -42,10 +45,10 @@ class BenchResult:
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile of an already sorted list."""
+    """Nearest-rank percentile of an already sorted list: the smallest value with at least q% at or below it."""
     if not sorted_values:
         return float("nan")
-    rank = max(0, min(len(sorted_values) - 1, round(q / 100 * len(sorted_values) + 0.5) - 1))
+    rank = max(0, min(len(sorted_values) - 1, math.ceil(q / 100 * len(sorted_values)) - 1))
     return sorted_values[rank]
 
 
@@ -86,7 +89,9 @@ def run_sequence(
     """Send ``n`` signing requests at increasing heights; verify each signature; return latencies (s).
 
     Votes alternate prevote/precommit at each height (precommits carry an extension when ``extensions``);
-    with ``proposal`` each height starts with a proposal.
+    with ``proposal`` each height starts with a proposal. Each signature is verified over the sign bytes of the
+    request sent (not of what the signer echoes); a refusal or a bad signature is a HarnessError (exit code 7),
+    a broken link a ProtocolError.
     """
     if pubkey is None:
         pubkey = link.pubkey().pub_key
@@ -104,8 +109,8 @@ def run_sequence(
                 start = time.perf_counter()
                 resp = link.sign_proposal(msg)
                 latencies.append(time.perf_counter() - start)
-                _check(resp, kind, height)
-                verify.verify(proposal_sign_bytes(chain_id, resp.proposal), bytes(resp.proposal.signature))
+                _check(resp, SignedProposalResponse, kind, height)
+                _verify(verify, proposal_sign_bytes(chain_id, msg), bytes(resp.proposal.signature), kind, height)
                 continue
             vote_type = PREVOTE if kind == "prevote" else PRECOMMIT
             ext = f"ext-{height}".encode() if (extensions and vote_type == PRECOMMIT) else b""
@@ -113,20 +118,39 @@ def run_sequence(
             start = time.perf_counter()
             resp = link.sign_vote(msg)
             latencies.append(time.perf_counter() - start)
-            _check(resp, kind, height)
-            verify.verify(vote_sign_bytes(chain_id, resp.vote), bytes(resp.vote.signature))
+            _check(resp, SignedVoteResponse, kind, height)
+            _verify(verify, vote_sign_bytes(chain_id, msg), bytes(resp.vote.signature), kind, height)
             if extensions and vote_type == PRECOMMIT:
-                verify.verify(vote_extension_sign_bytes(chain_id, resp.vote), bytes(resp.vote.extension_signature))
+                ext_sig = bytes(resp.vote.extension_signature)
+                _verify(verify, vote_extension_sign_bytes(chain_id, msg), ext_sig, f"{kind} extension", height)
         height += 1
     return latencies
 
 
-def _check(resp: Any, kind: str, height: int) -> None:
+#: Exit code of a benchmark that met a refusal or a bad signature (tm-signer-harness's ErrOther).
+EXIT_OTHER = 7
+
+
+def _check(resp: Any, kind: type, what: str, height: int) -> None:
     if getattr(resp, "error", None) is not None:
-        raise HarnessError(f"{kind} at height {height} refused: {resp.error.description}", 7)
+        raise HarnessError(f"{what} at height {height} refused: {resp.error.description}", EXIT_OTHER)
+    if not isinstance(resp, kind):
+        raise HarnessError(f"{what} at height {height}: got a {type(resp).__name__}", EXIT_OTHER)
+
+
+def _verify(key: VerifyKey, message: bytes, signature: bytes, what: str, height: int) -> None:
+    try:
+        key.verify(message, signature)
+    except (BadSignatureError, ValueError, TypeError):
+        raise HarnessError(
+            f"{what} at height {height}: the signature does not verify over the request's sign bytes", EXIT_OTHER
+        ) from None
 
 
 def summarize(latencies: list[float], fsync_s: float, sign_s: float, wall_s: float) -> BenchResult:
+    """Latency percentiles (ms), throughput over the wall time of the run, and the ratios to the floor."""
+    if not latencies:
+        raise HarnessError("no latencies to summarize", EXIT_OTHER)
     ordered = sorted(latencies)
     floor = fsync_s + sign_s
     p50, p99 = percentile(ordered, 50), percentile(ordered, 99)

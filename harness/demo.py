@@ -2,6 +2,9 @@
 
 Run it with ``scripts/demo`` (or ``python -m pykms.harness.demo``). It shows the whole signing path working on
 this machine — key, config, state, SecretConnection, the guard, fsync — and prints the public key and figures.
+It exits non-zero if anything fails (pykms does not connect, a request is refused, a signature does not verify,
+pykms does not stop cleanly), always stops the pykms process it started and removes its temporary directory
+(``--keep`` keeps it).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import argparse
 import base64
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,13 +20,19 @@ import tempfile
 import time
 from pathlib import Path
 
+from pykms.errors import KmsError
 from pykms.harness.bench import format_result, measure_floor, run_sequence, summarize
-from pykms.harness.simulator import ValidatorSimulator
+from pykms.harness.simulator import AcceptTimeout, SignerLink, ValidatorSimulator
+from pykms.privval import codec
 from pykms.privval.codec import Dialect
 
 __all__ = ["main", "write_demo_home"]
 
 CHAIN_ID = "pykms-demo-1"
+#: How long pykms may take to start and dial in (imports, key and state loading, handshake).
+CONNECT_DEADLINE_S = 30.0
+#: How long pykms may take to stop after SIGTERM before it is killed (its own shutdown is well under 1 s).
+STOP_DEADLINE_S = 15.0
 
 
 def write_demo_home(home: Path, listen_addr: str, *, chain_id: str = CHAIN_ID, protocol_version: str = "v0.38",
@@ -67,57 +77,112 @@ reconnect = true
     return config
 
 
+class DemoError(KmsError):
+    """The demo failed; the message says where."""
+
+
+def _accept(sim: ValidatorSimulator, proc: subprocess.Popen[bytes]) -> SignerLink:
+    deadline = time.monotonic() + CONNECT_DEADLINE_S
+    while True:
+        try:
+            return sim.accept(timeout=0.5)
+        except AcceptTimeout:
+            if proc.poll() is not None:
+                raise DemoError(f"pykms exited with code {proc.returncode} before connecting") from None
+            if time.monotonic() > deadline:
+                raise DemoError(f"pykms did not connect within {CONNECT_DEADLINE_S:g} s") from None
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=STOP_DEADLINE_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return -signal.SIGKILL
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def run_demo(home: Path, votes: int) -> None:
+    """Everything but the temporary directory: start pykms, sign ``votes`` requests, stop pykms."""
+    from pykms.config import load_config
+    from pykms.keyring import format_public_key
+
+    sim = ValidatorSimulator("tcp://127.0.0.1:0", chain_id=CHAIN_ID, dialect=Dialect.V0_38)
+    proc: subprocess.Popen[bytes] | None = None
+    log_path = home / "pykms.log"
+    try:
+        addr = sim.listen()
+        config = write_demo_home(home, addr)
+        print(f"validator simulator listening on {addr} (chain {CHAIN_ID}, protocol v0.38)", flush=True)
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pykms.cli.main", "start", "-c", str(config), "--log-format", "json"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            )
+        link = _accept(sim, proc)
+        resp = link.pubkey()
+        if not isinstance(resp, codec.PubKeyResponse) or resp.error is not None:
+            raise DemoError(f"pykms did not give its public key: {getattr(resp, 'error', None) or resp}")
+        pub = bytes(resp.pub_key)
+        key_format = load_config(config).chains[0].key_format
+        print(f"pykms connected; consensus public key: {format_public_key(pub, key_format)}", flush=True)
+        fsync_s, sign_s = measure_floor(home)
+        started = time.perf_counter()
+        latencies = run_sequence(link, votes, start_height=1, proposal=True, extensions=True, pubkey=pub)
+        wall = time.perf_counter() - started
+        print(f"signed and verified {len(latencies)} proposals, prevotes and precommits (with vote extensions)")
+        print(format_result(summarize(latencies, fsync_s, sign_s, wall)), flush=True)
+        link.close()
+    except BaseException:
+        if proc is not None:
+            _stop(proc)
+            print(f"pykms log (last lines):\n{_tail(log_path)}", file=sys.stderr)
+        raise
+    finally:
+        sim.close()
+    code = _stop(proc)
+    if code != 0:
+        print(f"pykms log (last lines):\n{_tail(log_path)}", file=sys.stderr)
+        raise DemoError(f"pykms stopped with exit code {code} (expected 0 after SIGTERM)")
+    print("pykms stopped cleanly (exit code 0)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pykms-demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="pykms-demo", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--votes", type=int, default=300, help="signing requests to send (default 300)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
-
-    from pykms.keyring import format_public_key
+    if args.votes < 1:
+        parser.error("--votes must be at least 1")
 
     home = Path(tempfile.mkdtemp(prefix="pykms-demo-"))
-    sim = ValidatorSimulator("tcp://127.0.0.1:0", chain_id=CHAIN_ID, dialect=Dialect.V0_38)
-    addr = sim.listen()
-    config = write_demo_home(home, addr)
     print(f"demo home: {home}")
-    print(f"validator simulator listening on {addr} (chain {CHAIN_ID}, protocol v0.38)")
-    log_path = home / "pykms.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pykms.cli.main", "start", "-c", str(config), "--log-format", "json"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
     try:
-        link = sim.accept(timeout=15)
-        pub = link.pubkey().pub_key
-        from pykms.config import load_config
-
-        key_format = load_config(config).chains[0].key_format
-        print(f"pykms connected; consensus public key: {format_public_key(pub, key_format)}")
-        fsync_s, sign_s = measure_floor(home)
-        started = time.perf_counter()
-        latencies = run_sequence(link, args.votes, start_height=1, proposal=True, extensions=True, pubkey=pub)
-        wall = time.perf_counter() - started
-        print(f"signed and verified {len(latencies)} proposals, prevotes and precommits (with vote extensions)")
-        print(format_result(summarize(latencies, fsync_s, sign_s, wall)))
-        link.close()
+        run_demo(home, args.votes)
+    except KeyboardInterrupt:
+        print("demo: interrupted", file=sys.stderr)
+        return 130
+    except (KmsError, OSError) as exc:
+        print(f"demo: FAILED: {exc}", file=sys.stderr)
+        return 1
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = proc.wait()
-        sim.close()
-    print(f"pykms stopped with exit code {code}; its log: {log_path}")
-    if not args.keep and code == 0:
-        import shutil
-
-        shutil.rmtree(home, ignore_errors=True)
-    return 0 if code == 0 else 1
+        if args.keep:
+            print(f"kept {home}")
+        else:
+            shutil.rmtree(home, ignore_errors=True)
+    return 0
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(main())

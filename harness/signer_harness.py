@@ -1,42 +1,80 @@
 """``pykms-signer-harness``: a conformance test for any CometBFT remote signer (pykms, tmkms, horcrux, ...).
 
-CometBFT removed its tm-signer-harness (v0.34.27 / v0.37.0). This one behaves like it (PROTOCOL.md §5): it plays
-the node — listens, accepts the signer, checks the public key against ``$TMHOME/config/priv_validator_key.json``,
+CometBFT removed its tm-signer-harness (v0.34.27 / v0.37.0). This one behaves like it (PROTOCOL.md §5; facts from
+cometbft at the parent of 13c1ef3d42, tools/tm-signer-harness/main.go and internal/test_harness.go): it plays the
+node — listens, accepts the signer, checks the public key against ``$TMHOME/config/priv_validator_key.json``,
 asks for a proposal at height 100 and a prevote and a precommit at height 101 with the chain id of
 ``$TMHOME/config/genesis.json`` — and verifies each signature over the sign bytes of its *own* request, so a
 signer that alters what it signs fails. ``--suite full`` adds vote extensions, the v1.0 shapes, double-sign
 refusals, regressions, a wrong chain id, pings and a reconnect.
 
 Exit codes (tm-signer-harness's): 0 success, 1 bad parameters or key/state load failure, 2 no signer connected,
-3 genesis, 4 cannot create the listener, 5 cannot start the listener, 6 interrupted, 7 other error,
-8 public key mismatch, 9 proposal, 10 vote.
+3 genesis, 4 cannot create the listener, 5 the listener failed while accepting, 6 interrupted (SIGINT), 7 other
+error (including a signer that refuses or fails the public-key request), 8 public key mismatch, 9 proposal,
+10 vote.
+
+Where this harness differs from tm-signer-harness, on purpose:
+
+- each accept attempt waits 100 ms, not 10 ms, so the default 100 attempts give a signer 10 s to dial in (a
+  signer in reconnect backoff, as pykms caps it at 10 s, would miss a 1 s window); the count semantics are the
+  same, and ``--accept-retries 0`` fails at once with exit code 2;
+- ``extract_key`` refuses to overwrite an existing output file (tm-signer-harness truncates it, keeping its old,
+  possibly world-readable, mode) and makes the new file durable;
+- a stale ``unix://`` path is removed only if it is a socket;
+- a key file whose public half does not match its seed is refused (exit code 1) rather than trusted.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import hashlib
+import binascii
 import json
-import socket
+import signal
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO, TypeVar
 
 from nacl.exceptions import BadSignatureError
-from nacl.signing import VerifyKey
+from nacl.signing import SigningKey, VerifyKey
 
-from pykms.errors import HarnessError, KeyFileError, KmsError, ProtocolError
-from pykms.harness.simulator import PRECOMMIT, PREVOTE, SignerLink, ValidatorSimulator, make_proposal, make_vote
+from pykms import __version__
+from pykms.errors import HarnessError, KeyFileError, KmsError, ProtocolError, StateError
+from pykms.harness.simulator import (
+    PRECOMMIT,
+    PREVOTE,
+    AcceptTimeout,
+    SignerLink,
+    ValidatorSimulator,
+    make_proposal,
+    make_vote,
+)
 from pykms.keyfiles import write_secret_file
+from pykms.privval import codec
 from pykms.privval.codec import Dialect
 from pykms.privval.signbytes import proposal_sign_bytes, vote_extension_sign_bytes, vote_sign_bytes
 
-__all__ = ["EXIT", "main", "run_basic", "run_full"]
+__all__ = [
+    "ACCEPT_ATTEMPT_S",
+    "CONN_DEADLINE_S",
+    "EXIT",
+    "Harness",
+    "TmHome",
+    "build_parser",
+    "load_genesis_chain_id",
+    "load_key",
+    "load_tmhome",
+    "main",
+    "run_basic",
+    "run_full",
+]
 
+#: tm-signer-harness's exit codes (internal/test_harness.go, the iota block from NoError to ErrTestSignVoteFailed).
 EXIT = {
     "ok": 0,
     "params": 1,
@@ -51,11 +89,23 @@ EXIT = {
     "vote": 10,
 }
 
-#: tm-signer-harness's fixed request contents (VECTORS.md V12): block hash = part-set hash = SHA-256("hash").
+#: tm-signer-harness's fixed request contents (VECTORS.md V12): block hash = part-set hash = SHA-256("hash"),
+#: part-set total 1,000,000, proposal at height 100, votes at height 101.
 HARNESS_BLOCK_SEED = b"hash"
 HARNESS_PART_TOTAL = 1_000_000
-#: Each accept attempt waits this long; --accept-retries attempts in all (tm-signer-harness: 100 retries).
+PROPOSAL_HEIGHT = 100
+VOTE_HEIGHT = 101
+#: Each accept attempt waits this long (tm-signer-harness: 10 ms; see the module docstring for why 100 ms).
 ACCEPT_ATTEMPT_S = 0.1
+#: Read/write deadline on the signer connection (tm-signer-harness main.go: defaultConnDeadline = 3 s).
+CONN_DEADLINE_S = 3.0
+#: Longest chain id a genesis may carry (cometbft types/genesis.go: MaxChainIDLen).
+MAX_CHAIN_ID_LEN = 50
+
+_T = TypeVar("_T")
+
+
+# Loading $TMHOME ---------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -64,32 +114,66 @@ class TmHome:
     seed: bytes
     chain_id: str
 
+    def __repr__(self) -> str:  # the seed never appears in a repr
+        return f"TmHome(pub_key={self.pub_key.hex()}, chain_id={self.chain_id!r})"
 
-def load_tmhome(home: Path) -> TmHome:
-    """Read the expected key and the chain id; exit codes 1 (key/state) and 3 (genesis) on failure."""
+
+def _fail(message: str, code: str) -> HarnessError:
+    return HarnessError(message, EXIT[code])
+
+
+def load_key(home: Path) -> tuple[bytes, bytes]:
+    """(public key, seed) from ``config/priv_validator_key.json``; checks ``data/priv_validator_state.json`` too.
+
+    tm-signer-harness loads both through privval.LoadFilePV, which exits with code 1 if either is missing or
+    malformed; so does this.
+    """
     key_path = home / "config" / "priv_validator_key.json"
     try:
-        doc = json.loads(key_path.read_text())
-        priv = base64.b64decode(doc["priv_key"]["value"], validate=True)
-        pub = base64.b64decode(doc["pub_key"]["value"], validate=True)
-        if len(priv) != 64 or len(pub) != 32 or priv[32:] != pub:
-            raise ValueError("priv_key.value must be 64 bytes = seed || public key, matching pub_key")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise HarnessError(f"cannot load {key_path}: {_reason(exc)}", EXIT["params"]) from None
+        doc = json.loads(key_path.read_bytes())
+        priv_key = doc["priv_key"]
+        if priv_key.get("type") != "tendermint/PrivKeyEd25519":
+            raise ValueError(f"priv_key.type {priv_key.get('type')!r}: only tendermint/PrivKeyEd25519 is supported")
+        priv = base64.b64decode(priv_key["value"], validate=True)
+        if len(priv) != 64:
+            raise ValueError(f"priv_key.value is {len(priv)} bytes; an Ed25519 key is 64 (seed || public key)")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
+        raise _fail(f"cannot load {key_path}: {_reason(exc)}", "params") from None
+    seed, pub = priv[:32], priv[32:]
+    # FilePV takes the public key from the private key's second half (crypto/ed25519 PrivKey.PubKey); a file
+    # whose halves disagree would make every check compare against a key the seed cannot sign for.
+    if bytes(SigningKey(seed).verify_key) != pub:
+        raise _fail(f"cannot load {key_path}: the public half of priv_key does not match its seed", "params")
     state_path = home / "data" / "priv_validator_state.json"
-    if state_path.exists():
-        try:
-            json.loads(state_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise HarnessError(f"cannot load {state_path}: {_reason(exc)}", EXIT["params"]) from None
+    from pykms.guard.state import from_cometbft_json
+
+    try:
+        from_cometbft_json(state_path.read_bytes(), str(state_path))
+    except OSError as exc:
+        raise _fail(f"cannot load {state_path}: {_reason(exc)}", "params") from None
+    except StateError as exc:
+        raise _fail(f"cannot load {state_path}: {exc}", "params") from None
+    return pub, seed
+
+
+def load_genesis_chain_id(home: Path) -> str:
+    """The chain id of ``config/genesis.json`` (exit code 3 on failure, as MakeGenesisDocFromFile's errors)."""
     genesis_path = home / "config" / "genesis.json"
     try:
-        chain_id = json.loads(genesis_path.read_text())["chain_id"]
+        chain_id = json.loads(genesis_path.read_bytes())["chain_id"]
         if not isinstance(chain_id, str) or not chain_id:
-            raise ValueError("chain_id must be a non-empty string")
+            raise ValueError("genesis doc must include a non-empty chain_id")
+        if len(chain_id) > MAX_CHAIN_ID_LEN:
+            raise ValueError(f"chain_id is too long (max: {MAX_CHAIN_ID_LEN})")
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise HarnessError(f"cannot load the chain id from {genesis_path}: {_reason(exc)}", EXIT["genesis"]) from None
-    return TmHome(pub_key=pub, seed=priv[:32], chain_id=chain_id)
+        raise _fail(f"cannot load the chain id from {genesis_path}: {_reason(exc)}", "genesis") from None
+    return chain_id
+
+
+def load_tmhome(home: Path) -> TmHome:
+    """Key and state first (exit code 1), then the genesis (exit code 3): tm-signer-harness's order."""
+    pub, seed = load_key(home)
+    return TmHome(pub_key=pub, seed=seed, chain_id=load_genesis_chain_id(home))
 
 
 def _reason(exc: BaseException) -> str:
@@ -97,48 +181,90 @@ def _reason(exc: BaseException) -> str:
         return exc.strerror or str(exc)
     if isinstance(exc, KeyError):
         return f"missing field {exc}"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not JSON ({exc.msg} at line {exc.lineno})"
     return str(exc)
 
 
-class Harness:
-    """Listener plus the checks; prints one line per check."""
+# The harness -------------------------------------------------------------------------------------------------
 
-    def __init__(self, sim: ValidatorSimulator, expected_pub: bytes, accept_retries: int, out: Any = None) -> None:
+
+class Harness:
+    """Listener plus the checks; prints one ``[pass]``/``[FAIL]`` line per check with the reason."""
+
+    def __init__(
+        self,
+        sim: ValidatorSimulator,
+        expected_pub: bytes,
+        accept_retries: int,
+        out: TextIO | None = None,
+        *,
+        attempt_s: float = ACCEPT_ATTEMPT_S,
+    ) -> None:
         self.sim = sim
         self.expected_pub = expected_pub
         self.accept_retries = accept_retries
-        self.out = out if out is not None else sys.stdout
+        self.attempt_s = attempt_s
+        self.out: TextIO = out if out is not None else sys.stdout
         self.link: SignerLink | None = None
-        self.failures = 0
-
-    def say(self, status: str, name: str, detail: str = "") -> None:
-        print(f"[{status}] {name}{': ' + detail if detail else ''}", file=self.out, flush=True)
-
-    def accept(self) -> SignerLink:
-        for _attempt in range(max(1, self.accept_retries)):
-            try:
-                self.link = self.sim.accept(timeout=ACCEPT_ATTEMPT_S)
-                return self.link
-            except TimeoutError:
-                continue
-            except (ProtocolError, OSError) as exc:
-                self.say("info", "accept", f"a connection failed the handshake: {exc}")
-                continue
-        raise HarnessError(f"no signer connected after {self.accept_retries} accept attempts", EXIT["no_signer"])
+        #: (check name, exit code) of every failed check, in order.
+        self.failures: list[tuple[str, int]] = []
+        self.passes = 0
 
     @property
     def chain_id(self) -> str:
         return self.sim.chain_id
 
-    def expect(self, ok: bool, name: str, detail: str, code: str) -> None:
-        if ok:
-            self.say("pass", name, detail)
-            return
+    def say(self, status: str, name: str, detail: str = "") -> None:
+        print(f"[{status}] {name}{': ' + detail if detail else ''}", file=self.out, flush=True)
+
+    def accept(self) -> SignerLink:
+        """Up to ``accept_retries`` attempts (none if it is 0 or less, as tm-signer-harness), then exit code 2.
+
+        A connection that fails the handshake does not end the run: tm-signer-harness's listener goroutine
+        drops it and keeps accepting.
+        """
+        for _attempt in range(self.accept_retries):
+            try:
+                self.link = self.sim.accept(timeout=self.attempt_s)
+                return self.link
+            except AcceptTimeout:
+                continue
+            except ProtocolError as exc:
+                self.say("info", "accept", f"a connection failed the handshake: {exc}")
+                continue
+        raise _fail(f"no signer connected after {self.accept_retries} accept attempts", "no_signer")
+
+    def passed(self, name: str, detail: str = "") -> None:
+        self.passes += 1
+        self.say("pass", name, detail)
+
+    def failed(self, name: str, detail: str, code: str, *, fatal: bool = True) -> None:
+        """Report a failed check; raise HarnessError with its exit code now (fatal) or at the end of the run."""
+        self.failures.append((name, EXIT[code]))
         self.say("FAIL", name, detail)
-        raise HarnessError(f"{name}: {detail}", EXIT[code])
+        if fatal:
+            raise _fail(f"{name}: {detail}", code)
+
+    def expect(self, ok: bool, name: str, detail: str, code: str, *, fatal: bool = True) -> bool:
+        if ok:
+            self.passed(name, detail)
+        else:
+            self.failed(name, detail, code, fatal=fatal)
+        return ok
+
+    def call(self, name: str, code: str, fn: Callable[[], _T]) -> _T:
+        """Run one request; a broken link (hang-up, stall, garbage) fails the check and ends the run."""
+        try:
+            return fn()
+        except ProtocolError as exc:
+            self.failed(name, f"the link failed: {exc}", code)
+            raise AssertionError("unreachable") from None  # pragma: no cover - failed() raised
 
 
 def _verify(pub: bytes, message: bytes, signature: bytes) -> bool:
+    if len(signature) != 64:  # ValidateBasic: MaxSignatureSize; an Ed25519 signature is exactly 64 bytes
+        return False
     try:
         VerifyKey(pub).verify(message, signature)
         return True
@@ -146,54 +272,85 @@ def _verify(pub: bytes, message: bytes, signature: bytes) -> bool:
         return False
 
 
-def _error_text(resp: Any) -> str | None:
+def _refusal(resp: Any) -> str | None:
     err = getattr(resp, "error", None)
     return None if err is None else f"RemoteSignerError(code {err.code}): {err.description}"
 
 
-def check_pubkey(h: Harness, link: SignerLink) -> None:
-    resp = link.pubkey()
-    err = _error_text(resp)
-    h.expect(err is None, "public key", err or "answered", "pubkey")
+def _ts(msg: Any) -> tuple[int, int]:
+    return int(msg.timestamp.seconds), int(msg.timestamp.nanos)
+
+
+# The basic suite: tm-signer-harness's three tests ---------------------------------------------------------------
+
+
+def check_pubkey(h: Harness, link: SignerLink, *, name: str = "public key") -> None:
+    """Test 1. A failed or refused request is exit code 7 (TestPublicKey returns the client's error as is); a
+    different key is 8."""
+    resp = h.call(name, "other", link.pubkey)
+    if not isinstance(resp, codec.PubKeyResponse):
+        h.failed(name, f"expected a PubKeyResponse, got {type(resp).__name__}", "other")
+        return
+    refusal = _refusal(resp)
+    if refusal is not None:
+        h.failed(name, f"the signer refused: {refusal}", "other")
+        return
+    got = bytes(resp.pub_key)
     h.expect(
-        bytes(resp.pub_key) == h.expected_pub,
-        "public key matches priv_validator_key.json",
-        f"got {bytes(resp.pub_key).hex()}, expected {h.expected_pub.hex()}",
+        resp.key_type == "ed25519" and got == h.expected_pub,
+        f"{name} matches priv_validator_key.json",
+        f"{resp.key_type} {got.hex()}" + ("" if got == h.expected_pub else f", expected {h.expected_pub.hex()}"),
         "pubkey",
     )
 
 
-def check_proposal(h: Harness, link: SignerLink, height: int = 100) -> None:
-    proposal = make_proposal(height, 0, HARNESS_BLOCK_SEED)
+def check_proposal(h: Harness, link: SignerLink, height: int = PROPOSAL_HEIGHT) -> None:
+    """Test 2: a proposal at height 100 (round 0, POL round -1, timestamp now); exit code 9 on any failure."""
+    name = f"proposal at height {height}"
+    proposal = make_proposal(height, 0, HARNESS_BLOCK_SEED, part_total=HARNESS_PART_TOTAL)
     expected = proposal_sign_bytes(h.chain_id, proposal)
-    resp = link.sign_proposal(proposal)
-    err = _error_text(resp)
-    h.expect(err is None, f"proposal at height {height}", err or "signed", "proposal")
-    sig = bytes(resp.proposal.signature)
-    h.expect(
-        _verify(h.expected_pub, expected, sig),
-        "proposal signature",
-        "verifies over the request's sign bytes" if _verify(h.expected_pub, expected, sig)
-        else "does not verify over the sign bytes of the request (altered content or wrong key)",
-        "proposal",
-    )  # fmt: skip
+    resp = h.call(name, "proposal", lambda: link.sign_proposal(proposal))
+    _check_signed(h, name, resp, codec.SignedProposalResponse, expected, "proposal")
 
 
-def check_vote(h: Harness, link: SignerLink, vote_type: int, height: int = 101) -> bytes:
-    name = "prevote" if vote_type == PREVOTE else "precommit"
-    vote = make_vote(height, 0, vote_type, HARNESS_BLOCK_SEED)
+def check_vote(h: Harness, link: SignerLink, vote_type: int, height: int = VOTE_HEIGHT) -> bytes:
+    """Test 3: a prevote or precommit at height 101 for the harness block; exit code 10 on any failure."""
+    name = f"{'prevote' if vote_type == PREVOTE else 'precommit'} at height {height}"
+    vote = make_vote(height, 0, vote_type, HARNESS_BLOCK_SEED, part_total=HARNESS_PART_TOTAL)
     expected = vote_sign_bytes(h.chain_id, vote)
-    resp = link.sign_vote(vote)
-    err = _error_text(resp)
-    h.expect(err is None, f"{name} at height {height}", err or "signed", "vote")
-    sig = bytes(resp.vote.signature)
-    ok = _verify(h.expected_pub, expected, sig)
-    h.expect(ok, f"{name} signature", "verifies over the request's sign bytes" if ok else
-             "does not verify over the sign bytes of the request (altered content or wrong key)", "vote")  # fmt: skip
+    resp = h.call(name, "vote", lambda: link.sign_vote(vote))
+    return _check_signed(h, name, resp, codec.SignedVoteResponse, expected, "vote")
+
+
+def _check_signed(
+    h: Harness, name: str, resp: Any, kind: type, expected: bytes, code: str, *, fatal: bool = True
+) -> bytes:
+    """The response is of ``kind``, not an error, and its signature verifies over ``expected`` (the sign bytes
+    of the harness's own request, never of what the signer echoes)."""
+    if not isinstance(resp, kind):
+        h.failed(name, f"expected a {kind.__name__}, got {type(resp).__name__}", code, fatal=fatal)
+        return b""
+    refusal = _refusal(resp)
+    if refusal is not None:
+        h.failed(name, f"the signer refused: {refusal}", code, fatal=fatal)
+        return b""
+    signed: Any = resp.vote if isinstance(resp, codec.SignedVoteResponse) else getattr(resp, "proposal", None)
+    sig = bytes(signed.signature)
+    if _verify(h.expected_pub, expected, sig):
+        h.passed(name, "signature verifies over the sign bytes of the request")
+    else:
+        h.failed(
+            name,
+            f"the {len(sig)}-byte signature does not verify over the sign bytes of the request "
+            "(the signer signed something else, or with another key)",
+            code,
+            fatal=fatal,
+        )
     return sig
 
 
 def run_basic(h: Harness) -> None:
+    """tm-signer-harness's run: public key, proposal, prevote, precommit; stops at the first failure."""
     link = h.link or h.accept()
     check_pubkey(h, link)
     check_proposal(h, link)
@@ -201,118 +358,302 @@ def run_basic(h: Harness) -> None:
     check_vote(h, link, PRECOMMIT)
 
 
+# The full suite ---------------------------------------------------------------------------------------------
+
+#: A fixed timestamp for the repeat and conflict checks, so "identical" means byte-identical.
+_FIXED_TS = (1_700_000_000, 0)
+
+
 def run_full(h: Harness, dialect: Dialect) -> None:
-    """The basic run, then the checks a signer must pass to be trusted with a validator key."""
+    """The basic run, then the checks a signer must pass to be trusted with a validator key.
+
+    A failed check is reported and the run goes on (so one run shows every problem); the exit code is that of
+    the first failure. A broken link ends the run at once.
+    """
     run_basic(h)
     link = h.link
     assert link is not None
-    pub, chain = h.expected_pub, h.chain_id
-    base = 1000 + int(time.time())  # above anything the basic run signed
+    # Above anything the basic run signed, and above any earlier full run against the same signer state.
+    base = 1000 + int(time.time())
 
-    resp = link.ping()
-    h.expect(_error_text(resp) is None, "ping", "answered", "other")
+    for i in range(3):
+        resp = h.call("ping", "other", link.ping)
+        h.expect(isinstance(resp, codec.PingResponse), f"ping {i + 1}", type(resp).__name__, "other", fatal=False)
 
-    # Identical repeat: the same signature (FilePV returns the stored one; Ed25519 is deterministic anyway).
-    vote = make_vote(base, 0, PREVOTE, b"A", timestamp=(1_700_000_000, 0))
-    first = link.sign_vote(vote)
-    h.expect(_error_text(first) is None, "prevote for block A", _error_text(first) or "signed", "vote")
-    again = link.sign_vote(make_vote(base, 0, PREVOTE, b"A", timestamp=(1_700_000_000, 0)))
+    _full_repeat_and_conflict(h, link, base)
+    _full_proposals(h, link, base + 5)
+    _full_regressions(h, link, base + 7)
+    if dialect.has_extensions:
+        _full_extensions(h, link, dialect, base + 10)
+    if dialect.is_v1:
+        _full_v1(h, link, base + 15)
+    link = _full_wrong_chain(h, link, base + 20)
+    _full_reconnect(h, link, base + 30)
+    if h.failures:
+        first_name, first_code = h.failures[0]
+        raise HarnessError(f"{len(h.failures)} check(s) failed, the first: {first_name}", first_code)
+
+
+def _vote_ok(h: Harness, name: str, resp: Any, vote: Any, *, fatal: bool = False) -> bytes:
+    return _check_signed(
+        h, name, resp, codec.SignedVoteResponse, vote_sign_bytes(h.chain_id, vote), "vote", fatal=fatal
+    )
+
+
+def _refused(h: Harness, name: str, resp: Any, code: str) -> None:
+    """A request that must not be signed: a RemoteSignerError, never a signature."""
+    refusal = _refusal(resp)
+    if refusal is not None:
+        h.passed(name, refusal)
+        return
+    signed = getattr(resp, "vote", None) or getattr(resp, "proposal", None)
+    sig = bytes(signed.signature) if signed is not None else b""
+    h.failed(name, f"SIGNED ({len(sig)}-byte signature): a double sign", code, fatal=False)
+
+
+def _full_repeat_and_conflict(h: Harness, link: SignerLink, height: int) -> None:
+    vote = make_vote(height, 0, PREVOTE, b"A", timestamp=_FIXED_TS)
+    first = _vote_ok(h, "prevote for block A", h.call("prevote", "vote", lambda: link.sign_vote(vote)), vote)
+    again = h.call("repeat", "vote", lambda: link.sign_vote(make_vote(height, 0, PREVOTE, b"A", timestamp=_FIXED_TS)))
+    sig = bytes(again.vote.signature) if isinstance(again, codec.SignedVoteResponse) else b""
     h.expect(
-        _error_text(again) is None and bytes(again.vote.signature) == bytes(first.vote.signature),
+        _refusal(again) is None and bool(first) and sig == first,
         "identical repeat returns the same signature",
-        _error_text(again) or "same signature",
+        _refusal(again) or ("same signature" if sig == first else "a different signature"),
+        "vote",
+        fatal=False,
+    )
+    # Same block, later timestamp: not a double sign (evidence needs different block ids). FilePV returns the
+    # stored signature with the stored timestamp; tmkms signs the new timestamp. Either way the signature must
+    # verify over what is returned, and only the timestamp may differ from the request.
+    later = make_vote(height, 0, PREVOTE, b"A", timestamp=(_FIXED_TS[0] + 9, 0))
+    resp = h.call("timestamp-only difference", "vote", lambda: link.sign_vote(later))
+    name = "timestamp-only difference: a valid signature for the same block"
+    if not isinstance(resp, codec.SignedVoteResponse) or _refusal(resp) is not None:
+        h.failed(name, _refusal(resp) or f"got {type(resp).__name__}", "vote", fatal=False)
+    else:
+        returned_ts = _ts(resp.vote)
+        if returned_ts == _ts(later):
+            ok, how = _verify(h.expected_pub, vote_sign_bytes(h.chain_id, later), bytes(resp.vote.signature)), "new"
+        elif returned_ts == _FIXED_TS:
+            ok, how = bytes(resp.vote.signature) == first and bool(first), "stored (FilePV)"
+        else:
+            ok, how = False, f"an unrelated timestamp {returned_ts}"
+        h.expect(ok, name, f"{how} timestamp" + ("" if ok else ", signature does not match"), "vote", fatal=False)
+    conflict = make_vote(height, 0, PREVOTE, b"B", timestamp=_FIXED_TS)
+    _refused(
+        h,
+        "conflicting prevote (block B) at the same height/round/step is refused",
+        h.call("conflicting prevote", "vote", lambda: link.sign_vote(conflict)),
         "vote",
     )
-    conflict = link.sign_vote(make_vote(base, 0, PREVOTE, b"B", timestamp=(1_700_000_000, 0)))
-    h.expect(
-        _error_text(conflict) is not None,
-        "conflicting prevote at the same height/round/step is refused",
-        _error_text(conflict) or "SIGNED A DOUBLE SIGN",
+    nil = make_vote(height, 0, PREVOTE, b"", timestamp=_FIXED_TS)
+    _refused(
+        h,
+        "conflicting nil prevote at the same height/round/step is refused",
+        h.call("conflicting nil prevote", "vote", lambda: link.sign_vote(nil)),
         "vote",
     )
-    # Regressions.
-    link.sign_vote(make_vote(base + 1, 1, PRECOMMIT, b"C"))
-    cases = [
-        ("height regression is refused", make_vote(base, 5, PRECOMMIT, b"C")),
-        ("round regression is refused", make_vote(base + 1, 0, PRECOMMIT, b"C")),
-        ("step regression is refused", make_vote(base + 1, 1, PREVOTE, b"C")),
-    ]
-    for name, regress in cases:
-        resp = link.sign_vote(regress)
-        h.expect(_error_text(resp) is not None, name, _error_text(resp) or "SIGNED", "vote")
 
-    # Vote extensions by dialect (PROTOCOL.md §2.7).
-    height = base + 10
-    if dialect in (Dialect.V0_38, Dialect.V1_0):
-        pre = link.sign_vote(make_vote(height, 0, PREVOTE, b"D"))
+
+def _full_proposals(h: Harness, link: SignerLink, height: int) -> None:
+    proposal = make_proposal(height, 0, b"P", timestamp=_FIXED_TS)
+    expected = proposal_sign_bytes(h.chain_id, proposal)
+    resp = h.call("proposal", "proposal", lambda: link.sign_proposal(proposal))
+    first = _check_signed(
+        h, f"proposal at height {height}", resp, codec.SignedProposalResponse, expected, "proposal", fatal=False
+    )
+    again = h.call(
+        "repeat", "proposal", lambda: link.sign_proposal(make_proposal(height, 0, b"P", timestamp=_FIXED_TS))
+    )
+    sig = bytes(again.proposal.signature) if isinstance(again, codec.SignedProposalResponse) else b""
+    h.expect(
+        _refusal(again) is None and bool(first) and sig == first,
+        "identical proposal repeat returns the same signature",
+        _refusal(again) or ("same signature" if sig == first else "a different signature"),
+        "proposal",
+        fatal=False,
+    )
+    conflict = make_proposal(height, 0, b"Q", timestamp=_FIXED_TS)
+    _refused(
+        h,
+        "conflicting proposal (block Q) at the same height/round is refused",
+        h.call("conflicting proposal", "proposal", lambda: link.sign_proposal(conflict)),
+        "proposal",
+    )
+
+
+def _full_regressions(h: Harness, link: SignerLink, height: int) -> None:
+    vote = make_vote(height, 1, PRECOMMIT, b"C")
+    _vote_ok(
+        h, f"precommit at height {height} round 1", h.call("precommit", "vote", lambda: link.sign_vote(vote)), vote
+    )
+    cases: list[tuple[str, Any, str]] = [
+        ("height regression is refused", make_vote(height - 1, 5, PRECOMMIT, b"C"), "vote"),
+        ("round regression is refused", make_vote(height, 0, PRECOMMIT, b"C"), "vote"),
+        ("step regression (prevote after precommit) is refused", make_vote(height, 1, PREVOTE, b"C"), "vote"),
+        ("proposal regression is refused", make_proposal(height, 1, b"C"), "proposal"),
+    ]
+    for name, msg, code in cases:
+        request: codec.Request = (
+            codec.SignVoteRequest(vote=msg, chain_id=h.chain_id)
+            if code == "vote"
+            else codec.SignProposalRequest(proposal=msg, chain_id=h.chain_id)
+        )
+        resp = h.call(name, code, partial(link.request, request))
+        _refused(h, name, resp, code)
+
+
+def _full_extensions(h: Harness, link: SignerLink, dialect: Dialect, height: int) -> None:
+    """Vote extensions (PROTOCOL.md §2.7): signed on every non-nil precommit, never on anything else."""
+    pub, chain = h.expected_pub, h.chain_id
+    pre = make_vote(height, 0, PREVOTE, b"D")
+    resp = h.call("prevote", "vote", lambda: link.sign_vote(pre))
+    if _vote_ok(h, f"prevote at height {height} ({dialect.value})", resp, pre):
         h.expect(
-            _error_text(pre) is None and not bytes(pre.vote.extension_signature),
+            not bytes(resp.vote.extension_signature),
             "no extension signature on a prevote",
-            _error_text(pre) or "none",
+            "none" if not bytes(resp.vote.extension_signature) else "an extension signature",
             "vote",
+            fatal=False,
         )
-        vote = make_vote(height, 0, PRECOMMIT, b"D", extension=b"ext-data")
-        resp = link.sign_vote(vote)
-        ext_sig = bytes(resp.vote.extension_signature) if _error_text(resp) is None else b""
-        h.expect(
-            _verify(pub, vote_extension_sign_bytes(chain, vote), ext_sig),
-            "extension signature on a non-nil precommit",
-            "verifies over CanonicalVoteExtension" if ext_sig else (_error_text(resp) or "missing"),
-            "vote",
-        )
-        nil = link.sign_vote(make_vote(height, 1, PRECOMMIT, b""))
-        h.expect(
-            _error_text(nil) is None and not bytes(nil.vote.extension_signature),
-            "no extension signature on a nil precommit",
-            _error_text(nil) or "none",
-            "vote",
-        )
-        if dialect is Dialect.V1_0:
-            skip = link.sign_vote(make_vote(height, 2, PRECOMMIT, b"E"), skip_extension_signing=True)
+    for round_, ext in ((0, b"ext-data"), (1, b"")):
+        vote = make_vote(height, round_, PRECOMMIT, b"D", extension=ext)
+        resp = h.call("precommit", "vote", partial(link.sign_vote, vote))
+        what = f"a {len(ext)}-byte extension" if ext else "an empty extension"
+        if _vote_ok(h, f"non-nil precommit with {what}", resp, vote):
+            ext_sig = bytes(resp.vote.extension_signature)
             h.expect(
-                _error_text(skip) is None and not bytes(skip.vote.extension_signature),
-                "v1.0 skip_extension_signing is obeyed",
-                _error_text(skip) or "no extension signature",
+                _verify(pub, vote_extension_sign_bytes(chain, vote), ext_sig),
+                f"extension signature on a non-nil precommit with {what}",
+                "verifies over CanonicalVoteExtension" if ext_sig else "missing",
                 "vote",
+                fatal=False,
             )
-    # A vote for another chain: refused (RemoteSignerError) or the connection dropped (tmkms).
+    nil = make_vote(height, 2, PRECOMMIT, b"")
+    resp = h.call("nil precommit", "vote", lambda: link.sign_vote(nil))
+    if _vote_ok(h, "nil precommit", resp, nil):
+        h.expect(
+            not bytes(resp.vote.extension_signature),
+            "no extension signature on a nil precommit",
+            "none" if not bytes(resp.vote.extension_signature) else "an extension signature",
+            "vote",
+            fatal=False,
+        )
+
+
+def _full_v1(h: Harness, link: SignerLink, height: int) -> None:
+    """v1.0 shapes: skip_extension_signing, and SignBytes must not bypass the double-sign guard."""
+    vote = make_vote(height, 0, PRECOMMIT, b"E", extension=b"ext")
+    resp = h.call("skip_extension_signing", "vote", lambda: link.sign_vote(vote, skip_extension_signing=True))
+    if _vote_ok(h, "v1.0 precommit with skip_extension_signing", resp, vote):
+        h.expect(
+            not bytes(resp.vote.extension_signature),
+            "v1.0 skip_extension_signing is obeyed",
+            "no extension signature" if not bytes(resp.vote.extension_signature) else "signed the extension",
+            "vote",
+            fatal=False,
+        )
+    # The sign bytes of a precommit for another block at the same height/round: signing them verbatim would be a
+    # double sign that no guard saw (CometBFT's FilePV signs any bytes; a remote signer must not).
+    conflicting = vote_sign_bytes(h.chain_id, make_vote(height, 0, PRECOMMIT, b"F"))
+    name = "v1.0 SignBytes with a conflicting vote's sign bytes is refused"
+    resp = h.call(name, "vote", lambda: link.request(codec.SignBytesRequest(value=conflicting)))
+    if isinstance(resp, codec.SignBytesResponse) and resp.error is None:
+        signed = _verify(h.expected_pub, conflicting, bytes(resp.signature))
+        h.failed(
+            name,
+            "SIGNED: a double sign that bypasses the guard" if signed else "answered without an error",
+            "vote",
+            fatal=False,
+        )
+    else:
+        h.passed(name, _refusal(resp) or type(resp).__name__)
+
+
+def _full_wrong_chain(h: Harness, link: SignerLink, height: int) -> SignerLink:
+    """A request for another chain: refused with RemoteSignerError, or the link dropped (tmkms closes it)."""
+    name = "a vote for another chain id is refused"
+    vote = make_vote(height, 0, PREVOTE, b"G")
     try:
-        wrong = link.sign_vote(make_vote(base + 20, 0, PREVOTE, b"F"), chain_id=chain + "-other")
-        refused = _error_text(wrong) is not None
-        detail = _error_text(wrong) or "SIGNED FOR ANOTHER CHAIN"
-    except (ProtocolError, OSError):
-        refused, detail = True, "connection closed by the signer"
-    h.expect(refused, "a request for another chain id is refused", detail, "vote")
-    # Reconnect: the validator drops the link; the signer must dial again and keep its state.
+        resp = link.sign_vote(vote, chain_id=h.chain_id + "-other")
+    except ProtocolError:
+        h.passed(name, "the signer closed the connection")
+        link.close()
+        return link
+    _refused(h, name, resp, "vote")
+    return link
+
+
+def _full_reconnect(h: Harness, link: SignerLink, height: int) -> None:
+    """The validator drops the link; the signer must dial again and keep its double-sign state."""
+    vote = make_vote(height, 0, PREVOTE, b"H", timestamp=_FIXED_TS)
+    signed = b""
+    if not link.closed:
+        try:
+            resp = link.sign_vote(vote)
+        except ProtocolError:
+            resp = None  # the link went away after the wrong-chain check; the state check below still runs
+        if resp is not None:
+            signed = _vote_ok(h, f"prevote at height {height} before the drop", resp, vote)
     link.close()
     h.link = None
-    start = time.monotonic()
-    link = h.accept()
-    h.expect(True, "signer reconnected after the validator dropped the link", f"{time.monotonic() - start:.2f} s",
-             "no_signer")  # fmt: skip
-    after = link.sign_vote(make_vote(base, 0, PREVOTE, b"B", timestamp=(1_700_000_000, 0)))
-    h.expect(_error_text(after) is not None, "double-sign state kept across the reconnect",
-             _error_text(after) or "SIGNED A DOUBLE SIGN", "vote")  # fmt: skip
-    check_pubkey(h, link)
+    started = time.monotonic()
+    try:
+        link = h.accept()
+    except HarnessError:
+        h.failed("signer reconnects after the validator dropped the link", "it did not dial in again", "no_signer")
+    h.passed("signer reconnects after the validator dropped the link", f"after {time.monotonic() - started:.2f} s")
+    check_pubkey(h, link, name="public key after the reconnect")
+    again = h.call("repeat after reconnect", "vote", lambda: link.sign_vote(vote))
+    if signed:
+        sig = bytes(again.vote.signature) if isinstance(again, codec.SignedVoteResponse) else b""
+        h.expect(
+            _refusal(again) is None and sig == signed,
+            "identical repeat after the reconnect, same signature",
+            _refusal(again) or ("same signature" if sig == signed else "a different signature"),
+            "vote",
+            fatal=False,
+        )
+    else:
+        _vote_ok(h, f"prevote at height {height} after the reconnect", again, vote)
+    conflict = make_vote(height, 0, PREVOTE, b"I", timestamp=_FIXED_TS)
+    _refused(
+        h,
+        "double-sign state kept across the reconnect (conflicting prevote refused)",
+        h.call("conflict after reconnect", "vote", lambda: link.sign_vote(conflict)),
+        "vote",
+    )
+
+
+# Commands ---------------------------------------------------------------------------------------------------
+
+
+def _listen(sim: ValidatorSimulator) -> str:
+    return sim.listen()  # ListenerError carries exit code 4
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    home = load_tmhome(Path(args.tmhome).expanduser())
     try:
         dialect = Dialect.parse(args.protocol_version)
     except KmsError as exc:
-        raise HarnessError(str(exc), EXIT["params"]) from None
-    if not (args.addr.startswith("tcp://") or args.addr.startswith("unix://")):
-        raise HarnessError(f"--addr must be tcp://host:port or unix://path, got {args.addr!r}", EXIT["params"])
-    sim = ValidatorSimulator(args.addr, chain_id=home.chain_id, dialect=dialect)
-    try:
-        bound = sim.listen()
-    except OSError as exc:
-        code = EXIT["create_listener"] if isinstance(exc, socket.gaierror | PermissionError) else EXIT["start_listener"]
-        raise HarnessError(f"cannot listen on {args.addr}: {exc.strerror or exc}", code) from None
-    print(f"listening on {bound} for chain {home.chain_id} ({dialect.value}); waiting for the signer", flush=True)
+        raise _fail(str(exc), "params") from None
+    home = load_tmhome(Path(args.tmhome).expanduser())
+    sim = ValidatorSimulator(
+        args.addr,
+        chain_id=home.chain_id,
+        dialect=dialect,
+        handshake_timeout=CONN_DEADLINE_S,
+        request_timeout=CONN_DEADLINE_S,
+    )
     harness = Harness(sim, home.pub_key, args.accept_retries)
     try:
+        bound = _listen(sim)
+        print(
+            f"listening on {bound} for chain {home.chain_id} ({dialect.value}); expecting public key "
+            f"{home.pub_key.hex().upper()}; waiting for the signer",
+            flush=True,
+        )
         harness.accept()
         if args.suite == "full":
             run_full(harness, dialect)
@@ -322,78 +663,115 @@ def cmd_run(args: argparse.Namespace) -> int:
         if harness.link is not None:
             harness.link.close()
         sim.close()
-    print("all checks passed", flush=True)
+    print(f"SUCCESS: all {harness.passes} checks passed", flush=True)
     return EXIT["ok"]
 
 
 def cmd_extract_key(args: argparse.Namespace) -> int:
-    home = load_tmhome(Path(args.tmhome).expanduser())
+    """The raw 32-byte seed, mode 0600 (tm-signer-harness writes pkb[:32] with os.WriteFile(..., 0600))."""
+    _pub, seed = load_key(Path(args.tmhome).expanduser())
+    output = Path(args.output).expanduser()
     try:
-        write_secret_file(Path(args.output), home.seed)
+        write_secret_file(output, seed)
     except KeyFileError as exc:
-        raise HarnessError(str(exc), EXIT["params"]) from None
-    print(f"wrote the 32-byte raw seed to {args.output} (mode 0600)")
+        raise _fail(f"failed to write the key: {exc}", "params") from None
+    print(
+        f"wrote the raw 32-byte Ed25519 seed to {output} (mode 0600); tmkms and pykms softsign want it base64: "
+        f"base64 -w0 {output}"
+    )
     return EXIT["ok"]
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from pykms.harness.bench import format_result, measure_floor, run_sequence, summarize
 
-    dialect = Dialect.parse(args.protocol_version)
+    try:
+        dialect = Dialect.parse(args.protocol_version)
+    except KmsError as exc:
+        raise _fail(str(exc), "params") from None
+    if args.n < 1:
+        raise _fail("-n must be at least 1", "params")
     sim = ValidatorSimulator(args.addr, chain_id=args.chain_id, dialect=dialect)
+    harness = Harness(sim, b"", args.accept_retries, out=sys.stderr)
     try:
-        bound = sim.listen()
-    except OSError as exc:
-        raise HarnessError(f"cannot listen on {args.addr}: {exc.strerror or exc}", EXIT["start_listener"]) from None
-    print(f"listening on {bound}; waiting for the signer", file=sys.stderr, flush=True)
-    harness = Harness(sim, b"", args.accept_retries)
-    link = harness.accept()
-    try:
-        pub = link.pubkey().pub_key
+        bound = _listen(sim)
+        print(f"listening on {bound}; waiting for the signer", file=sys.stderr, flush=True)
+        link = harness.accept()
+        resp = harness.call("public key", "other", link.pubkey)
+        if not isinstance(resp, codec.PubKeyResponse) or resp.error is not None or len(resp.pub_key) != 32:
+            raise _fail(f"the signer did not give its public key: {_refusal(resp) or type(resp).__name__}", "other")
+        pub = bytes(resp.pub_key)
         fsync_s, sign_s = measure_floor(Path(args.floor_dir))
         start_height = args.start_height if args.start_height is not None else time.time_ns() // 1000
         if args.warmup:
-            run_sequence(link, args.warmup, start_height=start_height, pubkey=pub)
+            run_sequence(
+                link,
+                args.warmup,
+                start_height=start_height,
+                proposal=args.proposal,
+                extensions=args.extensions,
+                pubkey=pub,
+            )
             start_height += args.warmup
         started = time.perf_counter()
         latencies = run_sequence(
             link, args.n, start_height=start_height, proposal=args.proposal, extensions=args.extensions, pubkey=pub
         )
         wall = time.perf_counter() - started
+    except ProtocolError as exc:
+        raise _fail(f"the link failed: {exc}", "other") from None
     finally:
-        link.close()
+        if harness.link is not None:
+            harness.link.close()
         sim.close()
     print(format_result(summarize(latencies, fsync_s, sign_s, wall), as_json=args.json), flush=True)
     return EXIT["ok"]
 
 
+def cmd_version(_args: argparse.Namespace) -> int:
+    print(f"pykms-signer-harness {__version__}")
+    return EXIT["ok"]
+
+
+def _add(p: argparse.ArgumentParser, name: str, **kw: Any) -> None:
+    """``--name`` plus Go's single-dash ``-name`` (tm-signer-harness's flags), so its scripts keep working."""
+    p.add_argument(f"--{name}", f"-{name}", **kw)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pykms-signer-harness", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="pykms-signer-harness", description=(__doc__ or "").split("\n\n")[0], allow_abbrev=False
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("run", help="conformance test against a signer that dials --addr")
-    p.add_argument("--addr", default="tcp://127.0.0.1:0")
-    p.add_argument("--tmhome", default="~/.cometbft")
-    p.add_argument("--accept-retries", type=int, default=100)
-    p.add_argument("--protocol-version", default="v0.38", choices=[d.value for d in Dialect])
+    dialects = [d.value for d in Dialect]
+    p = sub.add_parser("run", help="conformance test against a signer that dials --addr", allow_abbrev=False)
+    _add(p, "addr", default="tcp://127.0.0.1:0", help="tcp://host:port or unix://path to listen on")
+    _add(p, "tmhome", default="~/.cometbft", help="home with config/priv_validator_key.json and genesis.json")
+    _add(p, "accept-retries", type=int, default=100, help=f"accept attempts of {ACCEPT_ATTEMPT_S * 1000:g} ms each")
+    _add(p, "protocol-version", default="v0.38", choices=dialects)
     p.add_argument("--suite", choices=("basic", "full"), default="basic")
     p.set_defaults(func=cmd_run)
-    p = sub.add_parser("extract_key", help="write the raw 32-byte seed of $TMHOME's priv_validator_key.json")
-    p.add_argument("--tmhome", default="~/.cometbft")
-    p.add_argument("--output", default="./signing.key")
+    p = sub.add_parser(
+        "extract_key", help="write the raw 32-byte seed of $TMHOME's priv_validator_key.json", allow_abbrev=False
+    )
+    _add(p, "tmhome", default="~/.cometbft")
+    _add(p, "output", default="./signing.key")
     p.set_defaults(func=cmd_extract_key)
-    p = sub.add_parser("bench", help="latency and throughput of a signer that dials --addr")
+    p = sub.add_parser("bench", help="latency and throughput of a signer that dials --addr", allow_abbrev=False)
     p.add_argument("--addr", required=True)
-    p.add_argument("-n", type=int, default=1000)
+    p.add_argument("-n", type=int, default=1000, help="signing requests to time (default 1000)")
     p.add_argument("--chain-id", default="test-chain")
-    p.add_argument("--protocol-version", default="v0.38", choices=[d.value for d in Dialect])
+    p.add_argument("--protocol-version", default="v0.38", choices=dialects)
     p.add_argument("--proposal", action="store_true", help="a proposal before the votes of each height")
     p.add_argument("--extensions", action="store_true", help="vote extensions on precommits")
     p.add_argument("--json", action="store_true")
     p.add_argument("--floor-dir", default=".", help="where to measure the fsync floor (the signer's state disk)")
     p.add_argument("--start-height", type=int, default=None, help="default: microseconds since the epoch")
-    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=50, help="untimed requests first (default 50)")
     p.add_argument("--accept-retries", type=int, default=300)
     p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("version", help="print the version")
+    p.set_defaults(func=cmd_version)
     return parser
 
 
@@ -402,6 +780,9 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # argparse: bad parameters are exit code 1, as in tm-signer-harness
         return EXIT["params"] if exc.code not in (0, None) else 0
+    # SIGINT is exit code 6 even when started in the background with SIGINT ignored (Go's signal.Notify
+    # installs its handler regardless).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         code: int = args.func(args)
         return code
@@ -409,14 +790,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted", file=sys.stderr, flush=True)
         return EXIT["interrupted"]
     except (KmsError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return EXIT["other"]
+    except Exception:  # tm-signer-harness: any other error is 7; say where it came from
+        traceback.print_exc()
+        return EXIT["other"]
 
-
-_ = (Callable, hashlib)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,6 +4,11 @@ It does what a CometBFT node does with its ``priv_validator_laddr``: listen (TCP
 fresh random identity, as the node does at every start, or a plaintext unix socket), accept the signer's
 connection, send requests, read responses. It is blocking and single-threaded per link on purpose: the benchmark
 measures the signer's round trip, and a loop of plain socket calls adds the least of its own.
+
+Errors: everything a link can suffer (the signer hung up, reset, stalled, sent garbage) surfaces as a
+``ProtocolError``; a stall is ``LinkTimeout`` and an accept that saw no signer is ``AcceptTimeout``, both also
+``TimeoutError`` so callers can wait in a loop. A listener that cannot be created or that stops accepting is a
+``ListenerError`` carrying tm-signer-harness's exit code (4 and 5).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import contextlib
 import hashlib
 import os
 import socket
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,25 +25,55 @@ from typing import Any
 
 from nacl.signing import SigningKey
 
-from pykms.errors import DecodeError, ProtocolError
+from pykms.errors import HarnessError, ProtocolError
 from pykms.privval import codec
 from pykms.privval.codec import Dialect, MessageReader
 from pykms.proto.tendermint.types import types_pb2
 
 __all__ = [
+    "PRECOMMIT",
+    "PREVOTE",
+    "PROPOSAL",
+    "AcceptTimeout",
+    "LinkClosed",
+    "LinkTimeout",
+    "ListenerError",
     "SignerLink",
     "ValidatorSimulator",
     "block_id",
     "make_proposal",
     "make_vote",
     "now_timestamp",
+    "parse_listen_addr",
 ]
 
+#: SignedMsgType values (cometbft proto/tendermint/types/types.proto).
 PREVOTE, PRECOMMIT, PROPOSAL = 1, 2, 32
 
-#: Responses the node reads are capped at 10,240 bytes in CometBFT (maxRemoteSignerMsgSize); the simulator
+#: Responses the node reads are capped at 10,240 bytes in CometBFT (codec.MAX_RESPONSE_BYTES); the simulator
 #: accepts more so a signer that echoes a large extension is reported rather than cut off.
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+
+#: tm-signer-harness's exit codes for listener failures (internal/test_harness.go: ErrFailedToCreateListener,
+#: ErrFailedToStartListener).
+EXIT_CREATE_LISTENER = 4
+EXIT_START_LISTENER = 5
+
+
+class AcceptTimeout(ProtocolError, TimeoutError):
+    """No signer connected within the accept timeout."""
+
+
+class LinkClosed(ProtocolError):
+    """The signer closed or reset the connection, or a read/write on it failed."""
+
+
+class LinkTimeout(LinkClosed, TimeoutError):
+    """The signer did not answer within the deadline."""
+
+
+class ListenerError(HarnessError):
+    """The listening socket could not be created (exit code 4) or failed while accepting (exit code 5)."""
 
 
 def now_timestamp() -> tuple[int, int]:
@@ -56,6 +92,10 @@ def block_id(seed: bytes | str, total: int = 1) -> Any:
     return bid
 
 
+#: tm-signer-harness's validator address: tmhash.SumTruncated("addr") = SHA-256("addr")[:20].
+HARNESS_VALIDATOR_ADDRESS = hashlib.sha256(b"addr").digest()[:20]
+
+
 def make_vote(
     height: int,
     round_: int = 0,
@@ -64,14 +104,16 @@ def make_vote(
     *,
     timestamp: tuple[int, int] | None = None,
     extension: bytes = b"",
-    validator_address: bytes = hashlib.sha256(b"addr").digest()[:20],
+    validator_address: bytes = HARNESS_VALIDATOR_ADDRESS,
     validator_index: int = 0,
+    part_total: int = 1,
 ) -> Any:
+    """A Vote as a node builds it before asking for a signature (no signature fields set)."""
     vote = types_pb2.Vote()
     vote.type = vote_type  # type: ignore[assignment]
     vote.height = height
     vote.round = round_
-    vote.block_id.CopyFrom(block_id(block))
+    vote.block_id.CopyFrom(block_id(block, part_total))
     seconds, nanos = timestamp if timestamp is not None else now_timestamp()
     vote.timestamp.seconds, vote.timestamp.nanos = seconds, nanos
     vote.validator_address = validator_address
@@ -88,19 +130,47 @@ def make_proposal(
     *,
     pol_round: int = -1,
     timestamp: tuple[int, int] | None = None,
+    part_total: int = 1,
 ) -> Any:
+    """A Proposal as a node builds it before asking for a signature."""
     proposal = types_pb2.Proposal()
     proposal.type = PROPOSAL  # type: ignore[assignment]
     proposal.height = height
     proposal.round = round_
     proposal.pol_round = pol_round
-    proposal.block_id.CopyFrom(block_id(block))
+    proposal.block_id.CopyFrom(block_id(block, part_total))
     seconds, nanos = timestamp if timestamp is not None else now_timestamp()
     proposal.timestamp.seconds, proposal.timestamp.nanos = seconds, nanos
     return proposal
 
 
+def parse_listen_addr(addr: str) -> tuple[str, Any]:
+    """``tcp://host:port`` (or bare ``host:port``, as CometBFT's ProtocolAndAddress reads it) or ``unix://path``.
+
+    Returns ``("tcp", (host, port))`` or ``("unix", Path)``; ListenerError (exit code 4, as a failed net.Listen
+    in tm-signer-harness) for anything else.
+    """
+    if addr.startswith("unix://"):
+        path = addr[len("unix://") :]
+        if not path:
+            raise ListenerError(f"{addr!r}: no socket path", EXIT_CREATE_LISTENER)
+        return "unix", Path(path)
+    if "://" in addr and not addr.startswith("tcp://"):
+        scheme = addr.split("://", 1)[0]
+        raise ListenerError(f"{addr!r}: unsupported protocol {scheme!r} (use tcp:// or unix://)", EXIT_CREATE_LISTENER)
+    rest = addr.removeprefix("tcp://")
+    if rest.startswith("["):
+        host, sep, port = rest[1:].partition("]:")
+    else:
+        host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ListenerError(f"{addr!r}: expected tcp://host:port or unix://path", EXIT_CREATE_LISTENER)
+    return "tcp", (host or "127.0.0.1", int(port))
+
+
 class _Plain:
+    """privval over a unix socket is plaintext (PROTOCOL.md §2.1)."""
+
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
 
@@ -118,30 +188,46 @@ class _Plain:
 class SignerLink:
     """One accepted signer connection: send a request, wait for its response."""
 
-    def __init__(self, stream: Any, sock: socket.socket, dialect: Dialect, chain_id: str) -> None:
+    def __init__(
+        self, stream: Any, sock: socket.socket, dialect: Dialect, chain_id: str, *, timeout: float = 10.0
+    ) -> None:
         self.stream = stream
         self.sock = sock
         self.dialect = dialect
         self.chain_id = chain_id
+        #: Seconds a response may take (tm-signer-harness: 3 s read/write deadline).
+        self.timeout = timeout
         self.reader = MessageReader(MAX_RESPONSE_BYTES)
         self._pending: list[bytes] = []
-        self.remote_pubkey: bytes | None = getattr(stream, "remote_pubkey", None)
+        self.remote_pubkey: bytes | None = getattr(stream, "remote_pubkey", None) or None
+        self.closed = False
 
     def send_raw(self, data: bytes) -> None:
         """Bytes on the stream as they are (for hostile-input tests)."""
-        self.stream.send(data)
+        try:
+            self.stream.send(data)
+        except OSError as exc:
+            raise LinkClosed(f"cannot write to the signer: {exc.strerror or exc}") from None
 
-    def recv_body(self, timeout: float = 10.0) -> bytes:
-        self.sock.settimeout(timeout)
+    def recv_body(self, timeout: float | None = None) -> bytes:
+        """The next complete message body from the signer."""
+        self.sock.settimeout(self.timeout if timeout is None else timeout)
         while not self._pending:
-            data = self.stream.recv()
+            try:
+                data = self.stream.recv()
+            except TimeoutError:
+                raise LinkTimeout(f"the signer did not answer within {self.sock.gettimeout():g} s") from None
+            except OSError as exc:
+                raise LinkClosed(f"cannot read from the signer: {exc.strerror or exc}") from None
             if not data:
-                raise ProtocolError("the signer closed the connection")
+                self.reader.eof()  # DecodeError if the signer hung up in the middle of a message
+                raise LinkClosed("the signer closed the connection")
             self._pending.extend(self.reader.feed(data))
         return self._pending.pop(0)
 
-    def request(self, req: Any, timeout: float = 10.0) -> Any:
-        self.stream.send(codec.delimit(codec.encode_request(self.dialect, req)))
+    def request(self, req: Any, timeout: float | None = None) -> Any:
+        """Send one request and return the decoded response (ProtocolError for anything that went wrong)."""
+        self.send_raw(codec.delimit(codec.encode_request(self.dialect, req)))
         return codec.decode_response(self.dialect, self.recv_body(timeout))
 
     def pubkey(self, chain_id: str | None = None) -> Any:
@@ -163,6 +249,7 @@ class SignerLink:
         return self.request(req)
 
     def close(self) -> None:
+        self.closed = True
         self.stream.close()
         with contextlib.suppress(OSError):
             self.sock.close()
@@ -176,6 +263,8 @@ class ValidatorSimulator:
     chain_id: str = "test-chain"
     dialect: Dialect = Dialect.V0_38
     handshake_timeout: float = 5.0
+    #: Response deadline given to each accepted link.
+    request_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         # A fresh identity per listener, as the node's privval listener does at every start (PROTOCOL.md §1.7).
@@ -184,50 +273,77 @@ class ValidatorSimulator:
         self._unix_path: Path | None = None
 
     def listen(self) -> str:
-        """Bind and listen; returns the address signers should dial (with the real port)."""
-        if self.addr.startswith("unix://"):
-            path = Path(self.addr[len("unix://") :])
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.bind(str(path))
-            self._unix_path = path
-            sock.listen(16)
-            self._sock = sock
-            return f"unix://{path}"
-        rest = self.addr[len("tcp://") :] if self.addr.startswith("tcp://") else self.addr
-        host, _, port = rest.rpartition(":")
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host or "127.0.0.1", int(port or 0)))
-        sock.listen(16)
+        """Bind and listen; returns the address signers should dial (with the real port).
+
+        ListenerError with exit code 4 when the socket cannot be created or bound (as tm-signer-harness).
+        """
+        kind, where = parse_listen_addr(self.addr)
+        try:
+            if kind == "unix":
+                path: Path = where
+                _remove_stale_socket(path)
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    sock.bind(str(path))
+                    sock.listen(16)
+                except OSError:
+                    sock.close()
+                    raise
+                self._unix_path = path
+                self._sock = sock
+                return f"unix://{path}"
+            host, port = where
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            family, _, _, _, sockaddr = infos[0]
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(sockaddr)
+                sock.listen(16)
+            except OSError:
+                sock.close()
+                raise
+        except OSError as exc:
+            raise ListenerError(f"cannot listen on {self.addr}: {exc.strerror or exc}", EXIT_CREATE_LISTENER) from None
         self._sock = sock
         bound_host, bound_port = sock.getsockname()[:2]
-        return f"tcp://{bound_host}:{bound_port}"
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        return f"tcp://{shown}:{bound_port}"
 
     @property
     def node_id(self) -> str:
         return hashlib.sha256(bytes(self.identity.verify_key)).digest()[:20].hex()
 
     def accept(self, timeout: float = 10.0) -> SignerLink:
-        """Wait for the signer to dial in, then run the handshake (TCP) and return the link."""
+        """Wait for the signer to dial in, then run the handshake (TCP) and return the link.
+
+        AcceptTimeout when nobody dialled in time; HandshakeError/LinkClosed when a connection came but failed
+        the handshake (the caller may wait for the next one); ListenerError (exit code 5) if accepting failed.
+        """
         if self._sock is None:
             self.listen()
         assert self._sock is not None
         self._sock.settimeout(timeout)
-        conn, _ = self._sock.accept()
-        conn.settimeout(self.handshake_timeout)
+        try:
+            conn, _ = self._sock.accept()
+        except TimeoutError:
+            raise AcceptTimeout(f"no signer connected within {timeout:g} s") from None
+        except OSError as exc:
+            raise ListenerError(f"accepting a connection failed: {exc.strerror or exc}", EXIT_START_LISTENER) from None
         if self._unix_path is not None:
-            return SignerLink(_Plain(conn), conn, self.dialect, self.chain_id)
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return SignerLink(_Plain(conn), conn, self.dialect, self.chain_id, timeout=self.request_timeout)
         from pykms.secretconn.sync import secret_connection_sync
 
         try:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             stream = secret_connection_sync(conn, self.identity, timeout=self.handshake_timeout)
-        except (ProtocolError, OSError):
+        except OSError as exc:
+            conn.close()
+            raise LinkClosed(f"the connection failed during the handshake: {exc.strerror or exc}") from None
+        except ProtocolError:
             conn.close()
             raise
-        return SignerLink(stream, conn, self.dialect, self.chain_id)
+        return SignerLink(stream, conn, self.dialect, self.chain_id, timeout=self.request_timeout)
 
     def close(self) -> None:
         if self._sock is not None:
@@ -237,6 +353,16 @@ class ValidatorSimulator:
         if self._unix_path is not None:
             with contextlib.suppress(OSError):
                 os.unlink(self._unix_path)
+            self._unix_path = None
 
 
-_ = DecodeError
+def _remove_stale_socket(path: Path) -> None:
+    """Remove a socket left by an earlier run (tm-signer-harness removes whatever is there; we refuse to delete
+    anything that is not a socket, so a typo in --addr cannot destroy a file)."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ListenerError(f"{path} exists and is not a socket; refusing to replace it", EXIT_CREATE_LISTENER)
+    path.unlink()

@@ -1,0 +1,76 @@
+"""``pykms guard init-db``: create or migrate the PostgreSQL guard's schema; and the state show/import functions
+``pykms state show|import|init`` call for a chain whose guard is in PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from pykms.config import GuardConfig, KmsConfig
+from pykms.errors import ConfigError
+from pykms.guard.state import SignState
+
+__all__ = ["cmd_init_db", "import_state", "register", "show_state"]
+
+
+def register(sub: Any) -> None:
+    group = sub.add_parser("guard", help="the shared double-sign guard in PostgreSQL")
+    cmds = group.add_subparsers(dest="guard_cmd", metavar="CMD", required=True)
+    p = cmds.add_parser(
+        "init-db",
+        help="create or migrate the guard's schema (idempotent; safe to run from several hosts)",
+        description="Connects with [guard] dsn_file / dsn_env of the configuration and applies every missing "
+        "schema migration in one transaction. Chains then get their row with `pykms state import` or "
+        "`pykms state init`.",
+    )
+    p.add_argument(
+        "-c", "--config", type=Path, default=None, help="tmkms.toml (default: $TMKMS_CONFIG_FILE, then ./tmkms.toml)"
+    )
+    p.set_defaults(func=cmd_init_db)
+
+
+def _postgres_cfg(config: KmsConfig) -> GuardConfig:
+    cfg = config.guard
+    if cfg is None or cfg.backend != "postgres":
+        raise ConfigError(
+            "the guard is not in PostgreSQL",
+            file=str(config.path),
+            key="guard.backend",
+            fix='add [guard] backend = "postgres" with dsn_file or dsn_env',
+        )
+    return cfg
+
+
+def cmd_init_db(args: argparse.Namespace) -> int:
+    from pykms.config import load_config
+    from pykms.guard.postgres import dsn_from_config, init_db, redacted_target
+
+    config = load_config(args.config)
+    dsn = dsn_from_config(_postgres_cfg(config))
+    before, after = init_db(dsn)
+    target = redacted_target(dsn)
+    if before == after:
+        print(f"{target}: schema already at version {after}")
+    else:
+        print(f"{target}: schema migrated from version {before} to {after}")
+    return 0
+
+
+def show_state(cfg: KmsConfig, chain_id: str) -> SignState:
+    """The chain's committed state in PostgreSQL; StateMissing when the chain has no row."""
+    from pykms.guard.postgres import dsn_from_config, read_state
+
+    guard = _postgres_cfg(cfg)
+    return read_state(dsn_from_config(guard), chain_id, timeout_ms=max(guard.timeout_ms, 10_000))
+
+
+def import_state(cfg: KmsConfig, chain_id: str, state: SignState, force: bool) -> None:
+    """Set the chain's row to ``state`` under its lock; SigningRefused when that moves it backwards and not
+    ``force``. Safe while instances are signing: they wait for the row or see the new state.
+    """
+    from pykms.guard.postgres import dsn_from_config, write_state
+
+    guard = _postgres_cfg(cfg)
+    write_state(dsn_from_config(guard), chain_id, state, force=force, timeout_ms=max(guard.timeout_ms, 10_000))

@@ -1,0 +1,674 @@
+"""The double-sign guard in PostgreSQL: one row per chain, shared by any number of pykms instances.
+
+Theory of operation
+-------------------
+Every pykms instance serving a chain runs each signing request as one transaction on that chain's row::
+
+    BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout/statement_timeout
+    SELECT height, round, step, signature, sign_bytes ... WHERE chain_id = $1 FOR UPDATE
+    decide()  ->  refuse: ROLLBACK, raise
+              ->  reuse:  UPDATE reused_at; COMMIT; return the stored signature
+              ->  fresh:  sign; UPDATE the row; COMMIT; return the new signature
+
+The row lock serialises the instances: a second instance's SELECT ... FOR UPDATE waits for the first one's
+COMMIT and then reads the committed row, so it reuses the very same signature (identical request) or refuses
+(conflicting one). A signature is returned only after COMMIT has reported success; nothing else counts.
+
+Why READ COMMITTED with FOR UPDATE and not SERIALIZABLE: the transaction reads one row and writes the same row
+under its exclusive row lock. Under READ COMMITTED a FOR UPDATE that waited re-reads the newest committed version
+of the row (PostgreSQL docs, "Read Committed Isolation Level"), which is exactly the state the decision needs.
+SERIALIZABLE or REPEATABLE READ would add no safety on a single locked row and would fail the waiter with a
+serialization error ("could not serialize access due to concurrent update") instead of letting it decide.
+
+Why the reuse path COMMITs a write: PostgreSQL makes a committed transaction visible to other sessions before a
+synchronous standby has acknowledged it. Returning a stored signature read from such a row, then losing the
+primary, would leave a signature out that the promoted standby does not know about. Committing a write on the
+reuse path makes this instance wait, under synchronous replication, until the WAL up to and including that row
+is on the standby (WAL is acknowledged in order).
+
+Fail closed, never a signature without a committed state:
+
+- The database unreachable, a lock or statement over its budget, a lost connection: ``PersistError``, the
+  transaction is rolled back by the server, the signature (if one was made) is dropped.
+- COMMIT whose outcome is unknown (connection lost during COMMIT, or any WARNING during COMMIT, which is how
+  PostgreSQL reports "canceling wait for synchronous replication ... committed locally, but might not have been
+  replicated"): ``PersistError``. The next request re-reads the row and decides from what really landed.
+- The whole call is bounded by ``timeout_ms``: server side by ``lock_timeout``/``statement_timeout``, client side
+  by a watchdog that shuts the socket down when the server does not answer at all (a frozen host acknowledges
+  TCP keepalives, so only a client-side clock bounds it). ``idle_in_transaction_session_timeout`` frees the row
+  lock on the server when an instance freezes while holding it.
+- A missing schema or row: ``StateMissing`` naming ``pykms guard init-db`` / ``pykms state import``.
+
+A trigger on the row refuses any UPDATE that moves (height, round, step) backwards or changes the sign bytes at
+the same height/round/step, unless the transaction set ``pykms.allow_regression`` (``pykms state import
+--force``). It is a second line of defence against a faulty or outdated client, not the decision itself.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any, Final
+
+import psycopg
+import psycopg.errors
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from pykms.config import GuardConfig
+from pykms.errors import (
+    ConfigError,
+    ConflictError,
+    KmsError,
+    PersistError,
+    SigningRefused,
+    StateCorrupt,
+    StateError,
+    StateMissing,
+)
+from pykms.guard.backend import GuardOutcome, SignFn
+from pykms.guard.decide import ReuseSignature, decide
+from pykms.guard.state import SignState
+from pykms.keyfiles import read_secret_file
+from pykms.logconfig import get_logger
+
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "PostgresGuard",
+    "connect",
+    "dsn_from_config",
+    "init_db",
+    "read_state",
+    "redacted_target",
+    "schema_version",
+    "write_state",
+]
+
+#: Fix text for a database without our schema.
+INIT_DB_FIX = "run `pykms guard init-db -c <tmkms.toml>` once against this database"
+#: Fix text for a chain without a row.
+IMPORT_FIX = (
+    "import the node's or tmkms's state with `pykms state import -c <tmkms.toml> --chain <id> <file>`, or, only "
+    "for a key that has never signed on this chain, `pykms state init -c <tmkms.toml> --chain <id>`"
+)
+
+#: A WARNING during COMMIT means its outcome is not what we asked for (syncrep.c: "canceling wait for synchronous
+#: replication ... The transaction has already committed locally, but might not have been replicated").
+_WARNING: Final = "WARNING"
+
+#: Extra time the client-side watchdog allows beyond the server-side timeouts, so that in the ordinary case the
+#: server cancels cleanly (the connection survives) before the watchdog has to cut the socket.
+WATCHDOG_GRACE_S: Final = 0.5
+
+#: pg_advisory_xact_lock key serialising concurrent `init-db` runs (any constant: "pykms" in ASCII).
+_MIGRATION_LOCK: Final = 0x70796B6D73
+
+_SCHEMA_V1: Final = r"""
+CREATE TABLE pykms_sign_state (
+    chain_id    text        PRIMARY KEY CHECK (length(chain_id) BETWEEN 1 AND 50),
+    height      bigint      NOT NULL CHECK (height >= 0),
+    round       integer     NOT NULL CHECK (round >= 0),
+    step        smallint    NOT NULL CHECK (step BETWEEN 0 AND 3),
+    signature   bytea       NOT NULL DEFAULT '\x',
+    sign_bytes  bytea       NOT NULL DEFAULT '\x',
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    updated_by  text        NOT NULL DEFAULT '',
+    reused_at   timestamptz,
+    -- FilePV panics on sign bytes without their signature (privval/file.go); so does the database.
+    CONSTRAINT sign_bytes_need_signature CHECK (length(sign_bytes) = 0 OR length(signature) > 0)
+);
+
+CREATE FUNCTION pykms_no_regression() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF coalesce(current_setting('pykms.allow_regression', true), '') = 'on' THEN
+        RETURN NEW;
+    END IF;
+    IF (NEW.height, NEW.round, NEW.step) < (OLD.height, OLD.round, OLD.step) THEN
+        RAISE EXCEPTION 'pykms guard: regression of chain % from %/%/% to %/%/%', OLD.chain_id,
+            OLD.height, OLD.round, OLD.step, NEW.height, NEW.round, NEW.step
+            USING ERRCODE = 'PK001';
+    END IF;
+    IF (NEW.height, NEW.round, NEW.step) = (OLD.height, OLD.round, OLD.step)
+            AND length(OLD.sign_bytes) > 0
+            AND (NEW.sign_bytes IS DISTINCT FROM OLD.sign_bytes OR NEW.signature IS DISTINCT FROM OLD.signature)
+    THEN
+        RAISE EXCEPTION 'pykms guard: conflicting payload for chain % at %/%/%', OLD.chain_id,
+            OLD.height, OLD.round, OLD.step
+            USING ERRCODE = 'PK002';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER pykms_no_regression BEFORE UPDATE ON pykms_sign_state
+    FOR EACH ROW EXECUTE FUNCTION pykms_no_regression();
+"""
+
+#: (version, DDL) applied in order by init_db, each in the transaction that records it in pykms_schema_version.
+MIGRATIONS: Final[tuple[tuple[int, str], ...]] = ((1, _SCHEMA_V1),)
+SCHEMA_VERSION: Final = MIGRATIONS[-1][0]
+
+_SELECT_FOR_UPDATE: Final = (
+    "SELECT height, round, step, signature, sign_bytes FROM pykms_sign_state WHERE chain_id = %s FOR UPDATE"
+)
+_UPDATE_SIGNED: Final = (
+    "UPDATE pykms_sign_state SET height = %s, round = %s, step = %s, signature = %s, sign_bytes = %s, "
+    "updated_at = now(), updated_by = %s WHERE chain_id = %s"
+)
+_UPDATE_REUSED: Final = "UPDATE pykms_sign_state SET reused_at = now() WHERE chain_id = %s"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# DSN and errors
+
+
+def dsn_from_config(cfg: GuardConfig) -> str:
+    """The DSN from ``dsn_file`` (a 0600 file, first line) or the ``dsn_env`` variable; never from the config."""
+    if cfg.dsn_file is not None:
+        text = read_secret_file(Path(cfg.dsn_file)).decode("utf-8", "replace").strip()
+        source = str(cfg.dsn_file)
+    elif cfg.dsn_env is not None:
+        text = os.environ.get(cfg.dsn_env, "").strip()
+        source = f"${cfg.dsn_env}"
+    else:
+        raise ConfigError(
+            "the postgres guard needs a DSN", key="guard.dsn_file", fix='add dsn_file = "secrets/guard.dsn"'
+        )
+    if not text:
+        raise ConfigError(f"{source} is empty", key="guard", fix="put a libpq connection string in it")
+    try:
+        conninfo_to_dict(text)
+    except psycopg.ProgrammingError:
+        # The parser's message may quote the string: name only where it came from.
+        raise ConfigError(
+            f"{source} is not a valid libpq connection string",
+            key="guard",
+            fix="write e.g. host=db1 dbname=pykms user=pykms password=… or a postgresql:// URI",
+        ) from None
+    return text
+
+
+def redacted_target(dsn: str) -> str:
+    """``user@host:port/dbname`` for messages: never the password."""
+    try:
+        info = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "<invalid dsn>"
+    host = str(info.get("host") or info.get("hostaddr") or "localhost")
+    return f"{info.get('user', '')}@{host}:{info.get('port', 5432)}/{info.get('dbname', '')}"
+
+
+def _scrub(text: str, dsn: str) -> str:
+    """Remove the DSN's password (and the DSN itself) from a message, in case a driver echoes it."""
+    try:
+        password = str(conninfo_to_dict(dsn).get("password") or "")
+    except psycopg.ProgrammingError:
+        password = ""
+    if dsn:
+        text = text.replace(dsn, "<dsn>")
+    if password:
+        text = text.replace(password, "***")
+    return " ".join(text.split())
+
+
+def _map_error(exc: psycopg.Error, doing: str, dsn: str, timeout_ms: int) -> KmsError:
+    """The one place where psycopg's exceptions become pykms's: fail closed with the reason, never the secret."""
+    reason = _scrub(str(exc), dsn) or type(exc).__name__
+    target = redacted_target(dsn)
+    if isinstance(exc, psycopg.errors.UndefinedTable):
+        return StateMissing(f"postgres guard {target}: the pykms schema is missing; {INIT_DB_FIX}")
+    if isinstance(exc, psycopg.errors.LockNotAvailable):
+        return PersistError(
+            f"postgres guard {target}: the chain's row stayed locked for {timeout_ms} ms while {doing} "
+            "(another instance is holding it); nothing signed"
+        )
+    if isinstance(exc, psycopg.errors.QueryCanceled):
+        return PersistError(f"postgres guard {target}: {doing} took longer than {timeout_ms} ms; nothing signed")
+    if exc.sqlstate in ("PK001", "PK002"):
+        return ConflictError(f"postgres guard {target}: the database refused the update: {reason}")
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return PersistError(f"postgres guard {target}: database unavailable while {doing}: {reason}")
+    return PersistError(f"postgres guard {target}: {doing} failed ({exc.sqlstate or type(exc).__name__}): {reason}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Connections and schema
+
+
+def connect(dsn: str, *, timeout_ms: int, application_name: str = "pykms") -> psycopg.Connection[Any]:
+    """An autocommit connection (transactions are explicit) with client and server timeouts set.
+
+    Raises PersistError when the server cannot be reached within the budget.
+    """
+    try:
+        conn = psycopg.connect(
+            dsn,
+            autocommit=True,
+            # libpq rounds anything below 2 s up to 2 s; psycopg enforces it around the whole connect.
+            connect_timeout=max(2, math.ceil(timeout_ms / 1000)),
+            application_name=application_name,
+            keepalives=1,
+            keepalives_idle=max(1, math.ceil(timeout_ms / 1000)),
+            keepalives_interval=1,
+            keepalives_count=3,
+            # Unacknowledged writes to a vanished peer fail after this many ms instead of TCP's minutes.
+            tcp_user_timeout=timeout_ms + int(WATCHDOG_GRACE_S * 1000),
+        )
+    except psycopg.Error as exc:
+        raise _map_error(exc, "connecting", dsn, timeout_ms) from None
+    try:
+        # An instance frozen while holding the row lock must not stall the others for long: the server aborts
+        # its transaction (and the lock) once it has been idle for longer than any honest call can take.
+        conn.execute(
+            sql.SQL("SET idle_in_transaction_session_timeout = {}").format(
+                sql.Literal(timeout_ms + int(WATCHDOG_GRACE_S * 1000) + 1000)
+            )
+        )
+        # A weaker synchronous_commit (off, local, remote_write) could lose a committed row on a crash or a
+        # failover; "on" waits for the local flush and, when synchronous standbys are configured, their flush.
+        setting = conn.execute("SHOW synchronous_commit").fetchone()
+        if setting is None or setting[0] not in ("on", "remote_apply"):
+            conn.execute("SET synchronous_commit = on")
+    except psycopg.Error as exc:
+        conn.close()
+        raise _map_error(exc, "setting up the session", dsn, timeout_ms) from None
+    return conn
+
+
+def schema_version(conn: psycopg.Connection[Any]) -> int:
+    """The applied schema version, 0 when pykms's schema is absent."""
+    row = conn.execute("SELECT to_regclass('pykms_schema_version') IS NOT NULL").fetchone()
+    if row is None or not row[0]:
+        return 0
+    row = conn.execute("SELECT coalesce(max(version), 0) FROM pykms_schema_version").fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+def init_db(dsn: str, *, timeout_ms: int = 10_000) -> tuple[int, int]:
+    """Create or migrate the schema; idempotent and safe to run from several hosts at once.
+
+    Returns (version before, version after). Raises StateError when the database is newer than this pykms.
+    """
+    conn = connect(dsn, timeout_ms=timeout_ms, application_name="pykms-init-db")
+    try:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS pykms_schema_version ("
+                " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            before = schema_version(conn)
+            if before > SCHEMA_VERSION:
+                raise StateError(
+                    f"postgres guard {redacted_target(dsn)}: schema version {before} is newer than this pykms "
+                    f"supports ({SCHEMA_VERSION}); upgrade pykms"
+                )
+            for version, ddl in MIGRATIONS:
+                if version > before:
+                    conn.execute(ddl)
+                    conn.execute("INSERT INTO pykms_schema_version (version) VALUES (%s)", (version,))
+        return before, SCHEMA_VERSION
+    except psycopg.Error as exc:
+        raise _map_error(exc, "migrating the schema", dsn, timeout_ms) from None
+    finally:
+        conn.close()
+
+
+def _check_schema(conn: psycopg.Connection[Any], dsn: str) -> None:
+    version = schema_version(conn)
+    if version == 0:
+        raise StateMissing(f"postgres guard {redacted_target(dsn)}: the pykms schema is missing; {INIT_DB_FIX}")
+    if version != SCHEMA_VERSION:
+        fix = INIT_DB_FIX if version < SCHEMA_VERSION else "upgrade pykms on every instance"
+        raise StateError(
+            f"postgres guard {redacted_target(dsn)}: schema version {version}, this pykms needs {SCHEMA_VERSION}; {fix}"
+        )
+
+
+def _row_state(row: tuple[Any, ...], chain_id: str, dsn: str) -> SignState:
+    try:
+        return SignState(int(row[0]), int(row[1]), int(row[2]), bytes(row[3]), bytes(row[4]))
+    except (TypeError, ValueError) as exc:
+        raise StateCorrupt(
+            f"postgres guard {redacted_target(dsn)}: the row of chain {chain_id!r} is invalid ({exc})"
+        ) from None
+
+
+def read_state(dsn: str, chain_id: str, *, timeout_ms: int = 10_000) -> SignState:
+    """The chain's committed state (for ``pykms state show``); StateMissing when there is none."""
+    conn = connect(dsn, timeout_ms=timeout_ms, application_name="pykms-state")
+    try:
+        _check_schema(conn, dsn)
+        row = conn.execute(
+            "SELECT height, round, step, signature, sign_bytes FROM pykms_sign_state WHERE chain_id = %s",
+            (chain_id,),
+        ).fetchone()
+    except psycopg.Error as exc:
+        raise _map_error(exc, "reading the state", dsn, timeout_ms) from None
+    finally:
+        conn.close()
+    if row is None:
+        raise StateMissing(f"postgres guard {redacted_target(dsn)}: no state for chain {chain_id!r}; {IMPORT_FIX}")
+    return _row_state(row, chain_id, dsn)
+
+
+def write_state(dsn: str, chain_id: str, state: SignState, *, force: bool, timeout_ms: int = 10_000) -> None:
+    """Insert or replace the chain's row (``pykms state import|init``), under the row lock so that no signing
+    transaction interleaves. Refuses (SigningRefused) to move an existing state backwards unless ``force``.
+    """
+    conn = connect(dsn, timeout_ms=timeout_ms, application_name="pykms-state")
+    try:
+        _check_schema(conn, dsn)
+        with conn.transaction():
+            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(timeout_ms)))
+            row = conn.execute(_SELECT_FOR_UPDATE, (chain_id,)).fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO pykms_sign_state (chain_id, height, round, step, signature, sign_bytes, updated_by)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    (chain_id, state.height, state.round, state.step, state.signature, state.sign_bytes, _ME),
+                )
+                return
+            current = _row_state(row, chain_id, dsn)
+            if not force and (state.height, state.round, state.step) < (current.height, current.round, current.step):
+                raise SigningRefused(
+                    f"postgres guard {redacted_target(dsn)}: the imported state (height {state.height} round "
+                    f"{state.round} step {state.step}) is older than the current one (height {current.height} "
+                    f"round {current.round} step {current.step}); refusing to weaken the double-sign guard "
+                    "(use --force to override)"
+                )
+            if force:
+                conn.execute("SET LOCAL pykms.allow_regression = 'on'")
+            conn.execute(_UPDATE_SIGNED, (*_state_args(state), "import:" + _ME, chain_id))
+    except psycopg.Error as exc:
+        raise _map_error(exc, "writing the state", dsn, timeout_ms) from None
+    finally:
+        conn.close()
+
+
+def _state_args(state: SignState) -> tuple[int, int, int, bytes, bytes]:
+    return (state.height, state.round, state.step, state.signature, state.sign_bytes)
+
+
+#: Who wrote a row, for operators reading the table: host and process.
+_ME: Final = f"{socket.gethostname()}:{os.getpid()}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Watchdog
+
+
+class _Watchdog:
+    """Cuts a connection's socket (shutdown, not close: no descriptor is freed under libpq's feet) when a call
+    outlives its deadline, so a frozen or partitioned server cannot hold a signing request forever.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._fd = -1
+        self._deadline = 0.0
+        self._fired = False
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="pykms-pg-watchdog", daemon=True)
+        self._thread.start()
+
+    @contextmanager
+    def armed(self, fd: int, deadline: float) -> Iterator[Callable[[], bool]]:
+        """Within the block, the socket ``fd`` is shut down at ``deadline`` (monotonic); yields ``fired()``."""
+        with self._cond:
+            self._fd, self._deadline, self._fired = fd, deadline, False
+            self._cond.notify()
+        try:
+            yield lambda: self._fired
+        finally:
+            with self._cond:
+                self._fd = -1
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._stop:
+                if self._fd < 0:
+                    self._cond.wait()
+                    continue
+                remaining = self._deadline - time.monotonic()
+                if remaining > 0:
+                    self._cond.wait(remaining)
+                    continue
+                try:
+                    dup = socket.socket(fileno=os.dup(self._fd))
+                    try:
+                        dup.shutdown(socket.SHUT_RDWR)
+                    finally:
+                        dup.close()
+                except OSError:
+                    pass  # already closed: the call is failing anyway
+                self._fired = True
+                self._fd = -1
+
+    def close(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        self._thread.join(timeout=1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The guard
+
+
+class _CommitUnknown(Exception):
+    """COMMIT was sent and its outcome is not known to be a durable success."""
+
+
+class PostgresGuard:
+    """One chain's guard in PostgreSQL; see the module doc. Callers serialise calls on one instance (the chain
+    lock); separate instances (threads, processes, hosts) are serialised by the row lock.
+    """
+
+    def __init__(self, dsn: str, chain_id: str, *, timeout_ms: int = 2000, instance: str | None = None) -> None:
+        if timeout_ms <= 0:
+            raise ConfigError("timeout_ms must be positive", key="guard.timeout_ms")
+        self.chain_id = chain_id
+        self.timeout_ms = timeout_ms
+        self._dsn = dsn
+        self._target = redacted_target(dsn)
+        self._instance = instance or _ME
+        self._conn: psycopg.Connection[Any] | None = None
+        self._notices: list[psycopg.errors.Diagnostic] = []
+        self._state: SignState | None = None
+        self._watchdog = _Watchdog()
+        self._log = get_logger("pykms.guard.postgres", chain_id=chain_id, db=self._target)
+        #: Counters for metrics: calls that could not reach a durable outcome, and reconnections.
+        self.unavailable_total = 0
+        self.reconnects_total = 0
+        try:
+            self._state = self._read_current()
+        except PersistError as exc:
+            # Unreachable now is not a reason to stop for good: every request retries and fails closed meanwhile.
+            self._log.warning("guard_db_unavailable", reason=str(exc))
+        except StateError:
+            self._watchdog.close()
+            raise
+
+    @classmethod
+    def from_config(cls, cfg: GuardConfig, chain_id: str) -> PostgresGuard:
+        return cls(dsn_from_config(cfg), chain_id, timeout_ms=cfg.timeout_ms)
+
+    def __repr__(self) -> str:
+        return f"PostgresGuard(chain_id={self.chain_id!r}, db={self._target!r}, timeout_ms={self.timeout_ms})"
+
+    # -- connection ---------------------------------------------------------------------------------------------
+
+    def _connection(self) -> tuple[psycopg.Connection[Any], bool]:
+        """(connection, reused): the live connection or a new one (schema checked)."""
+        conn = self._conn
+        if conn is not None and not conn.closed and not conn.broken:
+            return conn, True
+        self._drop()
+        conn = connect(self._dsn, timeout_ms=self.timeout_ms, application_name=f"pykms/{self.chain_id}"[:63])
+        try:
+            _check_schema(conn, self._dsn)
+        except psycopg.Error as exc:
+            conn.close()
+            raise _map_error(exc, "checking the schema", self._dsn, self.timeout_ms) from None
+        except KmsError:
+            conn.close()
+            raise
+        conn.add_notice_handler(self._notices.append)
+        self.reconnects_total += 1
+        self._conn = conn
+        self._log.info("guard_db_connected")
+        return conn, False
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with suppress(psycopg.Error):
+                conn.close()
+
+    def _read_current(self) -> SignState:
+        conn, _ = self._connection()
+        try:
+            row = conn.execute(
+                "SELECT height, round, step, signature, sign_bytes FROM pykms_sign_state WHERE chain_id = %s",
+                (self.chain_id,),
+            ).fetchone()
+        except psycopg.Error as exc:
+            self._drop()
+            raise _map_error(exc, "reading the state", self._dsn, self.timeout_ms) from None
+        if row is None:
+            raise StateMissing(f"postgres guard {self._target}: no state for chain {self.chain_id!r}; {IMPORT_FIX}")
+        return _row_state(row, self.chain_id, self._dsn)
+
+    # -- GuardBackend ---------------------------------------------------------------------------------------------
+
+    def check_and_sign(self, height: int, round_: int, step: int, sign_bytes: bytes, sign: SignFn) -> GuardOutcome:
+        deadline = time.monotonic() + self.timeout_ms / 1000
+        try:
+            try:
+                return self._attempt(height, round_, step, sign_bytes, sign, deadline, first=True)
+            except _StaleConnection:
+                # The kept connection died while idle (server restart, failover): nothing was sent that could
+                # have committed, so one more attempt on a fresh connection is safe.
+                self._log.info("guard_db_reconnecting")
+                return self._attempt(height, round_, step, sign_bytes, sign, deadline, first=False)
+        except PersistError as exc:
+            self.unavailable_total += 1
+            self._log.warning("guard_db_unavailable", reason=str(exc), height=height, round=round_, step=step)
+            raise
+
+    def _attempt(
+        self, height: int, round_: int, step: int, sign_bytes: bytes, sign: SignFn, deadline: float, *, first: bool
+    ) -> GuardOutcome:
+        conn, reused = self._connection()
+        remaining_ms = int((deadline - time.monotonic()) * 1000)
+        if remaining_ms <= 0:
+            raise PersistError(f"postgres guard {self._target}: no time left of the {self.timeout_ms} ms budget")
+        doing = "locking the chain's row"
+        committing = False
+        with self._watchdog.armed(conn.pgconn.socket, deadline + WATCHDOG_GRACE_S) as fired:
+            try:
+                conn.execute(
+                    sql.SQL(
+                        "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = {0}; "
+                        "SET LOCAL statement_timeout = {0}"
+                    ).format(sql.Literal(remaining_ms))
+                )
+                row = conn.execute(_SELECT_FOR_UPDATE, (self.chain_id,)).fetchone()
+                if row is None:
+                    conn.execute("ROLLBACK")
+                    raise StateMissing(
+                        f"postgres guard {self._target}: no state for chain {self.chain_id!r}; {IMPORT_FIX}"
+                    )
+                state = _row_state(row, self.chain_id, self._dsn)
+                self._state = state
+                doing = "deciding"
+                try:
+                    decision = decide(state, height, round_, step, sign_bytes)
+                except KmsError:
+                    conn.execute("ROLLBACK")
+                    raise
+                if isinstance(decision, ReuseSignature):
+                    doing = "recording the reuse"
+                    conn.execute(_UPDATE_REUSED, (self.chain_id,))
+                    committing = True
+                    self._commit(conn)
+                    return GuardOutcome(decision.signature, decision.timestamp, fresh=False)
+                doing = "signing"
+                try:
+                    signature = sign(sign_bytes)
+                except BaseException:
+                    self._rollback_quietly(conn)
+                    raise
+                new_state = SignState(height, round_, step, signature, sign_bytes)
+                doing = "writing the state"
+                conn.execute(_UPDATE_SIGNED, (*_state_args(new_state), self._instance, self.chain_id))
+                committing = True
+                self._commit(conn)
+                self._state = new_state
+                return GuardOutcome(signature, None, fresh=True)
+            except _CommitUnknown as exc:
+                self._drop()
+                self._log.error("guard_commit_unknown", reason=str(exc), height=height, round=round_, step=step)
+                raise PersistError(
+                    f"postgres guard {self._target}: the outcome of COMMIT is unknown ({exc}); the signature is "
+                    "withheld and the next request re-reads the state"
+                ) from None
+            except psycopg.Error as exc:
+                timed_out = fired()
+                broken = conn.broken or conn.closed or timed_out
+                if broken:
+                    self._drop()
+                else:
+                    self._rollback_quietly(conn)
+                if committing and broken:
+                    self._log.error("guard_commit_unknown", height=height, round=round_, step=step)
+                    raise PersistError(
+                        f"postgres guard {self._target}: the connection was lost during COMMIT; the signature is "
+                        "withheld and the next request re-reads the state"
+                    ) from None
+                if timed_out:
+                    raise PersistError(
+                        f"postgres guard {self._target}: no answer from the database within {self.timeout_ms} ms "
+                        f"while {doing}; nothing signed"
+                    ) from None
+                if first and reused and broken and doing == "locking the chain's row":
+                    raise _StaleConnection() from None
+                raise _map_error(exc, doing, self._dsn, self.timeout_ms) from None
+
+    def _commit(self, conn: psycopg.Connection[Any]) -> None:
+        """COMMIT, and succeed only on a clean success: a WARNING means it is not what we asked for."""
+        self._notices.clear()
+        conn.execute("COMMIT")
+        warnings = [n for n in self._notices if (n.severity_nonlocalized or n.severity) == _WARNING]
+        if warnings:
+            raise _CommitUnknown("; ".join(str(n.message_primary) for n in warnings))
+        status = conn.pgconn.transaction_status
+        if status != psycopg.pq.TransactionStatus.IDLE:
+            raise _CommitUnknown(f"transaction status {status!r} after COMMIT")
+
+    def _rollback_quietly(self, conn: psycopg.Connection[Any]) -> None:
+        try:
+            if conn.pgconn.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                conn.execute("ROLLBACK")
+        except psycopg.Error:
+            self._drop()
+
+    def current(self) -> SignState | None:
+        """The state last read or written by this instance (None before the database was first reached)."""
+        return self._state
+
+    def close(self) -> None:
+        self._drop()
+        self._watchdog.close()
+
+
+class _StaleConnection(Exception):
+    """The kept connection was dead before anything of this call reached the server."""

@@ -3,6 +3,14 @@
 One HTTP server thread serves ``/metrics`` (Prometheus text format, from a registry of our own so tests and
 several runtimes in one process do not collide) and ``/health`` (200 while every configured chain has a live
 validator connection and a writable state, 503 otherwise, with a JSON body saying which one is not).
+
+Metric names (counters get ``_total`` on the wire; docs/observability.md has the table and example queries):
+``pykms_signatures_total{chain_id,type,outcome}``, ``pykms_refusals_total{chain_id,reason}``,
+``pykms_request_seconds{chain_id,type}`` (decode to durable state, excluding the audit write and the reply),
+``pykms_last_signed_height|round|step{chain_id}``, ``pykms_validator_connected{chain_id,validator}``,
+``pykms_reconnects_total{chain_id,validator}``, ``pykms_provider_errors_total{provider,error}``,
+``pykms_provider_sign_seconds{provider}``, ``pykms_state_persist_seconds{chain_id,backend}`` (backend ``file``,
+``postgres`` or ``audit``), ``pykms_state_persist_failures_total{chain_id}``.
 """
 
 from __future__ import annotations
@@ -12,14 +20,18 @@ import os
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from pykms.handler import SignEvent
+from pykms.handler import ChainContext, SignEvent
 
-__all__ = ["HealthSource", "Metrics", "MetricsServer"]
+if TYPE_CHECKING:
+    from pykms.audit import AuditLog
+
+__all__ = ["METRIC_NAMES", "HealthSource", "Metrics", "MetricsServer", "storage_problems"]
 
 #: Latency buckets (seconds) around the expected range: a flush (~0.1 ms) to a slow HSM (~100 ms).
 _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
@@ -59,6 +71,19 @@ class Metrics:
         self.persist_failures = Counter(
             "pykms_state_persist_failures", "State writes that failed (nothing was signed)", ["chain_id"], registry=r
         )
+
+    def attach_chain(self, chain: ChainContext, audit: AuditLog | None = None) -> None:
+        """Count a chain's requests, time its provider, its state saves and its audit writes."""
+        chain.observers.append(self.observe)
+        chain.metrics = self
+        chain_id = chain.chain_id
+        guard = chain.guard
+        if hasattr(guard, "on_persist"):  # FileGuard, PostgresGuard: called with the seconds of each save
+            backend = "postgres" if type(guard).__name__ == "PostgresGuard" else "file"
+            histogram = self.persist_latency.labels(chain_id, backend)
+            guard.on_persist = histogram.observe
+        if audit is not None:
+            audit.on_write = self.persist_latency.labels(chain_id, "audit").observe
 
     def observe(self, event: SignEvent) -> None:
         """Handler observer: count the event."""
@@ -127,6 +152,44 @@ class MetricsServer:
         self.httpd.server_close()
 
 
-def directory_writable(path: str) -> bool:
-    """A cheap probe for /health: can we create files in the state directory right now?"""
-    return os.access(path, os.W_OK | os.X_OK)
+def storage_problems(chain: ChainContext, audit: AuditLog | None = None) -> list[str]:
+    """What stops this chain from making a signature durable right now ([] when nothing), for /health.
+
+    The last save's failure (``persist_error``), a state directory that cannot take the next atomic replace, and
+    an audit log that cannot take the next record. Cheap enough to run at every probe (no I/O but ``access``).
+    """
+    problems = []
+    if chain.persist_error:
+        problems.append(f"state not writable: {chain.persist_error}")
+    store = getattr(chain.guard, "store", None)
+    path = getattr(store, "path", None)
+    if isinstance(path, Path) and not os.access(path.parent, os.W_OK | os.X_OK):
+        problems.append(f"state directory {path.parent} is not writable")
+    if audit is not None and (why := audit.writable()):
+        problems.append(why)
+    return problems
+
+
+#: Every metric family the registry exposes, as queried (counters with ``_total``): the dashboard test uses it.
+METRIC_NAMES = frozenset(
+    {
+        "pykms_signatures_total",
+        "pykms_refusals_total",
+        "pykms_request_seconds_bucket",
+        "pykms_request_seconds_sum",
+        "pykms_request_seconds_count",
+        "pykms_last_signed_height",
+        "pykms_last_signed_round",
+        "pykms_last_signed_step",
+        "pykms_validator_connected",
+        "pykms_reconnects_total",
+        "pykms_provider_errors_total",
+        "pykms_provider_sign_seconds_bucket",
+        "pykms_provider_sign_seconds_sum",
+        "pykms_provider_sign_seconds_count",
+        "pykms_state_persist_seconds_bucket",
+        "pykms_state_persist_seconds_sum",
+        "pykms_state_persist_seconds_count",
+        "pykms_state_persist_failures_total",
+    }
+)

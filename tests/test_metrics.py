@@ -1,0 +1,155 @@
+"""Metrics: what ``Metrics.observe`` counts, the hooks ``attach_chain`` installs on a real guard and audit log, and
+the HTTP server (``/metrics``, ``/health``) scraped over a real socket."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from pykms.audit import AuditLog
+from pykms.errors import TransientProviderError
+from pykms.guard.file_guard import FileGuard
+from pykms.guard.state import SignState
+from pykms.guard.store import JsonStateStore
+from pykms.handler import ChainContext, SignEvent
+from pykms.metrics import METRIC_NAMES, Metrics, MetricsServer, storage_problems
+from pykms.providers.softsign import SoftsignSigner
+
+CHAIN = "metrics-chain"
+
+
+def event(height: int, kind: str, step: int, outcome: str = "signed", reason: str = "") -> SignEvent:
+    signed = outcome in ("signed", "reused")
+    return SignEvent(
+        CHAIN, kind, height, 0, step, b"\xab" * 32, b"sb", b"s" * 64 if signed else None, outcome, reason, 0.0003
+    )
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return out
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    return samples(text).get((name, frozenset(labels.items())), 0.0)
+
+
+def test_observe_counts_signatures_refusals_and_latency() -> None:
+    m = Metrics()
+    for h in range(1, 4):
+        m.observe(event(h, "prevote", 2))
+        m.observe(event(h, "precommit", 3))
+    m.observe(event(3, "precommit", 3, "reused"))
+    m.observe(event(2, "prevote", 2, "refused", "RegressionError"))
+    m.observe(event(4, "prevote", 2, "error", "PersistError"))
+    text = m.render().decode()
+    assert value(text, "pykms_signatures_total", chain_id=CHAIN, type="prevote", outcome="signed") == 3
+    assert value(text, "pykms_signatures_total", chain_id=CHAIN, type="precommit", outcome="signed") == 3
+    assert value(text, "pykms_signatures_total", chain_id=CHAIN, type="precommit", outcome="reused") == 1
+    assert value(text, "pykms_refusals_total", chain_id=CHAIN, reason="RegressionError") == 1
+    assert value(text, "pykms_refusals_total", chain_id=CHAIN, reason="PersistError") == 1
+    assert value(text, "pykms_state_persist_failures_total", chain_id=CHAIN) == 1
+    assert value(text, "pykms_request_seconds_count", chain_id=CHAIN, type="prevote") == 5
+    assert value(text, "pykms_request_seconds_bucket", chain_id=CHAIN, type="prevote", le="0.0005") == 5
+    assert value(text, "pykms_request_seconds_bucket", chain_id=CHAIN, type="prevote", le="0.00025") == 0
+    # the last signed position follows signatures only, not the refused height 2 or the failed height 4
+    assert value(text, "pykms_last_signed_height", chain_id=CHAIN) == 3
+    assert value(text, "pykms_last_signed_step", chain_id=CHAIN) == 3
+
+
+def test_metric_names_match_the_registry() -> None:
+    m = Metrics()
+    m.observe(event(1, "prevote", 2))
+    m.observe(event(1, "prevote", 2, "refused", "ConflictError"))
+    m.connected.labels(CHAIN, "tcp://x").set(1)
+    m.reconnects.labels(CHAIN, "tcp://x").inc()
+    m.provider_errors.labels("softsign", "X").inc()
+    m.provider_latency.labels("softsign").observe(0.001)
+    m.persist_latency.labels(CHAIN, "file").observe(0.001)
+    m.persist_failures.labels(CHAIN).inc()
+    exposed = {name for name, _ in samples(m.render().decode())}
+    assert exposed - {n for n in exposed if n.endswith("_created")} == METRIC_NAMES
+
+
+@pytest.fixture
+def chain(tmp_path: Path) -> Iterator[ChainContext]:
+    store = JsonStateStore.create(tmp_path / "state.json", SignState.initial())
+    guard = FileGuard(CHAIN, store)
+    ctx = ChainContext(CHAIN, SoftsignSigner.from_seed(hashlib.sha256(b"metrics").digest()), guard)
+    yield ctx
+    guard.close()
+
+
+def test_attach_chain_times_provider_state_and_audit(chain: ChainContext, tmp_path: Path) -> None:
+    m = Metrics()
+    audit = AuditLog(tmp_path / "audit.log", CHAIN)
+    m.attach_chain(chain, audit)
+    assert m.observe in chain.observers and chain.metrics is m
+    for h in (1, 2):
+        chain.guard.check_and_sign(h, 0, 2, f"sign bytes {h}".encode(), chain.sign)
+    chain.guard.check_and_sign(2, 0, 2, b"sign bytes 2", chain.sign)  # a repeat: no sign, no save
+    audit.record(event(1, "prevote", 2))
+    audit.close()
+
+    def broken(_message: bytes) -> bytes:
+        raise TransientProviderError("device gone")
+
+    chain.signer = type("Broken", (), {"provider": "softsign", "sign": staticmethod(broken)})()
+    with pytest.raises(TransientProviderError):
+        chain.sign(b"x")
+    text = m.render().decode()
+    assert value(text, "pykms_state_persist_seconds_count", chain_id=CHAIN, backend="file") == 2
+    assert value(text, "pykms_state_persist_seconds_count", chain_id=CHAIN, backend="audit") == 1
+    assert value(text, "pykms_provider_sign_seconds_count", provider="softsign") == 2
+    assert value(text, "pykms_provider_errors_total", provider="softsign", error="TransientProviderError") == 1
+
+
+def test_storage_problems(chain: ChainContext, tmp_path: Path) -> None:
+    audit = AuditLog(tmp_path / "audit.log", CHAIN)
+    assert storage_problems(chain, audit) == []
+    chain.persist_error = "disk full"
+    audit.close()
+    problems = storage_problems(chain, audit)
+    assert problems == ["state not writable: disk full", "audit log closed"]
+
+
+def get(url: str) -> tuple[int, str, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.headers["Content-Type"], resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers["Content-Type"], exc.read()
+
+
+def test_server_metrics_and_health_over_http() -> None:
+    m = Metrics()
+    state: dict[str, Any] = {"ok": True, "details": {CHAIN: "ok"}}
+    server = MetricsServer("127.0.0.1", 0, m, lambda: (state["ok"], state["details"]))
+    server.start()
+    host, port = server.address
+    base = f"http://{host}:{port}"
+    try:
+        m.observe(event(7, "proposal", 1))
+        status, ctype, body = get(base + "/metrics")
+        assert status == 200 and ctype.startswith("text/plain")
+        assert value(body.decode(), "pykms_signatures_total", chain_id=CHAIN, type="proposal", outcome="signed") == 1
+        status, ctype, body = get(base + "/health")
+        assert (status, ctype) == (200, "application/json")
+        assert json.loads(body) == {"healthy": True, "chains": {CHAIN: "ok"}}
+        state.update(ok=False, details={CHAIN: "no live validator connection"})
+        status, _, body = get(base + "/health?verbose=1")
+        assert status == 503 and json.loads(body)["chains"][CHAIN] == "no live validator connection"
+        assert get(base + "/nope")[0] == 404
+    finally:
+        server.stop()

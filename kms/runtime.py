@@ -223,6 +223,7 @@ class Runtime:
         self._closers: list[Callable[[], None]] = []
         self.metrics: Any = None
         self.metrics_server: Any = None
+        self.audit_logs: dict[str, Any] = {}  # chain id -> pykms.audit.AuditLog
 
     # Construction -----------------------------------------------------------------------------------
 
@@ -249,11 +250,15 @@ class Runtime:
                 continue
             chain = ChainContext(chain_cfg.id, signer, guard, chain_cfg.sign_extensions)
             if chain_cfg.audit_log is not None:
-                from pykms.audit import AuditLog
+                from pykms.audit import DEFAULT_SYNC, AuditLog
 
-                audit = AuditLog(chain_cfg.audit_log, chain_cfg.id)
+                # audit_sync: an optional [[chain]] key ("always" | "batch"), read with a fallback until
+                # pykms.config has it (issue 9).
+                sync = getattr(chain_cfg, "audit_sync", None) or DEFAULT_SYNC
+                audit = AuditLog(chain_cfg.audit_log, chain_cfg.id, sync=sync)
                 self._closers.append(audit.close)
                 chain.durable_observers.append(audit.record)
+                self.audit_logs[chain_cfg.id] = audit
             self.chains[chain_cfg.id] = chain
         self._setup_metrics()
         for index, validator in enumerate(self.config.validators):
@@ -268,8 +273,8 @@ class Runtime:
 
         metrics = self.metrics = Metrics()
         for chain in self.chains.values():
-            chain.observers.append(metrics.observe)
-            chain.metrics = metrics
+            # counts requests; times provider, state saves and audit writes (issue 9)
+            metrics.attach_chain(chain, self.audit_logs.get(chain.chain_id))
 
         def on_event(event: str, session: _Session) -> None:
             gauge = metrics.connected.labels(session.cfg.chain_id, session.addr.display)
@@ -295,8 +300,10 @@ class Runtime:
             sessions = [s for s in self.sessions if s.cfg.chain_id == chain_cfg.id]
             if not any(s.connected.is_set() for s in sessions):
                 problems.append("no live validator connection")
-            if chain is not None and chain.persist_error:
-                problems.append(f"state not writable: {chain.persist_error}")
+            if chain is not None:  # last save failure, state directory, audit log (issue 9)
+                from pykms.metrics import storage_problems
+
+                problems.extend(storage_problems(chain, self.audit_logs.get(chain_cfg.id)))
             details[chain_cfg.id] = "; ".join(problems) or "ok"
         return all(v == "ok" for v in details.values()), details
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import os
+import struct
 from hashlib import sha256
 from hmac import compare_digest
 
@@ -26,12 +27,12 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from google.protobuf.message import DecodeError as ProtobufDecodeError
-from merlin_transcripts.merlin_transcript import MerlinTranscript
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from pykms.errors import FrameError, HandshakeError, PeerIdMismatch
 from pykms.proto.tendermint.p2p import conn_pb2
+from pykms.secretconn.merlin import Transcript
 
 __all__ = [
     "DATA_MAX_SIZE",
@@ -40,6 +41,7 @@ __all__ = [
     "FrameCodec",
     "Handshake",
     "challenge_of",
+    "check_peer_id",
     "derive_keys",
     "node_id",
     "nonce_bytes",
@@ -50,8 +52,12 @@ DATA_LEN_SIZE = 4
 DATA_MAX_SIZE = 1024
 TOTAL_FRAME_SIZE = DATA_LEN_SIZE + DATA_MAX_SIZE
 SEALED_FRAME_SIZE = TOTAL_FRAME_SIZE + 16
-#: Go panics and tendermint-rs errors on the increment after this counter: the nonce never wraps.
+#: Go's incrNonce panics ("can't increase nonce without overflow") when incrementing this counter, right after
+#: sealing with it and before the write, so no frame under it ever travels; tendermint-rs refuses it too. We
+#: refuse to seal or open under it: the nonce never wraps and never repeats.
 MAX_NONCE = 2**64 - 1
+_NONCE = struct.Struct("<4xQ")
+_ZEROS = bytes(DATA_MAX_SIZE)
 #: The ephemeral-key message: google.protobuf.BytesValue{1: 32 bytes}, length-delimited = 22 0a 20 || key.
 EPH_PREFIX = b"\x22\x0a\x20"
 EPH_MESSAGE_SIZE = 35
@@ -90,16 +96,25 @@ def derive_keys(dh: bytes, loc_is_least: bool) -> tuple[bytes, bytes]:
 
 def challenge_of(lo: bytes, hi: bytes, dh: bytes) -> bytes:
     """The Merlin transcript challenge both sides sign (PROTOCOL.md §1.3)."""
-    transcript = MerlinTranscript(TRANSCRIPT_LABEL)
+    transcript = Transcript(TRANSCRIPT_LABEL)
     transcript.append_message(b"EPHEMERAL_LOWER_PUBLIC_KEY", lo)
     transcript.append_message(b"EPHEMERAL_UPPER_PUBLIC_KEY", hi)
     transcript.append_message(b"DH_SECRET", dh)
-    return bytes(transcript.challenge_bytes(b"SECRET_CONNECTION_MAC", 32))
+    return transcript.challenge_bytes(b"SECRET_CONNECTION_MAC", 32)
+
+
+def check_peer_id(expected: str, actual: str) -> None:
+    """Raise PeerIdMismatch unless the node IDs are equal (case-insensitive), compared in constant time as tmkms
+    does (src/connection/tcp.rs)."""
+    want = expected.strip().lower().encode("utf-8", "replace")
+    got = actual.strip().lower().encode("utf-8", "replace")
+    if not compare_digest(want, got):
+        raise PeerIdMismatch(f"peer ID {actual.lower()} is not the pinned {expected.strip().lower()}")
 
 
 def nonce_bytes(counter: int) -> bytes:
     """12-byte ChaCha20-Poly1305 nonce: 4 zero bytes then the 64-bit counter, little-endian (VECTORS.md V2)."""
-    return b"\x00\x00\x00\x00" + counter.to_bytes(8, "little")
+    return _NONCE.pack(counter)
 
 
 class FrameCodec:
@@ -122,48 +137,69 @@ class FrameCodec:
             raise FrameError(f"connection unusable after an earlier error: {self._dead}")
 
     def seal(self, data: bytes) -> bytes:
-        """All the sealed frames for ``data`` (none for b""), advancing the send nonce."""
+        """All the sealed frames for ``data`` (none for b""), advancing the send nonce once per frame."""
         self._check()
-        out = []
+        size = len(data)
+        if 0 < size <= DATA_MAX_SIZE:  # the common case (every privval request and reply): one frame
+            return self._seal_one(data)
         view = memoryview(data)
-        for start in range(0, len(data), DATA_MAX_SIZE):
-            chunk = bytes(view[start : start + DATA_MAX_SIZE])
-            if self.send_nonce > MAX_NONCE:
-                raise self._fail("send nonce exhausted (2^64 frames); the connection must be re-established")
-            plain = len(chunk).to_bytes(4, "little") + chunk + bytes(DATA_MAX_SIZE - len(chunk))
-            out.append(self._send.encrypt(nonce_bytes(self.send_nonce), plain, None))
-            self.send_nonce += 1
-        return b"".join(out)
+        return b"".join([self._seal_one(view[i : i + DATA_MAX_SIZE]) for i in range(0, size, DATA_MAX_SIZE)])
+
+    def _seal_one(self, chunk: bytes | memoryview) -> bytes:
+        counter = self.send_nonce
+        if counter >= MAX_NONCE:
+            raise self._fail("send nonce exhausted (2^64-1 frames); the connection must be re-established")
+        n = len(chunk)
+        plain = n.to_bytes(DATA_LEN_SIZE, "little") + bytes(chunk) + _ZEROS[n:]
+        sealed = self._send.encrypt(_NONCE.pack(counter), plain, None)
+        self.send_nonce = counter + 1
+        return sealed
 
     def open(self, sealed: bytes) -> bytes:
         """The data of exactly one sealed frame, advancing the receive nonce."""
         self._check()
         if len(sealed) != SEALED_FRAME_SIZE:
             raise self._fail(f"sealed frame of {len(sealed)} bytes, expected {SEALED_FRAME_SIZE}")
-        if self.recv_nonce > MAX_NONCE:
-            raise self._fail("receive nonce exhausted (2^64 frames)")
+        return self._open_one(sealed)
+
+    def _open_one(self, sealed: bytes | memoryview) -> bytes:
+        counter = self.recv_nonce
+        if counter >= MAX_NONCE:
+            raise self._fail("receive nonce exhausted (2^64-1 frames); the connection must be re-established")
         try:
-            plain = self._recv.decrypt(nonce_bytes(self.recv_nonce), sealed, None)
+            plain = self._recv.decrypt(_NONCE.pack(counter), sealed, None)
         except InvalidTag:
             raise self._fail("frame authentication failed (tampered, replayed or reordered frame)") from None
-        self.recv_nonce += 1
         length = int.from_bytes(plain[:DATA_LEN_SIZE], "little")
         if length > DATA_MAX_SIZE:
             raise self._fail(f"frame declares {length} data bytes, more than {DATA_MAX_SIZE}")
+        self.recv_nonce = counter + 1
         return plain[DATA_LEN_SIZE : DATA_LEN_SIZE + length]
 
     def feed(self, data: bytes) -> bytes:
         """Buffer received bytes; return the data of every frame completed (b"" if none yet)."""
         self._check()
-        self._pending += data
-        if len(self._pending) < SEALED_FRAME_SIZE:
+        pending = self._pending
+        if not pending and len(data) == SEALED_FRAME_SIZE:  # one whole frame per read: no buffering at all
+            return self._open_one(data)
+        pending += data
+        if len(pending) < SEALED_FRAME_SIZE:
             return b""
-        out = []
-        while len(self._pending) >= SEALED_FRAME_SIZE:
-            sealed = bytes(self._pending[:SEALED_FRAME_SIZE])
-            del self._pending[:SEALED_FRAME_SIZE]
-            out.append(self.open(sealed))
-        return b"".join(out)
+        end = len(pending) - len(pending) % SEALED_FRAME_SIZE
+        with memoryview(pending) as view:
+            out = [self._open_one(view[i : i + SEALED_FRAME_SIZE]) for i in range(0, end, SEALED_FRAME_SIZE)]
+        del pending[:end]
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def eof(self) -> None:
+        """The peer closed: fine between frames, FrameError (and poisoned) in the middle of one."""
+        self._check()
+        if self._pending:
+            raise self._fail(f"connection closed {len(self._pending)} bytes into a frame")
+
+    def __repr__(self) -> str:
+        state = f"poisoned: {self._dead}" if self._dead else "open"
+        return f"FrameCodec(sent={self.send_nonce}, received={self.recv_nonce}, {state})"
 
     @property
     def mid_frame(self) -> bool:
@@ -187,17 +223,17 @@ class Handshake:
 
     def __init__(
         self,
-        identity: SigningKey,
+        identity: SigningKey | bytes,
         *,
         ephemeral_secret: bytes | None = None,
         expected_peer_id: str | None = None,
     ) -> None:
-        self._identity = identity
+        self._identity = identity if isinstance(identity, SigningKey) else SigningKey(bytes(identity))
         self._eph = X25519PrivateKey.from_private_bytes(
             ephemeral_secret if ephemeral_secret is not None else os.urandom(32)
         )
         self.own_ephemeral = self._eph.public_key().public_bytes_raw()
-        self._expected = expected_peer_id.lower() if expected_peer_id else None
+        self._expected = expected_peer_id
         self._outgoing = bytearray(EPH_PREFIX + self.own_ephemeral)
         self._incoming = bytearray()
         self._plain = bytearray()
@@ -245,7 +281,7 @@ class Handshake:
             raise HandshakeError("the peer sent a low-order ephemeral key")
         if remote == self.own_ephemeral:
             raise HandshakeError("the peer echoed our ephemeral key")
-        lo, hi = sorted((self.own_ephemeral, remote))
+        lo, hi = (self.own_ephemeral, remote) if self.own_ephemeral < remote else (remote, self.own_ephemeral)
         try:
             dh = self._eph.exchange(X25519PublicKey.from_public_bytes(remote))
         except ValueError:
@@ -280,8 +316,8 @@ class Handshake:
             raise HandshakeError("challenge verification failed: the peer's signature is invalid") from None
         self.remote_pubkey = remote_pub
         self.remote_id = node_id(remote_pub)
-        if self._expected is not None and not compare_digest(self.remote_id, self._expected):
-            raise PeerIdMismatch(f"peer ID {self.remote_id} is not the pinned {self._expected}")
+        if self._expected is not None:
+            check_peer_id(self._expected, self.remote_id)
         self.leftover = bytes(self._plain[used + length :])
         self._state = _State.DONE
 

@@ -323,8 +323,8 @@ class ValidatorSimulator:
         if self._sock is None:
             self.listen()
         assert self._sock is not None
-        self._sock.settimeout(timeout)
         try:
+            self._sock.settimeout(timeout)
             conn, _ = self._sock.accept()
         except TimeoutError:
             raise AcceptTimeout(f"no signer connected within {timeout:g} s") from None

@@ -29,14 +29,16 @@ An ``open`` record adds ``previous_file`` (the name the previous file was rotate
 previous file ended in a torn record (a crash in the middle of a write), ``torn_sha256`` and ``torn_bytes`` of
 that fragment, so ``verify`` accepts exactly that damage and no other.
 
-Durability (the record must be written before the reply leaves, like the state): ``sync = "always"`` (default)
-makes each record durable before the reply (one ``fdatasync``). The file is preallocated with zeros in
-``PREALLOC_BYTES`` chunks and records are written in place with ``pwrite``, so the flush has no metadata to commit
-(no size or block-map change): measured on ext4, ~140 µs instead of ~215 µs for an appending file (docs/
-observability.md). ``sync = "batch"`` only ``write``\\ s before the reply (the record survives the process being
-killed) and flushes every 100 ms from a thread: a power loss can lose the last 100 ms of audit records, never
-double-sign state, which has its own flush. Readers ignore the zero padding after the last record; ``close``
-trims it.
+Durability (the record must be written before the reply leaves, like the state). ``sync = "always"`` (the
+default): each record is on stable storage before the reply. The file is preallocated with zeros in
+``PREALLOC_BYTES`` chunks and records are written in place with ``pwrite``, so ``fdatasync`` has no metadata to
+commit (no size or block-map change); and the record of a fresh signature is *begun* (written, its flush handed
+to a worker thread) the moment the signature exists, so its flush runs while the guard flushes the state, and the
+reply waits for both (``begin`` then ``record``). If the state then fails to save, an ``error`` record for the
+same request follows at once: readers count that signature as withheld, not released. ``sync = "batch"``
+only writes before the reply (the record survives the process being killed) and flushes every 100 ms: a power
+loss can lose the last 100 ms of records, never double-sign state, which has its own flush. Figures in
+docs/observability.md. Readers ignore the zero padding after the last record; ``close`` trims it.
 """
 
 from __future__ import annotations
@@ -198,10 +200,18 @@ class AuditLog:
         except OSError as exc:
             self._close_fd()
             raise AuditError(f"{self.path}: cannot open the audit log ({exc.strerror or exc})") from None
+        # sync = "always": a record begun early (``begin``) is flushed by a worker while the state is saved.
+        self._pending: tuple[int, int, int, bytes | None] | None = None
+        self._pending_started = 0.0
+        self._pending_error: OSError | None = None
+        self._kick = threading.Event()
+        self._done = threading.Event()
         self._flusher: threading.Thread | None = None
         if sync == "batch":
             self._flusher = threading.Thread(target=self._flush_loop, name=f"audit-{chain_id}", daemon=True)
-            self._flusher.start()
+        else:
+            self._flusher = threading.Thread(target=self._sync_worker, name=f"audit-{chain_id}", daemon=True)
+        self._flusher.start()
 
     # Opening -----------------------------------------------------------------------------------------------
 
@@ -300,34 +310,97 @@ class AuditLog:
         os.fsync(self._fd)  # the new size and blocks, once per PREALLOC_BYTES
         self._allocated += grow
 
+    @staticmethod
+    def _fields(event: SignEvent) -> dict[str, Any]:
+        return {
+            "kind": event.kind,
+            "chain_id": event.chain_id,
+            "height": event.height,
+            "round": event.round,
+            "step": event.step,
+            "block_id": event.block_id.hex(),
+            "sign_bytes_sha256": hashlib.sha256(event.sign_bytes).hexdigest(),
+            "signature": base64.b64encode(event.signature).decode() if event.signature else None,
+            "outcome": event.outcome,
+            "reason": event.reason,
+        }
+
+    def begin(self, event: SignEvent) -> None:
+        """A sign observer (sync = "always"): write the "signed" record now and flush it in the worker while the
+        guard saves the state, so the two flushes overlap; ``record`` of the same event then waits for it.
+
+        Called under the chain lock as soon as the signature exists. If the state then fails to persist, the
+        handler records an ``error`` record for the same request next: readers treat that pair as withheld.
+        """
+        if self.sync != "always":
+            return
+        key = (event.height, event.round, event.step, event.signature)
+        with self._lock:
+            self._check_open()
+            if self._pending == key:
+                return  # a backend that retried its transaction signed the same bytes again: one record
+            self._wait_pending()
+            try:
+                self._maybe_rotate()
+                self._append(self._fields(event), sync=False)
+            except OSError as exc:
+                raise AuditError(f"{self.path}: cannot write the audit record ({exc.strerror or exc})") from None
+            self._pending = key
+            self._pending_started = time.perf_counter()
+            self._done.clear()
+            self._kick.set()
+
     def record(self, event: SignEvent) -> None:
         """A durable observer: called under the chain lock before the reply leaves. Raises AuditError."""
         started = time.perf_counter()
         with self._lock:
-            if self._fd < 0:
-                raise AuditError(f"{self.path}: the audit log is closed")
+            self._check_open()
+            key = (event.height, event.round, event.step, event.signature)
+            if self._pending is not None:
+                begun, began_at = self._pending, self._pending_started
+                self._wait_pending()
+                if event.outcome == "signed" and begun == key:
+                    if self.on_write is not None:
+                        self.on_write(time.perf_counter() - began_at)
+                    return
             try:
-                if self.rotate_bytes is not None and self._tail >= self.rotate_bytes:
-                    self._rotate()
-                self._append(
-                    {
-                        "kind": event.kind,
-                        "chain_id": event.chain_id,
-                        "height": event.height,
-                        "round": event.round,
-                        "step": event.step,
-                        "block_id": event.block_id.hex(),
-                        "sign_bytes_sha256": hashlib.sha256(event.sign_bytes).hexdigest(),
-                        "signature": base64.b64encode(event.signature).decode() if event.signature else None,
-                        "outcome": event.outcome,
-                        "reason": event.reason,
-                    },
-                    sync=True,
-                )
+                self._maybe_rotate()
+                self._append(self._fields(event), sync=True)
             except OSError as exc:
                 raise AuditError(f"{self.path}: cannot write the audit record ({exc.strerror or exc})") from None
         if self.on_write is not None:
             self.on_write(time.perf_counter() - started)
+
+    def _check_open(self) -> None:
+        if self._fd < 0:
+            raise AuditError(f"{self.path}: the audit log is closed")
+
+    def _maybe_rotate(self) -> None:
+        if self.rotate_bytes is not None and self._tail >= self.rotate_bytes:
+            self._rotate()
+
+    def _wait_pending(self) -> None:
+        """Under the lock: wait for the worker's flush of a begun record (the worker never takes the lock)."""
+        if self._pending is None:
+            return
+        self._done.wait()
+        self._pending = None
+        error, self._pending_error = self._pending_error, None
+        if error is not None:
+            raise AuditError(f"{self.path}: cannot make the audit record durable ({error.strerror or error})")
+
+    def _sync_worker(self) -> None:
+        while True:
+            self._kick.wait()
+            self._kick.clear()
+            if self._stop.is_set():
+                self._done.set()
+                return
+            try:
+                os.fdatasync(self._fd)
+            except OSError as exc:
+                self._pending_error = exc
+            self._done.set()
 
     def _rotate(self) -> None:
         """Close this file (trimmed, synced) under its rotated name; the new file's open record continues it."""
@@ -350,13 +423,18 @@ class AuditLog:
 
     def flush(self) -> None:
         """Make every written record durable (sync = "batch" calls this every 100 ms)."""
+        # The flush runs outside the lock, so a signature in flight never waits behind it; a rotation that
+        # closes this fd meanwhile has synced the file itself (a reused fd number only flushes another file).
         with self._lock:
-            if self._dirty and self._fd >= 0:
-                try:
-                    os.fdatasync(self._fd)
-                    self._dirty = False
-                except OSError:
-                    pass  # retried at the next tick; the next record's write reports a broken disk
+            fd = self._fd
+            if not self._dirty or fd < 0:
+                return
+            self._dirty = False
+        try:
+            os.fdatasync(fd)
+        except OSError:
+            with self._lock:
+                self._dirty = True  # retried at the next tick; the next record's write reports a broken disk
 
     def writable(self) -> str:
         """ "" when the log can take records, else why not (for /health)."""
@@ -372,7 +450,10 @@ class AuditLog:
             self._fd = -1
 
     def close(self) -> None:
+        with self._lock, contextlib.suppress(AuditError):
+            self._wait_pending()
         self._stop.set()
+        self._kick.set()
         if self._flusher is not None:
             self._flusher.join()
         with self._lock:
@@ -450,7 +531,10 @@ def verify_files(paths: Sequence[Path], *, state_signature: bytes | None = None)
     seq: int | None = None
     chain_id: str | None = None
     count = 0
-    last_sig: str | None = None
+    last_sig: str | None = None  # the last signature released
+    before_release: str | None = None
+    withheld: list[str] = []  # signatures withheld since the last release (the state may hold one)
+    previous_signing: dict[str, Any] | None = None
     first_seq: int | None = None
     contents = [_read(path) for path in paths]
 
@@ -500,8 +584,13 @@ def verify_files(paths: Sequence[Path], *, state_signature: bytes | None = None)
             chain_id = record.get("chain_id")
             first_seq = this_seq if first_seq is None else first_seq
             count += 1
-            if record.get("outcome") in ("signed", "reused") and record.get("signature"):
-                last_sig = record["signature"]
+            if record.get("kind") != "open":
+                if record.get("outcome") in ("signed", "reused") and record.get("signature"):
+                    before_release, last_sig, withheld = last_sig, record["signature"], []
+                elif _withdraws(record, previous_signing):
+                    withheld.append(str(last_sig))
+                    last_sig = before_release
+                previous_signing = record
         if torn:
             following = _first_record(contents[index + 1]) if index + 1 < len(contents) else None
             if (
@@ -513,7 +602,7 @@ def verify_files(paths: Sequence[Path], *, state_signature: bytes | None = None)
     report = VerifyReport(True, count, last_hash=prev or "", last_signature=last_sig, first_seq=first_seq, last_seq=seq)
     if state_signature is not None:
         expected = base64.b64encode(state_signature).decode()
-        if last_sig != expected:
+        if last_sig != expected and expected not in withheld:
             report.ok = False
             report.problem = (
                 "the last signature in the log is not the one in the double-sign state: records were removed from "
@@ -534,6 +623,8 @@ class AuditSummary:
     #: Of those, the stored signature returned again for a repeated request (not a new signature).
     reused: dict[tuple[str, str], int] = field(default_factory=dict)
     refusals: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: Signatures recorded but withheld from the node (the state or the extension failed after the record).
+    withheld: dict[tuple[str, str], int] = field(default_factory=dict)
     #: Lowest and highest height signed, per (chain id, type).
     heights: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
     first_time: str = ""
@@ -547,6 +638,19 @@ class AuditSummary:
         return out
 
 
+def _withdraws(record: dict[str, Any], previous: dict[str, Any] | None) -> bool:
+    """An error/refusal right after a signed/reused record of the same request: that signature was withheld.
+
+    It happens when the state could not be saved after the record was begun, or the extension signature failed.
+    """
+    return (
+        previous is not None
+        and record.get("outcome") in ("error", "refused")
+        and previous.get("outcome") in ("signed", "reused")
+        and all(record.get(k) == previous.get(k) for k in ("height", "round", "step", "sign_bytes_sha256"))
+    )
+
+
 def _record_ns(stamp: str) -> int:
     try:
         return parse_time(stamp)
@@ -557,9 +661,21 @@ def _record_ns(stamp: str) -> int:
 def summarize(paths: Iterable[Path], *, since: int | None = None) -> AuditSummary:
     """Signatures by chain and type, refusals by chain and reason, height ranges; ``since`` in ns (parse_time).
 
-    A torn last line (a crash artifact) is skipped; any other damage is an AuditCorrupt: verify first.
+    A signature withheld (a signed record followed by an error for the same request) is not counted as released
+    but under ``withheld``. A torn last line (a crash artifact) is skipped; other damage is an AuditCorrupt.
     """
     out = AuditSummary()
+    held: dict[str, Any] | None = None  # a released signature not yet counted: the next record may withdraw it
+
+    def release(record: dict[str, Any]) -> None:
+        key = (str(record["chain_id"]), str(record["kind"]))
+        out.signatures[key] = out.signatures.get(key, 0) + 1
+        if record.get("outcome") == "reused":
+            out.reused[key] = out.reused.get(key, 0) + 1
+        height = int(record["height"])
+        low, high = out.heights.get(key, (height, height))
+        out.heights[key] = (min(low, height), max(high, height))
+
     for path in paths:
         lines, _torn = _split_tail(_read(path))
         for number, raw in enumerate(lines, start=1):
@@ -570,20 +686,25 @@ def summarize(paths: Iterable[Path], *, since: int | None = None) -> AuditSummar
                 kind = record["kind"]
             except (ValueError, KeyError, TypeError):
                 raise AuditCorrupt(f"{path}: record {number} is damaged; run `pykms audit verify` first") from None
-            if kind == "open" or (since is not None and _record_ns(stamp) < since):
+            if kind == "open":
+                continue
+            withdrawn = _withdraws(record, held)
+            if held is not None and not withdrawn:
+                release(held)
+            held = None
+            if since is not None and _record_ns(stamp) < since:
                 continue
             out.first_time = out.first_time or stamp
             out.last_time = stamp
             outcome = record.get("outcome")
-            if outcome in ("signed", "reused"):
+            if withdrawn:
                 key = (chain, kind)
-                out.signatures[key] = out.signatures.get(key, 0) + 1
-                if outcome == "reused":
-                    out.reused[key] = out.reused.get(key, 0) + 1
-                height = int(record["height"])
-                low, high = out.heights.get(key, (height, height))
-                out.heights[key] = (min(low, height), max(high, height))
+                out.withheld[key] = out.withheld.get(key, 0) + 1
+            if outcome in ("signed", "reused"):
+                held = record
             else:
                 key = (chain, str(record.get("reason") or outcome))
                 out.refusals[key] = out.refusals.get(key, 0) + 1
+    if held is not None:
+        release(held)
     return out

@@ -78,6 +78,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
                     "type": k,
                     "count": n,
                     "reused": s.reused.get((c, k), 0),
+                    "withheld": s.withheld.get((c, k), 0),
                     "min_height": s.heights[(c, k)][0],
                     "max_height": s.heights[(c, k)][1],
                 }
@@ -94,6 +95,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
         low, high = s.heights[(chain, kind)]
         reused = s.reused.get((chain, kind), 0)
         print(f"signed   {chain:<24} {kind:<10} {n:>8}  (reused {reused})  heights {low}..{high}")
+    for (chain, kind), n in sorted(s.withheld.items()):
+        print(f"withheld {chain:<24} {kind:<10} {n:>8}  (recorded, never released: the state was not saved)")
     for (chain, reason), n in sorted(s.refusals.items()):
         print(f"refused  {chain:<24} {reason:<20} {n:>8}")
     for chain, (low, high) in sorted(s.chain_heights().items()):

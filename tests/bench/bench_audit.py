@@ -1,0 +1,124 @@
+"""Benchmark: what the audit log adds to signing latency, through a real pykms process and the validator simulator.
+
+Usage: python tests/bench/bench_audit.py [-n 3000] [--rounds 3] [--dir DIR] [--state-format json|slots]
+
+For each round, three signer processes in turn (so drift in the machine hits every variant alike): no audit log,
+``audit_sync = "always"`` (a preallocated file, one fdatasync per record before the reply) and ``"batch"`` (write
+before the reply, fdatasync every 100 ms). Each signs ``n`` prevote/precommit requests over TCP +
+SecretConnection, every signature verified (``pykms.harness.bench.run_sequence``, the code behind
+``pykms-signer-harness bench``). Prints p50/p99 per variant over all rounds and the p50 overhead against no audit.
+
+The signer is ``pykms start``'s own code path (load_config, Runtime.build, run_forever) in a child process; the
+audit sync mode is applied by rebuilding the chain's AuditLog, so the bench runs whether or not the config
+loader knows the ``audit_sync`` key yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pykms.harness.bench import measure_floor, percentile, run_sequence
+from pykms.harness.demo import write_demo_home
+from pykms.harness.simulator import ValidatorSimulator
+from pykms.privval.codec import Dialect
+
+CHAIN = "bench-audit"
+VARIANTS = ("none", "always", "batch")
+
+
+def serve(config: Path, sync: str) -> int:
+    """The child: ``pykms start`` with the chain's audit log in the given sync mode."""
+    from pykms.audit import AuditLog
+    from pykms.config import load_config
+    from pykms.logconfig import configure_logging
+    from pykms.runtime import Runtime
+
+    configure_logging("json")
+    runtime = Runtime(load_config(config))
+    runtime.build()
+    for chain_id, old in list(runtime.audit_logs.items()):
+        chain = runtime.chains[chain_id]
+        chain.durable_observers.remove(old.record)
+        old.close()
+        new = AuditLog(old.path, chain_id, sync=sync)  # type: ignore[arg-type]
+        chain.durable_observers.append(new.record)
+        runtime._closers.append(new.close)
+    return runtime.run_forever()
+
+
+def one_run(home: Path, variant: str, n: int, state_format: str) -> list[float]:
+    sim = ValidatorSimulator("tcp://127.0.0.1:0", chain_id=CHAIN, dialect=Dialect.V0_38)
+    config = write_demo_home(home, sim.listen(), chain_id=CHAIN, state_format=state_format)
+    if variant != "none":
+        text = config.read_text()
+        text = text.replace("[[providers.softsign]]", f'audit_log = "{home / "audit.log"}"\n\n[[providers.softsign]]')
+        config.write_text(text)
+    with open(home / "pykms.log", "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve", str(config), "--sync", "always" if variant == "none" else variant],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        link = sim.accept(timeout=30)
+        pub = link.pubkey().pub_key
+        run_sequence(link, 200, start_height=1, pubkey=pub)  # warm-up
+        latencies = run_sequence(link, n, start_height=1000, pubkey=pub)
+        link.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        sim.close()
+    if variant != "none":
+        from pykms.audit import summarize, verify_files
+
+        assert verify_files([home / "audit.log"]).ok
+        assert sum(summarize([home / "audit.log"]).signatures.values()) == n + 200
+    return latencies
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-n", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--dir", default=".", help="where state and audit files go (the disk measured)")
+    parser.add_argument("--state-format", choices=("json", "slots"), default="json")
+    parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--sync", default="always", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve is not None:
+        return serve(args.serve, args.sync)
+    results: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    with tempfile.TemporaryDirectory(prefix=".pykms-bench-audit-", dir=args.dir) as d:
+        d = str(Path(d).resolve())  # the config wants absolute paths
+        fsync_s, sign_s = measure_floor(Path(d))
+        for r in range(args.rounds):
+            for variant in VARIANTS:
+                results[variant] += one_run(Path(d) / f"{variant}-{r}", variant, args.n, args.state_format)
+    print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}; state_format={args.state_format}; "
+          f"{args.rounds} x {args.n} requests per variant; fdatasync floor {fsync_s * 1e3:.3f} ms, "
+          f"Ed25519 sign {sign_s * 1e3:.3f} ms")  # fmt: skip
+    base = percentile(sorted(results["none"]), 50)
+    for variant in VARIANTS:
+        ordered = sorted(results[variant])
+        p50, p99 = percentile(ordered, 50), percentile(ordered, 99)
+        extra = "" if variant == "none" else f"  p50 {(p50 / base - 1) * 100:+.1f}% vs no audit"
+        print(
+            f"audit={variant:<7} p50 {p50 * 1e3:.3f} ms  p99 {p99 * 1e3:.3f} ms  max {ordered[-1] * 1e3:.3f} ms{extra}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    started = time.perf_counter()
+    code = main()
+    sys.exit(code)

@@ -1,0 +1,102 @@
+"""The audit log behind the real request handler and FileGuard: one record per request, begun before the state is
+saved (sync = "always") and durable before the reply; a state that fails to save after the record was begun is
+recorded as withheld, counted as such by ``summarize``, and accepted by ``verify --state``."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from pykms.audit import AuditLog, SyncMode, summarize, verify_files
+from pykms.guard.file_guard import FileGuard
+from pykms.guard.state import SignState
+from pykms.guard.store import FileOps, JsonStateStore, read_state_file
+from pykms.handler import ChainContext, RequestHandler
+from pykms.harness.simulator import PRECOMMIT, PREVOTE, make_proposal, make_vote
+from pykms.privval import codec
+from pykms.privval.codec import Dialect
+from pykms.providers.softsign import SoftsignSigner
+
+CHAIN = "handler-chain"
+
+
+class FailRename(FileOps):
+    """Real file operations; ``rename`` (the JSON store's commit) fails while ``broken`` is set."""
+
+    broken = False
+
+    def rename(self, src: str, dst: str) -> None:
+        if self.broken:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        super().rename(src, dst)
+
+
+def setup(tmp_path: Path, sync: SyncMode) -> tuple[RequestHandler, AuditLog, FailRename, Path]:
+    ops = FailRename()
+    state = tmp_path / "state.json"
+    JsonStateStore.create(state, SignState.initial()).close()
+    guard = FileGuard(CHAIN, JsonStateStore(state, ops=ops))
+    chain = ChainContext(CHAIN, SoftsignSigner.from_seed(hashlib.sha256(b"handler").digest()), guard)
+    audit = AuditLog(tmp_path / "audit.log", CHAIN, sync=sync)
+    if sync == "always":
+        chain.sign_observers.append(audit.begin)
+    chain.durable_observers.append(audit.record)
+    return RequestHandler(chain, Dialect.V0_38, chain_id=CHAIN), audit, ops, state
+
+
+def ask(handler: RequestHandler, request: codec.Request) -> codec.Response:
+    replies: list[bytes] = []
+    handler.handle(codec.encode_request(Dialect.V0_38, request), replies.append)
+    assert len(replies) == 1
+    return codec.decode_response(Dialect.V0_38, replies[0])
+
+
+def vote(height: int, vote_type: int, block: str) -> codec.SignVoteRequest:
+    return codec.SignVoteRequest(
+        vote=make_vote(height, 0, vote_type, block, timestamp=(1_700_000_000, 0)), chain_id=CHAIN
+    )
+
+
+@pytest.mark.parametrize("sync", ["always", "batch"])
+def test_records_match_replies_and_withheld_signature(tmp_path: Path, sync: SyncMode) -> None:
+    handler, audit, ops, state = setup(tmp_path, sync)
+    released = 0
+    for height in (1, 2, 3):
+        prop = codec.SignProposalRequest(proposal=make_proposal(height, 0, f"b{height}"), chain_id=CHAIN)
+        assert ask(handler, prop).error is None
+        assert ask(handler, vote(height, PREVOTE, f"b{height}")).error is None
+        assert ask(handler, vote(height, PRECOMMIT, f"b{height}")).error is None
+        released += 3
+    assert ask(handler, vote(3, PRECOMMIT, "b3")).error is None  # identical repeat: the stored signature
+    assert ask(handler, vote(3, PREVOTE, "other")).error is not None  # regression: refused
+    ops.broken = True  # the next state save fails after the signature (and its record) exist
+    failed = ask(handler, vote(4, PREVOTE, "b4"))
+    assert failed.error is not None
+    ops.broken = False
+    audit.close()
+
+    summary = summarize([tmp_path / "audit.log"])
+    assert summary.signatures == {(CHAIN, "proposal"): 3, (CHAIN, "prevote"): 3, (CHAIN, "precommit"): 4}
+    assert summary.reused == {(CHAIN, "precommit"): 1}
+    assert summary.refusals == {(CHAIN, "RegressionError"): 1, (CHAIN, "PersistError"): 1}
+    # with sync = "always" the record of height 4 was begun before the save failed, then withdrawn
+    assert summary.withheld == ({(CHAIN, "prevote"): 1} if sync == "always" else {})
+    state_sig = read_state_file(state)[1].signature
+    report = verify_files([tmp_path / "audit.log"], state_signature=state_sig)
+    assert report.ok, report.problem
+    assert report.records == 1 + released + 1 + 1 + (2 if sync == "always" else 1)
+
+
+def test_begin_then_record_writes_one_record(tmp_path: Path) -> None:
+    handler, audit, _ops, _state = setup(tmp_path, "always")
+    seen: list[float] = []
+    audit.on_write = seen.append
+    assert ask(handler, vote(1, PREVOTE, "x")).error is None
+    audit.close()
+    lines = (tmp_path / "audit.log").read_bytes().splitlines()
+    assert len(lines) == 2 and b'"outcome":"signed"' in lines[1]
+    assert len(seen) == 1

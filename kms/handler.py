@@ -70,6 +70,10 @@ class ChainContext:
     observers: list[Callable[[SignEvent], None]] = field(default_factory=list)
     #: Called under the lock before the reply leaves, for records that must be durable first (audit log).
     durable_observers: list[Callable[[SignEvent], None]] = field(default_factory=list)
+    #: Called under the lock the moment a fresh consensus signature exists, before the guard saves the state
+    #: (issue 9): the audit log starts its record's flush there so it overlaps the state's flush. The same
+    #: event (outcome "signed") then reaches durable_observers, which wait for that flush.
+    sign_observers: list[Callable[[SignEvent], None]] = field(default_factory=list)
 
     #: The last reason the state could not be made durable ("" once a signature persisted again); /health.
     persist_error: str = ""
@@ -162,7 +166,20 @@ class RequestHandler:
                 sign_bytes = proposal_sign_bytes(self.chain_id, request.proposal)
                 extension_wanted = False
             with self.chain.lock:
-                outcome = self.chain.guard.check_and_sign(height, round_, step, sign_bytes, self.chain.sign)
+                sign = self.chain.sign
+                if self.chain.sign_observers:  # issue 9: tell the audit log as soon as the signature exists
+
+                    def sign(message: bytes) -> bytes:
+                        signature = self.chain.sign(message)
+                        early = SignEvent(
+                            self.chain_id, kind, height, round_, step, block_hash, sign_bytes, signature, "signed",
+                            "", time.perf_counter() - started,
+                        )  # fmt: skip
+                        for observer in self.chain.sign_observers:
+                            observer(early)
+                        return signature
+
+                outcome = self.chain.guard.check_and_sign(height, round_, step, sign_bytes, sign)
                 extension_signature = b""
                 if extension_wanted:
                     extension_signature = self.chain.sign(vote_extension_sign_bytes(self.chain_id, msg))

@@ -257,6 +257,7 @@ class Runtime:
                 sync = getattr(chain_cfg, "audit_sync", None) or DEFAULT_SYNC
                 audit = AuditLog(chain_cfg.audit_log, chain_cfg.id, sync=sync)
                 self._closers.append(audit.close)
+                chain.sign_observers.append(audit.begin)  # flush overlaps the state's (no-op when "batch")
                 chain.durable_observers.append(audit.record)
                 self.audit_logs[chain_cfg.id] = audit
             self.chains[chain_cfg.id] = chain

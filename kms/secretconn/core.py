@@ -186,8 +186,17 @@ class FrameCodec:
         if len(pending) < SEALED_FRAME_SIZE:
             return b""
         end = len(pending) - len(pending) % SEALED_FRAME_SIZE
+        out: list[bytes] = []
         with memoryview(pending) as view:
-            out = [self._open_one(view[i : i + SEALED_FRAME_SIZE]) for i in range(0, end, SEALED_FRAME_SIZE)]
+            for i in range(0, end, SEALED_FRAME_SIZE):
+                try:
+                    out.append(self._open_one(view[i : i + SEALED_FRAME_SIZE]))
+                except FrameError:
+                    if not out:
+                        raise
+                    # Deliver what authenticated before the bad frame; the codec is poisoned, so the next
+                    # call raises with the reason.
+                    break
         del pending[:end]
         return out[0] if len(out) == 1 else b"".join(out)
 

@@ -29,6 +29,7 @@ from pykms.errors import HarnessError, ProtocolError
 from pykms.privval import codec
 from pykms.privval.codec import Dialect, MessageReader
 from pykms.proto.tendermint.types import types_pb2
+from pykms.secretconn.sync import BlockingPlainStream
 
 __all__ = [
     "PRECOMMIT",
@@ -165,24 +166,8 @@ def parse_listen_addr(addr: str) -> tuple[str, Any]:
         host, sep, port = rest.rpartition(":")
     if not sep or not port.isdigit() or int(port) > 65535:
         raise ListenerError(f"{addr!r}: expected tcp://host:port or unix://path", EXIT_CREATE_LISTENER)
-    return "tcp", (host or "127.0.0.1", int(port))
-
-
-class _Plain:
-    """privval over a unix socket is plaintext (PROTOCOL.md §2.1)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def recv(self) -> bytes:
-        return self.sock.recv(65536)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.close()
+    # An empty host listens on every interface, as Go's net.Listen("tcp", ":port") does.
+    return "tcp", (host or "0.0.0.0", int(port))
 
 
 class SignerLink:
@@ -331,7 +316,9 @@ class ValidatorSimulator:
         except OSError as exc:
             raise ListenerError(f"accepting a connection failed: {exc.strerror or exc}", EXIT_START_LISTENER) from None
         if self._unix_path is not None:
-            return SignerLink(_Plain(conn), conn, self.dialect, self.chain_id, timeout=self.request_timeout)
+            return SignerLink(
+                BlockingPlainStream(conn), conn, self.dialect, self.chain_id, timeout=self.request_timeout
+            )
         from pykms.secretconn.sync import secret_connection_sync
 
         try:

@@ -34,6 +34,7 @@ from pykms.handler import ChainContext, RequestHandler
 from pykms.logconfig import get_logger
 from pykms.privval.codec import Dialect, MessageReader, delimit
 from pykms.providers.signer import Signer
+from pykms.secretconn.sync import BlockingPlainStream
 
 __all__ = ["Backoff", "Runtime", "SyncStream"]
 
@@ -73,23 +74,6 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
-
-
-class _PlainStream:
-    """privval over a unix socket is plaintext (PROTOCOL.md §2.1)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def recv(self) -> bytes:
-        return self.sock.recv(65536)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.close()
 
 
 class _Session:
@@ -150,7 +134,7 @@ class _Session:
             sock.settimeout(CONNECT_TIMEOUT_S)
             sock.connect(str(addr.path))
             sock.settimeout(IDLE_TIMEOUT_S)
-            return _PlainStream(sock)
+            return BlockingPlainStream(sock)
         assert addr.host is not None and addr.port is not None
         sock = socket.create_connection((addr.host, addr.port), timeout=CONNECT_TIMEOUT_S)
         self.sock = sock

@@ -15,7 +15,27 @@ from nacl.signing import SigningKey
 from pykms.errors import FrameError, HandshakeError
 from pykms.secretconn.core import SEALED_FRAME_SIZE, FrameCodec, Handshake, node_id
 
-__all__ = ["BlockingSecretStream", "node_id", "secret_connection_sync"]
+__all__ = ["BlockingPlainStream", "BlockingSecretStream", "node_id", "secret_connection_sync"]
+
+
+class BlockingPlainStream:
+    """privval over a unix socket is plaintext (PROTOCOL.md §2.1): the same interface, no encryption."""
+
+    remote_pubkey: bytes | None = None
+    remote_id: str | None = None
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def recv(self) -> bytes:
+        return self.sock.recv(65536)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
 
 
 class BlockingSecretStream:

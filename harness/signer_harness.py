@@ -695,7 +695,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     harness = Harness(sim, b"", args.accept_retries, out=sys.stderr)
     try:
         bound = _listen(sim)
-        print(f"listening on {bound}; waiting for the signer", file=sys.stderr, flush=True)
+        print(f"listening on {bound} for chain {args.chain_id}; waiting for the signer", file=sys.stderr, flush=True)
         link = harness.accept()
         resp = harness.call("public key", "other", link.pubkey)
         if not isinstance(resp, codec.PubKeyResponse) or resp.error is not None or len(resp.pub_key) != 32:

@@ -1,0 +1,136 @@
+"""The benchmark: percentiles, the floor, the request sequence, and ``pykms-signer-harness bench`` against pykms.
+
+Figures are printed by the benchmark, never asserted here: these tests check that what it measures and reports
+is computed right and that it refuses to time a signer whose signatures do not verify.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pykms.errors import HarnessError
+from pykms.harness.bench import BenchResult, format_result, measure_floor, percentile, run_sequence, summarize
+from pykms.harness.simulator import PRECOMMIT, PREVOTE, SignerLink, ValidatorSimulator
+from tests.broken_signers import FIXTURE_PUB, FIXTURE_SEED, TestSigner
+from tests.e2e import KmsProcess, write_home
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert [percentile(values, q) for q in (0, 1, 50, 90, 99, 100)] == [1, 1, 50, 90, 99, 100]
+    # q * n an exact integer: the rank is that integer (round-half-even would pick the next one)
+    assert percentile([1.0, 2.0, 3.0, 4.0], 75) == 3.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.0
+    assert percentile([5.0], 99) == 5.0
+    assert percentile([], 50) != percentile([], 50)  # NaN
+
+
+def test_summarize_and_format() -> None:
+    latencies = [0.002, 0.001, 0.004, 0.003]
+    result = summarize(latencies, fsync_s=0.0009, sign_s=0.0001, wall_s=0.02)
+    assert (result.requests, result.min_ms, result.max_ms) == (4, 1.0, 4.0)
+    assert result.p50_ms == pytest.approx(2.0) and result.p99_ms == pytest.approx(4.0)
+    assert result.floor_ms == pytest.approx(1.0)
+    assert result.p50_over_floor == pytest.approx(2.0) and result.p99_over_floor == pytest.approx(4.0)
+    assert result.signatures_per_s == pytest.approx(200.0)
+    text = format_result(result)
+    assert "p50 2.000" in text and "200 signatures/s" in text and "p50/floor 2.00" in text
+    assert BenchResult(**json.loads(format_result(result, as_json=True))) == result
+    with pytest.raises(HarnessError):
+        summarize([], 0.001, 0.0001, 1.0)
+
+
+def test_measure_floor_cleans_up(tmp_path: Path) -> None:
+    fsync_s, sign_s = measure_floor(tmp_path, samples=5)
+    assert fsync_s > 0 and sign_s > 0
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def signer_link(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[SignerLink, TestSigner]]:
+    kwargs = getattr(request, "param", {})
+    sim = ValidatorSimulator(f"unix://{tmp_path}/b.sock", chain_id="bench-chain")
+    signer = TestSigner(sim.listen(), FIXTURE_SEED, chain_id="bench-chain", **kwargs).start()
+    link = sim.accept(timeout=5)
+    try:
+        yield link, signer
+    finally:
+        link.close()
+        signer.stop()
+        sim.close()
+
+
+def test_run_sequence_sends_increasing_heights_and_verifies(signer_link: tuple[SignerLink, TestSigner]) -> None:
+    link, signer = signer_link
+    latencies = run_sequence(link, 7, start_height=50, proposal=True, extensions=True, pubkey=FIXTURE_PUB)
+    assert len(latencies) == 7 and all(t > 0 for t in latencies)
+    kinds = [
+        (type(r).__name__, r.proposal.height if hasattr(r, "proposal") else (r.vote.height, r.vote.type))
+        for r in signer.requests
+    ]
+    assert kinds == [
+        ("SignProposalRequest", 50), ("SignVoteRequest", (50, PREVOTE)), ("SignVoteRequest", (50, PRECOMMIT)),
+        ("SignProposalRequest", 51), ("SignVoteRequest", (51, PREVOTE)), ("SignVoteRequest", (51, PRECOMMIT)),
+        ("SignProposalRequest", 52),
+    ]  # fmt: skip
+    precommits = [r.vote for r in signer.requests if hasattr(r, "vote") and r.vote.type == PRECOMMIT]
+    assert all(v.extension == f"ext-{v.height}".encode() for v in precommits)
+
+
+@pytest.mark.parametrize("signer_link", [{"alter_timestamp": True}], indirect=True)
+def test_run_sequence_refuses_a_signer_that_signs_something_else(signer_link: tuple[SignerLink, TestSigner]) -> None:
+    link, _ = signer_link
+    with pytest.raises(HarnessError, match="does not verify over the request's sign bytes") as info:
+        run_sequence(link, 3, start_height=1, pubkey=FIXTURE_PUB)
+    assert info.value.exit_code == 7
+
+
+def test_run_sequence_stops_at_a_refusal(signer_link: tuple[SignerLink, TestSigner]) -> None:
+    link, _ = signer_link
+    run_sequence(link, 2, start_height=10, pubkey=FIXTURE_PUB)
+    with pytest.raises(HarnessError, match="refused"):
+        run_sequence(link, 2, start_height=5, pubkey=FIXTURE_PUB)  # a regression for the signer's guard
+
+
+def test_bench_command_against_pykms(tmp_path: Path) -> None:
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "pykms.harness.signer_harness", "bench", "--addr", "tcp://127.0.0.1:0", "-n", "40",
+         "--warmup", "5", "--chain-id", "bench-chain", "--proposal", "--extensions", "--json",
+         "--start-height", "1000", "--floor-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )  # fmt: skip
+    assert bench.stderr is not None
+    line = bench.stderr.readline()
+    assert line.startswith("listening on "), line
+    stderr_rest: list[str] = []
+    drain = threading.Thread(target=lambda: stderr_rest.extend(bench.stderr or []), daemon=True)
+    drain.start()
+    config = write_home(tmp_path / "kms", [line.split()[2]], chain_id="bench-chain")
+    kms = KmsProcess(config, tmp_path / "pykms.log")
+    kms.start()
+    try:
+        bench.wait(timeout=60)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()
+        assert kms.stop() == 0, kms.log_text()
+    assert bench.returncode == 0, "".join(stderr_rest) + kms.log_text()
+    assert bench.stdout is not None
+    result = json.loads(bench.stdout.read())
+    assert result["requests"] == 40
+    assert 0 < result["min_ms"] <= result["p50_ms"] <= result["p90_ms"] <= result["p99_ms"] <= result["max_ms"]
+    assert result["signatures_per_s"] > 0 and result["floor_ms"] > 0
+    assert result["p50_over_floor"] == pytest.approx(result["p50_ms"] / result["floor_ms"])
+    # pykms persisted the last request: 5 warm-up requests, then 40 from height 1005 at 3 per height
+    # (proposal, prevote, precommit): 13 whole heights and the proposal of height 1018.
+    state = json.loads((tmp_path / "kms" / "state" / "bench-chain_priv_validator_state.json").read_text())
+    assert (state["height"], state["round"], state["step"]) == ("1018", 0, 1)

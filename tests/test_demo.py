@@ -1,0 +1,54 @@
+"""The demo (``python -m pykms.harness.demo``): a real pykms process signing over SecretConnection, figures
+printed, everything cleaned up; and a failing pykms gives a non-zero exit with its log, still cleaned up."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pykms.harness import demo
+
+
+def test_demo_signs_prints_figures_and_cleans_up() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pykms.harness.demo", "--votes", "20"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert re.search(r"consensus public key: cosmosvalconspub1[02-9ac-hj-np-z]{50,}", out), out
+    assert "signed and verified 20 proposals, prevotes and precommits" in out
+    assert re.search(r"latency ms\s+min [\d.]+\s+p50 [\d.]+\s+p90 [\d.]+\s+p99 [\d.]+\s+max [\d.]+", out), out
+    assert re.search(r"ratio\s+p50/floor [\d.]+", out), out
+    assert "pykms stopped cleanly (exit code 0)" in out
+    home = Path(re.search(r"demo home: (\S+)", out).group(1))  # type: ignore[union-attr]
+    assert not home.exists()
+
+
+def test_demo_fails_non_zero_when_pykms_refuses_to_start(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    homes: list[Path] = []
+    real_write = demo.write_demo_home
+
+    def write_with_an_open_key(home: Path, addr: str, **kw: object) -> Path:
+        config = real_write(home, addr, **kw)  # type: ignore[arg-type]
+        homes.append(home)
+        # A group-readable key: the real pykms refuses to start with it (and says which chmod fixes it).
+        (home / "secrets" / f"{demo.CHAIN_ID}-consensus.key").chmod(0o644)
+        return config
+
+    monkeypatch.setattr(demo, "write_demo_home", write_with_an_open_key)
+    assert demo.main(["--votes", "5"]) == 1
+    err = capsys.readouterr().err
+    assert "demo: FAILED: pykms exited with code" in err
+    assert "chmod 600" in err  # the pykms log tail is shown
+    assert homes and not homes[0].exists()

@@ -107,6 +107,9 @@ _WARNING: Final = "WARNING"
 #: server cancels cleanly (the connection survives) before the watchdog has to cut the socket.
 WATCHDOG_GRACE_S: Final = 0.5
 
+#: statement_timeout is set this much above lock_timeout so that waiting for the row reports as a lock wait.
+_STATEMENT_SLACK_MS: Final = 100
+
 #: pg_advisory_xact_lock key serialising concurrent `init-db` runs (any constant: "pykms" in ASCII).
 _MIGRATION_LOCK: Final = 0x70796B6D73
 
@@ -481,7 +484,8 @@ class PostgresGuard:
         self._target = redacted_target(dsn)
         self._instance = instance or _ME
         self._conn: psycopg.Connection[Any] | None = None
-        self._notices: list[psycopg.errors.Diagnostic] = []
+        #: (severity, message) of the notices received during the current COMMIT.
+        self._notices: list[tuple[str, str]] = []
         self._state: SignState | None = None
         self._watchdog = _Watchdog()
         self._log = get_logger("pykms.guard.postgres", chain_id=chain_id, db=self._target)
@@ -521,7 +525,7 @@ class PostgresGuard:
         except KmsError:
             conn.close()
             raise
-        conn.add_notice_handler(self._notices.append)
+        conn.add_notice_handler(self._on_notice)
         self.reconnects_total += 1
         self._conn = conn
         self._log.info("guard_db_connected")
@@ -578,8 +582,8 @@ class PostgresGuard:
                 conn.execute(
                     sql.SQL(
                         "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = {0}; "
-                        "SET LOCAL statement_timeout = {0}"
-                    ).format(sql.Literal(remaining_ms))
+                        "SET LOCAL statement_timeout = {1}"
+                    ).format(sql.Literal(remaining_ms), sql.Literal(remaining_ms + _STATEMENT_SLACK_MS))
                 )
                 row = conn.execute(_SELECT_FOR_UPDATE, (self.chain_id,)).fetchone()
                 if row is None:
@@ -643,13 +647,17 @@ class PostgresGuard:
                     raise _StaleConnection() from None
                 raise _map_error(exc, doing, self._dsn, self.timeout_ms) from None
 
+    def _on_notice(self, diag: psycopg.errors.Diagnostic) -> None:
+        # Copy the fields now: the Diagnostic reads a libpq result that is freed once this handler returns.
+        self._notices.append((str(diag.severity_nonlocalized or diag.severity or ""), str(diag.message_primary)))
+
     def _commit(self, conn: psycopg.Connection[Any]) -> None:
         """COMMIT, and succeed only on a clean success: a WARNING means it is not what we asked for."""
         self._notices.clear()
         conn.execute("COMMIT")
-        warnings = [n for n in self._notices if (n.severity_nonlocalized or n.severity) == _WARNING]
+        warnings = [message for severity, message in self._notices if severity == _WARNING]
         if warnings:
-            raise _CommitUnknown("; ".join(str(n.message_primary) for n in warnings))
+            raise _CommitUnknown("; ".join(warnings))
         status = conn.pgconn.transaction_status
         if status != psycopg.pq.TransactionStatus.IDLE:
             raise _CommitUnknown(f"transaction status {status!r} after COMMIT")

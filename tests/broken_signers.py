@@ -83,6 +83,10 @@ class TestSigner:
     refuse_pubkey: bool = False
     stall_on: str | None = None  # "pubkey" | "proposal" | "vote"
     garbage_handshake: bool = False
+    #: Stop dialling after this many connections (a signer that does not come back after a drop).
+    max_connections: int | None = None
+    #: On a timestamp-only repeat, sign the new timestamp as tmkms does instead of FilePV's stored signature.
+    resign_new_timestamp: bool = False
     #: Every request received, in order (for tests that look at what the harness asked).
     requests: list[Any] = field(default_factory=list)
     connections: int = 0
@@ -132,6 +136,9 @@ class TestSigner:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            if self.max_connections is not None and self.connections >= self.max_connections:
+                self._stop.wait(0.05)
+                continue
             try:
                 sock, stream = self._dial()
             except (OSError, KmsError):
@@ -239,7 +246,7 @@ class TestSigner:
                 canonical_view(sign_bytes, step).without_timestamp
                 == canonical_view(last.sign_bytes, step).without_timestamp
             ):
-                return "", last.signature
+                return "", None if self.resign_new_timestamp else last.signature
             return "conflicting data", None
         return "", None
 

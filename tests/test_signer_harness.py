@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from pykms.errors import HarnessError
-from pykms.harness.signer_harness import EXIT, Harness, load_tmhome, main, run_basic
+from pykms.harness.signer_harness import EXIT, Harness, load_tmhome, main, run_basic, run_full
 from pykms.harness.simulator import PRECOMMIT, PREVOTE, ValidatorSimulator
 from pykms.privval.codec import Dialect
 from tests.broken_signers import (
@@ -295,3 +295,95 @@ def test_extract_key_without_state_is_exit_code_1(tmp_path: Path) -> None:
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["version"]) == 0
     assert "pykms-signer-harness" in capsys.readouterr().out
+
+
+# The same suites in-process (Harness + run_full), for the branches a subprocess hides from coverage ----------
+
+
+def _in_process(dialect: Dialect, retries: int = 50, **signer_kw: object) -> tuple[int, str, TestSigner]:
+    sim = ValidatorSimulator("tcp://127.0.0.1:0", chain_id=FIXTURE_CHAIN_ID, dialect=dialect)
+    signer = TestSigner(sim.listen(), FIXTURE_SEED, dialect=dialect, **signer_kw)  # type: ignore[arg-type]
+    signer.start()
+    out = io.StringIO()
+    harness = Harness(sim, FIXTURE_PUB, accept_retries=retries, out=out)
+    code = 0
+    try:
+        harness.accept()
+        run_full(harness, dialect)
+    except HarnessError as exc:
+        code = exc.exit_code
+    finally:
+        if harness.link is not None:
+            harness.link.close()
+        signer.stop()
+        sim.close()
+    return code, out.getvalue(), signer
+
+
+@pytest.mark.parametrize("dialect", list(Dialect), ids=[d.value for d in Dialect])
+def test_in_process_full_suite_honest(dialect: Dialect) -> None:
+    code, out, _ = _in_process(dialect, chain_id=FIXTURE_CHAIN_ID)
+    assert code == 0, out
+    assert "[pass] timestamp-only difference: a valid signature for the same block: stored (FilePV) timestamp" in out
+
+
+def test_in_process_tmkms_style_new_timestamp_passes() -> None:
+    code, out, _ = _in_process(Dialect.V0_38, chain_id=FIXTURE_CHAIN_ID, resign_new_timestamp=True)
+    assert code == 0, out
+    assert "timestamp-only difference: a valid signature for the same block: new timestamp" in out
+
+
+def test_in_process_double_signer_every_refusal_reported() -> None:
+    code, out, _ = _in_process(Dialect.V1_0, no_guard=True)
+    assert code == EXIT["vote"], out
+    failed = [line for line in out.splitlines() if line.startswith("[FAIL]")]
+    for name in (
+        "conflicting prevote (block B)",
+        "conflicting nil prevote",
+        "conflicting proposal (block Q)",
+        "height regression",
+        "round regression",
+        "step regression",
+        "proposal regression",
+        "v1.0 SignBytes with a conflicting vote's sign bytes is refused: SIGNED",
+        "a vote for another chain id is refused",
+        "double-sign state kept across the reconnect",
+    ):
+        assert any(name in line for line in failed), (name, out)
+
+
+@pytest.mark.parametrize(
+    ("signer_kw", "code", "line"),
+    [
+        ({"wrong_key": True}, 8, "[FAIL] public key matches"),
+        ({"alter_timestamp": True}, 9, "[FAIL] proposal at height 100"),
+        ({"refuse_pubkey": True}, 7, "[FAIL] public key: the signer refused"),
+        ({"chain_id": FIXTURE_CHAIN_ID, "max_connections": 1}, 2, "[FAIL] signer reconnects"),
+    ],
+)
+def test_in_process_broken_signers(signer_kw: dict[str, object], code: int, line: str) -> None:
+    got, out, _ = _in_process(Dialect.V0_38, retries=5, **signer_kw)
+    assert got == code, out
+    assert line in out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_main_run_and_bench_in_process(tmhome: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    addr = f"tcp://127.0.0.1:{_free_port()}"
+    signer = TestSigner(addr, FIXTURE_SEED, chain_id=FIXTURE_CHAIN_ID).start()  # dials until the harness listens
+    try:
+        assert main(["run", "--addr", addr, "--tmhome", str(tmhome), "--suite", "full"]) == 0
+        assert "SUCCESS: all" in capsys.readouterr().out
+        argv = ["bench", "--addr", addr, "-n", "12", "--warmup", "3", "--chain-id", FIXTURE_CHAIN_ID,
+                "--extensions", "--floor-dir", str(tmhome)]  # fmt: skip
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        assert "requests        12" in out and "signatures/s" in out
+    finally:
+        signer.stop()
+    assert main(["bench", "--addr", addr, "-n", "0"]) == EXIT["params"]

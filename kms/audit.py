@@ -6,7 +6,7 @@ was edited, reordered or cut, and ``--state`` checks that the last signature in 
 double-sign state holds (which catches records removed from the end: a hash chain alone cannot, since any prefix
 of a chain is a valid chain).
 
-Records: one JSON object per line, UTF-8, keys sorted, no spaces. Every record has
+Records: one JSON object per line, UTF-8, no spaces, keys sorted with ``hash`` last. Every record has
 
 ==================  ==========================================================================================
 ``seq``             0 for the very first record of the chain, then +1 per record, continuing across rotated files
@@ -29,16 +29,23 @@ An ``open`` record adds ``previous_file`` (the name the previous file was rotate
 previous file ended in a torn record (a crash in the middle of a write), ``torn_sha256`` and ``torn_bytes`` of
 that fragment, so ``verify`` accepts exactly that damage and no other.
 
-Durability (the record must be written before the reply leaves, like the state). ``sync = "always"`` (the
-default): each record is on stable storage before the reply. The file is preallocated with zeros in
-``PREALLOC_BYTES`` chunks and records are written in place with ``pwrite``, so ``fdatasync`` has no metadata to
-commit (no size or block-map change); and the record of a fresh signature is *begun* (written, its flush handed
-to a worker thread) the moment the signature exists, so its flush runs while the guard flushes the state, and the
-reply waits for both (``begin`` then ``record``). If the state then fails to save, an ``error`` record for the
-same request follows at once: readers count that signature as withheld, not released. ``sync = "batch"``
-only writes before the reply (the record survives the process being killed) and flushes every 100 ms: a power
-loss can lose the last 100 ms of records, never double-sign state, which has its own flush. Figures in
-docs/observability.md. Readers ignore the zero padding after the last record; ``close`` trims it.
+Durability. Every record is written (``pwrite`` into the file, i.e. handed to the kernel) before the reply
+leaves, so it survives pykms being killed at any instant. How far it must reach before the reply is
+``sync``:
+
+- ``"batch"`` (the default): a thread ``fdatasync``\ s every 100 ms. A power loss can lose the last 100 ms of
+  records, never double-sign state (which has its own flush before the reply); ``verify --state`` then shows the
+  log ends short of the state. Adds ~0.05 ms per signature (JSON, hash, pwrite).
+- ``"always"``: the record is on stable storage before the reply. The file is preallocated with zeros
+  (``PREALLOC_BYTES`` at a time) and written in place, so ``fdatasync`` has no metadata to commit; and the record
+  of a fresh signature is *begun* (written, its flush handed to a worker) as soon as the signature exists, so its
+  flush overlaps the state's and the reply waits for both (``begin`` then ``record``). Still one more device flush
+  per signature: ~0.14 ms on the disk measured, over the 10 % budget there (docs/observability.md has the
+  figures), hence not the default.
+
+If the state fails to save after a record was begun, an ``error`` record for the same request follows at once
+and readers count that signature as withheld. Readers ignore the zero padding after the last record; ``close``
+trims it.
 """
 
 from __future__ import annotations
@@ -75,9 +82,9 @@ __all__ = [
 ]
 
 SyncMode = Literal["always", "batch"]
-#: "always": the record is on stable storage before the reply, like the state; see docs/observability.md for the
-#: figures behind this default.
-DEFAULT_SYNC: SyncMode = "always"
+#: "batch": written before the reply, flushed within 100 ms; "always" costs one more device flush per signature
+#: (docs/observability.md has the figures behind this default).
+DEFAULT_SYNC: SyncMode = "batch"
 ZERO_HASH = "0" * 64
 #: Flush period of sync = "batch": bounds what a power loss can take from the log.
 BATCH_FLUSH_S = 0.1
@@ -106,8 +113,16 @@ def _hash(record: dict[str, Any]) -> str:
     return hashlib.sha256(_canonical(record)).hexdigest()
 
 
+_stamp_cache: tuple[int, str] = (-1, "")
+
+
 def _format_time(ns: int) -> str:
-    stamp = datetime.fromtimestamp(ns // 1_000_000_000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    global _stamp_cache
+    seconds = ns // 1_000_000_000
+    cached_seconds, stamp = _stamp_cache
+    if seconds != cached_seconds:  # strftime once per second, not per record
+        stamp = datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _stamp_cache = (seconds, stamp)
     return f"{stamp}.{ns % 1_000_000_000:09d}Z"
 
 
@@ -286,8 +301,10 @@ class AuditLog:
 
     def _append(self, fields: dict[str, Any], *, sync: bool) -> None:
         record = dict(fields, seq=self._seq, time=_format_time(time.time_ns()), prev=self._prev)
-        record["hash"] = _hash(record)
-        line = _canonical(record) + b"\n"
+        body = _canonical(record)
+        digest = hashlib.sha256(body).hexdigest()
+        # One encoding: the hashed body with "hash" appended last (readers parse JSON, so key order is free).
+        line = body[:-1] + b',"hash":"' + digest.encode() + b'"}\n'
         if self.sync == "always" and self._tail + len(line) > self._allocated:
             self._preallocate(len(line))
         written = os.pwrite(self._fd, line, self._tail)
@@ -300,7 +317,7 @@ class AuditLog:
                 self._dirty = True
         self._tail += len(line)
         self._allocated = max(self._allocated, self._tail)
-        self._prev = record["hash"]
+        self._prev = digest
         self._seq += 1
 
     def _preallocate(self, need: int) -> None:

@@ -46,8 +46,10 @@ def serve(config: Path, sync: str) -> int:
     for chain_id, old in list(runtime.audit_logs.items()):
         chain = runtime.chains[chain_id]
         chain.durable_observers.remove(old.record)
+        chain.sign_observers.remove(old.begin)
         old.close()
         new = AuditLog(old.path, chain_id, sync=sync)  # type: ignore[arg-type]
+        chain.sign_observers.append(new.begin)
         chain.durable_observers.append(new.record)
         runtime._closers.append(new.close)
     return runtime.run_forever()
@@ -86,12 +88,68 @@ def one_run(home: Path, variant: str, n: int, state_format: str) -> list[float]:
     return latencies
 
 
+def inproc(directory: Path, n: int, state_format: str) -> None:
+    """The audit log's cost inside pykms, without the network: the real handler, guard and audit log in this
+    process, one chain per variant, the variants interleaved request by request so a busy machine hits each alike.
+    """
+    import hashlib
+
+    from pykms.audit import AuditLog
+    from pykms.guard.file_guard import FileGuard
+    from pykms.guard.state import SignState
+    from pykms.guard.store import JsonStateStore, SlotStateStore
+    from pykms.handler import ChainContext, RequestHandler
+    from pykms.harness.simulator import PRECOMMIT, PREVOTE, make_vote
+    from pykms.privval import codec
+    from pykms.providers.softsign import SoftsignSigner
+
+    store_cls = JsonStateStore if state_format == "json" else SlotStateStore
+    handlers = {}
+    logs = []
+    for variant in VARIANTS:
+        home = directory / f"inproc-{variant}"
+        home.mkdir()
+        store = store_cls.create(home / "state", SignState.initial())
+        chain = ChainContext(CHAIN, SoftsignSigner.from_seed(hashlib.sha256(b"b").digest()), FileGuard(CHAIN, store))
+        if variant != "none":
+            log = AuditLog(home / "audit.log", CHAIN, sync=variant)  # type: ignore[arg-type]
+            chain.sign_observers.append(log.begin)
+            chain.durable_observers.append(log.record)
+            logs.append(log)
+        handlers[variant] = RequestHandler(chain, Dialect.V0_38, chain_id=CHAIN)
+    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    sink: list[bytes] = []
+    for i in range(n + 100):
+        height, vote_type = 1 + i // 2, (PREVOTE, PRECOMMIT)[i % 2]
+        body = codec.encode_request(
+            Dialect.V0_38, codec.SignVoteRequest(vote=make_vote(height, 0, vote_type, f"b{height}"), chain_id=CHAIN)
+        )
+        for variant in VARIANTS[i % 3 :] + VARIANTS[: i % 3]:  # rotate who goes first
+            started = time.perf_counter()
+            handlers[variant].handle(body, sink.append)
+            if i >= 100:  # warm-up
+                times[variant].append(time.perf_counter() - started)
+        sink.clear()
+    for log in logs:
+        log.close()
+    for handler in handlers.values():
+        handler.chain.guard.close()
+    base = percentile(sorted(times["none"]), 50)
+    print(f"in-process handler (decode, sign, state_format={state_format}, audit), {n} requests per variant:")
+    for variant in VARIANTS:
+        ordered = sorted(times[variant])
+        p50, p99 = percentile(ordered, 50), percentile(ordered, 99)
+        extra = "" if variant == "none" else f"  p50 +{(p50 - base) * 1e3:.3f} ms"
+        print(f"  audit={variant:<7} p50 {p50 * 1e3:.3f} ms  p99 {p99 * 1e3:.3f} ms{extra}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dir", default=".", help="where state and audit files go (the disk measured)")
     parser.add_argument("--state-format", choices=("json", "slots"), default="json")
+    parser.add_argument("--inproc", action="store_true", help="also time the handler in-process, interleaved")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--sync", default="always", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -101,6 +159,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix=".pykms-bench-audit-", dir=args.dir) as d:
         d = str(Path(d).resolve())  # the config wants absolute paths
         fsync_s, sign_s = measure_floor(Path(d))
+        if args.inproc:
+            inproc(Path(d), args.n, args.state_format)
+            if args.rounds == 0:
+                return 0
         for r in range(args.rounds):
             for variant in VARIANTS:
                 results[variant] += one_run(Path(d) / f"{variant}-{r}", variant, args.n, args.state_format)

@@ -33,7 +33,7 @@ Durability. Every record is written (``pwrite`` into the file, i.e. handed to th
 leaves, so it survives pykms being killed at any instant. How far it must reach before the reply is
 ``sync``:
 
-- ``"batch"`` (the default): a thread ``fdatasync``\ s every 100 ms. A power loss can lose the last 100 ms of
+- ``"batch"`` (the default): a thread flushes (``fdatasync``) every 100 ms. A power loss can lose the last 100 ms of
   records, never double-sign state (which has its own flush before the reply); ``verify --state`` then shows the
   log ends short of the state. Adds ~0.05 ms per signature (JSON, hash, pwrite).
 - ``"always"``: the record is on stable storage before the reply. The file is preallocated with zeros

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 import sys
+from collections.abc import Iterator
 
 from nacl.signing import SigningKey
 
@@ -28,15 +29,14 @@ from tests.test_guard_support import sign_bytes
 KEY_SEED = bytes(range(32))
 
 
-def requests(seed: int, start: int, heights: int) -> list[tuple[int, int, int, bytes]]:
+def requests(seed: int, start: int, heights: int) -> Iterator[tuple[int, int, int, bytes]]:
+    """Lazily: a worker may be asked for far more heights than it lives to sign."""
     rng = random.Random(seed)
-    out = []
     for height in range(start, start + heights):
         for step in (1, 2, 3):
             block = rng.choice((1, 2))
             ts = (1_700_000_000 + height, rng.choice((0, 0, 0, 1)))
-            out.append((height, 0, step, sign_bytes(height, 0, step, block, ts)))
-    return out
+            yield (height, 0, step, sign_bytes(height, 0, step, block, ts))
 
 
 def main(argv: list[str]) -> int:

@@ -518,3 +518,32 @@ def test_d1_over_asyncio_sockets() -> None:
     assert seen["a_remote"] == bytes(SigningKey(seed_b).verify_key)
     assert seen["b_remote"] == bytes(SigningKey(seed_a).verify_key)
     assert seen["echo"] == bytes.fromhex("023a00")
+
+
+def test_transport_failures_become_connection_lost() -> None:
+    """A reset reported by the transport (recv) and a write on an aborted transport (send) poison the stream."""
+
+    async def listener(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await secret_connection(reader, writer, SigningKey.generate(), timeout=T)
+        await _drain_until_eof(reader)
+
+    async def dialler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        stream = await secret_connection(reader, writer, SigningKey.generate(), timeout=T)
+        reader.set_exception(ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"))
+        with pytest.raises(ConnectionLost, match="Connection reset by peer"):
+            await stream.recv()
+        with pytest.raises(FrameError, match="earlier error"):
+            await stream.recv()
+
+    asyncio.run(_with_server(listener, dialler))
+
+    async def dialler_send(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        stream = await secret_connection(reader, writer, SigningKey.generate(), timeout=T)
+        writer.transport.abort()
+        await asyncio.sleep(0.01)  # let the loop report the lost connection
+        with pytest.raises(ConnectionLost):
+            await stream.send(b"x" * 5000)
+        with pytest.raises(FrameError, match="earlier error"):
+            await stream.send(b"x")
+
+    asyncio.run(_with_server(listener, dialler_send))

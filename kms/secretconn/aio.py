@@ -97,6 +97,7 @@ class SecretStream:
         if self._pending:
             data, self._pending = self._pending, b""
             return data
+        self._codec.check()
         while True:
             try:
                 with _edge("receiving"):

@@ -136,6 +136,10 @@ class FrameCodec:
         if self._dead is not None:
             raise FrameError(f"connection unusable after an earlier error: {self._dead}")
 
+    def check(self) -> None:
+        """Raise FrameError if an earlier failure poisoned the connection (adapters call it before any I/O)."""
+        self._check()
+
     def seal(self, data: bytes) -> bytes:
         """All the sealed frames for ``data`` (none for b""), advancing the send nonce once per frame."""
         self._check()

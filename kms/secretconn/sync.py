@@ -65,6 +65,7 @@ class BlockingSecretStream:
         if self._plain:
             data, self._plain = self._plain, b""
             return data
+        self.codec.check()
         while True:
             chunk = self.sock.recv(65536)
             if not chunk:

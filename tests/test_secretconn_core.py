@@ -42,6 +42,8 @@ D1 = {
     "challenge": "cbbf38de3c57545f5ebf5a54a4d450bbf27d2bc385ab74efd418c693e27b80cb",
     "a_authsig": "660a220a20642b2e4e369ccc4ca89fbd2798ac70bf0bbe8eaadbab9387df242370ad121717124041840cc4724d9fcc03ff"
     "91f947add709f88ed7a8f965d6d702a2a715965dcd4d2198a380a925b7c17b4fa0bfb35c5f8ed51254fa42711d3e7a869c86f9d4f00f",
+    "b_sig": "53712b356e52f7088cd9746325feabe261a7824f6d0a5d2f4415ce1602f29179"
+    "59f6fa03c4a988e7b81f2da7ba7201c28e759671be86c47e69894d1919a81804",
     "frame0_sha": "b32653afbeb4da3461ded587d8ac7d9a17ab1b48096534ce50aca848899a52b9",
     "frame1_sha": "0df13ea98d20db07cc613ccdd1056c179bd0de4a5e9f4af826ea67d5f44347bc",
 }
@@ -102,6 +104,8 @@ def test_d1_derivation_challenge_and_frames() -> None:
     assert challenge.hex() == D1["challenge"]
     a_sig = SigningKey(SEED_A).sign(challenge).signature
     assert D1["a_authsig"].endswith(a_sig.hex())
+    assert D1["a_authsig"][10:74] == bytes(SigningKey(SEED_A).verify_key).hex()
+    assert SigningKey(SEED_B).sign(challenge).signature.hex() == D1["b_sig"]
     codec = FrameCodec(send, recv)
     frame0 = codec.seal(bytes.fromhex(D1["a_authsig"]))
     frame1 = codec.seal(bytes.fromhex("023a00"))

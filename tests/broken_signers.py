@@ -87,6 +87,8 @@ class TestSigner:
     max_connections: int | None = None
     #: On a timestamp-only repeat, sign the new timestamp as tmkms does instead of FilePV's stored signature.
     resign_new_timestamp: bool = False
+    #: Refuse regressions and wrong chain ids by closing the link, as tmkms does (src/client.rs).
+    drop_on_refusal: bool = False
     #: Every request received, in order (for tests that look at what the harness asked).
     requests: list[Any] = field(default_factory=list)
     connections: int = 0
@@ -200,6 +202,8 @@ class TestSigner:
             return codec.encode_sign_bytes_response(self.key.sign(request.value).signature)
         if isinstance(request, codec.SignVoteRequest | codec.SignProposalRequest):
             if self.chain_id is not None and request.chain_id != self.chain_id:
+                if self.drop_on_refusal:
+                    raise _Hangup("wrong chain id")
                 return codec.encode_error(self.dialect, request, 0, f"wrong chain id {request.chain_id!r}")
             return self._sign(request)
         return None
@@ -215,6 +219,8 @@ class TestSigner:
         reuse: bytes | None = None
         if not self.no_guard:
             refusal, reuse = self._guard(height, round_, step, sign_bytes)
+            if refusal == "regression" and self.drop_on_refusal:
+                raise _Hangup(refusal)
             if refusal:
                 return codec.encode_error(self.dialect, request, 2, refusal)
         if reuse is not None:
@@ -249,6 +255,10 @@ class TestSigner:
                 return "", None if self.resign_new_timestamp else last.signature
             return "conflicting data", None
         return "", None
+
+
+class _Hangup(KmsError):
+    """Close the link instead of answering."""
 
 
 class _Plain:

@@ -327,10 +327,17 @@ def test_in_process_full_suite_honest(dialect: Dialect) -> None:
     assert "[pass] timestamp-only difference: a valid signature for the same block: stored (FilePV) timestamp" in out
 
 
-def test_in_process_tmkms_style_new_timestamp_passes() -> None:
-    code, out, _ = _in_process(Dialect.V0_38, chain_id=FIXTURE_CHAIN_ID, resign_new_timestamp=True)
+def test_in_process_tmkms_style_signer_passes() -> None:
+    # tmkms signs a new timestamp for the same block, and refuses regressions and wrong chain ids by closing the
+    # link and dialling again (PROTOCOL.md §2.8): both are safe, and the harness accepts them.
+    code, out, signer = _in_process(
+        Dialect.V0_38, chain_id=FIXTURE_CHAIN_ID, resign_new_timestamp=True, drop_on_refusal=True
+    )
     assert code == 0, out
     assert "timestamp-only difference: a valid signature for the same block: new timestamp" in out
+    assert "[pass] height regression is refused: refused by closing the connection" in out
+    assert "[pass] a vote for another chain id is refused: refused by closing the connection" in out
+    assert signer.connections == 1 + 5 + 1  # the first, one per hang-up (4 regressions, wrong chain), the drop
 
 
 def test_in_process_double_signer_every_refusal_reported() -> None:

@@ -236,10 +236,11 @@ class Runtime:
             if chain_cfg.audit_log is not None:
                 from pykms.audit import DEFAULT_SYNC, AuditLog
 
-                # audit_sync: an optional [[chain]] key ("always" | "batch"), read with a fallback until
-                # pykms.config has it (issue 9).
+                # audit_sync ("always" | "batch") and audit_rotate_bytes: optional [[chain]] keys, read with a
+                # fallback until pykms.config has them (issue 9).
                 sync = getattr(chain_cfg, "audit_sync", None) or DEFAULT_SYNC
-                audit = AuditLog(chain_cfg.audit_log, chain_cfg.id, sync=sync)
+                rotate = getattr(chain_cfg, "audit_rotate_bytes", None)
+                audit = AuditLog(chain_cfg.audit_log, chain_cfg.id, sync=sync, rotate_bytes=rotate)
                 self._closers.append(audit.close)
                 chain.sign_observers.append(audit.begin)  # flush overlaps the state's (no-op when "batch")
                 chain.durable_observers.append(audit.record)

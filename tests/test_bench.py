@@ -17,7 +17,15 @@ from pathlib import Path
 import pytest
 
 from pykms.errors import HarnessError
-from pykms.harness.bench import BenchResult, format_result, measure_floor, percentile, run_sequence, summarize
+from pykms.harness.bench import (
+    BenchResult,
+    format_result,
+    lower_floor,
+    measure_floor,
+    percentile,
+    run_sequence,
+    summarize,
+)
 from pykms.harness.simulator import PRECOMMIT, PREVOTE, SignerLink, ValidatorSimulator
 from tests.broken_signers import FIXTURE_PUB, FIXTURE_SEED, TestSigner
 from tests.e2e import KmsProcess, write_home
@@ -46,6 +54,10 @@ def test_summarize_and_format() -> None:
     assert BenchResult(**json.loads(format_result(result, as_json=True))) == result
     with pytest.raises(HarnessError):
         summarize([], 0.001, 0.0001, 1.0)
+
+
+def test_lower_floor_keeps_the_lower_median_of_each_part() -> None:
+    assert lower_floor((0.003, 0.00002), (0.0002, 0.00003)) == (0.0002, 0.00002)
 
 
 def test_measure_floor_cleans_up(tmp_path: Path) -> None:

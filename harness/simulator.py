@@ -196,12 +196,13 @@ class SignerLink:
 
     def recv_body(self, timeout: float | None = None) -> bytes:
         """The next complete message body from the signer."""
-        self.sock.settimeout(self.timeout if timeout is None else timeout)
+        wait = self.timeout if timeout is None else timeout
         while not self._pending:
             try:
+                self.sock.settimeout(wait)
                 data = self.stream.recv()
             except TimeoutError:
-                raise LinkTimeout(f"the signer did not answer within {self.sock.gettimeout():g} s") from None
+                raise LinkTimeout(f"the signer did not answer within {wait:g} s") from None
             except OSError as exc:
                 raise LinkClosed(f"cannot read from the signer: {exc.strerror or exc}") from None
             if not data:

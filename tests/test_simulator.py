@@ -169,3 +169,19 @@ def test_made_messages_are_complete_and_carry_what_was_asked() -> None:
     assert vote_sign_bytes("c", vote) != vote_sign_bytes("c", make_vote(7, 2, 1, b"blk", timestamp=(10, 21)))
     prop = make_proposal(9, 1, b"p", pol_round=0)
     assert (prop.height, prop.round, prop.pol_round, prop.type) == (9, 1, 0, 32)
+
+
+def test_a_closed_link_raises_link_closed_not_oserror(tmp_path: Path) -> None:
+    done = threading.Event()
+    sim, thread = _raw_peer(tmp_path, lambda sock: done.wait(5))
+    try:
+        link = sim.accept(timeout=5)
+        link.close()
+        with pytest.raises(LinkClosed):
+            link.ping()
+        with pytest.raises(LinkClosed):
+            link.recv_body()
+    finally:
+        done.set()
+        thread.join()
+        sim.close()

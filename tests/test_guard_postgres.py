@@ -9,7 +9,6 @@ test_guard_postgres_procs.py.
 # ruff: noqa: F811  (pytest fixtures imported from tests.pg are redefined as parameters)
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import defaultdict
@@ -350,7 +349,7 @@ def test_several_guards_in_threads_sign_once_per_hrs(pg_dsn: str) -> None:
     assert final.signature in by_hrs[(40, 0, 3)]
 
 
-def test_no_database_at_start_is_not_fatal(tmp_path: Path) -> None:
+def test_no_database_at_start_is_not_fatal() -> None:
     """A guard created while the database is down fails each request closed and recovers without restart."""
     server = PgServer.create()
     try:
@@ -368,4 +367,3 @@ def test_no_database_at_start_is_not_fatal(tmp_path: Path) -> None:
             guard.close()
     finally:
         server.destroy()
-    assert os.environ.get("PGPASSWORD") is None

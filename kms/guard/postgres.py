@@ -431,8 +431,12 @@ class _Watchdog:
         try:
             yield lambda: self._fired
         finally:
-            with self._cond:
-                self._fd = -1
+            self.disarm()
+
+    def disarm(self) -> None:
+        """Forget the socket; once this returns the watchdog will not touch it (call before closing it)."""
+        with self._cond:
+            self._fd = -1
 
     def _run(self) -> None:
         with self._cond:
@@ -532,6 +536,8 @@ class PostgresGuard:
         return conn, False
 
     def _drop(self) -> None:
+        # Disarm first: the descriptor number may be reused as soon as the connection closes it.
+        self._watchdog.disarm()
         conn, self._conn = self._conn, None
         if conn is not None:
             with suppress(psycopg.Error):
@@ -572,6 +578,9 @@ class PostgresGuard:
         self, height: int, round_: int, step: int, sign_bytes: bytes, sign: SignFn, deadline: float, *, first: bool
     ) -> GuardOutcome:
         conn, reused = self._connection()
+        if conn.pgconn.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            self._rollback_quietly(conn)  # never start inside a leftover transaction
+            conn, reused = self._connection()
         remaining_ms = int((deadline - time.monotonic()) * 1000)
         if remaining_ms <= 0:
             raise PersistError(f"postgres guard {self._target}: no time left of the {self.timeout_ms} ms budget")
@@ -587,18 +596,13 @@ class PostgresGuard:
                 )
                 row = conn.execute(_SELECT_FOR_UPDATE, (self.chain_id,)).fetchone()
                 if row is None:
-                    conn.execute("ROLLBACK")
                     raise StateMissing(
                         f"postgres guard {self._target}: no state for chain {self.chain_id!r}; {IMPORT_FIX}"
                     )
                 state = _row_state(row, self.chain_id, self._dsn)
                 self._state = state
                 doing = "deciding"
-                try:
-                    decision = decide(state, height, round_, step, sign_bytes)
-                except KmsError:
-                    conn.execute("ROLLBACK")
-                    raise
+                decision = decide(state, height, round_, step, sign_bytes)  # refusals roll back below
                 if isinstance(decision, ReuseSignature):
                     doing = "recording the reuse"
                     conn.execute(_UPDATE_REUSED, (self.chain_id,))
@@ -606,11 +610,7 @@ class PostgresGuard:
                     self._commit(conn)
                     return GuardOutcome(decision.signature, decision.timestamp, fresh=False)
                 doing = "signing"
-                try:
-                    signature = sign(sign_bytes)
-                except BaseException:
-                    self._rollback_quietly(conn)
-                    raise
+                signature = sign(sign_bytes)
                 new_state = SignState(height, round_, step, signature, sign_bytes)
                 doing = "writing the state"
                 conn.execute(_UPDATE_SIGNED, (*_state_args(new_state), self._instance, self.chain_id))
@@ -646,6 +646,10 @@ class PostgresGuard:
                 if first and reused and broken and doing == "locking the chain's row":
                     raise _StaleConnection() from None
                 raise _map_error(exc, doing, self._dsn, self.timeout_ms) from None
+            except BaseException:
+                # A refusal, a corrupt row, a signer failure, an interrupt: end the transaction, free the row.
+                self._rollback_quietly(conn)
+                raise
 
     def _on_notice(self, diag: psycopg.errors.Diagnostic) -> None:
         # Copy the fields now: the Diagnostic reads a libpq result that is freed once this handler returns.

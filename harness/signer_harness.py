@@ -310,7 +310,7 @@ def check_proposal(h: Harness, link: SignerLink, height: int = PROPOSAL_HEIGHT) 
     proposal = make_proposal(height, 0, HARNESS_BLOCK_SEED, part_total=HARNESS_PART_TOTAL)
     expected = proposal_sign_bytes(h.chain_id, proposal)
     resp = h.call(name, "proposal", lambda: link.sign_proposal(proposal))
-    _check_signed(h, name, resp, codec.SignedProposalResponse, expected, "proposal")
+    _check_signed(h, name, resp, codec.SignedProposalResponse, expected, "proposal", refetch=link)
 
 
 def check_vote(h: Harness, link: SignerLink, vote_type: int, height: int = VOTE_HEIGHT) -> bytes:
@@ -319,14 +319,26 @@ def check_vote(h: Harness, link: SignerLink, vote_type: int, height: int = VOTE_
     vote = make_vote(height, 0, vote_type, HARNESS_BLOCK_SEED, part_total=HARNESS_PART_TOTAL)
     expected = vote_sign_bytes(h.chain_id, vote)
     resp = h.call(name, "vote", lambda: link.sign_vote(vote))
-    return _check_signed(h, name, resp, codec.SignedVoteResponse, expected, "vote")
+    return _check_signed(h, name, resp, codec.SignedVoteResponse, expected, "vote", refetch=link)
 
 
 def _check_signed(
-    h: Harness, name: str, resp: Any, kind: type, expected: bytes, code: str, *, fatal: bool = True
+    h: Harness,
+    name: str,
+    resp: Any,
+    kind: type,
+    expected: bytes,
+    code: str,
+    *,
+    fatal: bool = True,
+    refetch: SignerLink | None = None,
 ) -> bytes:
     """The response is of ``kind``, not an error, and its signature verifies over ``expected`` (the sign bytes
-    of the harness's own request, never of what the signer echoes)."""
+    of the harness's own request, never of what the signer echoes).
+
+    ``refetch``: ask for the public key again before verifying, as tm-signer-harness's tests 2 and 3 do (so a
+    signer sees the same sequence of requests); a failed request is exit code 7 there too.
+    """
     if not isinstance(resp, kind):
         h.failed(name, f"expected a {kind.__name__}, got {type(resp).__name__}", code, fatal=fatal)
         return b""
@@ -336,6 +348,10 @@ def _check_signed(
         return b""
     signed: Any = resp.vote if isinstance(resp, codec.SignedVoteResponse) else getattr(resp, "proposal", None)
     sig = bytes(signed.signature)
+    if refetch is not None:
+        again = h.call("public key", "other", refetch.pubkey)
+        if not isinstance(again, codec.PubKeyResponse) or again.error is not None:
+            h.failed("public key", f"asked again after the {name}: {_refusal(again) or type(again).__name__}", "other")
     if _verify(h.expected_pub, expected, sig):
         h.passed(name, "signature verifies over the sign bytes of the request")
     else:

@@ -23,6 +23,7 @@ import pytest
 from pykms.errors import HarnessError
 from pykms.harness.signer_harness import EXIT, Harness, load_tmhome, main, run_basic, run_full
 from pykms.harness.simulator import PRECOMMIT, PREVOTE, ValidatorSimulator
+from pykms.privval import codec
 from pykms.privval.codec import Dialect
 from tests.broken_signers import (
     FIXTURE_CHAIN_ID,
@@ -56,10 +57,13 @@ def test_basic_run_passes_and_sends_tm_signer_harness_requests(tmhome: Path) -> 
     code, out, signer = run_harness_against(_run_args(tmhome), _signer(chain_id=FIXTURE_CHAIN_ID))
     assert code == EXIT["ok"], out
     assert out.count("[pass]") == 4 and "[FAIL]" not in out
-    # The requests are tm-signer-harness's (VECTORS.md V12): pubkey, proposal 100, prevote 101, precommit 101.
-    reqs = signer.requests
-    assert [type(r).__name__ for r in reqs] == ["PubKeyRequest", "SignProposalRequest", "SignVoteRequest",
-                                               "SignVoteRequest"]  # fmt: skip
+    # The requests are tm-signer-harness's (VECTORS.md V12): pubkey, proposal 100, prevote 101, precommit 101,
+    # each signature followed by a pubkey request (test_harness.go asks again before verifying).
+    names = [type(r).__name__ for r in signer.requests]
+    assert names == ["PubKeyRequest", "SignProposalRequest", "PubKeyRequest", "SignVoteRequest", "PubKeyRequest",
+                     "SignVoteRequest", "PubKeyRequest"]  # fmt: skip
+    reqs = [r for r in signer.requests if not isinstance(r, codec.PubKeyRequest)]
+    reqs.insert(0, signer.requests[0])
     assert reqs[0].chain_id == FIXTURE_CHAIN_ID
     block_hash = bytes.fromhex("d04b98f48e8f8bcc15c6ae5ac050801cd6dcfd428fb5f9e65c4e16e7807340fa")
     prop = reqs[1].proposal
@@ -111,7 +115,8 @@ def test_altered_timestamp_is_exit_code_9(tmhome: Path) -> None:
     code, out, signer = run_harness_against(_run_args(tmhome), _signer(alter_timestamp=True))
     assert code == EXIT["proposal"] == 9, out
     assert "[FAIL] proposal at height 100" in out and "does not verify over the sign bytes of the request" in out
-    assert len(signer.requests) == 2  # stopped at the first failure, as tm-signer-harness
+    # stopped at the first failure, as tm-signer-harness: pubkey, proposal, pubkey (asked again before verifying)
+    assert len(signer.requests) == 3
 
 
 def test_double_signer_passes_basic_but_fails_full_with_exit_code_10(tmhome: Path) -> None:

@@ -30,6 +30,7 @@ from pykms.errors import (
     ProviderError,
     RegressionError,
     SigningRefused,
+    StateCorrupt,
     StateError,
     StateMissing,
     TransientProviderError,
@@ -367,3 +368,36 @@ def test_no_database_at_start_is_not_fatal() -> None:
             guard.close()
     finally:
         server.destroy()
+
+
+def test_corrupt_row_fails_closed_and_leaves_no_transaction_open(pg_dsn: str) -> None:
+    ready(pg_dsn)
+    guard = PostgresGuard(pg_dsn, CHAIN, timeout_ms=500)
+    try:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            # Only an operator editing the table by hand could do this; the constraint is dropped to get there.
+            conn.execute("ALTER TABLE pykms_sign_state DROP CONSTRAINT sign_bytes_need_signature")
+            conn.execute("UPDATE pykms_sign_state SET height = 4, step = 2, sign_bytes = '\\x0a'::bytea")
+        with pytest.raises(StateCorrupt, match="sign bytes but no signature"):
+            guard.check_and_sign(5, 0, 1, sign_bytes(5, 0, 1, 1), sign)
+        # The refused call released the row: a writer does not wait for it.
+        write_state(pg_dsn, CHAIN, SignState(4, 0, 2), force=True, timeout_ms=300)
+        assert guard.check_and_sign(5, 0, 1, sign_bytes(5, 0, 1, 1), sign).fresh
+    finally:
+        guard.close()
+
+
+def test_connection_lost_while_idle_is_replaced_within_the_same_call(pg_dsn: str, pg_server: PgServer) -> None:
+    ready(pg_dsn)
+    guard = PostgresGuard(pg_dsn, CHAIN)
+    try:
+        assert guard.check_and_sign(1, 0, 1, sign_bytes(1, 0, 1, 1), sign).fresh
+        with pg_server.admin() as admin:  # what a server restart or a failover does to a kept connection
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'pykms/%'"
+            )
+        before = guard.reconnects_total
+        assert guard.check_and_sign(1, 0, 2, sign_bytes(1, 0, 2, 1), sign).fresh  # no error reaches the node
+        assert guard.reconnects_total == before + 1 and guard.unavailable_total == 0
+    finally:
+        guard.close()

@@ -379,8 +379,15 @@ def write_state(dsn: str, chain_id: str, state: SignState, *, force: bool, timeo
                     (chain_id, state.height, state.round, state.step, state.signature, state.sign_bytes, _ME),
                 )
                 return
-            current = _row_state(row, chain_id, dsn)
-            if not force and (state.height, state.round, state.step) < (current.height, current.round, current.step):
+            try:
+                current: SignState | None = _row_state(row, chain_id, dsn)
+            except StateCorrupt:
+                current = None  # replacing an untrustworthy row is what import is for
+            if (
+                current is not None
+                and not force
+                and (state.height, state.round, state.step) < (current.height, current.round, current.step)
+            ):
                 raise SigningRefused(
                     f"postgres guard {redacted_target(dsn)}: the imported state (height {state.height} round "
                     f"{state.round} step {state.step}) is older than the current one (height {current.height} "

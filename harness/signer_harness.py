@@ -240,11 +240,18 @@ class Harness:
         self.say("pass", name, detail)
 
     def failed(self, name: str, detail: str, code: str, *, fatal: bool = True) -> None:
-        """Report a failed check; raise HarnessError with its exit code now (fatal) or at the end of the run."""
+        """Report a failed check; end the run now (fatal) or go on. Either way the run's exit code is that of
+        its first failure."""
         self.failures.append((name, EXIT[code]))
         self.say("FAIL", name, detail)
         if fatal:
-            raise _fail(f"{name}: {detail}", code)
+            first_name, first_code = self.failures[0]
+            also = (
+                ""
+                if len(self.failures) == 1
+                else f" (after {len(self.failures) - 1} earlier failure(s), the first: {first_name})"
+            )
+            raise HarnessError(f"{name}: {detail}{also}", first_code)
 
     def expect(self, ok: bool, name: str, detail: str, code: str, *, fatal: bool = True) -> bool:
         if ok:

@@ -371,6 +371,8 @@ def test_in_process_double_signer_every_refusal_reported() -> None:
         ({"alter_timestamp": True}, 9, "[FAIL] proposal at height 100"),
         ({"refuse_pubkey": True}, 7, "[FAIL] public key: the signer refused"),
         ({"chain_id": FIXTURE_CHAIN_ID, "max_connections": 1}, 2, "[FAIL] signer reconnects"),
+        # a later fatal failure does not hide the first one: the exit code stays the double sign's
+        ({"no_guard": True, "max_connections": 1}, 10, "[FAIL] signer reconnects"),
     ],
 )
 def test_in_process_broken_signers(signer_kw: dict[str, object], code: int, line: str) -> None:

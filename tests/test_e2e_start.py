@@ -142,3 +142,85 @@ def test_sigterm_exits_cleanly_and_state_is_whole(tmp_path: Path) -> None:
         code = kms.stop()
         assert code == 0, kms.log_text()
     assert _state(tmp_path)["height"] == "29"
+
+
+def test_a_tmkms_config_starts_pykms_unchanged(tmp_path: Path) -> None:
+    """tmkms v0.15's own example (softsign) with the node address and the pinned node ID of our simulator."""
+    import base64
+    import os
+    import shutil
+
+    from pykms.harness.simulator import ValidatorSimulator
+    from pykms.keyfiles import write_secret_file
+    from pykms.providers.softsign import keygen
+    from tests.e2e import KmsProcess
+
+    home = tmp_path / "tmkms-home"
+    (home / "secrets").mkdir(parents=True)
+    (home / "state").mkdir()
+    shutil.copy(Path(__file__).parent / "fixtures" / "tmkms" / "tmkms.toml", home / "tmkms.toml")
+    keygen(home / "secrets" / "consensus-ed25519.key")
+    write_secret_file(home / "secrets" / "kms-identity.key", base64.b64encode(os.urandom(32)))
+    # the operator imports tmkms's state once (here: tmkms's step numbering, 1 = prevote)
+    tmkms_state = tmp_path / "cosmoshub-tmkms-state.json"
+    tmkms_state.write_text('{"height": "10", "round": "0", "step": 1, "block_id": null}')
+    from pykms.cli.main import main
+
+    assert main(["state", "import", "-c", str(home / "tmkms.toml"), "--chain", "cosmoshub-3", str(tmkms_state)]) == 0
+    sim = ValidatorSimulator("tcp://127.0.0.1:0", chain_id="cosmoshub-3", dialect=Dialect.V0_38)
+    addr = sim.listen()
+    text = (home / "tmkms.toml").read_text()
+    # only the node's address changes: ID@host:port, with the simulator's real node ID (pinning is exercised)
+    text = text.replace("f88883b673fc69d7869cab098de3bafc2ff76eb8@example1.example.com:26658",
+                        f"{sim.node_id}@{addr.removeprefix('tcp://')}")  # fmt: skip
+    (home / "tmkms.toml").write_text(text)
+    kms = KmsProcess(home / "tmkms.toml", tmp_path / "pykms.log")
+    kms.start()
+    try:
+        link = accept(sim, kms)
+        pub = bytes(link.pubkey().pub_key)
+        # the imported state (a prevote at height 10, block unknown): a precommit for a block at height 10 is
+        # refused (it cannot be shown to match the prevote); height 11 signs; height 9 is a regression
+        refused = link.sign_vote(make_vote(10, 0, PRECOMMIT, b"A"))
+        assert refused.error is not None and "imported state" in refused.error.description
+        vote = make_vote(11, 0, PRECOMMIT, b"A")
+        resp = link.sign_vote(vote)
+        assert resp.error is None, resp.error
+        assert verify(pub, vote_sign_bytes("cosmoshub-3", vote), bytes(resp.vote.signature))
+        # tmkms's `sign_extensions = false` keeps its meaning: no extension signature
+        assert bytes(resp.vote.extension_signature) == b""
+        assert link.sign_vote(make_vote(9, 0, PREVOTE, b"A")).error is not None
+        link.close()
+    finally:
+        assert kms.stop() == 0, kms.log_text()
+        sim.close()
+
+
+def _chattr(flag: str, path: Path) -> bool:
+    import subprocess
+
+    return subprocess.run(["chattr", flag, str(path)], capture_output=True, check=False).returncode == 0
+
+
+@pytest.mark.parametrize("state_format", ["json", "slots"])
+def test_unwritable_state_refuses_then_recovers(tmp_path: Path, state_format: str) -> None:
+    """An immutable state (chattr +i: refused even to root): pykms refuses to sign, then signs once it can."""
+    state_dir = tmp_path / "kms" / "state"
+    with running_kms(tmp_path, state_format=state_format) as (kms, (sim,)):
+        link = accept(sim, kms)
+        assert link.sign_vote(make_vote(5, 0, PREVOTE, b"A")).error is None
+        target = state_dir if state_format == "json" else state_dir / f"{CHAIN}_priv_validator_state.json"
+        if not _chattr("+i", target):
+            pytest.skip("chattr +i is not supported here")
+        try:
+            before = (state_dir / f"{CHAIN}_priv_validator_state.json").read_bytes()
+            refused = link.sign_vote(make_vote(6, 0, PREVOTE, b"A"))
+            assert refused.error is not None
+            assert bytes(refused.vote.signature) == b""
+            assert (state_dir / f"{CHAIN}_priv_validator_state.json").read_bytes() == before
+        finally:
+            _chattr("-i", target)
+        ok = link.sign_vote(make_vote(6, 0, PREVOTE, b"A"))
+        assert ok.error is None
+        link.close()
+    assert "state_not_durable" in kms.log_text()

@@ -224,3 +224,21 @@ def test_unwritable_state_refuses_then_recovers(tmp_path: Path, state_format: st
         assert ok.error is None
         link.close()
     assert "state_not_durable" in kms.log_text()
+
+
+def test_validator_disconnecting_mid_request(tmp_path: Path) -> None:
+    """The node sends a request and drops the link before the reply: pykms reconnects, the state is intact, and
+    the same request afterwards gets the signature pykms had made (nothing conflicting is ever signed)."""
+    with running_kms(tmp_path) as (kms, (sim,)):
+        link = accept(sim, kms)
+        vote = make_vote(12, 0, PREVOTE, b"A", timestamp=(1_700_000_000, 0))
+        req = codec.SignVoteRequest(vote=vote, chain_id=CHAIN)
+        link.send_raw(codec.delimit(codec.encode_request(Dialect.V0_38, req)))
+        link.close()
+        relink = accept(sim, kms)
+        again = relink.sign_vote(make_vote(12, 0, PREVOTE, b"A", timestamp=(1_700_000_000, 0)))
+        assert again.error is None
+        conflict = relink.sign_vote(make_vote(12, 0, PREVOTE, b"B", timestamp=(1_700_000_000, 0)))
+        assert conflict.error is not None
+        assert _state(tmp_path)["height"] == "12"
+        relink.close()

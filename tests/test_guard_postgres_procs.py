@@ -106,7 +106,9 @@ def test_sigkill_at_random_moments_never_double_signs(pg_dsn: str) -> None:
     ready(pg_dsn)
     history(pg_dsn)
     rng = random.Random(int(os.environ.get("PYKMS_KILL_SEED", "20261122")))
-    kills, budget_s = 50, 40.0
+    # A soak run raises these: PYKMS_PG_KILLS=1000 PYKMS_PG_KILL_BUDGET_S=900 pytest -k sigkill -s
+    kills = int(os.environ.get("PYKMS_PG_KILLS", "50"))
+    budget_s = float(os.environ.get("PYKMS_PG_KILL_BUDGET_S", "40"))
     started = time.monotonic()
     seed = 100
 
@@ -132,8 +134,11 @@ def test_sigkill_at_random_moments_never_double_signs(pg_dsn: str) -> None:
     finally:
         for w in live:
             w.kill()
-    assert done >= 30, f"only {done} kills within {budget_s} s"
+    assert done >= min(30, kills), f"only {done} kills within {budget_s} s"
     sigs, _refused = _check(pg_dsn, everyone)
-    print(f"kills={done} signatures={sigs} refusals={_refused} final={read_state(pg_dsn, CHAIN)}")
+    print(
+        f"kills={done} in {time.monotonic() - started:.0f} s, workers={len(everyone)}, signatures={sigs}, "
+        f"refusals={_refused}, final={read_state(pg_dsn, CHAIN)}"
+    )
     assert sigs > done
     assert any(t > mark and line.startswith("SIG") for w in everyone for t, line in w.lines)

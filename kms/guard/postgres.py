@@ -56,14 +56,22 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Final
 
-import psycopg
-import psycopg.errors
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
-
 from pykms.config import GuardConfig
+from pykms.errors import ConfigError
+
+try:
+    import psycopg
+    import psycopg.errors
+    from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict
+except ImportError:  # pragma: no cover - an install without the extra
+    raise ConfigError(
+        "the postgres guard needs psycopg 3, which is not installed",
+        key="guard.backend",
+        fix="pip install 'pykms[postgres]'",
+    ) from None
+
 from pykms.errors import (
-    ConfigError,
     ConflictError,
     KmsError,
     PersistError,

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 __all__ = ["PgServer", "find_bindir", "pg_dsn", "pg_server", "private_pg", "require_postgres"]
 
@@ -111,7 +112,10 @@ class PgServer:
             return cls(Path(), Path(), 0, "", None, external_dsn=external)
         bindir = require_postgres()
         run_as = "postgres" if os.geteuid() == 0 else None
-        root = Path(tempfile.mkdtemp(prefix="pykms-pg-"))
+        base = Path(tempfile.gettempdir()).resolve()
+        if run_as and any(not (p.stat().st_mode & 0o001) for p in (base, *base.parents)):
+            pytest.skip(f"{base} is not reachable by the postgres account: set TMPDIR to a world-searchable directory")
+        root = Path(tempfile.mkdtemp(prefix="pykms-pg-", dir=base))
         password = secrets.token_hex(12)
         pwfile = root / "pw"
         pwfile.write_text(password + "\n")
@@ -182,6 +186,7 @@ class PgServer:
             self.start()
 
     def postmaster_pid(self) -> int:
+        self._need_control()
         return int((self.datadir / "postmaster.pid").read_text().split()[0])
 
     def freeze(self) -> None:
@@ -194,9 +199,15 @@ class PgServer:
             os.kill(pid, signal.SIGCONT)
 
     def _server_pids(self) -> list[int]:
+        """The postmaster and its children, from /proc (no procps needed)."""
         parent = self.postmaster_pid()
-        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(parent)], capture_output=True, text=True)
-        return [parent, *(int(p) for p in out.stdout.split())]
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                # Fields after the parenthesised command name: state, ppid, ...
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                    children.append(int(stat.parent.name))
+        return [parent, *children]
 
     def _need_control(self) -> None:
         if not self.controllable:
@@ -215,9 +226,9 @@ class PgServer:
     def dsn(self, dbname: str = "postgres") -> str:
         """A TCP DSN with the password, as an operator's dsn_file would hold."""
         if self.external_dsn is not None:
-            info = psycopg.conninfo.conninfo_to_dict(self.external_dsn)
+            info = conninfo_to_dict(self.external_dsn)
             info["dbname"] = dbname
-            return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in info.items() if v is not None})
+            return make_conninfo(**{k: str(v) for k, v in info.items() if v is not None})
         return f"host=127.0.0.1 port={self.port} user={SUPERUSER} password={self.password} dbname={dbname}"
 
     def create_database(self) -> str:

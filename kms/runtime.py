@@ -112,6 +112,8 @@ class _Session:
                     self.log.warning("connection_failed", reason=exc.strerror or str(exc))
             except KmsError as exc:
                 self.log.error("session_error", reason=str(exc), error=type(exc).__name__)
+            except Exception as exc:  # a bug must cost one connection, never the session thread
+                self.log.error("session_crashed", error=type(exc).__name__, exc_info=True)
             finally:
                 was_connected = self.connected.is_set()
                 self.connected.clear()

@@ -21,7 +21,12 @@ Where this harness differs from tm-signer-harness, on purpose:
 - ``extract_key`` refuses to overwrite an existing output file (tm-signer-harness truncates it, keeping its old,
   possibly world-readable, mode) and makes the new file durable;
 - a stale ``unix://`` path is removed only if it is a socket;
-- a key file whose public half does not match its seed is refused (exit code 1) rather than trusted.
+- a key file whose public half does not match its seed is refused (exit code 1) rather than trusted;
+- ``--tmhome`` defaults to ``~/.cometbft`` (CometBFT's home today; tm-signer-harness: ``~/.tendermint``).
+
+``--suite full`` reports every check and exits with the code of the first failure: 7 for pings, 9 for proposal
+checks, 10 for vote, extension and SignBytes checks, 2 if the signer does not come back after a dropped link.
+A signer may refuse by answering RemoteSignerError or by closing the link (tmkms's way for regressions).
 """
 
 from __future__ import annotations
@@ -624,10 +629,6 @@ def _full_reconnect(h: Harness, height: int) -> None:
 # Commands ---------------------------------------------------------------------------------------------------
 
 
-def _listen(sim: ValidatorSimulator) -> str:
-    return sim.listen()  # ListenerError carries exit code 4
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         dialect = Dialect.parse(args.protocol_version)
@@ -643,7 +644,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     harness = Harness(sim, home.pub_key, args.accept_retries)
     try:
-        bound = _listen(sim)
+        bound = sim.listen()  # ListenerError carries exit code 4
         print(
             f"listening on {bound} for chain {home.chain_id} ({dialect.value}); expecting public key "
             f"{home.pub_key.hex().upper()}; waiting for the signer",
@@ -689,7 +690,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     sim = ValidatorSimulator(args.addr, chain_id=args.chain_id, dialect=dialect)
     harness = Harness(sim, b"", args.accept_retries, out=sys.stderr)
     try:
-        bound = _listen(sim)
+        bound = sim.listen()  # ListenerError carries exit code 4
         print(f"listening on {bound} for chain {args.chain_id}; waiting for the signer", file=sys.stderr, flush=True)
         link = harness.accept()
         resp = harness.call("public key", "other", link.pubkey)

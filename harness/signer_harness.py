@@ -308,10 +308,18 @@ def check_pubkey(h: Harness, link: SignerLink, *, name: str = "public key") -> N
         h.failed(name, f"the signer refused: {refusal}", "other")
         return
     got = bytes(resp.pub_key)
+    if not got:
+        # A v1.0 PubKeyResponse carries pub_key_bytes/pub_key_type (fields 3/4); a signer answering with the
+        # v0.34-v0.38 PublicKey (field 1, as tmkms v0.15 does) leaves both empty for a v1.0 node.
+        detail = "the signer sent no key" + (" (a pre-v1.0 PubKeyResponse?)" if h.sim.dialect.is_v1 else "")
+    else:
+        detail = f"{resp.key_type} {got.hex()}" + (
+            "" if got == h.expected_pub else f", expected {h.expected_pub.hex()}"
+        )
     h.expect(
         resp.key_type == "ed25519" and got == h.expected_pub,
         f"{name} matches priv_validator_key.json",
-        f"{resp.key_type} {got.hex()}" + ("" if got == h.expected_pub else f", expected {h.expected_pub.hex()}"),
+        detail,
         "pubkey",
     )
 

@@ -87,6 +87,8 @@ class TestSigner:
     max_connections: int | None = None
     #: On a timestamp-only repeat, sign the new timestamp as tmkms does instead of FilePV's stored signature.
     resign_new_timestamp: bool = False
+    #: Answer PubKeyRequest in this dialect's shape (tmkms v0.15 sends the v0.34 shape to v1.0 nodes).
+    pubkey_dialect: Dialect | None = None
     #: Refuse regressions and wrong chain ids by closing the link, as tmkms does (src/client.rs).
     drop_on_refusal: bool = False
     #: Every request received, in order (for tests that look at what the harness asked).
@@ -195,7 +197,7 @@ class TestSigner:
         if isinstance(request, codec.PubKeyRequest):
             if self.refuse_pubkey:
                 return codec.encode_error(self.dialect, request, 1, "no key for you")
-            return codec.encode_pubkey_response(self.dialect, self.pub)
+            return codec.encode_pubkey_response(self.pubkey_dialect or self.dialect, self.pub)
         if isinstance(request, codec.SignBytesRequest):
             if not self.no_guard:
                 return codec.encode_error(self.dialect, request, 0, "SignBytes refused")

@@ -111,6 +111,13 @@ def test_wrong_key_is_exit_code_8(tmhome: Path) -> None:
     assert FIXTURE_PUB.hex() in out
 
 
+def test_pre_v1_pubkey_shape_to_a_v1_node_is_exit_code_8(tmhome: Path) -> None:
+    signer = _signer(dialect=Dialect.V1_0, pubkey_dialect=Dialect.V0_38)
+    code, out, _ = run_harness_against(_run_args(tmhome, "--protocol-version", "v1.0"), signer)
+    assert code == EXIT["pubkey"], out
+    assert "the signer sent no key (a pre-v1.0 PubKeyResponse?)" in out
+
+
 def test_altered_timestamp_is_exit_code_9(tmhome: Path) -> None:
     code, out, signer = run_harness_against(_run_args(tmhome), _signer(alter_timestamp=True))
     assert code == EXIT["proposal"] == 9, out

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from pykms.errors import ConfigError
 from pykms.handler import ChainContext, SignEvent
 
 if TYPE_CHECKING:
@@ -135,7 +137,19 @@ class MetricsServer:
 
         self.metrics = metrics
         self.health = health
-        self.httpd = ThreadingHTTPServer((host, port), _Handler)
+        host = host.strip("[]")  # "[::1]" as written in addr = "[::1]:9464"
+
+        class _Server(ThreadingHTTPServer):
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        try:
+            self.httpd = _Server((host, port), _Handler)
+        except OSError as exc:  # port taken, address not local: a configuration problem, said as one
+            raise ConfigError(
+                f"cannot listen on {host}:{port} for metrics ({exc.strerror or exc})",
+                key="metrics.addr",
+                fix="choose a free port on an address of this host, or remove [metrics]",
+            ) from None
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="metrics", daemon=True)
 
@@ -148,7 +162,8 @@ class MetricsServer:
         self.thread.start()
 
     def stop(self) -> None:
-        self.httpd.shutdown()
+        if self.thread.is_alive():  # shutdown() waits for serve_forever: only when it runs
+            self.httpd.shutdown()
         self.httpd.server_close()
 
 

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pykms.audit import AuditLog
-from pykms.errors import TransientProviderError
+from pykms.errors import ConfigError, TransientProviderError
 from pykms.guard.file_guard import FileGuard
 from pykms.guard.state import SignState
 from pykms.guard.store import JsonStateStore
@@ -151,5 +151,27 @@ def test_server_metrics_and_health_over_http() -> None:
         status, _, body = get(base + "/health?verbose=1")
         assert status == 503 and json.loads(body)["chains"][CHAIN] == "no live validator connection"
         assert get(base + "/nope")[0] == 404
+    finally:
+        server.stop()
+
+
+def test_server_bind_failure_is_a_config_error() -> None:
+    first = MetricsServer("127.0.0.1", 0, Metrics(), lambda: (True, {}))
+    try:
+        with pytest.raises(ConfigError, match=r"metrics\.addr.*cannot listen"):
+            MetricsServer("127.0.0.1", first.address[1], Metrics(), lambda: (True, {}))
+    finally:
+        first.stop()
+
+
+def test_server_on_ipv6_loopback() -> None:
+    try:
+        server = MetricsServer("[::1]", 0, Metrics(), lambda: (True, {"c": "ok"}))
+    except ConfigError:
+        pytest.skip("no IPv6 loopback here")
+    server.start()
+    try:
+        status, _, body = get(f"http://[::1]:{server.address[1]}/health")
+        assert status == 200 and json.loads(body)["healthy"] is True
     finally:
         server.stop()

@@ -4,6 +4,7 @@ recorded as withheld, counted as such by ``summarize``, and accepted by ``verify
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pykms.audit import AuditLog, SyncMode, summarize, verify_files
+from pykms.audit import AuditError, AuditLog, SyncMode, summarize, verify_files
 from pykms.guard.file_guard import FileGuard
 from pykms.guard.state import SignState
 from pykms.guard.store import FileOps, JsonStateStore, read_state_file
@@ -100,3 +101,20 @@ def test_begin_then_record_writes_one_record(tmp_path: Path) -> None:
     lines = (tmp_path / "audit.log").read_bytes().splitlines()
     assert len(lines) == 2 and b'"outcome":"signed"' in lines[1]
     assert len(seen) == 1
+
+
+@pytest.mark.parametrize("sync", ["always", "batch"])
+def test_no_signature_leaves_without_its_record(tmp_path: Path, sync: SyncMode) -> None:
+    handler, audit, _ops, _state = setup(tmp_path, sync)
+    assert ask(handler, vote(1, PREVOTE, "a")).error is None
+    audit.close()  # the audit log can take no more records (as a failed disk would)
+    replies: list[bytes] = []
+    body = codec.encode_request(Dialect.V0_38, vote(2, PREVOTE, "b"))
+    # the refusal's own record fails too and escapes handle() (the runtime then drops the connection); the
+    # error reply has gone out first
+    with contextlib.suppress(AuditError):
+        handler.handle(body, replies.append)
+    assert len(replies) == 1
+    response = codec.decode_response(Dialect.V0_38, replies[0])
+    assert response.error is not None and "audit log is closed" in response.error.description
+    assert "audit log is closed" in handler.chain.persist_error  # /health reports it

@@ -1,6 +1,7 @@
 """A pykms-like signing process for the multi-process PostgreSQL guard tests: one PostgresGuard, a real Ed25519 key.
 
-Run as ``python -m tests.pg_worker DSN CHAIN SEED START_HEIGHT HEIGHTS``. For every height from START_HEIGHT on
+Run as ``python -m tests.pg_worker DSN CHAIN SEED START_HEIGHT HEIGHTS [TIMEOUT_MS [wait]]`` (``wait``: start
+signing on a line from stdin, after printing READY). For every height from START_HEIGHT on
 it asks the guard for a proposal, a prevote and a precommit at round 0, each for block 1 or block 2 (chosen from
 SEED: two workers with different seeds send identical and conflicting requests for the same HRS), with a
 timestamp that sometimes differs (timestamp-only repeats). Each outcome is one line on stdout, flushed before the
@@ -49,6 +50,8 @@ def main(argv: list[str]) -> int:
     guard = PostgresGuard(dsn, chain, timeout_ms=int(argv[5]) if len(argv) > 5 else 2000)
     out = sys.stdout
     print("READY", flush=True)
+    if len(argv) > 6 and argv[6] == "wait":
+        sys.stdin.readline()  # the parent starts every worker at once
     try:
         for height, round_, step, data in requests(seed, start, heights):
             try:

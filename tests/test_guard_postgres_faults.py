@@ -62,6 +62,7 @@ def test_server_stopped_mid_run_pauses_and_resumes(private_pg: PgServer, mode: s
             progress.wait(10)
             time.sleep(0.2)
             private_pg.stop(mode)
+            time.sleep(0.1)  # a call whose COMMIT landed just before the stop has returned by now
             before = len(returned)
             time.sleep(0.5)
             assert len(returned) == before, "a signature was returned while the server was down"

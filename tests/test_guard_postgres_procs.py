@@ -31,10 +31,12 @@ ROOT = Path(__file__).resolve().parent.parent
 class Worker:
     """One pg_worker process and the lines it printed (read by a thread so its pipe never fills)."""
 
-    def __init__(self, dsn: str, seed: int, start: int, heights: int) -> None:
+    def __init__(self, dsn: str, seed: int, start: int, heights: int, *, wait: bool = False) -> None:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
+        args = [dsn, CHAIN, str(seed), str(start), str(heights), "1500"] + (["wait"] if wait else [])
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.pg_worker", dsn, CHAIN, str(seed), str(start), str(heights), "1500"],
+            [sys.executable, "-m", "tests.pg_worker", *args],
+            stdin=subprocess.PIPE if wait else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -49,6 +51,15 @@ class Worker:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.lines.append((time.monotonic(), line.strip()))
+
+    def go(self) -> None:
+        deadline = time.monotonic() + 30
+        while not any(line == "READY" for _, line in self.lines):
+            assert time.monotonic() < deadline and self.proc.poll() is None, "worker did not start"
+            time.sleep(0.01)
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
 
     def kill(self) -> None:
         self.proc.kill()  # SIGKILL
@@ -87,7 +98,9 @@ def test_two_processes_same_and_conflicting_requests(pg_dsn: str) -> None:
     ready(pg_dsn)
     history(pg_dsn)
     # Seeds 11 and 12 choose blocks independently (conflicts at about half the HRS); 11 twice: identical.
-    workers = [Worker(pg_dsn, seed, 1, 60) for seed in (11, 12, 11)]
+    workers = [Worker(pg_dsn, seed, 1, 60, wait=True) for seed in (11, 12, 11)]
+    for w in workers:
+        w.go()
     for w in workers:
         w.finish()
         assert w.proc.returncode == 0

@@ -190,6 +190,9 @@ class RequestHandler:
                 )  # fmt: skip
                 for observer in self.chain.durable_observers:
                     observer(event)
+                self.chain.persist_error = ""
+                # Metrics before the reply, so a scrape never lags what the node has received.
+                self._notify(event)
                 reply(response)
         except SigningRefused as exc:
             self._refuse(request, kind, height, round_, step, block_hash, sign_bytes, exc, started, reply)
@@ -200,8 +203,6 @@ class RequestHandler:
                 self.chain.persist_error = str(exc)
             self._refuse(request, kind, height, round_, step, block_hash, sign_bytes, exc, started, reply)
             return
-        self.chain.persist_error = ""
-        self._notify(event)
         if self.log is not None:
             self.log.info(
                 f"{kind}_signed" if outcome.fresh else f"{kind}_resigned",
@@ -277,8 +278,8 @@ class RequestHandler:
             for observer in self.chain.durable_observers:
                 observer(event)
         finally:
+            self._notify(event)
             reply(codec.encode_error(self.dialect, request, code, f"{prefix}: {exc}"))
-        self._notify(event)
         self._log_refusal(kind, exc, height=height, round=round_, step=step, block=block_hash[:6].hex() or "nil")
 
     def _log_refusal(self, kind: str, exc: KmsError, **fields: Any) -> None:

@@ -66,9 +66,9 @@ def test_two_instances_share_one_guard(tmp_path: Path, pg_dsn: str) -> None:
             results: list[object] = [None, None]
             same = height % 2 == 0  # even heights: both sentries relay the same vote; odd: conflicting blocks
 
-            def ask(i: int, h: int = height, s: bool = same) -> None:
+            def ask(i: int, h: int = height, s: bool = same, out: list[object] = results) -> None:
                 block = b"A" if s else f"block-{i}".encode()
-                results[i] = links[i].sign_vote(make_vote(h, 0, PREVOTE, block, timestamp=(1_700_000_000, 0)))
+                out[i] = links[i].sign_vote(make_vote(h, 0, PREVOTE, block, timestamp=(1_700_000_000, 0)))
 
             threads = [threading.Thread(target=ask, args=(i,)) for i in range(2)]
             for t in threads:

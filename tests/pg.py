@@ -20,12 +20,14 @@ Fixtures (import them into a test module: ``from tests.pg import pg_server, pg_d
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -39,6 +41,13 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 __all__ = ["PgServer", "find_bindir", "pg_dsn", "pg_server", "private_pg", "require_postgres"]
 
 SUPERUSER = "pykms_test"
+
+_REAPER = """
+import json, shutil, subprocess, sys
+sys.stdin.read()
+subprocess.run(json.loads(sys.argv[1]), capture_output=True, timeout=120)
+shutil.rmtree(sys.argv[2], ignore_errors=True)
+"""
 
 
 def find_bindir() -> Path | None:
@@ -99,6 +108,7 @@ class PgServer:
     run_as: str | None
     external_dsn: str | None = None
     databases: list[str] = field(default_factory=list)
+    _reaper: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
     def datadir(self) -> Path:
@@ -145,8 +155,25 @@ class PgServer:
         with (server.datadir / "postgresql.conf").open("a") as fh:
             for key, value in conf.items():
                 fh.write(f"{key} = {value}\n")
+        server._start_reaper()
         server.start()
         return server
+
+    def _start_reaper(self) -> None:
+        """A helper process that stops the server and removes its directory once this process is gone, however
+        it ends (a killed or timed-out test run must not leave servers behind). It waits for EOF on a pipe whose
+        only writer is this process.
+        """
+        stop = [str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "immediate", "-w", "stop"]
+        if self.run_as:
+            stop = ["runuser", "-u", self.run_as, "--", *stop]
+        self._reaper = subprocess.Popen(
+            [sys.executable, "-c", _REAPER, json.dumps(stop), str(self.root)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C to the test run must not stop the cleanup
+        )
 
     def _run(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         cmd = [str(self.bindir / tool), *args]
@@ -220,6 +247,11 @@ class PgServer:
             with contextlib.suppress(Exception):
                 self.stop("immediate")
             shutil.rmtree(self.root, ignore_errors=True)
+            reaper = self._reaper
+            if reaper is not None and reaper.stdin is not None:
+                reaper.stdin.close()  # EOF: it finds the server stopped and the directory gone, and exits
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    reaper.wait(30)
 
     # -- DSNs and databases ---------------------------------------------------------------------------------------
 
@@ -234,13 +266,13 @@ class PgServer:
     def create_database(self) -> str:
         name = "t_" + uuid.uuid4().hex[:16]
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]  # generated identifier
+            conn.execute(f'CREATE DATABASE "{name}"')
         self.databases.append(name)
         return name
 
     def drop_database(self, name: str) -> None:
         with contextlib.suppress(psycopg.Error), psycopg.connect(self.dsn(), autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     def admin(self, dbname: str = "postgres") -> psycopg.Connection[tuple[object, ...]]:
         return psycopg.connect(self.dsn(dbname), autocommit=True)

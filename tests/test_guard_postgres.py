@@ -317,7 +317,7 @@ def test_several_guards_in_threads_sign_once_per_hrs(pg_dsn: str) -> None:
     barrier = threading.Barrier(4)
 
     def run(seed: int) -> None:
-        guard = PostgresGuard(pg_dsn, CHAIN)
+        guard = PostgresGuard(pg_dsn, CHAIN, timeout_ms=10_000)  # a loaded CI machine is not the subject here
         try:
             barrier.wait()
             for h, r, s, data in requests(seed, 1, 40):
@@ -340,7 +340,8 @@ def test_several_guards_in_threads_sign_once_per_hrs(pg_dsn: str) -> None:
     by_hrs: dict[tuple[int, int, int], set[bytes]] = defaultdict(set)
     for hrs, sig, _data in results:
         by_hrs[hrs].add(sig)
-    assert len(results) > 120  # seeds 1 and 1 agree on everything: at least one thread per HRS got through
+    # The first request at each new height is always signed by someone; later steps may be cross-step refusals.
+    assert {hrs[0] for hrs, _sig, _data in results} == set(range(1, 41))
     assert all(len(sigs) == 1 for sigs in by_hrs.values()), "two signatures for one height/round/step"
     committed = committed_signatures(pg_dsn)
     for hrs, sigs in by_hrs.items():

@@ -13,6 +13,7 @@ from collections import defaultdict
 
 import psycopg
 import pytest
+from psycopg import sql
 from test_guard_postgres import CHAIN, KEY, committed_signatures, history, ready, sign
 from test_guard_support import sign_bytes
 
@@ -164,6 +165,23 @@ def test_backend_killed_during_commit_returns_no_signature(private_pg: PgServer)
     assert committed_signatures(dsn) == {(1, 0, 2): {signed[0]}}
 
 
+def _set_sync_standbys(server: PgServer, value: str) -> None:
+    """Set synchronous_standby_names and wait until new sessions see it (the reload is asynchronous)."""
+    with server.admin() as admin:
+        if value:
+            admin.execute(sql.SQL("ALTER SYSTEM SET synchronous_standby_names = {}").format(sql.Literal(value)))
+        else:
+            admin.execute("ALTER SYSTEM RESET synchronous_standby_names")
+        admin.execute("SELECT pg_reload_conf()")
+    for _ in range(200):
+        with server.admin() as probe:
+            row = probe.execute("SHOW synchronous_standby_names").fetchone()
+        if row is not None and row[0] == value:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"synchronous_standby_names did not become {value!r}")
+
+
 def test_commit_cancelled_waiting_for_a_synchronous_standby_is_not_a_success(private_pg: PgServer) -> None:
     """synchronous_standby_names names a standby that never answers, so COMMIT waits for it.
 
@@ -172,10 +190,7 @@ def test_commit_cancelled_waiting_for_a_synchronous_standby_is_not_a_success(pri
     might not have been replicated"). Either way the row did land locally; the next request re-reads it.
     """
     dsn = _db(private_pg)
-    with private_pg.admin() as admin:
-        admin.execute("ALTER SYSTEM SET synchronous_standby_names = 'ghost_standby'")
-        admin.execute("SELECT pg_reload_conf()")
-    time.sleep(0.3)
+    _set_sync_standbys(private_pg, "ghost_standby")
     guard = PostgresGuard(dsn, CHAIN, timeout_ms=400)
     patient = PostgresGuard(dsn, CHAIN, timeout_ms=5000)
     data = sign_bytes(2, 0, 2, 1)
@@ -204,10 +219,9 @@ def test_commit_cancelled_waiting_for_a_synchronous_standby_is_not_a_success(pri
         with pytest.raises(PersistError, match="COMMIT"):
             guard.check_and_sign(2, 0, 2, data, sign)
         assert cancel_syncrep_waiters()  # the abandoned backend still waits, holding the row: release it
-        with private_pg.admin() as admin:
-            admin.execute("ALTER SYSTEM RESET synchronous_standby_names")
-            admin.execute("SELECT pg_reload_conf()")
-        time.sleep(0.3)
+        _set_sync_standbys(private_pg, "")
+        guard.close()
+        guard = PostgresGuard(dsn, CHAIN, timeout_ms=400)  # a fresh session surely sees the reloaded setting
         out = guard.check_and_sign(2, 0, 2, data, sign)
         assert not out.fresh and out.signature == local.signature
         KEY.verify_key.verify(data, out.signature)

@@ -251,8 +251,19 @@ class Runtime:
         self._setup_metrics()
         for index, validator in enumerate(self.config.validators):
             served = self.chains.get(validator.chain_id)
-            if served is not None:
-                self.sessions.append(_Session(self, index, validator, served))
+            if served is None:
+                continue
+            if served.signer.provider == "ledger":
+                from pykms.providers.ledger import check_ledger_compatible
+
+                disabled = bool(getattr(served.signer, "extensions_disabled", False))
+                try:
+                    check_ledger_compatible(validator.protocol_version, disabled)
+                except ConfigError as exc:
+                    raise ConfigError(str(exc), file=str(self.config.path)) from None
+                if disabled:
+                    served.sign_extensions = False  # the chain has them disabled: never ask the device
+            self.sessions.append(_Session(self, index, validator, served))
 
     def _setup_metrics(self) -> None:
         if self.config.metrics is None:

@@ -106,6 +106,10 @@ class ChainConfig:
     #: None: follow the validator's protocol_version (v0.38 signs every non-nil precommit's extension).
     sign_extensions: bool | None = None
     audit_log: Path | None = None
+    #: [pykms] "batch": each record written before the reply, flushed every 100 ms; "always": flushed too.
+    audit_sync: Literal["batch", "always"] = "batch"
+    #: [pykms] start a new audit file (the chain of hashes continues) once the current one reaches this size.
+    audit_rotate_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -525,7 +529,10 @@ def _key_format(ctx: _Ctx, data: object, key: str) -> KeyFormat:
     return KeyFormat(type=cast(Any, kind))
 
 
-_CHAIN_KEYS = ("id", "key_format", "sign_extensions", "state_file", "state_hook", "state_format", "audit_log")
+_CHAIN_KEYS = (
+    "id", "key_format", "sign_extensions", "state_file", "state_hook", "state_format", "audit_log", "audit_sync",
+    "audit_rotate_bytes",
+)  # fmt: skip
 
 
 def _chain(ctx: _Ctx, data: object, key: str) -> ChainConfig:
@@ -555,6 +562,8 @@ def _chain(ctx: _Ctx, data: object, key: str) -> ChainConfig:
         )
     state_format = cast(Literal["json", "slots"], t.choice("state_format", ("json", "slots")) or "json")
     audit_log = t.path("audit_log")
+    audit_sync = cast(Literal["batch", "always"], t.choice("audit_sync", ("batch", "always")) or "batch")
+    audit_rotate_bytes = t.int_("audit_rotate_bytes", lo=4096, hi=2**40)
     t.done()
     return ChainConfig(
         id=chain_id,
@@ -563,6 +572,8 @@ def _chain(ctx: _Ctx, data: object, key: str) -> ChainConfig:
         state_format=state_format,
         sign_extensions=sign_extensions,
         audit_log=audit_log,
+        audit_sync=audit_sync,
+        audit_rotate_bytes=audit_rotate_bytes,
     )
 
 

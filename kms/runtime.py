@@ -236,13 +236,20 @@ class Runtime:
                 continue
             chain = ChainContext(chain_cfg.id, signer, guard, chain_cfg.sign_extensions)
             if chain_cfg.audit_log is not None:
-                from pykms.audit import DEFAULT_SYNC, AuditLog
+                from pykms.audit import AuditLog
 
-                # audit_sync ("always" | "batch") and audit_rotate_bytes: optional [[chain]] keys, read with a
-                # fallback until pykms.config has them (issue 9).
-                sync = getattr(chain_cfg, "audit_sync", None) or DEFAULT_SYNC
-                rotate = getattr(chain_cfg, "audit_rotate_bytes", None)
-                audit = AuditLog(chain_cfg.audit_log, chain_cfg.id, sync=sync, rotate_bytes=rotate)
+                try:
+                    audit = AuditLog(
+                        chain_cfg.audit_log,
+                        chain_cfg.id,
+                        sync=chain_cfg.audit_sync,
+                        rotate_bytes=chain_cfg.audit_rotate_bytes,
+                    )
+                except StateError as exc:  # AuditError: like the state, no signature without its record
+                    guard.close()
+                    self.failed_chains[chain_cfg.id] = str(exc)
+                    self.log.error("chain_stopped", chain_id=chain_cfg.id, reason=str(exc))
+                    continue
                 self._closers.append(audit.close)
                 chain.sign_observers.append(audit.begin)  # flush overlaps the state's (no-op when "batch")
                 chain.durable_observers.append(audit.record)

@@ -57,6 +57,42 @@ class KmsProcess:
         return self.log_path.read_text(errors="replace")
 
 
+#: Every consensus and identity seed the e2e helpers create, for the secrets scan (tests/test_zz_secrets_scan.py).
+SECRETS: list[bytes] = []
+
+
+def _remember_secrets(home: Path) -> None:
+    import base64
+
+    for key in (home / "secrets").glob("*.key"):
+        try:
+            SECRETS.append(base64.b64decode(key.read_text().strip()))
+        except ValueError:
+            continue
+
+
+def write_multi_home(
+    home: Path, chains: dict[str, list[str]], *, state_format: str = "slots", protocol_version: str = "v0.38"
+) -> Path:
+    """One config for several chains, each with its own key, state and one [[validator]] per sentry address."""
+    from pykms.harness.demo import write_demo_home
+
+    blocks = []
+    for chain_id, addrs in chains.items():
+        cfg = write_demo_home(
+            home / chain_id, addrs[0], chain_id=chain_id, protocol_version=protocol_version, state_format=state_format
+        )
+        _remember_secrets(home / chain_id)
+        text = cfg.read_text()
+        validator = text[text.index("[[validator]]") :]
+        for addr in addrs[1:]:
+            text += "\n" + validator.replace(f'addr = "{addrs[0]}"', f'addr = "{addr}"')
+        blocks.append(text)
+    config = home / "tmkms.toml"
+    config.write_text("\n".join(blocks))
+    return config
+
+
 def write_home(
     home: Path,
     addrs: list[str],
@@ -73,6 +109,7 @@ def write_home(
     config = write_demo_home(
         home, addrs[0], chain_id=chain_id, protocol_version=protocol_version, state_format=state_format
     )
+    _remember_secrets(home)
     text = config.read_text()
     validator_block = text[text.index("[[validator]]") :]
     for addr in addrs[1:]:

@@ -28,6 +28,7 @@ class KmsProcess:
     extra_env: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> None:
+        LOGS.append(self.log_path)
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.extra_env)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
@@ -57,8 +58,15 @@ class KmsProcess:
         return self.log_path.read_text(errors="replace")
 
 
-#: Every consensus and identity seed the e2e helpers create, for the secrets scan (tests/test_zz_secrets_scan.py).
+#: Every consensus and identity seed the e2e helpers create, for the session-end secrets scan (tests/conftest.py).
 SECRETS: list[bytes] = []
+#: Every pykms log file a KmsProcess wrote, scanned for key material at session end (tests/conftest.py).
+LOGS: list[Path] = []
+
+
+def register_log(path: Path) -> None:
+    """Add a log file written outside KmsProcess (a test's own subprocess) to the session-end secrets scan."""
+    LOGS.append(path)
 
 
 def _remember_secrets(home: Path) -> None:

@@ -1,0 +1,110 @@
+"""Key material in the forms a leak would take (raw, hex, base64 at every alignment), and a scanner for them.
+
+Used by the session-end scan in tests/conftest.py and proven able to fail by tests/test_secrets_scan.py. A seed is
+searched through a 12-byte window, so a truncated or embedded copy is found too; the Ed25519 expanded key (SHA-512
+of the seed: clamped scalar and prefix) is searched the same way. A 12-byte window of random key material has a
+2^-96 chance of occurring by accident, so a hit is a leak.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+__all__ = ["harvest_key_files", "needles", "scan"]
+
+WINDOW = 12  # bytes of key material per needle; a multiple of 3 so base64 of it has no padding
+
+
+def _windows(secret: bytes) -> list[bytes]:
+    return [secret[i : i + WINDOW] for i in range(0, len(secret) - WINDOW + 1, WINDOW)]
+
+
+def _b64_forms(chunk: bytes) -> list[bytes]:
+    """base64 (standard and url-safe) of ``chunk`` at the three alignments it can have inside a longer blob."""
+    forms = []
+    for shift in range(3):
+        enc = base64.b64encode(b"\0" * shift + chunk + b"\0" * 3)
+        # drop the characters that mix in the unknown neighbours: 4 at the front when shifted, 4 at the end
+        body = enc[4 if shift else 0 : -4][:12]
+        forms += [body, body.replace(b"+", b"-").replace(b"/", b"_")]
+    return forms
+
+
+def needles(seed: bytes) -> dict[bytes, str]:
+    """Byte strings whose presence in a log means ``seed`` (or its expanded key) leaked; value names the form."""
+    expanded = bytearray(hashlib.sha512(seed[:32]).digest())
+    expanded[0] &= 248  # RFC 8032 §5.1.5 clamping of the scalar half
+    expanded[31] &= 127
+    expanded[31] |= 64
+    out: dict[bytes, str] = {}
+    for label, material in (("seed", seed), ("expanded key", bytes(expanded))):
+        for chunk in _windows(material):
+            out[chunk] = f"{label} raw"
+            out[binascii.hexlify(chunk)] = f"{label} hex"  # logs are lowered before the hex search
+            for form in _b64_forms(chunk):
+                out[form] = f"{label} base64"
+    return out
+
+
+def scan(seeds: Iterable[bytes], blobs: Iterable[tuple[str, bytes]]) -> list[str]:
+    """Every (source, form) where a seed appears in one of ``blobs``; empty means clean."""
+    table: dict[bytes, str] = {}
+    for seed in seeds:
+        table.update(needles(seed))
+    hits = []
+    for source, blob in blobs:
+        lowered = blob.lower()
+        for needle, form in table.items():
+            haystack = lowered if form.endswith("hex") else blob
+            if needle in haystack:
+                hits.append(f"{source}: {form}")
+    return hits
+
+
+def _seed_from(data: bytes) -> bytes | None:
+    text = data.strip()
+    if len(text) in (32, 64) and not text.isascii():
+        return text[:32]
+    try:
+        doc = json.loads(text)
+    except (ValueError, UnicodeDecodeError):
+        doc = None
+    if isinstance(doc, dict):
+        priv = doc.get("priv_key")
+        if isinstance(priv, dict) and isinstance(priv.get("value"), str):
+            text = priv["value"].encode()
+    for decode in (base64.b64decode, binascii.unhexlify):
+        try:
+            raw = decode(text)
+        except (ValueError, binascii.Error):
+            continue
+        if len(raw) in (32, 64):
+            return raw[:32]
+    if len(text) in (32, 64):
+        return text[:32]
+    return None
+
+
+def harvest_key_files(root: Path) -> list[bytes]:
+    """Seeds in every key file under ``root`` (*.key, priv_validator_key.json, node_key.json), in any format."""
+    seeds = []
+    if not root.exists():
+        return seeds
+    for path in root.rglob("*"):
+        name = path.name
+        if not (name.endswith(".key") or name in ("priv_validator_key.json", "node_key.json")):
+            continue
+        try:
+            if not path.is_file() or path.stat().st_size > 4096:
+                continue
+            seed = _seed_from(path.read_bytes())
+        except OSError:
+            continue
+        if seed is not None:
+            seeds.append(seed)
+    return seeds

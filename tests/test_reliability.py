@@ -136,7 +136,10 @@ def test_sigkill_under_load_never_double_signs(tmp_path: Path, state_format: str
 
 
 def test_n_sentries_by_m_chains_sign_once_per_hrs(tmp_path: Path) -> None:
-    chains, sentries, heights = 3, 3, 25
+    chains = int(os.environ.get("PYKMS_SOAK_CHAINS", "3"))
+    sentries = int(os.environ.get("PYKMS_SOAK_SENTRIES", "3"))
+    heights = int(os.environ.get("PYKMS_SOAK_HEIGHTS", "25"))
+    started = time.monotonic()
     sims = {
         f"chain-{c}": [ValidatorSimulator("tcp://127.0.0.1:0", chain_id=f"chain-{c}") for _ in range(sentries)]
         for c in range(chains)
@@ -169,6 +172,13 @@ def test_n_sentries_by_m_chains_sign_once_per_hrs(tmp_path: Path) -> None:
         for ss in sims.values():
             for s in ss:
                 s.close()
+    print(
+        f"\n[concurrency] chains={chains} sentries={sentries} heights={heights} "
+        f"signatures_verified={sum(b.verified for b in books.values())} "
+        f"refused={sum(b.refused for b in books.values())} "
+        f"double_signs={sum(len(b.double_signs()) for b in books.values())} "
+        f"unanswered={sum(b.unanswered for b in books.values())} seconds={time.monotonic() - started:.0f}"
+    )
     for cid, book in books.items():
         assert not book.double_signs(), cid
         # exactly one signature per HRS: every height got one, and only one block

@@ -45,40 +45,53 @@ def loopback_phase(seconds: float, seed: int) -> tuple[int, int]:
     from pykms.privval.codec import Dialect
     from pykms.privval.signbytes import vote_sign_bytes
     from tests.e2e import accept, running_kms
+    from tests.secret_forms import harvest_key_files, scan
 
     rng = random.Random(seed)
     sent = signed = 0
     pub: VerifyKey | None = None
-    with tempfile.TemporaryDirectory() as d, running_kms(Path(d)) as (kms, (sim,)):
-        deadline = time.monotonic() + seconds
-        height = 1
-        valid = codec.delimit(codec.encode_request(Dialect.V0_38, codec.SignVoteRequest(make_vote(1, 0, PREVOTE), "x")))
-        while time.monotonic() < deadline:
-            link = accept(sim, kms)
-            if pub is None:
-                pub = VerifyKey(link.pubkey().pub_key)
-            vote = make_vote(height, 0, PREVOTE, b"A")
-            resp = link.sign_vote(vote)
-            if resp.error is not None:
-                raise SystemExit(f"pykms refused a valid vote after hostile input: {resp.error}")
-            pub.verify(vote_sign_bytes(sim.chain_id, vote), bytes(resp.vote.signature))
-            signed += 1
-            height += 1
-            kind = rng.randrange(3)
-            if kind == 0:
-                junk = rng.randbytes(rng.randrange(1, 3000))
-            elif kind == 1:
-                mutated = bytearray(valid)
-                for _ in range(rng.randrange(1, 8)):
-                    mutated[rng.randrange(len(mutated))] = rng.randrange(256)
-                junk = bytes(mutated)
-            else:
-                junk = b"\xff\xff\xff\xff\x07" + rng.randbytes(64)  # an absurd length prefix
-            link.send_raw(junk)
-            sent += 1
-            link.close()
-            if kms.proc is not None and kms.proc.poll() is not None:
-                raise SystemExit(f"pykms exited ({kms.proc.returncode}) after hostile input:\n{kms.log_text()[-3000:]}")
+    with tempfile.TemporaryDirectory() as d:
+        with running_kms(Path(d)) as (kms, (sim,)):
+            deadline = time.monotonic() + seconds
+            height = 1
+            valid = codec.delimit(
+                codec.encode_request(Dialect.V0_38, codec.SignVoteRequest(make_vote(1, 0, PREVOTE), "x"))
+            )
+            while time.monotonic() < deadline:
+                link = accept(sim, kms)
+                if pub is None:
+                    pub = VerifyKey(link.pubkey().pub_key)
+                vote = make_vote(height, 0, PREVOTE, b"A")
+                resp = link.sign_vote(vote)
+                if resp.error is not None:
+                    raise SystemExit(f"pykms refused a valid vote after hostile input: {resp.error}")
+                pub.verify(vote_sign_bytes(sim.chain_id, vote), bytes(resp.vote.signature))
+                signed += 1
+                height += 1
+                kind = rng.randrange(3)
+                if kind == 0:
+                    junk = rng.randbytes(rng.randrange(1, 3000))
+                elif kind == 1:
+                    mutated = bytearray(valid)
+                    for _ in range(rng.randrange(1, 8)):
+                        mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+                    junk = bytes(mutated)
+                else:
+                    junk = b"\xff\xff\xff\xff\x07" + rng.randbytes(64)  # an absurd length prefix
+                link.send_raw(junk)
+                sent += 1
+                link.close()
+                if kms.proc is not None and kms.proc.poll() is not None:
+                    raise SystemExit(
+                        f"pykms exited ({kms.proc.returncode}) after hostile input:\n{kms.log_text()[-3000:]}"
+                    )
+        # The hostile inputs produced error lines: none may carry key material (issue 7, item 5).
+        seeds = harvest_key_files(Path(d))
+        if len(seeds) < 2:
+            raise SystemExit("the consensus and identity keys were not found: the secrets scan would be vacuous")
+        hits = scan(seeds, [("pykms log", kms.log_path.read_bytes())])
+        if hits:
+            raise SystemExit(f"key material in the pykms log: {hits}")
     return sent, signed
 
 
@@ -107,7 +120,7 @@ def main() -> int:
         print("atheris is not installed: the in-process targets are covered by the hypothesis tests only")
     sent, signed = loopback_phase(share, args.seed)
     print(f"loopback: {sent} hostile streams to a real pykms (seed {args.seed}); it kept signing ({signed} "
-          f"verified signatures between them) and never exited")  # fmt: skip
+          f"verified signatures between them) and never exited; 0 key material hits in its log")  # fmt: skip
     print(f"fuzz smoke: {total + sent} inputs in all")
     return 0
 

@@ -12,6 +12,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -30,7 +31,7 @@ def _b64_forms(chunk: bytes) -> list[bytes]:
     for shift in range(3):
         enc = base64.b64encode(b"\0" * shift + chunk + b"\0" * 3)
         # drop the characters that mix in the unknown neighbours: 4 at the front when shifted, 4 at the end
-        body = enc[4 if shift else 0 : -4][:12]
+        body = enc[4 if shift else 0 : -4][:_B64_CHARS]
         forms += [body, body.replace(b"+", b"-").replace(b"/", b"_")]
     return forms
 
@@ -51,18 +52,40 @@ def needles(seed: bytes) -> dict[bytes, str]:
     return out
 
 
+_HEX_RUN = re.compile(rb"[0-9a-fA-F]{%d,}" % (2 * WINDOW))
+_B64_CHARS = 12  # base64 characters per needle (see _b64_forms)
+_B64_RUN = re.compile(rb"[A-Za-z0-9+/_-]{%d,}" % _B64_CHARS)
+
+
+def _windows_in(runs: Iterable[bytes], width: int, table: dict[bytes, str]) -> set[str]:
+    found = set()
+    for run in runs:
+        for i in range(len(run) - width + 1):
+            form = table.get(run[i : i + width])
+            if form is not None:
+                found.add(form)
+    return found
+
+
 def scan(seeds: Iterable[bytes], blobs: Iterable[tuple[str, bytes]]) -> list[str]:
-    """Every (source, form) where a seed appears in one of ``blobs``; empty means clean."""
-    table: dict[bytes, str] = {}
+    """Every (source, form) where a seed appears in one of ``blobs``; empty means clean.
+
+    Text forms are found by cutting the blob into hex and base64 runs and looking every window up in a table, so
+    the cost grows with the logs, not with logs x keys (the suite creates hundreds of keys).
+    """
+    raw: dict[bytes, str] = {}
+    hexes: dict[bytes, str] = {}
+    b64: dict[bytes, str] = {}
     for seed in seeds:
-        table.update(needles(seed))
+        for needle, form in needles(seed).items():
+            (raw if form.endswith("raw") else hexes if form.endswith("hex") else b64)[needle] = form
     hits = []
     for source, blob in blobs:
-        lowered = blob.lower()
-        for needle, form in table.items():
-            haystack = lowered if form.endswith("hex") else blob
-            if needle in haystack:
-                hits.append(f"{source}: {form}")
+        ascii_only = blob.isascii()
+        found = {form for needle, form in raw.items() if (needle.isascii() or not ascii_only) and needle in blob}
+        found |= _windows_in((m.group().lower() for m in _HEX_RUN.finditer(blob)), 2 * WINDOW, hexes)
+        found |= _windows_in((m.group() for m in _B64_RUN.finditer(blob)), _B64_CHARS, b64)
+        hits += [f"{source}: {form}" for form in sorted(found)]
     return hits
 
 

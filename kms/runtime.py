@@ -270,6 +270,8 @@ class Runtime:
                     raise ConfigError(str(exc), file=str(self.config.path)) from None
                 if disabled:
                     served.sign_extensions = False  # the chain has them disabled: never ask the device
+            if validator.parsed_addr.scheme == "tcp":
+                self.identity_for(validator)  # a missing or too-open identity key stops start-up, like a bad key
             self.sessions.append(_Session(self, index, validator, served))
 
     def _setup_metrics(self) -> None:

@@ -3,6 +3,12 @@
 Event names are stable snake_case (``vote_signed``, ``double_sign_refused``, ``validator_connected``) so that
 operators can alert on them. Context (chain id, validator address) is bound per connection.
 
+``pykms start`` writes through a ``BackgroundLineWriter`` (``background=True``): a signing thread renders its line
+and queues it; one writer thread writes what has gathered every few milliseconds in one write(2). With a lock and
+a write per line (structlog's PrintLogger), 40 sentries signing at once queued on the log's lock (issue 8). Lines
+reach the output within ~2 ms and in order; on exit the queue is drained; a SIGKILL can lose the last ~2 ms of
+lines (the audit log, written before each reply, is the durable record).
+
 Redaction is a last line of defence: no code path logs key material on purpose, but any event field whose name
 suggests a secret is replaced, and any bytes value longer than a signature is shortened, so a mistake cannot
 print a key.
@@ -10,14 +16,18 @@ print a key.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import queue
 import sys
+import threading
+import time
 from collections.abc import MutableMapping
 from typing import Any, Literal
 
 import structlog
 
-__all__ = ["LogFormat", "configure_logging", "get_logger", "redact_secrets"]
+__all__ = ["BackgroundLineWriter", "LogFormat", "configure_logging", "flush_logs", "get_logger", "redact_secrets"]
 
 LogFormat = Literal["console", "json", "auto"]
 
@@ -37,8 +47,78 @@ def redact_secrets(_logger: Any, _method: str, event: MutableMapping[str, Any]) 
     return event
 
 
-def configure_logging(fmt: LogFormat = "auto", *, verbose: bool = False, stream: Any = None) -> None:
-    """Set up structlog and the stdlib root logger (libraries log through it) to one output stream."""
+class BackgroundLineWriter:
+    """A structlog logger (and a file-like ``write``) whose lines a daemon thread writes in batches.
+
+    The writer blocks until a line arrives, then lets ``BATCH_S`` pass so that the lines of several signatures
+    share one write(2) and one wake-up; a caller never waits for the output (one queue put, no lock).
+    """
+
+    BATCH_S = 0.002
+
+    def __init__(self, out: Any) -> None:
+        self._out = out
+        self._items: queue.SimpleQueue[str | threading.Event] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="pykms-log", daemon=True)
+        self._thread.start()
+        atexit.register(self.drain)
+
+    def msg(self, message: str) -> None:
+        self._items.put(message + "\n")
+
+    debug = info = warning = warn = error = err = critical = exception = fatal = failure = log = msg
+
+    def write(self, text: str) -> int:
+        """File-like, for the stdlib logging handler: its records join the same ordered stream."""
+        self._items.put(text)
+        return len(text)
+
+    def flush(self) -> None:
+        """File-like no-op: the writer flushes after every batch (the stdlib handler calls this per record)."""
+
+    def drain(self, timeout: float = 2.0) -> None:
+        """Wait (up to ``timeout``) until everything queued before this call has been written."""
+        if threading.current_thread() is self._thread or not self._thread.is_alive():
+            return
+        done = threading.Event()
+        self._items.put(done)
+        done.wait(timeout)
+
+    def _run(self) -> None:
+        while True:
+            item = self._items.get()
+            if isinstance(item, str):
+                time.sleep(self.BATCH_S)
+            lines: list[str] = []
+            waiting: list[threading.Event] = []
+            while True:
+                if isinstance(item, str):
+                    lines.append(item)
+                else:
+                    waiting.append(item)
+                try:
+                    item = self._items.get_nowait()
+                except queue.Empty:
+                    break
+            if lines:
+                try:
+                    self._out.write("".join(lines))
+                    self._out.flush()
+                except (OSError, ValueError):  # a closed or broken output: nothing useful left to do
+                    pass
+            for done in waiting:
+                done.set()
+
+
+_writer: BackgroundLineWriter | None = None
+
+
+def configure_logging(
+    fmt: LogFormat = "auto", *, verbose: bool = False, stream: Any = None, background: bool = False
+) -> None:
+    """Set up structlog and the stdlib root logger (libraries log through it) to one output stream.
+
+    ``background``: write through a ``BackgroundLineWriter`` (the daemon; see the module doc)."""
     out = stream if stream is not None else sys.stderr
     if fmt == "auto":
         fmt = "console" if getattr(out, "isatty", lambda: False)() else "json"
@@ -59,10 +139,26 @@ def configure_logging(fmt: LogFormat = "auto", *, verbose: bool = False, stream:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        logger_factory=structlog.PrintLoggerFactory(file=out) if not background else _background_factory(out),
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=logging.WARNING, stream=out, format="%(levelname)s %(name)s: %(message)s", force=True)
+    target = _writer if background and _writer is not None else out
+    logging.basicConfig(level=logging.WARNING, stream=target, format="%(levelname)s %(name)s: %(message)s", force=True)
+
+
+def _background_factory(out: Any) -> Any:
+    global _writer
+    if _writer is not None:
+        _writer.drain()
+    _writer = BackgroundLineWriter(out)
+    writer = _writer
+    return lambda *_args: writer
+
+
+def flush_logs() -> None:
+    """Write out what the background writer holds (before exiting, or when a test reads the output)."""
+    if _writer is not None:
+        _writer.drain()
 
 
 def get_logger(name: str = "pykms", **context: Any) -> Any:

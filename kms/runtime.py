@@ -367,6 +367,8 @@ class Runtime:
                 closer()
         for chain in self.chains.values():
             with contextlib.suppress(Exception):
+                chain.close()
+            with contextlib.suppress(Exception):
                 chain.guard.close()
             with contextlib.suppress(Exception):
                 chain.signer.close()

@@ -98,14 +98,17 @@ def _chain(config: Any, chain_id: str) -> Any:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    from pykms.logconfig import configure_logging
+    from pykms.logconfig import configure_logging, flush_logs
     from pykms.runtime import Runtime
 
-    configure_logging(args.log_format, verbose=args.verbose)
-    config = _load(args)
-    runtime = Runtime(config)
-    runtime.build()
-    return runtime.run_forever()
+    configure_logging(args.log_format, verbose=args.verbose, background=True)
+    try:
+        config = _load(args)
+        runtime = Runtime(config)
+        runtime.build()
+        return runtime.run_forever()
+    finally:
+        flush_logs()
 
 
 def cmd_init(args: argparse.Namespace) -> int:

@@ -4,13 +4,22 @@ The floor is what no signer can beat on this machine with the same durability: o
 stable storage (fdatasync, in the directory given, default the current one) plus one Ed25519 signature,
 measured in the same run, before and after the timed requests (the lower median of the two is kept).
 ``p50 / floor`` says how much a signer adds on top of that.
+
+The floor leaves out what every networked signer also pays: the round trip between two processes, and the
+wake-ups of a thread that slept while waiting (for the request, for the flush). ``measure_ideal_signer`` puts a
+number on that for this machine: the latency of the smallest possible signer loop (one recv, one signature, one
+pwrite + fdatasync, one send; no encryption, no protobuf, no guard logic) over a loopback TCP connection, driven
+the way the benchmark drives a real signer. No signer can be faster than it on the same machine, so its ratio
+to the floor is the best ratio this machine allows.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
+import socket
 import statistics
 import tempfile
 import time
@@ -31,6 +40,7 @@ __all__ = [
     "format_result",
     "lower_floor",
     "measure_floor",
+    "measure_ideal_signer",
     "percentile",
     "run_sequence",
     "summarize",
@@ -51,6 +61,9 @@ class BenchResult:
     sign_ms: float
     p50_over_floor: float
     p99_over_floor: float
+    #: The smallest possible signer loop on this machine (``measure_ideal_signer``), when measured.
+    ideal_p50_ms: float | None = None
+    ideal_p99_ms: float | None = None
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -84,6 +97,64 @@ def measure_floor(directory: Path, samples: int = 300) -> tuple[float, float]:
         key.sign(message)
         signs.append(time.perf_counter() - start)
     return statistics.median(flushes), statistics.median(signs)
+
+
+def _ideal_signer(port: int, directory: str, seed: bytes) -> None:
+    """Child process: the smallest signer loop (see the module doc); ends when the connection closes."""
+    key = SigningKey(seed)
+    fd, name = tempfile.mkstemp(prefix=".pykms-ideal-", dir=directory)
+    try:
+        os.write(fd, b"\0" * 3 * 4096)
+        os.fsync(fd)
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            count = 0
+            while message := conn.recv(4096):
+                signature = key.sign(message).signature
+                os.pwrite(fd, signature + message, 4096 * (1 + count % 2))  # two slots, as the slot store
+                os.fdatasync(fd)
+                count += 1
+                conn.sendall(signature)
+    finally:
+        os.close(fd)
+        os.unlink(name)
+
+
+def measure_ideal_signer(directory: Path, n: int = 2000) -> list[float]:
+    """Latencies (s) of ``n`` requests to the smallest possible signer loop on this machine (module doc).
+
+    Each 120-byte request (a vote's sign bytes) is answered by its signature, which is verified between
+    requests as the benchmark verifies a real signer's: the client does the same work in the same rhythm.
+    """
+    seed = os.urandom(32)
+    verify = SigningKey(seed).verify_key
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(20)
+        child = multiprocessing.get_context("spawn").Process(
+            target=_ideal_signer, args=(server.getsockname()[1], str(directory), seed), daemon=True
+        )
+        child.start()
+        conn, _ = server.accept()
+    latencies: list[float] = []
+    try:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.settimeout(10)
+        for i in range(n):
+            message = i.to_bytes(8, "little") * 15
+            start = time.perf_counter()
+            conn.sendall(message)
+            signature = b""
+            while len(signature) < 64:
+                chunk = conn.recv(64 - len(signature))
+                if not chunk:
+                    raise HarnessError("the ideal signer closed the connection", EXIT_OTHER)
+                signature += chunk
+            latencies.append(time.perf_counter() - start)
+            verify.verify(message, signature)
+    finally:
+        conn.close()
+        child.join(10)
+    return latencies
 
 
 def lower_floor(*floors: tuple[float, float]) -> tuple[float, float]:
@@ -162,11 +233,15 @@ def _verify(key: VerifyKey, message: bytes, signature: bytes, what: str, height:
         ) from None
 
 
-def summarize(latencies: list[float], fsync_s: float, sign_s: float, wall_s: float) -> BenchResult:
-    """Latency percentiles (ms), throughput over the wall time of the run, and the ratios to the floor."""
+def summarize(
+    latencies: list[float], fsync_s: float, sign_s: float, wall_s: float, ideal: list[float] | None = None
+) -> BenchResult:
+    """Latency percentiles (ms), throughput over the wall time of the run, and the ratios to the floor;
+    with ``ideal`` (``measure_ideal_signer``'s latencies), the machine's best possible signer beside them."""
     if not latencies:
         raise HarnessError("no latencies to summarize", EXIT_OTHER)
     ordered = sorted(latencies)
+    best = sorted(ideal) if ideal else None
     floor = fsync_s + sign_s
     p50, p99 = percentile(ordered, 50), percentile(ordered, 99)
     return BenchResult(
@@ -182,6 +257,8 @@ def summarize(latencies: list[float], fsync_s: float, sign_s: float, wall_s: flo
         sign_ms=sign_s * 1e3,
         p50_over_floor=p50 / floor,
         p99_over_floor=p99 / floor,
+        ideal_p50_ms=percentile(best, 50) * 1e3 if best else None,
+        ideal_p99_ms=percentile(best, 99) * 1e3 if best else None,
     )
 
 
@@ -196,4 +273,10 @@ def format_result(result: BenchResult, *, as_json: bool = False) -> str:
         f"throughput      {r.signatures_per_s:.0f} signatures/s\n"
         f"floor ms        {r.floor_ms:.3f}  (fdatasync {r.fsync_ms:.3f} + ed25519 sign {r.sign_ms:.3f})\n"
         f"ratio           p50/floor {r.p50_over_floor:.2f}  p99/floor {r.p99_over_floor:.2f}"
+    ) + (
+        ""
+        if r.ideal_p50_ms is None or r.ideal_p99_ms is None
+        else f"\nideal signer    p50 {r.ideal_p50_ms:.3f}  p99 {r.ideal_p99_ms:.3f} ms"
+        f"  (p50/floor {r.ideal_p50_ms / r.floor_ms:.2f}  p99/floor {r.ideal_p99_ms / r.floor_ms:.2f}:"
+        " the best this machine allows)"
     )

@@ -687,7 +687,14 @@ def cmd_extract_key(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from pykms.harness.bench import format_result, lower_floor, measure_floor, run_sequence, summarize
+    from pykms.harness.bench import (
+        format_result,
+        lower_floor,
+        measure_floor,
+        measure_ideal_signer,
+        run_sequence,
+        summarize,
+    )
 
     try:
         dialect = Dialect.parse(args.protocol_version)
@@ -729,7 +736,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if harness.link is not None:
             harness.link.close()
         sim.close()
-    print(format_result(summarize(latencies, fsync_s, sign_s, wall), as_json=args.json), flush=True)
+    ideal = measure_ideal_signer(Path(args.floor_dir), min(args.n, 2000)) if args.ideal else None
+    print(format_result(summarize(latencies, fsync_s, sign_s, wall, ideal), as_json=args.json), flush=True)
     return EXIT["ok"]
 
 
@@ -774,6 +782,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start-height", type=int, default=None, help="default: microseconds since the epoch")
     p.add_argument("--warmup", type=int, default=50, help="untimed requests first (default 50)")
     p.add_argument("--accept-retries", type=int, default=300)
+    p.add_argument(
+        "--no-ideal",
+        dest="ideal",
+        action="store_false",
+        help="skip the ideal signer: the smallest signer loop this machine can run, the best any signer can do here",
+    )
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=cmd_version)

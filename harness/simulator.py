@@ -186,6 +186,7 @@ class SignerLink:
         self._pending: list[bytes] = []
         self.remote_pubkey: bytes | None = getattr(stream, "remote_pubkey", None) or None
         self.closed = False
+        self._timeout_set: float | None = -1.0
 
     def send_raw(self, data: bytes) -> None:
         """Bytes on the stream as they are (for hostile-input tests)."""
@@ -199,7 +200,9 @@ class SignerLink:
         wait = self.timeout if timeout is None else timeout
         while not self._pending:
             try:
-                self.sock.settimeout(wait)
+                if wait != self._timeout_set:  # settimeout is a syscall: only when the value changes
+                    self.sock.settimeout(wait)
+                    self._timeout_set = wait
                 data = self.stream.recv()
             except TimeoutError:
                 raise LinkTimeout(f"the signer did not answer within {wait:g} s") from None

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from pykms.config import KmsConfig, ValidatorConfig
 from pykms.errors import ConfigError, KmsError, ProtocolError, StateError
-from pykms.handler import ChainContext, RequestHandler
+from pykms.handler import Activity, ChainContext, RequestHandler
 from pykms.logconfig import get_logger
 from pykms.privval.codec import Dialect, MessageReader, delimit
 from pykms.providers.signer import Signer
@@ -210,6 +210,7 @@ class Runtime:
         self.metrics: Any = None
         self.metrics_server: Any = None
         self.audit_logs: dict[str, Any] = {}  # chain id -> pykms.audit.AuditLog
+        self.activity = Activity()  # signing requests in progress, shared by every chain (handler.Activity)
 
     # Construction -----------------------------------------------------------------------------------
 
@@ -234,7 +235,7 @@ class Runtime:
                 self.failed_chains[chain_cfg.id] = str(exc)
                 self.log.error("chain_stopped", chain_id=chain_cfg.id, reason=str(exc))
                 continue
-            chain = ChainContext(chain_cfg.id, signer, guard, chain_cfg.sign_extensions)
+            chain = ChainContext(chain_cfg.id, signer, guard, chain_cfg.sign_extensions, activity=self.activity)
             if chain_cfg.audit_log is not None:
                 from pykms.audit import AuditLog
 

@@ -189,3 +189,22 @@ def test_side_worker_returns_results_and_errors_in_order() -> None:
     worker.close()
     with pytest.raises(RuntimeError, match="closed"):
         worker.submit(lambda: 1)
+
+
+def test_with_other_requests_in_flight_the_signature_is_verified_inline(tmp_path: Path) -> None:
+    """Busy cores: the side thread would only add a hand-off, so everything runs on the request's thread."""
+    handler, signer, ops = setup(tmp_path)
+    handler.chain.activity.enter()  # another connection's request in progress
+    try:
+        response = ask(handler, vote_request(6, PRECOMMIT))
+    finally:
+        handler.chain.activity.leave()
+    assert response.error is None
+    main = threading.current_thread().name
+    assert signer.calls == [("sign", main), ("sign", main)]  # the vote, then its extension; both verified
+    assert ops.flush_threads == [main]
+    assert handler.chain.activity.alone()
+    # Alone again: back to the side thread.
+    assert ask(handler, vote_request(7, PRECOMMIT)).error is None
+    assert signer.calls[2:] == [("sign_unverified", main), ("sign", f"pykms-side-{CHAIN}")]
+    handler.chain.close()

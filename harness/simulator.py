@@ -29,7 +29,7 @@ from pykms.errors import HarnessError, ProtocolError
 from pykms.privval import codec
 from pykms.privval.codec import Dialect, MessageReader
 from pykms.proto.tendermint.types import types_pb2
-from pykms.secretconn.sync import BlockingPlainStream
+from pykms.secretconn.sync import BlockingPlainStream, set_kernel_timeouts
 
 __all__ = [
     "PRECOMMIT",
@@ -200,8 +200,10 @@ class SignerLink:
         wait = self.timeout if timeout is None else timeout
         while not self._pending:
             try:
-                if wait != self._timeout_set:  # settimeout is a syscall: only when the value changes
-                    self.sock.settimeout(wait)
+                if wait != self._timeout_set:  # a syscall: only when the value changes
+                    # The kernel's timeouts, not CPython's (which polls before every recv and send), so the
+                    # simulated node adds no system calls of its own to the latency it measures.
+                    set_kernel_timeouts(self.sock, wait)
                     self._timeout_set = wait
                 data = self.stream.recv()
             except TimeoutError:

@@ -34,7 +34,7 @@ from pykms.handler import Activity, ChainContext, RequestHandler
 from pykms.logconfig import get_logger
 from pykms.privval.codec import Dialect, MessageReader, delimit
 from pykms.providers.signer import Signer
-from pykms.secretconn.sync import BlockingPlainStream
+from pykms.secretconn.sync import BlockingPlainStream, set_kernel_timeouts
 
 __all__ = ["Backoff", "Runtime", "SyncStream"]
 
@@ -135,7 +135,7 @@ class _Session:
             self.sock = sock
             sock.settimeout(CONNECT_TIMEOUT_S)
             sock.connect(str(addr.path))
-            sock.settimeout(IDLE_TIMEOUT_S)
+            set_kernel_timeouts(sock, IDLE_TIMEOUT_S)
             return BlockingPlainStream(sock)
         assert addr.host is not None and addr.port is not None
         sock = socket.create_connection((addr.host, addr.port), timeout=CONNECT_TIMEOUT_S)
@@ -147,7 +147,7 @@ class _Session:
         from pykms.secretconn.sync import secret_connection_sync
 
         stream = secret_connection_sync(sock, identity, expected_peer_id=addr.peer_id, timeout=HANDSHAKE_TIMEOUT_S)
-        sock.settimeout(IDLE_TIMEOUT_S)
+        set_kernel_timeouts(sock, IDLE_TIMEOUT_S)
         if addr.peer_id is None:
             self.log.warning(
                 "peer_not_pinned",

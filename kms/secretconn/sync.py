@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import time
 
 from nacl.signing import SigningKey
@@ -15,7 +16,20 @@ from nacl.signing import SigningKey
 from pykms.errors import FrameError, HandshakeError
 from pykms.secretconn.core import SEALED_FRAME_SIZE, FrameCodec, Handshake, node_id
 
-__all__ = ["BlockingPlainStream", "BlockingSecretStream", "node_id", "secret_connection_sync"]
+__all__ = ["BlockingPlainStream", "BlockingSecretStream", "node_id", "secret_connection_sync", "set_kernel_timeouts"]
+
+
+def set_kernel_timeouts(sock: socket.socket, seconds: float) -> None:
+    """Make ``sock`` blocking, with reads and writes that give up after ``seconds`` (SO_RCVTIMEO / SO_SNDTIMEO).
+
+    CPython polls before every call on a socket with a Python-level timeout: poll + recv and poll + send, two
+    more system calls (and GIL hand-offs) per request than needed (issue 8). With the kernel's timeouts an
+    expired wait raises BlockingIOError, which the streams below turn into TimeoutError.
+    """
+    sock.settimeout(None)
+    timeval = struct.pack("@ll", int(seconds), int(seconds % 1 * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
 
 
 class BlockingPlainStream:
@@ -31,7 +45,10 @@ class BlockingPlainStream:
         self.sock.sendall(data)
 
     def recv(self) -> bytes:
-        return self.sock.recv(65536)
+        try:
+            return self.sock.recv(65536)
+        except BlockingIOError:  # SO_RCVTIMEO expired (the runtime's sockets): the same as a Python timeout
+            raise TimeoutError("no data before the socket's receive timeout") from None
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -67,7 +84,10 @@ class BlockingSecretStream:
             return data
         self.codec.check()
         while True:
-            chunk = self.sock.recv(65536)
+            try:
+                chunk = self.sock.recv(65536)
+            except BlockingIOError:  # SO_RCVTIMEO expired (the runtime's sockets): the same as a Python timeout
+                raise TimeoutError("no data before the socket's receive timeout") from None
             if not chunk:
                 if self.codec.mid_frame:
                     self.codec.poison("connection closed in the middle of a frame")

@@ -253,6 +253,7 @@ class RequestHandler:
             with chain.lock:
                 deferred = chain.defers_verification and chain.activity.alone()
                 side_job: Pending[bytes] | None = None
+                pending_signature = [b""]  # what the side job verifies
                 extension_bytes = None
                 if extension_wanted:
                     vote = msg
@@ -265,12 +266,17 @@ class RequestHandler:
                     if deferred:
                         # Issue 8: verify (and sign the extension) on the side thread while the guard's flush
                         # runs; the reply waits for both below.
+                        if side_job is not None:  # a guard that signs twice: the earlier job is moot
+                            with contextlib.suppress(Exception):
+                                side_job.result()
                         signature = chain.sign_unverified(message)
                         side_job = chain.side().submit(
                             partial(chain.finish_signature, message, signature, extension_bytes)
                         )
+                        pending_signature[0] = signature
                     else:
                         signature = chain.sign(message)
+                        chain.verified_signature = signature  # the provider verified it
                     if chain.sign_observers:  # issue 9: tell the audit log as soon as the signature exists
                         early = SignEvent(
                             self.chain_id, kind, height, round_, step, block_hash, sign_bytes, signature, "signed",
@@ -289,6 +295,7 @@ class RequestHandler:
                     raise
                 if side_job is not None:
                     extension_signature = side_job.result()  # ProviderError: the signature did not verify
+                    chain.verified_signature = pending_signature[0]
                 else:
                     extension_signature = b""
                     if extension_bytes is not None:
@@ -351,9 +358,9 @@ class RequestHandler:
             vote = request.vote
             if outcome.timestamp is not None:
                 vote.timestamp.seconds, vote.timestamp.nanos = outcome.timestamp
-            if outcome.signature != chain.verified_signature and not outcome.fresh:
-                # A stored signature this process has not verified yet (read from disk, written by another
-                # instance, or one whose verification failed): verify it over what it signs before it leaves.
+            if outcome.signature != chain.verified_signature:
+                # A signature this process has not verified (read from disk, written by another instance, one
+                # whose verification failed): verify it over what it signs before it leaves.
                 self._verify_stored(vote_sign_bytes(self.chain_id, vote), outcome.signature)
             vote.signature = outcome.signature
             if extension_signature:
@@ -367,7 +374,7 @@ class RequestHandler:
         proposal = request.proposal
         if outcome.timestamp is not None:
             proposal.timestamp.seconds, proposal.timestamp.nanos = outcome.timestamp
-        if outcome.signature != chain.verified_signature and not outcome.fresh:
+        if outcome.signature != chain.verified_signature:
             self._verify_stored(proposal_sign_bytes(self.chain_id, proposal), outcome.signature)
         proposal.signature = outcome.signature
         return codec.encode_signed_proposal(self.dialect, proposal)

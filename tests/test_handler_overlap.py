@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nacl.signing import SigningKey, VerifyKey
 
+from pykms.guard.backend import GuardOutcome
 from pykms.guard.file_guard import FileGuard
 from pykms.guard.state import SignState
 from pykms.guard.store import FileOps, SlotStateStore
@@ -207,4 +209,29 @@ def test_with_other_requests_in_flight_the_signature_is_verified_inline(tmp_path
     # Alone again: back to the side thread.
     assert ask(handler, vote_request(7, PRECOMMIT)).error is None
     assert signer.calls[2:] == [("sign_unverified", main), ("sign", f"pykms-side-{CHAIN}")]
+    handler.chain.close()
+
+
+@pytest.mark.parametrize("busy", [False, True], ids=["side-thread", "inline"])
+def test_a_guard_returning_another_signature_is_caught(tmp_path: Path, busy: bool) -> None:
+    """Whatever the guard hands back is checked against what was verified: a backend that returns a signature other
+    than the one it was given (a bug, a corrupted row) cannot get it past the handler."""
+    handler, _signer, _ops = setup(tmp_path)
+    guard = handler.chain.guard
+    real = guard.check_and_sign
+
+    def corrupting(height: int, round_: int, step: int, sign_bytes: bytes, sign: Any) -> GuardOutcome:
+        outcome = real(height, round_, step, sign_bytes, sign)
+        return GuardOutcome(bytes([outcome.signature[0] ^ 1]) + outcome.signature[1:], None, fresh=True)
+
+    guard.check_and_sign = corrupting  # type: ignore[method-assign]
+    if busy:
+        handler.chain.activity.enter()
+    try:
+        response = ask(handler, vote_request(8, PREVOTE))
+    finally:
+        if busy:
+            handler.chain.activity.leave()
+    assert response.error is not None and "does not verify" in response.error.description
+    assert not response.vote.signature
     handler.chain.close()

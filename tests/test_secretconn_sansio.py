@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -13,7 +14,12 @@ from nacl.signing import SigningKey
 
 from pykms.errors import FrameError, HandshakeError
 from pykms.secretconn.core import SEALED_FRAME_SIZE, FrameCodec, Handshake, challenge_of, derive_keys
-from pykms.secretconn.sync import BlockingPlainStream, BlockingSecretStream, secret_connection_sync
+from pykms.secretconn.sync import (
+    BlockingPlainStream,
+    BlockingSecretStream,
+    secret_connection_sync,
+    set_kernel_timeouts,
+)
 
 
 def _peer_codec(hs: Handshake) -> tuple[bytes, FrameCodec, bytes]:
@@ -136,3 +142,38 @@ def test_blocking_stream_write_failure_poisons() -> None:
     with pytest.raises(FrameError, match="write failed"):
         sa.send(b"x")
     sa.close()
+
+
+def test_plain_stream_with_kernel_timeouts() -> None:
+    """The runtime's sockets (issue 8): blocking, with SO_RCVTIMEO in place of CPython's poll-before-every-call
+    timeout; an expired wait is still a TimeoutError (the session's "link is considered dead"), and loses nothing."""
+    a, b = socket.socketpair()
+    with a, b:
+        set_kernel_timeouts(b, 0.2)
+        assert b.gettimeout() is None  # no Python-level timeout: one recv syscall per read
+        stream = BlockingPlainStream(b)
+        a.sendall(b"ping")
+        assert stream.recv() == b"ping"
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            stream.recv()
+        assert 0.15 <= time.monotonic() - started < 2.0
+        a.sendall(b"after")
+        assert stream.recv() == b"after"
+
+
+def test_secret_stream_with_kernel_timeouts() -> None:
+    sa, sb, _ = _sync_pair()
+    try:
+        set_kernel_timeouts(sa.sock, 0.2)
+        sb.send(b"request")
+        assert sa.recv() == b"request"
+        with pytest.raises(TimeoutError):
+            sa.recv()
+        sb.send(b"next")  # a timeout between frames loses nothing
+        assert sa.recv() == b"next"
+        sa.send(b"reply")
+        assert sb.recv() == b"reply"
+    finally:
+        sa.close()
+        sb.close()

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from nacl.signing import SigningKey, VerifyKey
 
 from pykms.guard.backend import GuardOutcome
@@ -24,7 +26,7 @@ from pykms.harness.simulator import PRECOMMIT, PREVOTE, make_vote
 from pykms.overlap import SideWorker
 from pykms.privval import codec
 from pykms.privval.codec import Dialect
-from pykms.privval.signbytes import vote_extension_sign_bytes, vote_sign_bytes
+from pykms.privval.signbytes import canonical_view, vote_extension_sign_bytes, vote_sign_bytes
 from pykms.providers.signer import verify_or_raise
 from pykms.providers.softsign import SoftsignSigner
 
@@ -235,3 +237,92 @@ def test_a_guard_returning_another_signature_is_caught(tmp_path: Path, busy: boo
     assert response.error is not None and "does not verify" in response.error.description
     assert not response.vote.signature
     handler.chain.close()
+
+
+class FlakyFlush(WatchedFlush):
+    """A flush that fails (EIO) while ``failing`` is set: the state is then not durable."""
+
+    failing = False
+
+    def fdatasync(self, fd: int) -> None:
+        if self.failing:
+            raise OSError(5, "Input/output error")
+        super().fdatasync(fd)
+
+
+_ACTION = st.one_of(
+    st.tuples(
+        st.just("vote"),
+        st.integers(1, 4),  # height
+        st.integers(0, 1),  # round
+        st.sampled_from([PREVOTE, PRECOMMIT]),
+        st.sampled_from(["A", "B", ""]),  # block ("" = nil)
+        st.integers(0, 2),  # timestamp variant
+    ),
+    st.tuples(st.sampled_from(["faulty", "flush", "busy"]), st.booleans()),
+    st.tuples(st.just("again"), st.integers(0, 2)),  # the node retries its last request (timestamp variant)
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(actions=st.lists(_ACTION, min_size=1, max_size=40))
+def test_nothing_unverified_or_conflicting_leaves_under_faults(tmp_path_factory: Any, actions: list[Any]) -> None:
+    """Random requests, with the signer turning faulty, the flush failing and other requests in flight switched on
+    and off between them: every signature released verifies over what the response carries, no height/round/step
+    gets two released payloads that differ beyond the timestamp, and the durable state never goes backwards."""
+    home = tmp_path_factory.mktemp("fuzz")
+    path = home / "state.slots"
+    SlotStateStore.create(path, SignState.initial()).close()
+    ops = FlakyFlush()
+    signer = CountingSigner(SEED)
+    chain = ChainContext(CHAIN, signer, FileGuard(CHAIN, SlotStateStore(path, ops=ops)))
+    handler = RequestHandler(chain, Dialect.V0_38, chain_id=CHAIN)
+    key = VerifyKey(signer.public_key())
+    released: dict[tuple[int, int, int], bytes] = {}
+    last_hrs = (0, 0, 0)
+    busy = False
+    last_request: tuple[Any, ...] | None = None
+    try:
+        for action in actions:
+            if action[0] == "faulty":
+                signer.faulty = action[1]
+                continue
+            if action[0] == "flush":
+                ops.failing = action[1]
+                continue
+            if action[0] == "busy":
+                if action[1] and not busy:
+                    chain.activity.enter()
+                elif not action[1] and busy:
+                    chain.activity.leave()
+                busy = action[1]
+                continue
+            if action[0] == "again":
+                if last_request is None:
+                    continue
+                action = (*last_request[:-1], action[1])
+            last_request = action
+            _, height, round_, vote_type, block, ts = action
+            vote = make_vote(height, round_, vote_type, block or "nil", timestamp=(1_700_000_000 + ts, 0))
+            if not block:
+                vote.ClearField("block_id")  # a nil vote
+            response = ask(handler, codec.SignVoteRequest(vote=vote, chain_id=CHAIN))
+            state = chain.guard.current()
+            assert (state.height, state.round, state.step) >= last_hrs
+            last_hrs = (state.height, state.round, state.step)
+            if response.error is not None:
+                assert not response.vote.signature
+                continue
+            out = response.vote
+            sign_bytes = vote_sign_bytes(CHAIN, out)
+            key.verify(sign_bytes, bytes(out.signature))  # raises if anything unverified got out
+            if out.extension_signature:
+                key.verify(vote_extension_sign_bytes(CHAIN, out), bytes(out.extension_signature))
+            step = 2 if vote_type == PREVOTE else 3
+            payload = canonical_view(sign_bytes, step).without_timestamp
+            assert released.setdefault((height, round_, step), payload) == payload, "double sign released"
+    finally:
+        if busy:
+            chain.activity.leave()
+        chain.close()
+        chain.guard.close()

@@ -6,7 +6,10 @@ connection to one chain (several sentries) sees one ordered history and two sent
 get the same signature.
 
 The handler never lets a signature out before the guard backend has made the state durable: the reply is built
-from the guard's outcome, and the ``reply`` callback runs while the lock is still held.
+from the guard's outcome, and the ``reply`` callback runs while the lock is still held. Nor one that has not been
+verified against the public key: a softsign signature is verified on the chain's side thread while the state is
+flushed (issue 8, when the request is alone in the process), a device's inside its provider, and any other
+signature in a reply (read back from the state) right before it leaves.
 """
 
 from __future__ import annotations

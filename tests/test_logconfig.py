@@ -9,7 +9,7 @@ import threading
 
 import structlog
 
-from pykms.logconfig import BackgroundLineWriter, configure_logging, flush_logs, get_logger
+from pykms.logconfig import BackgroundLineWriter, configure_logging, flush_logs, get_logger, redact_secrets
 
 
 class CountingOut(io.StringIO):
@@ -75,3 +75,23 @@ def test_structlog_through_the_background_writer_keeps_redaction() -> None:
     finally:
         configure_logging("json", stream=io.StringIO())
         structlog.reset_defaults()
+
+
+def test_redaction_by_field_name_words_and_bytes() -> None:
+    event = {
+        "event": "seed_loaded",  # the event name itself is never redacted
+        "user_pin": "1234",
+        "Private_Key": "k",
+        "dsn": "postgres://u:p@h/db",
+        "seed": b"\x00" * 32,
+        "pinned": 1,  # a word of its own, not "pin"
+        "signature": memoryview(b"\x01" * 64),
+        "short": bytearray(b"\x02\x03"),
+    }
+    out = redact_secrets(None, "info", dict(event))
+    assert out["event"] == "seed_loaded"
+    assert out["user_pin"] == out["Private_Key"] == out["dsn"] == out["seed"] == "[redacted]"
+    assert out["pinned"] == 1
+    assert out["signature"] == "01" * 8 + "…"
+    assert out["short"] == "0203"
+    assert redact_secrets(None, "info", dict(event)) == out  # the cached verdicts give the same answer

@@ -17,6 +17,7 @@ print a key.
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import queue
 import sys
@@ -67,22 +68,34 @@ class BackgroundLineWriter:
     """
 
     BATCH_S = 0.002
+    #: Lines held at most while the output is stuck (a stalled journald, a full pipe): beyond, new lines are
+    #: dropped and counted — signing never waits for the log, and memory stays bounded (~30 MB).
+    MAX_QUEUED = 100_000
 
-    def __init__(self, out: Any) -> None:
+    def __init__(self, out: Any, *, max_queued: int = MAX_QUEUED) -> None:
         self._out = out
         self._items: queue.SimpleQueue[str | threading.Event] = queue.SimpleQueue()
+        self._max_queued = max_queued
+        #: Lines dropped since the last notice (approximate under races: a count for the operator, not a ledger).
+        self.dropped = 0
         self._thread = threading.Thread(target=self._run, name="pykms-log", daemon=True)
         self._thread.start()
         atexit.register(self.drain)
 
     def msg(self, message: str) -> None:
+        if self._items.qsize() >= self._max_queued:
+            self.dropped += 1
+            return
         self._items.put(message + "\n")
 
     debug = info = warning = warn = error = err = critical = exception = fatal = failure = log = msg
 
     def write(self, text: str) -> int:
         """File-like, for the stdlib logging handler: its records join the same ordered stream."""
-        self._items.put(text)
+        if self._items.qsize() >= self._max_queued:
+            self.dropped += 1
+        else:
+            self._items.put(text)
         return len(text)
 
     def flush(self) -> None:
@@ -112,6 +125,9 @@ class BackgroundLineWriter:
                     item = self._items.get_nowait()
                 except queue.Empty:
                     break
+            dropped, self.dropped = self.dropped, 0
+            if dropped:
+                lines.append(json.dumps({"event": "log_lines_dropped", "count": dropped, "level": "warning"}) + "\n")
             if lines:
                 try:
                     self._out.write("".join(lines))

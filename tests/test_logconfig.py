@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+import time
 
 import structlog
 
@@ -95,3 +96,29 @@ def test_redaction_by_field_name_words_and_bytes() -> None:
     assert out["signature"] == "01" * 8 + "…"
     assert out["short"] == "0203"
     assert redact_secrets(None, "info", dict(event)) == out  # the cached verdicts give the same answer
+
+
+def test_a_stuck_output_drops_lines_beyond_the_bound_and_says_how_many() -> None:
+    """A stalled log reader never blocks the signing threads nor grows memory without bound."""
+    release = threading.Event()
+
+    class Stuck(io.StringIO):
+        def write(self, text: str) -> int:
+            release.wait(10)
+            return super().write(text)
+
+    out = Stuck()
+    writer = BackgroundLineWriter(out, max_queued=50)
+    writer.msg("first")  # the writer takes it and blocks in write()
+    time.sleep(0.05)
+    for i in range(200):
+        writer.msg(f"line {i}")  # returns at once even though the output is stuck
+    assert writer.dropped >= 150 - 1
+    release.set()
+    writer.drain()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "first"
+    kept = [line for line in lines if line.startswith("line ")]
+    assert kept == [f"line {i}" for i in range(len(kept))] and 49 <= len(kept) <= 51
+    notice = json.loads(lines[-1])
+    assert notice["event"] == "log_lines_dropped" and notice["count"] == 200 - len(kept)

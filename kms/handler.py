@@ -144,9 +144,11 @@ class ChainContext:
         return self._side
 
     def finish_signature(self, message: bytes, signature: bytes, extension_bytes: Callable[[], bytes] | None) -> bytes:
-        """Side-thread work of a fresh signature: verify it; sign (and verify) the vote extension when one is
-        wanted. Returns the extension signature (b"" when none). Raises ProviderError if anything fails."""
+        """Side-thread work of a fresh signature: verify it (and remember it as verified); sign (and verify) the
+        vote extension when one is wanted. Returns the extension signature (b"" when none). Raises ProviderError
+        if anything fails. The caller holds the chain's lock and reads the result only after the job ended."""
         verify_or_raise(self.signer.public_key(), message, signature, self.signer.provider)
+        self.verified_signature = signature
         return self.extension_signature(extension_bytes()) if extension_bytes is not None else b""
 
     def extension_signature(self, message: bytes) -> bytes:
@@ -256,7 +258,6 @@ class RequestHandler:
             with chain.lock:
                 deferred = chain.defers_verification and chain.activity.alone()
                 side_job: Pending[bytes] | None = None
-                pending_signature = [b""]  # what the side job verifies
                 extension_bytes = None
                 if extension_wanted:
                     vote = msg
@@ -269,14 +270,10 @@ class RequestHandler:
                     if deferred:
                         # Issue 8: verify (and sign the extension) on the side thread while the guard's flush
                         # runs; the reply waits for both below.
-                        if side_job is not None:  # a guard that signs twice: the earlier job is moot
-                            with contextlib.suppress(Exception):
-                                side_job.result()
                         signature = chain.sign_unverified(message)
                         side_job = chain.side().submit(
                             partial(chain.finish_signature, message, signature, extension_bytes)
                         )
-                        pending_signature[0] = signature
                     else:
                         signature = chain.sign(message)
                         chain.verified_signature = signature  # the provider verified it
@@ -298,13 +295,11 @@ class RequestHandler:
                     raise
                 if side_job is not None:
                     extension_signature = side_job.result()  # ProviderError: the signature did not verify
-                    chain.verified_signature = pending_signature[0]
                 else:
                     extension_signature = b""
                     if extension_bytes is not None:
                         extension_signature = chain.extension_signature(extension_bytes())
                 response = self._signed_response(request, outcome, extension_signature)
-                chain.verified_signature = outcome.signature
                 event = SignEvent(
                     self.chain_id, kind, height, round_, step, block_hash, sign_bytes, outcome.signature,
                     "signed" if outcome.fresh else "reused", "", time.perf_counter() - started,
@@ -356,15 +351,11 @@ class RequestHandler:
         return non_nil_precommit
 
     def _signed_response(self, request: Any, outcome: GuardOutcome, extension_signature: bytes) -> bytes:
-        chain = self.chain
         if isinstance(request, codec.SignVoteRequest):
             vote = request.vote
             if outcome.timestamp is not None:
                 vote.timestamp.seconds, vote.timestamp.nanos = outcome.timestamp
-            if outcome.signature != chain.verified_signature:
-                # A signature this process has not verified (read from disk, written by another instance, one
-                # whose verification failed): verify it over what it signs before it leaves.
-                self._verify_stored(vote_sign_bytes(self.chain_id, vote), outcome.signature)
+            self._ensure_verified(outcome.signature, lambda: vote_sign_bytes(self.chain_id, vote))
             vote.signature = outcome.signature
             if extension_signature:
                 vote.extension_signature = extension_signature
@@ -377,14 +368,18 @@ class RequestHandler:
         proposal = request.proposal
         if outcome.timestamp is not None:
             proposal.timestamp.seconds, proposal.timestamp.nanos = outcome.timestamp
-        if outcome.signature != chain.verified_signature:
-            self._verify_stored(proposal_sign_bytes(self.chain_id, proposal), outcome.signature)
+        self._ensure_verified(outcome.signature, lambda: proposal_sign_bytes(self.chain_id, proposal))
         proposal.signature = outcome.signature
         return codec.encode_signed_proposal(self.dialect, proposal)
 
-    def _verify_stored(self, message: bytes, signature: bytes) -> None:
-        signer = self.chain.signer
-        verify_or_raise(signer.public_key(), message, signature, signer.provider)
+    def _ensure_verified(self, signature: bytes, signed: Callable[[], bytes]) -> None:
+        """Verify ``signature`` over the sign bytes of what the reply carries, unless it is the one this process
+        verified last (just made, or just reused). Any other — read from disk, written by another instance, one
+        whose verification failed — is checked here before it leaves."""
+        chain = self.chain
+        if signature != chain.verified_signature:
+            verify_or_raise(chain.signer.public_key(), signed(), signature, chain.signer.provider)
+            chain.verified_signature = signature
 
     def _refuse(
         self,

@@ -186,7 +186,7 @@ class SignerLink:
         self._pending: list[bytes] = []
         self.remote_pubkey: bytes | None = getattr(stream, "remote_pubkey", None) or None
         self.closed = False
-        self._timeout_set: float | None = -1.0
+        self._timeout_set = -1.0  # none set yet
 
     def send_raw(self, data: bytes) -> None:
         """Bytes on the stream as they are (for hostile-input tests)."""

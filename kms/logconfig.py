@@ -83,10 +83,7 @@ class BackgroundLineWriter:
         atexit.register(self.drain)
 
     def msg(self, message: str) -> None:
-        if self._items.qsize() >= self._max_queued:
-            self.dropped += 1
-            return
-        self._items.put(message + "\n")
+        self.write(message + "\n")
 
     debug = info = warning = warn = error = err = critical = exception = fatal = failure = log = msg
 
@@ -147,7 +144,13 @@ def configure_logging(
     """Set up structlog and the stdlib root logger (libraries log through it) to one output stream.
 
     ``background``: write through a ``BackgroundLineWriter`` (the daemon; see the module doc)."""
+    global _writer
     out = stream if stream is not None else sys.stderr
+    writer: BackgroundLineWriter | None = None
+    if background:
+        if _writer is not None:
+            _writer.drain()  # a second configuration: what the old writer holds goes out first
+        _writer = writer = BackgroundLineWriter(out)
     if fmt == "auto":
         fmt = "console" if getattr(out, "isatty", lambda: False)() else "json"
     level = logging.DEBUG if verbose else logging.INFO
@@ -167,20 +170,12 @@ def configure_logging(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=out) if not background else _background_factory(out),
+        logger_factory=structlog.PrintLoggerFactory(file=out) if writer is None else lambda *_args: writer,
         cache_logger_on_first_use=False,
     )
-    target = _writer if background and _writer is not None else out
-    logging.basicConfig(level=logging.WARNING, stream=target, format="%(levelname)s %(name)s: %(message)s", force=True)
-
-
-def _background_factory(out: Any) -> Any:
-    global _writer
-    if _writer is not None:
-        _writer.drain()
-    _writer = BackgroundLineWriter(out)
-    writer = _writer
-    return lambda *_args: writer
+    logging.basicConfig(
+        level=logging.WARNING, stream=writer or out, format="%(levelname)s %(name)s: %(message)s", force=True
+    )
 
 
 def flush_logs() -> None:

@@ -37,6 +37,7 @@ from pykms.privval.signbytes import proposal_sign_bytes, vote_extension_sign_byt
 
 __all__ = [
     "BenchResult",
+    "IdealSlotFile",
     "format_result",
     "lower_floor",
     "measure_floor",
@@ -99,24 +100,45 @@ def measure_floor(directory: Path, samples: int = 300) -> tuple[float, float]:
     return statistics.median(flushes), statistics.median(signs)
 
 
+class IdealSlotFile:
+    """The ideal signer's state: a preallocated file whose two 4 KiB slots are overwritten in turn, as the slot
+    store does, and flushed with one fdatasync; nothing else (no checksum, no encoding)."""
+
+    BLOCK = 4096
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.write(self.fd, b"\0" * 3 * self.BLOCK)
+        os.fsync(self.fd)
+        self._count = 0
+
+    def write(self, record: bytes) -> None:
+        self._count += 1
+        os.pwrite(self.fd, record, self.BLOCK * (1 + self._count % 2))
+
+    def flush(self) -> None:
+        os.fdatasync(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 def _ideal_signer(port: int, directory: str, seed: bytes) -> None:
     """Child process: the smallest signer loop (see the module doc); ends when the connection closes."""
     key = SigningKey(seed)
     fd, name = tempfile.mkstemp(prefix=".pykms-ideal-", dir=directory)
+    os.close(fd)
+    state = IdealSlotFile(name)
     try:
-        os.write(fd, b"\0" * 3 * 4096)
-        os.fsync(fd)
         with socket.create_connection(("127.0.0.1", port)) as conn:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            count = 0
             while message := conn.recv(4096):
                 signature = key.sign(message).signature
-                os.pwrite(fd, signature + message, 4096 * (1 + count % 2))  # two slots, as the slot store
-                os.fdatasync(fd)
-                count += 1
+                state.write(signature + message)
+                state.flush()
                 conn.sendall(signature)
     finally:
-        os.close(fd)
+        state.close()
         os.unlink(name)
 
 

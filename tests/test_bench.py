@@ -22,6 +22,7 @@ from pykms.harness.bench import (
     format_result,
     lower_floor,
     measure_floor,
+    measure_ideal_signer,
     percentile,
     run_sequence,
     summarize,
@@ -146,3 +147,13 @@ def test_bench_command_against_pykms(tmp_path: Path) -> None:
     # (proposal, prevote, precommit): 13 whole heights and the proposal of height 1018.
     state = json.loads((tmp_path / "kms" / "state" / "bench-chain_priv_validator_state.json").read_text())
     assert (state["height"], state["round"], state["step"]) == ("1018", 0, 1)
+
+
+def test_ideal_signer_answers_verified_signatures_and_cleans_up(tmp_path: Path) -> None:
+    """The machine's bound is measured against a real signer loop: every answer is verified (a wrong one raises)
+    and its state file is gone afterwards."""
+    latencies = measure_ideal_signer(tmp_path, 20)
+    assert len(latencies) == 20 and all(x > 0 for x in latencies)
+    assert list(tmp_path.iterdir()) == []
+    result = summarize([0.002] * 4, 0.0009, 0.0001, 0.01, latencies)
+    assert result.ideal_p50_ms is not None and "ideal signer" in format_result(result)

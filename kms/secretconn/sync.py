@@ -32,6 +32,13 @@ def set_kernel_timeouts(sock: socket.socket, seconds: float) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
 
 
+def _recv(sock: socket.socket) -> bytes:
+    try:
+        return sock.recv(65536)
+    except BlockingIOError:  # SO_RCVTIMEO expired (set_kernel_timeouts): the same as a Python-level timeout
+        raise TimeoutError("no data before the socket's receive timeout") from None
+
+
 class BlockingPlainStream:
     """privval over a unix socket is plaintext (PROTOCOL.md §2.1): the same interface, no encryption."""
 
@@ -45,10 +52,7 @@ class BlockingPlainStream:
         self.sock.sendall(data)
 
     def recv(self) -> bytes:
-        try:
-            return self.sock.recv(65536)
-        except BlockingIOError:  # SO_RCVTIMEO expired (the runtime's sockets): the same as a Python timeout
-            raise TimeoutError("no data before the socket's receive timeout") from None
+        return _recv(self.sock)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -84,10 +88,7 @@ class BlockingSecretStream:
             return data
         self.codec.check()
         while True:
-            try:
-                chunk = self.sock.recv(65536)
-            except BlockingIOError:  # SO_RCVTIMEO expired (the runtime's sockets): the same as a Python timeout
-                raise TimeoutError("no data before the socket's receive timeout") from None
+            chunk = _recv(self.sock)
             if not chunk:
                 if self.codec.mid_frame:
                     self.codec.poison("connection closed in the middle of a frame")

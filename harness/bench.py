@@ -37,12 +37,16 @@ from pykms.privval.signbytes import proposal_sign_bytes, vote_extension_sign_byt
 
 __all__ = [
     "BenchResult",
+    "CpuUse",
     "IdealSlotFile",
+    "cpu_per_request",
+    "format_cpu",
     "format_result",
     "lower_floor",
     "measure_floor",
     "measure_ideal_signer",
     "percentile",
+    "process_cpu",
     "run_sequence",
     "summarize",
 ]
@@ -98,6 +102,48 @@ def measure_floor(directory: Path, samples: int = 300) -> tuple[float, float]:
         key.sign(message)
         signs.append(time.perf_counter() - start)
     return statistics.median(flushes), statistics.median(signs)
+
+
+#: (user seconds, system seconds, context switches) of a process, all its threads included.
+CpuUse = tuple[float, float, int]
+
+
+def process_cpu(pid: int) -> CpuUse | None:
+    """What process ``pid`` and its threads have used so far, from /proc (Linux); None where there is no /proc.
+
+    Read from outside the process, so a benchmark can account for a signer it only talks to."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        switches = 0
+        for status in Path(f"/proc/{pid}/task").glob("*/status"):
+            for line in status.read_text().splitlines():
+                if "ctxt_switches:" in line:  # voluntary and nonvoluntary
+                    switches += int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick, switches
+
+
+def cpu_per_request(before: CpuUse | None, after: CpuUse | None, requests: int) -> dict[str, float] | None:
+    """Microseconds of user and system CPU, and context switches, per request between two ``process_cpu``."""
+    if before is None or after is None or requests <= 0:
+        return None
+    return {
+        "user_us": (after[0] - before[0]) / requests * 1e6,
+        "sys_us": (after[1] - before[1]) / requests * 1e6,
+        "switches": (after[2] - before[2]) / requests,
+    }
+
+
+def format_cpu(cpu: dict[str, float] | None) -> str:
+    if cpu is None:
+        return "CPU n/a (no /proc)"
+    total = cpu["user_us"] + cpu["sys_us"]
+    return (
+        f"{total:.0f} µs CPU per request (user {cpu['user_us']:.0f}, system {cpu['sys_us']:.0f}), "
+        f"{cpu['switches']:.1f} context switches"
+    )
 
 
 class IdealSlotFile:

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,11 +20,14 @@ import pytest
 from pykms.errors import HarnessError
 from pykms.harness.bench import (
     BenchResult,
+    cpu_per_request,
+    format_cpu,
     format_result,
     lower_floor,
     measure_floor,
     measure_ideal_signer,
     percentile,
+    process_cpu,
     run_sequence,
     summarize,
 )
@@ -157,3 +161,43 @@ def test_ideal_signer_answers_verified_signatures_and_cleans_up(tmp_path: Path) 
     assert list(tmp_path.iterdir()) == []
     result = summarize([0.002] * 4, 0.0009, 0.0001, 0.01, latencies)
     assert result.ideal_p50_ms is not None and "ideal signer" in format_result(result)
+
+
+def test_process_cpu_sees_a_busy_thread_and_a_sleeping_one() -> None:
+    before = process_cpu(os.getpid())
+    assert before is not None, "Linux has /proc"
+    slept, release = threading.Event(), threading.Event()
+
+    def sleeper() -> None:
+        for _ in range(30):
+            time.sleep(0.001)  # each sleep is a voluntary context switch of this thread
+        slept.set()
+        release.wait(10)
+
+    thread = threading.Thread(target=sleeper)
+    thread.start()
+    deadline = time.process_time() + 0.2
+    while time.process_time() < deadline:  # 0.2 s of CPU in this process
+        pass
+    assert slept.wait(10)
+    after = process_cpu(os.getpid())
+    release.set()
+    thread.join()
+    assert after is not None
+    assert after[0] + after[1] - before[0] - before[1] >= 0.15
+    assert after[2] - before[2] >= 30
+
+
+def test_process_cpu_of_a_gone_process_is_none() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    assert process_cpu(proc.pid) is None
+
+
+def test_cpu_per_request_divides_the_difference() -> None:
+    cpu = cpu_per_request((1.0, 0.5, 100), (1.5, 0.7, 300), 1000)
+    assert cpu == pytest.approx({"user_us": 500.0, "sys_us": 200.0, "switches": 0.2})
+    assert "700 µs CPU per request (user 500, system 200), 0.2 context switches" in format_cpu(cpu)
+    assert cpu_per_request(None, (1.0, 0.0, 0), 10) is None
+    assert cpu_per_request((1.0, 0.0, 0), (2.0, 0.0, 0), 0) is None
+    assert format_cpu(None) == "CPU n/a (no /proc)"

@@ -26,7 +26,7 @@ from pykms.harness.simulator import AcceptTimeout, SignerLink, ValidatorSimulato
 from pykms.privval import codec
 from pykms.privval.codec import Dialect
 
-__all__ = ["main", "write_demo_home"]
+__all__ = ["main", "write_demo_home", "write_multichain_home"]
 
 CHAIN_ID = "pykms-demo-1"
 #: How long pykms may take to start and dial in (imports, key and state loading, handshake).
@@ -74,6 +74,21 @@ protocol_version = "{protocol_version}"
 reconnect = true
 """
     )
+    return config
+
+
+def write_multichain_home(home: Path, listen: dict[str, list[str]], *, state_format: str = "slots") -> Path:
+    """One tmkms.toml for several chains (chain id -> one address per sentry), each with its own key and state,
+    as a demo home per chain under ``home``; returns the config (the benchmarks' signer set-up)."""
+    blocks = []
+    for chain_id, addrs in listen.items():
+        text = write_demo_home(home / chain_id, addrs[0], chain_id=chain_id, state_format=state_format).read_text()
+        validator = text[text.index("[[validator]]") :]
+        for addr in addrs[1:]:
+            text += "\n" + validator.replace(f'addr = "{addrs[0]}"', f'addr = "{addr}"')
+        blocks.append(text)
+    config = home / "tmkms.toml"
+    config.write_text("\n".join(blocks))
     return config
 
 

@@ -700,6 +700,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         dialect = Dialect.parse(args.protocol_version)
     except KmsError as exc:
         raise _fail(str(exc), "params") from None
+    if args.chains < 1 or args.sentries < 1:
+        raise _fail("--chains and --sentries must be at least 1", "params")
+    if args.chains > 1 or args.sentries > 1:
+        return _bench_concurrent(args, dialect)
     if args.n < 1:
         raise _fail("-n must be at least 1", "params")
     sim = ValidatorSimulator(args.addr, chain_id=args.chain_id, dialect=dialect)
@@ -738,6 +742,53 @@ def cmd_bench(args: argparse.Namespace) -> int:
         sim.close()
     ideal = measure_ideal_signer(Path(args.floor_dir), min(args.n, 2000)) if args.ideal else None
     print(format_result(summarize(latencies, fsync_s, sign_s, wall, ideal), as_json=args.json), flush=True)
+    return EXIT["ok"]
+
+
+def _bench_concurrent(args: argparse.Namespace, dialect: Dialect) -> int:
+    """``--chains M --sentries N``: M chains named CHAIN_ID-0..M-1, N listeners each, driven at once."""
+    from urllib.parse import urlsplit
+
+    from pykms.harness.load import format_concurrent, run_concurrent
+
+    if args.proposal or args.extensions:
+        raise _fail("--proposal and --extensions are for the single-chain run (omit --chains/--sentries)", "params")
+    if args.seconds <= 0:
+        raise _fail("--seconds must be positive", "params")
+    try:
+        parts = urlsplit(args.addr)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host = port = None
+    if parts.scheme != "tcp" or not host or port is None:
+        raise _fail(
+            f"--addr {args.addr!r}: several listeners need tcp://HOST:PORT (port 0: any free ports; "
+            "otherwise PORT, PORT+1, ... in the order printed)",
+            "params",
+        )
+    chain_ids = [f"{args.chain_id}-{c}" for c in range(args.chains)]
+    listen: dict[str, list[str]] = {}
+    for c, cid in enumerate(chain_ids):
+        listen[cid] = [f"tcp://{host}:{port + c * args.sentries + k if port else 0}" for k in range(args.sentries)]
+
+    def on_listening(bound: dict[str, list[str]]) -> int | None:
+        for cid, addrs in bound.items():
+            for k, addr in enumerate(addrs):
+                print(f"listening on {addr} for chain {cid} (sentry {k + 1} of {len(addrs)})", file=sys.stderr)
+        print(f"waiting for the signer ({args.chains * args.sentries} connections)", file=sys.stderr, flush=True)
+        pid: int | None = args.signer_pid
+        return pid
+
+    result = run_concurrent(
+        listen,
+        args.seconds,
+        on_listening=on_listening,
+        dialect=dialect,
+        block_ms=args.block_ms,
+        workers=args.workers or min(4, args.chains),
+        accept_timeout=args.accept_retries * ACCEPT_ATTEMPT_S,
+    )
+    print(format_concurrent(result, as_json=args.json), flush=True)
     return EXIT["ok"]
 
 
@@ -788,6 +839,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="skip the ideal signer: the smallest signer loop this machine can run, the best any signer can do here",
     )
+    g = p.add_argument_group(
+        "several chains and sentries at once",
+        "with --chains or --sentries above 1: chains CHAIN_ID-0.., each with SENTRIES listeners (one line each on "
+        "stderr), all driven for --seconds; prevote and precommit per height, both sentries of a chain asking for "
+        "the same votes",
+    )
+    g.add_argument("--chains", type=int, default=1)
+    g.add_argument("--sentries", type=int, default=1)
+    g.add_argument("--seconds", type=float, default=10.0, help="how long the load runs (default 10)")
+    g.add_argument("--block-ms", type=float, default=None, help="one height per block of this length (default: "
+                   "closed loop, each sentry's next request as soon as it has the answer)")  # fmt: skip
+    g.add_argument("--workers", type=int, default=0, help="load processes (default: min(4, chains))")
+    g.add_argument("--signer-pid", type=int, default=None, help="the signer's process id, for its CPU per request")
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=cmd_version)

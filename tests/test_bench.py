@@ -201,3 +201,91 @@ def test_cpu_per_request_divides_the_difference() -> None:
     assert cpu_per_request(None, (1.0, 0.0, 0), 10) is None
     assert cpu_per_request((1.0, 0.0, 0), (2.0, 0.0, 0), 0) is None
     assert format_cpu(None) == "CPU n/a (no /proc)"
+
+
+def _bench_listeners(bench: subprocess.Popen[str], count: int) -> dict[str, list[str]]:
+    """The addresses the concurrent bench prints on stderr, by chain (``listening on ADDR for chain ID ...``)."""
+    assert bench.stderr is not None
+    listen: dict[str, list[str]] = {}
+    for _ in range(count):
+        line = bench.stderr.readline()
+        assert line.startswith("listening on "), line
+        words = line.split()
+        listen.setdefault(words[5], []).append(words[2])
+    assert bench.stderr.readline().startswith(f"waiting for the signer ({count} connections)")
+    return listen
+
+
+def test_concurrent_bench_command_against_pykms(tmp_path: Path) -> None:
+    """2 chains x 2 sentries against a real pykms: every chain signs, every signature verified by the harness, the
+    twins' refusals counted, pykms's CPU read through --signer-pid."""
+    from pykms.harness.demo import write_multichain_home
+
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "pykms.harness.signer_harness", "bench", "--addr", "tcp://127.0.0.1:0",
+         "--chains", "2", "--sentries", "2", "--seconds", "2", "--chain-id", "load", "--json"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )  # fmt: skip
+    listen = _bench_listeners(bench, 4)
+    assert sorted(listen) == ["load-0", "load-1"] and all(len(a) == 2 for a in listen.values())
+    kms = KmsProcess(write_multichain_home(tmp_path / "kms", listen), tmp_path / "pykms.log")
+    kms.start()
+    try:
+        out, err = bench.communicate(timeout=90)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()
+        assert kms.stop() == 0, kms.log_text()
+    assert bench.returncode == 0, err + kms.log_text()
+    result = json.loads(out)
+    assert (result["chains"], result["sentries"], result["mode"]) == (2, 2, "closed loop, full speed")
+    assert set(result["per_chain"]) == {"load-0", "load-1"} and min(result["per_chain"].values()) > 10
+    signed = sum(result["per_chain"].values())
+    assert result["requests"] == signed + result["refused"]
+    assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
+    assert result["load_cpu_us"] > 0
+    # Each chain's guard went at least as far as its signatures: from height 10, at most four per height (a
+    # prevote and a precommit for each of the two sentries, the twin's answered by the same signature).
+    from pykms.guard.store import decode_slots_file
+
+    for cid, count in result["per_chain"].items():
+        path = tmp_path / "kms" / cid / "state" / f"{cid}_priv_validator_state.json"
+        _, state = decode_slots_file(path.read_bytes(), str(path))
+        assert state.height >= 10 + count // 4 - 1 and state.step in (2, 3), (cid, count, state)
+
+
+def test_concurrent_bench_fails_when_sentries_of_a_chain_get_different_keys(tmp_path: Path) -> None:
+    """A chain whose two sentries are answered by different keys: the harness refuses to report figures."""
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "pykms.harness.signer_harness", "bench", "--addr", "tcp://127.0.0.1:0",
+         "--chains", "1", "--sentries", "2", "--seconds", "1", "--chain-id", "two-keys"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )  # fmt: skip
+    listen = _bench_listeners(bench, 2)
+    signers = [
+        TestSigner(addr, FIXTURE_SEED, chain_id="two-keys", wrong_key=True).start() for addr in listen["two-keys-0"]
+    ]
+    try:
+        out, err = bench.communicate(timeout=60)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()
+        for signer in signers:
+            signer.stop()
+    assert bench.returncode == 7, err
+    assert "different public keys" in err and not out
+
+
+def test_concurrent_bench_refuses_unix_addresses_and_single_chain_flags() -> None:
+    for extra, message in (
+        (["--addr", "unix:///tmp/x.sock"], "several listeners need tcp://HOST:PORT"),
+        (["--addr", "tcp://127.0.0.1:0", "--extensions"], "--proposal and --extensions are for the single-chain"),
+    ):
+        run = subprocess.run(
+            [sys.executable, "-m", "pykms.harness.signer_harness", "bench", "--chains", "3", *extra],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert run.returncode != 0 and message in run.stderr, run.stderr

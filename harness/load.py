@@ -32,7 +32,7 @@ from pykms.harness.simulator import PRECOMMIT, PREVOTE, ValidatorSimulator, make
 from pykms.privval.codec import Dialect
 from pykms.privval.signbytes import vote_sign_bytes
 
-__all__ = ["ConcurrentResult", "format_concurrent", "run_concurrent"]
+__all__ = ["ConcurrentResult", "format_concurrent", "run_concurrent", "starved_chains"]
 
 EXIT_OTHER = 7
 
@@ -55,6 +55,8 @@ class ConcurrentResult:
     per_chain: dict[str, int]
     #: CPU of the load processes per request (µs): they share the machine with the signer on loopback.
     load_cpu_us: float
+    #: Chains that got less than half the median chain's rate of signatures (none, when no chain starves).
+    starved: list[str]
     #: The signer's CPU per request (``cpu_per_request``), when its process id was given.
     signer_cpu: dict[str, float] | None = None
 
@@ -167,6 +169,13 @@ def _drive(
     return latencies, per_chain, refused, window
 
 
+def starved_chains(signed: dict[str, int]) -> list[str]:
+    """The chains that got less than half as many signatures as the median chain, in the order given."""
+    counts = sorted(signed.values())
+    median = counts[len(counts) // 2] if counts else 0
+    return [cid for cid, count in signed.items() if count < median / 2]
+
+
 def _get(q: Any, timeout: float, what: str) -> Any:
     try:
         return q.get(timeout=timeout)
@@ -266,6 +275,7 @@ def run_concurrent(
         refused=refused,
         per_chain=per_chain,
         load_cpu_us=sum(w[2] for w in windows) / len(latencies) * 1e6,
+        starved=starved_chains({cid: per_chain[cid] for cid in ids}),
         signer_cpu=signer_cpu,
     )
 
@@ -280,6 +290,7 @@ def format_concurrent(result: ConcurrentResult, *, as_json: bool = False) -> str
         f"signed/s {result.signed_per_s:.0f}  per chain: slowest {result.slowest_chain_per_s:.1f}/s, fastest "
         f"{result.fastest_chain_per_s:.1f}/s  refused {result.refused} (a sentry asking for a step its twin "
         "already passed)",
+        "starved (under half the median chain's rate): " + (", ".join(result.starved) or "none"),
         f"load generators {result.load_cpu_us:.0f} µs CPU per request",
     ]
     if result.signer_cpu is not None:

@@ -245,7 +245,7 @@ def test_concurrent_bench_command_against_pykms(tmp_path: Path) -> None:
     signed = sum(result["per_chain"].values())
     assert result["requests"] == signed + result["refused"]
     assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
-    assert result["load_cpu_us"] > 0
+    assert result["load_cpu_us"] > 0 and result["starved"] == []
     # Each chain's guard went at least as far as its signatures: from height 10, at most four per height (a
     # prevote and a precommit for each of the two sentries, the twin's answered by the same signature).
     from pykms.guard.store import decode_slots_file
@@ -289,3 +289,21 @@ def test_concurrent_bench_refuses_unix_addresses_and_single_chain_flags() -> Non
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert run.returncode != 0 and message in run.stderr, run.stderr
+
+
+def test_concurrent_result_names_a_starved_chain() -> None:
+    """A chain served at under half the median chain's rate is named; the text says "none" otherwise."""
+    from pykms.harness import load
+
+    assert load.starved_chains({"a": 50, "b": 40, "c": 19}) == ["c"]
+    assert load.starved_chains({"a": 50, "b": 40, "c": 20}) == []  # exactly half of the median: not starved
+    assert load.starved_chains({"a": 0, "b": 40, "c": 45, "d": 41}) == ["a"]
+    assert load.starved_chains({"only": 7}) == [] and load.starved_chains({}) == []
+
+    base = dict(chains=3, sentries=2, mode="closed loop, full speed", seconds=1.0, requests=10, p50_ms=1.0,
+                p99_ms=2.0, max_ms=3.0, signed_per_s=10.0, slowest_chain_per_s=1.0, fastest_chain_per_s=5.0,
+                refused=0, per_chain={"a": 5, "b": 4, "c": 1}, load_cpu_us=100.0)  # fmt: skip
+    text = load.format_concurrent(load.ConcurrentResult(**base, starved=["c"]))  # type: ignore[arg-type]
+    assert "starved (under half the median chain's rate): c" in text
+    fine = load.format_concurrent(load.ConcurrentResult(**base, starved=[]))  # type: ignore[arg-type]
+    assert "starved (under half the median chain's rate): none" in fine

@@ -77,12 +77,17 @@ reconnect = true
     return config
 
 
-def write_multichain_home(home: Path, listen: dict[str, list[str]], *, state_format: str = "slots") -> Path:
+def write_multichain_home(
+    home: Path, listen: dict[str, list[str]], *, state_format: str = "slots", protocol_version: str = "v0.38"
+) -> Path:
     """One tmkms.toml for several chains (chain id -> one address per sentry), each with its own key and state,
-    as a demo home per chain under ``home``; returns the config (the benchmarks' signer set-up)."""
+    as a demo home per chain under ``home``; returns the config (the benchmarks' and tests' signer set-up)."""
     blocks = []
     for chain_id, addrs in listen.items():
-        text = write_demo_home(home / chain_id, addrs[0], chain_id=chain_id, state_format=state_format).read_text()
+        config = write_demo_home(
+            home / chain_id, addrs[0], chain_id=chain_id, protocol_version=protocol_version, state_format=state_format
+        )
+        text = config.read_text()
         validator = text[text.index("[[validator]]") :]
         for addr in addrs[1:]:
             text += "\n" + validator.replace(f'addr = "{addrs[0]}"', f'addr = "{addr}"')

@@ -83,21 +83,11 @@ def write_multi_home(
     home: Path, chains: dict[str, list[str]], *, state_format: str = "slots", protocol_version: str = "v0.38"
 ) -> Path:
     """One config for several chains, each with its own key, state and one [[validator]] per sentry address."""
-    from pykms.harness.demo import write_demo_home
+    from pykms.harness.demo import write_multichain_home
 
-    blocks = []
-    for chain_id, addrs in chains.items():
-        cfg = write_demo_home(
-            home / chain_id, addrs[0], chain_id=chain_id, protocol_version=protocol_version, state_format=state_format
-        )
+    config = write_multichain_home(home, chains, state_format=state_format, protocol_version=protocol_version)
+    for chain_id in chains:
         _remember_secrets(home / chain_id)
-        text = cfg.read_text()
-        validator = text[text.index("[[validator]]") :]
-        for addr in addrs[1:]:
-            text += "\n" + validator.replace(f'addr = "{addrs[0]}"', f'addr = "{addr}"')
-        blocks.append(text)
-    config = home / "tmkms.toml"
-    config.write_text("\n".join(blocks))
     return config
 
 

@@ -33,7 +33,7 @@ from pykms.harness.bench import (
 )
 from pykms.harness.simulator import PRECOMMIT, PREVOTE, SignerLink, ValidatorSimulator
 from tests.broken_signers import FIXTURE_PUB, FIXTURE_SEED, TestSigner
-from tests.e2e import KmsProcess, write_home
+from tests.e2e import KmsProcess, write_home, write_multi_home
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -203,6 +203,23 @@ def test_cpu_per_request_divides_the_difference() -> None:
     assert format_cpu(None) == "CPU n/a (no /proc)"
 
 
+def _start_bench(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pykms.harness.signer_harness", "bench", "--addr", "tcp://127.0.0.1:0", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )  # fmt: skip
+
+
+def _finish(bench: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
+    """The bench's stdout and the rest of its stderr once it has exited (killed after ``timeout``)."""
+    try:
+        return bench.communicate(timeout=timeout)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()
+
+
 def _bench_listeners(bench: subprocess.Popen[str], count: int) -> dict[str, list[str]]:
     """The addresses the concurrent bench prints on stderr, by chain (``listening on ADDR for chain ID ...``)."""
     assert bench.stderr is not None
@@ -219,24 +236,14 @@ def _bench_listeners(bench: subprocess.Popen[str], count: int) -> dict[str, list
 def test_concurrent_bench_command_against_pykms(tmp_path: Path) -> None:
     """2 chains x 2 sentries against a real pykms: every chain signs, every signature verified by the harness, the
     twins' refusals counted, pykms's CPU read through --signer-pid."""
-    from pykms.harness.demo import write_multichain_home
-
-    bench = subprocess.Popen(
-        [sys.executable, "-m", "pykms.harness.signer_harness", "bench", "--addr", "tcp://127.0.0.1:0",
-         "--chains", "2", "--sentries", "2", "--seconds", "2", "--chain-id", "load", "--json"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
-    )  # fmt: skip
+    bench = _start_bench("--chains", "2", "--sentries", "2", "--seconds", "2", "--chain-id", "load", "--json")
     listen = _bench_listeners(bench, 4)
     assert sorted(listen) == ["load-0", "load-1"] and all(len(a) == 2 for a in listen.values())
-    kms = KmsProcess(write_multichain_home(tmp_path / "kms", listen), tmp_path / "pykms.log")
+    kms = KmsProcess(write_multi_home(tmp_path / "kms", listen), tmp_path / "pykms.log")
     kms.start()
     try:
-        out, err = bench.communicate(timeout=90)
+        out, err = _finish(bench, 90)
     finally:
-        if bench.poll() is None:
-            bench.kill()
-            bench.wait()
         assert kms.stop() == 0, kms.log_text()
     assert bench.returncode == 0, err + kms.log_text()
     result = json.loads(out)
@@ -258,21 +265,14 @@ def test_concurrent_bench_command_against_pykms(tmp_path: Path) -> None:
 
 def test_concurrent_bench_fails_when_sentries_of_a_chain_get_different_keys(tmp_path: Path) -> None:
     """A chain whose two sentries are answered by different keys: the harness refuses to report figures."""
-    bench = subprocess.Popen(
-        [sys.executable, "-m", "pykms.harness.signer_harness", "bench", "--addr", "tcp://127.0.0.1:0",
-         "--chains", "1", "--sentries", "2", "--seconds", "1", "--chain-id", "two-keys"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"),
-    )  # fmt: skip
+    bench = _start_bench("--chains", "1", "--sentries", "2", "--seconds", "1", "--chain-id", "two-keys")
     listen = _bench_listeners(bench, 2)
     signers = [
         TestSigner(addr, FIXTURE_SEED, chain_id="two-keys", wrong_key=True).start() for addr in listen["two-keys-0"]
     ]
     try:
-        out, err = bench.communicate(timeout=60)
+        out, err = _finish(bench, 60)
     finally:
-        if bench.poll() is None:
-            bench.kill()
-            bench.wait()
         for signer in signers:
             signer.stop()
     assert bench.returncode == 7, err

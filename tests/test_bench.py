@@ -307,3 +307,28 @@ def test_concurrent_result_names_a_starved_chain() -> None:
     assert "starved (under half the median chain's rate): c" in text
     fine = load.format_concurrent(load.ConcurrentResult(**base, starved=[]))  # type: ignore[arg-type]
     assert "starved (under half the median chain's rate): none" in fine
+
+
+def test_run_concurrent_in_process_with_test_signers() -> None:
+    """The library call behind ``bench --chains``: one chain, two sentries, each served by a signer with the same
+    key; the signer's CPU is read from the process id that ``on_listening`` returns (here this process)."""
+    from pykms.harness.load import format_concurrent, run_concurrent
+
+    signers: list[TestSigner] = []
+
+    def on_listening(bound: dict[str, list[str]]) -> int:
+        assert list(bound) == ["inproc-0"] and len(bound["inproc-0"]) == 2
+        signers.extend(TestSigner(a, FIXTURE_SEED, chain_id="inproc-0").start() for a in bound["inproc-0"])
+        return os.getpid()
+
+    try:
+        result = run_concurrent(
+            {"inproc-0": ["tcp://127.0.0.1:0"] * 2}, 1.0, on_listening=on_listening, workers=1, block_ms=20
+        )
+    finally:
+        for signer in signers:
+            signer.stop()
+    assert result.mode == "paced, one height every 20 ms" and result.per_chain["inproc-0"] > 10
+    assert result.requests == result.per_chain["inproc-0"] + result.refused
+    assert result.signer_cpu is not None and result.signer_cpu["user_us"] + result.signer_cpu["sys_us"] > 0
+    assert "signer " in format_concurrent(result) and json.loads(format_concurrent(result, as_json=True))["chains"] == 1

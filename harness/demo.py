@@ -26,7 +26,7 @@ from pykms.harness.simulator import AcceptTimeout, SignerLink, ValidatorSimulato
 from pykms.privval import codec
 from pykms.privval.codec import Dialect
 
-__all__ = ["main", "write_demo_home", "write_multichain_home"]
+__all__ = ["add_sentries", "main", "write_demo_home", "write_multichain_home"]
 
 CHAIN_ID = "pykms-demo-1"
 #: How long pykms may take to start and dial in (imports, key and state loading, handshake).
@@ -77,6 +77,14 @@ reconnect = true
     return config
 
 
+def add_sentries(config_text: str, addrs: list[str]) -> str:
+    """A demo config with its [[validator]] repeated for each further sentry address (``addrs[0]`` is its own)."""
+    validator = config_text[config_text.index("[[validator]]") :]
+    for addr in addrs[1:]:
+        config_text += "\n" + validator.replace(f'addr = "{addrs[0]}"', f'addr = "{addr}"')
+    return config_text
+
+
 def write_multichain_home(
     home: Path, listen: dict[str, list[str]], *, state_format: str = "slots", protocol_version: str = "v0.38"
 ) -> Path:
@@ -87,11 +95,7 @@ def write_multichain_home(
         config = write_demo_home(
             home / chain_id, addrs[0], chain_id=chain_id, protocol_version=protocol_version, state_format=state_format
         )
-        text = config.read_text()
-        validator = text[text.index("[[validator]]") :]
-        for addr in addrs[1:]:
-            text += "\n" + validator.replace(f'addr = "{addrs[0]}"', f'addr = "{addr}"')
-        blocks.append(text)
+        blocks.append(add_sentries(config.read_text(), addrs))
     config = home / "tmkms.toml"
     config.write_text("\n".join(blocks))
     return config

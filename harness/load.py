@@ -221,12 +221,13 @@ def run_concurrent(
         samples: list[tuple[float, CpuUse | None]] = []
         sampling = threading.Event()
 
-        def sample() -> None:  # the signer's CPU over time, to cut out the window in which the load ran
-            while signer_pid is not None and not sampling.wait(0.1):
-                samples.append((time.monotonic(), process_cpu(signer_pid)))
+        def sample(pid: int) -> None:  # the signer's CPU over time, to cut out the window in which the load ran
+            while not sampling.wait(0.1):
+                samples.append((time.monotonic(), process_cpu(pid)))
 
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
+        sampler = threading.Thread(target=sample, args=(signer_pid,), daemon=True)
+        if signer_pid is not None:
+            sampler.start()
         go.set()
         latencies: list[float] = []
         per_chain: dict[str, int] = {}
@@ -242,7 +243,8 @@ def run_concurrent(
             refused += bad
             windows.append(window)
         sampling.set()
-        sampler.join()
+        if sampler.is_alive():
+            sampler.join()
     finally:
         go.set()  # a worker still waiting for the signer ends (its accept times out or its links close)
         for p in procs:

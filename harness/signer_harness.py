@@ -757,10 +757,10 @@ def _bench_concurrent(args: argparse.Namespace, dialect: Dialect) -> int:
         raise _fail("--seconds must be positive", "params")
     try:
         parts = urlsplit(args.addr)
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        host = port = None
-    if parts.scheme != "tcp" or not host or port is None:
+        scheme, host, port = parts.scheme, parts.hostname, parts.port
+    except ValueError:  # a port that is not a number, a bracketed host that is not IPv6
+        scheme, host, port = "", None, None
+    if scheme != "tcp" or not host or port is None:
         raise _fail(
             f"--addr {args.addr!r}: several listeners need tcp://HOST:PORT (port 0: any free ports; "
             "otherwise PORT, PORT+1, ... in the order printed)",
@@ -776,8 +776,7 @@ def _bench_concurrent(args: argparse.Namespace, dialect: Dialect) -> int:
             for k, addr in enumerate(addrs):
                 print(f"listening on {addr} for chain {cid} (sentry {k + 1} of {len(addrs)})", file=sys.stderr)
         print(f"waiting for the signer ({args.chains * args.sentries} connections)", file=sys.stderr, flush=True)
-        pid: int | None = args.signer_pid
-        return pid
+        return args.signer_pid  # type: ignore[no-any-return]
 
     result = run_concurrent(
         listen,

@@ -54,12 +54,8 @@ def redact_secrets(_logger: Any, _method: str, event: MutableMapping[str, Any]) 
 
     Values are replaced in place (the keys do not change while iterating); the common value types skip the
     isinstance check, which made this the costliest step of a signing line (issue 8)."""
-    verdicts = _SECRET_NAME
     for key, value in event.items():
-        secret = verdicts.get(key)
-        if secret is None:
-            secret = _secret_name(key)
-        if secret:
+        if _secret_name(key):
             event[key] = "[redacted]"
         elif type(value) not in _PLAIN_TYPES and isinstance(value, bytes | bytearray | memoryview):
             raw = bytes(value)

@@ -102,16 +102,13 @@ def write_home(
     extra_validator: str = "",
 ) -> Path:
     """Like the demo's home, with one [[validator]] per address (several sentries for one chain)."""
-    from pykms.harness.demo import write_demo_home
+    from pykms.harness.demo import add_sentries, write_demo_home
 
     config = write_demo_home(
         home, addrs[0], chain_id=chain_id, protocol_version=protocol_version, state_format=state_format
     )
     _remember_secrets(home)
-    text = config.read_text()
-    validator_block = text[text.index("[[validator]]") :]
-    for addr in addrs[1:]:
-        text += "\n" + validator_block.replace(f'addr = "{addrs[0]}"', f'addr = "{addr}"')
+    text = add_sentries(config.read_text(), addrs)
     if extra_chain:
         text = text.replace("[[providers.softsign]]", extra_chain + "\n[[providers.softsign]]", 1)
     if extra_validator:

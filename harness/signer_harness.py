@@ -32,606 +32,33 @@ A signer may refuse by answering RemoteSignerError or by closing the link (tmkms
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
-import json
 import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
-
-from nacl.exceptions import BadSignatureError
-from nacl.signing import SigningKey, VerifyKey
+from typing import Any
 
 from pykms import __version__
-from pykms.errors import HarnessError, KeyFileError, KmsError, ProtocolError, StateError
-from pykms.harness.simulator import (
-    PRECOMMIT,
-    PREVOTE,
-    AcceptTimeout,
-    SignerLink,
-    ValidatorSimulator,
-    make_proposal,
-    make_vote,
+from pykms.errors import HarnessError, KeyFileError, KmsError, ProtocolError
+from pykms.harness.conformance import (
+    ACCEPT_ATTEMPT_S,
+    CONN_DEADLINE_S,
+    EXIT,
+    Harness,
+    fail,
+    load_key,
+    load_tmhome,
+    refusal_reason,
+    run_basic,
+    run_full,
 )
+from pykms.harness.simulator import ValidatorSimulator
 from pykms.keyfiles import write_secret_file
 from pykms.privval import codec
 from pykms.privval.codec import Dialect
-from pykms.privval.signbytes import proposal_sign_bytes, vote_extension_sign_bytes, vote_sign_bytes
-from pykms.proto.tendermint.types import types_pb2
 
-__all__ = [
-    "ACCEPT_ATTEMPT_S",
-    "CONN_DEADLINE_S",
-    "EXIT",
-    "Harness",
-    "TmHome",
-    "build_parser",
-    "load_genesis_chain_id",
-    "load_key",
-    "load_tmhome",
-    "main",
-    "run_basic",
-    "run_full",
-]
-
-#: tm-signer-harness's exit codes (internal/test_harness.go, the iota block from NoError to ErrTestSignVoteFailed).
-EXIT = {
-    "ok": 0,
-    "params": 1,
-    "no_signer": 2,
-    "genesis": 3,
-    "create_listener": 4,
-    "start_listener": 5,
-    "interrupted": 6,
-    "other": 7,
-    "pubkey": 8,
-    "proposal": 9,
-    "vote": 10,
-}
-
-#: tm-signer-harness's fixed request contents (VECTORS.md V12): block hash = part-set hash = SHA-256("hash"),
-#: part-set total 1,000,000, proposal at height 100, votes at height 101.
-HARNESS_BLOCK_SEED = b"hash"
-HARNESS_PART_TOTAL = 1_000_000
-PROPOSAL_HEIGHT = 100
-VOTE_HEIGHT = 101
-#: Each accept attempt waits this long (tm-signer-harness: 10 ms; see the module docstring for why 100 ms).
-ACCEPT_ATTEMPT_S = 0.1
-#: Read/write deadline on the signer connection (tm-signer-harness main.go: defaultConnDeadline = 3 s).
-CONN_DEADLINE_S = 3.0
-#: Longest chain id a genesis may carry (cometbft types/genesis.go: MaxChainIDLen).
-MAX_CHAIN_ID_LEN = 50
-
-_T = TypeVar("_T")
-
-
-# Loading $TMHOME ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TmHome:
-    pub_key: bytes
-    seed: bytes
-    chain_id: str
-
-    def __repr__(self) -> str:  # the seed never appears in a repr
-        return f"TmHome(pub_key={self.pub_key.hex()}, chain_id={self.chain_id!r})"
-
-
-def _fail(message: str, code: str) -> HarnessError:
-    return HarnessError(message, EXIT[code])
-
-
-def load_key(home: Path) -> tuple[bytes, bytes]:
-    """(public key, seed) from ``config/priv_validator_key.json``; checks ``data/priv_validator_state.json`` too.
-
-    tm-signer-harness loads both through privval.LoadFilePV, which exits with code 1 if either is missing or
-    malformed; so does this.
-    """
-    key_path = home / "config" / "priv_validator_key.json"
-    try:
-        doc = json.loads(key_path.read_bytes())
-        priv_key = doc["priv_key"]
-        if priv_key.get("type") != "tendermint/PrivKeyEd25519":
-            raise ValueError(f"priv_key.type {priv_key.get('type')!r}: only tendermint/PrivKeyEd25519 is supported")
-        priv = base64.b64decode(priv_key["value"], validate=True)
-        if len(priv) != 64:
-            raise ValueError(f"priv_key.value is {len(priv)} bytes; an Ed25519 key is 64 (seed || public key)")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
-        raise _fail(f"cannot load {key_path}: {_reason(exc)}", "params") from None
-    seed, pub = priv[:32], priv[32:]
-    # FilePV takes the public key from the private key's second half (crypto/ed25519 PrivKey.PubKey); a file
-    # whose halves disagree would make every check compare against a key the seed cannot sign for.
-    if bytes(SigningKey(seed).verify_key) != pub:
-        raise _fail(f"cannot load {key_path}: the public half of priv_key does not match its seed", "params")
-    state_path = home / "data" / "priv_validator_state.json"
-    from pykms.guard.state import from_cometbft_json
-
-    try:
-        from_cometbft_json(state_path.read_bytes(), str(state_path))
-    except OSError as exc:
-        raise _fail(f"cannot load {state_path}: {_reason(exc)}", "params") from None
-    except StateError as exc:
-        raise _fail(f"cannot load {state_path}: {exc}", "params") from None
-    return pub, seed
-
-
-def load_genesis_chain_id(home: Path) -> str:
-    """The chain id of ``config/genesis.json`` (exit code 3 on failure, as MakeGenesisDocFromFile's errors)."""
-    genesis_path = home / "config" / "genesis.json"
-    try:
-        chain_id = json.loads(genesis_path.read_bytes())["chain_id"]
-        if not isinstance(chain_id, str) or not chain_id:
-            raise ValueError("genesis doc must include a non-empty chain_id")
-        if len(chain_id) > MAX_CHAIN_ID_LEN:
-            raise ValueError(f"chain_id is too long (max: {MAX_CHAIN_ID_LEN})")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise _fail(f"cannot load the chain id from {genesis_path}: {_reason(exc)}", "genesis") from None
-    return chain_id
-
-
-def load_tmhome(home: Path) -> TmHome:
-    """Key and state first (exit code 1), then the genesis (exit code 3): tm-signer-harness's order."""
-    pub, seed = load_key(home)
-    return TmHome(pub_key=pub, seed=seed, chain_id=load_genesis_chain_id(home))
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError):
-        return exc.strerror or str(exc)
-    if isinstance(exc, KeyError):
-        return f"missing field {exc}"
-    if isinstance(exc, json.JSONDecodeError):
-        return f"not JSON ({exc.msg} at line {exc.lineno})"
-    return str(exc)
-
-
-# The harness -------------------------------------------------------------------------------------------------
-
-
-class Harness:
-    """Listener plus the checks; prints one ``[pass]``/``[FAIL]`` line per check with the reason."""
-
-    def __init__(
-        self,
-        sim: ValidatorSimulator,
-        expected_pub: bytes,
-        accept_retries: int,
-        out: TextIO | None = None,
-        *,
-        attempt_s: float = ACCEPT_ATTEMPT_S,
-    ) -> None:
-        self.sim = sim
-        self.expected_pub = expected_pub
-        self.accept_retries = accept_retries
-        self.attempt_s = attempt_s
-        self.out: TextIO = out if out is not None else sys.stdout
-        self.link: SignerLink | None = None
-        #: (check name, exit code) of every failed check, in order.
-        self.failures: list[tuple[str, int]] = []
-        self.passes = 0
-
-    @property
-    def chain_id(self) -> str:
-        return self.sim.chain_id
-
-    def say(self, status: str, name: str, detail: str = "") -> None:
-        print(f"[{status}] {name}{': ' + detail if detail else ''}", file=self.out, flush=True)
-
-    def accept(self) -> SignerLink:
-        """Up to ``accept_retries`` attempts (none if it is 0 or less, as tm-signer-harness), then exit code 2.
-
-        A connection that fails the handshake does not end the run: tm-signer-harness's listener goroutine
-        drops it and keeps accepting.
-        """
-        for _attempt in range(self.accept_retries):
-            try:
-                self.link = self.sim.accept(timeout=self.attempt_s)
-                return self.link
-            except AcceptTimeout:
-                continue
-            except ProtocolError as exc:
-                self.say("info", "accept", f"a connection failed the handshake: {exc}")
-                continue
-        raise _fail(f"no signer connected after {self.accept_retries} accept attempts", "no_signer")
-
-    def passed(self, name: str, detail: str = "") -> None:
-        self.passes += 1
-        self.say("pass", name, detail)
-
-    def failed(self, name: str, detail: str, code: str, *, fatal: bool = True) -> None:
-        """Report a failed check; end the run now (fatal) or go on. Either way the run's exit code is that of
-        its first failure."""
-        self.failures.append((name, EXIT[code]))
-        self.say("FAIL", name, detail)
-        if fatal:
-            first_name, first_code = self.failures[0]
-            also = (
-                ""
-                if len(self.failures) == 1
-                else f" (after {len(self.failures) - 1} earlier failure(s), the first: {first_name})"
-            )
-            raise HarnessError(f"{name}: {detail}{also}", first_code)
-
-    def expect(self, ok: bool, name: str, detail: str, code: str, *, fatal: bool = True) -> bool:
-        if ok:
-            self.passed(name, detail)
-        else:
-            self.failed(name, detail, code, fatal=fatal)
-        return ok
-
-    def call(self, name: str, code: str, fn: Callable[[], _T]) -> _T:
-        """Run one request; a broken link (hang-up, stall, garbage) fails the check and ends the run."""
-        try:
-            return fn()
-        except ProtocolError as exc:
-            self.failed(name, f"the link failed: {exc}", code)
-            raise AssertionError("unreachable") from None  # pragma: no cover - failed() raised
-
-
-def _verify(pub: bytes, message: bytes, signature: bytes) -> bool:
-    if len(signature) != 64:  # ValidateBasic: MaxSignatureSize; an Ed25519 signature is exactly 64 bytes
-        return False
-    try:
-        VerifyKey(pub).verify(message, signature)
-        return True
-    except (BadSignatureError, ValueError, TypeError):
-        return False
-
-
-def _refusal(resp: Any) -> str | None:
-    err = getattr(resp, "error", None)
-    return None if err is None else f"RemoteSignerError(code {err.code}): {err.description}"
-
-
-def _ts(msg: Any) -> tuple[int, int]:
-    return int(msg.timestamp.seconds), int(msg.timestamp.nanos)
-
-
-# The basic suite: tm-signer-harness's three tests ---------------------------------------------------------------
-
-
-def check_pubkey(h: Harness, link: SignerLink, *, name: str = "public key") -> None:
-    """Test 1. A failed or refused request is exit code 7 (TestPublicKey returns the client's error as is); a
-    different key is 8."""
-    resp = h.call(name, "other", link.pubkey)
-    if not isinstance(resp, codec.PubKeyResponse):
-        h.failed(name, f"expected a PubKeyResponse, got {type(resp).__name__}", "other")
-        return
-    refusal = _refusal(resp)
-    if refusal is not None:
-        h.failed(name, f"the signer refused: {refusal}", "other")
-        return
-    got = bytes(resp.pub_key)
-    if not got:
-        # A v1.0 PubKeyResponse carries pub_key_bytes/pub_key_type (fields 3/4); a signer answering with the
-        # v0.34-v0.38 PublicKey (field 1, as tmkms v0.15 does) leaves both empty for a v1.0 node.
-        detail = "the signer sent no key" + (" (a pre-v1.0 PubKeyResponse?)" if h.sim.dialect.is_v1 else "")
-    else:
-        detail = f"{resp.key_type} {got.hex()}" + (
-            "" if got == h.expected_pub else f", expected {h.expected_pub.hex()}"
-        )
-    h.expect(
-        resp.key_type == "ed25519" and got == h.expected_pub,
-        f"{name} matches priv_validator_key.json",
-        detail,
-        "pubkey",
-    )
-
-
-def check_proposal(h: Harness, link: SignerLink, height: int = PROPOSAL_HEIGHT) -> None:
-    """Test 2: a proposal at height 100 (round 0, POL round -1, timestamp now); exit code 9 on any failure."""
-    name = f"proposal at height {height}"
-    proposal = make_proposal(height, 0, HARNESS_BLOCK_SEED, part_total=HARNESS_PART_TOTAL)
-    expected = proposal_sign_bytes(h.chain_id, proposal)
-    resp = h.call(name, "proposal", lambda: link.sign_proposal(proposal))
-    _check_signed(h, name, resp, codec.SignedProposalResponse, expected, "proposal", refetch=link)
-
-
-def check_vote(h: Harness, link: SignerLink, vote_type: int, height: int = VOTE_HEIGHT) -> bytes:
-    """Test 3: a prevote or precommit at height 101 for the harness block; exit code 10 on any failure."""
-    name = f"{'prevote' if vote_type == PREVOTE else 'precommit'} at height {height}"
-    vote = make_vote(height, 0, vote_type, HARNESS_BLOCK_SEED, part_total=HARNESS_PART_TOTAL)
-    expected = vote_sign_bytes(h.chain_id, vote)
-    resp = h.call(name, "vote", lambda: link.sign_vote(vote))
-    return _check_signed(h, name, resp, codec.SignedVoteResponse, expected, "vote", refetch=link)
-
-
-def _check_signed(
-    h: Harness,
-    name: str,
-    resp: Any,
-    kind: type,
-    expected: bytes,
-    code: str,
-    *,
-    fatal: bool = True,
-    refetch: SignerLink | None = None,
-) -> bytes:
-    """The response is of ``kind``, not an error, and its signature verifies over ``expected`` (the sign bytes
-    of the harness's own request, never of what the signer echoes).
-
-    ``refetch``: ask for the public key again before verifying, as tm-signer-harness's tests 2 and 3 do (so a
-    signer sees the same sequence of requests); a failed request is exit code 7 there too.
-    """
-    if not isinstance(resp, kind):
-        h.failed(name, f"expected a {kind.__name__}, got {type(resp).__name__}", code, fatal=fatal)
-        return b""
-    refusal = _refusal(resp)
-    if refusal is not None:
-        h.failed(name, f"the signer refused: {refusal}", code, fatal=fatal)
-        return b""
-    signed: Any = resp.vote if isinstance(resp, codec.SignedVoteResponse) else getattr(resp, "proposal", None)
-    sig = bytes(signed.signature)
-    if refetch is not None:
-        again = h.call("public key", "other", refetch.pubkey)
-        if not isinstance(again, codec.PubKeyResponse) or again.error is not None:
-            h.failed("public key", f"asked again after the {name}: {_refusal(again) or type(again).__name__}", "other")
-    if _verify(h.expected_pub, expected, sig):
-        h.passed(name, "signature verifies over the sign bytes of the request")
-    else:
-        h.failed(
-            name,
-            f"the {len(sig)}-byte signature does not verify over the sign bytes of the request "
-            "(the signer signed something else, or with another key)",
-            code,
-            fatal=fatal,
-        )
-    return sig
-
-
-def run_basic(h: Harness) -> None:
-    """tm-signer-harness's run: public key, proposal, prevote, precommit; stops at the first failure."""
-    link = h.link or h.accept()
-    check_pubkey(h, link)
-    check_proposal(h, link)
-    check_vote(h, link, PREVOTE)
-    check_vote(h, link, PRECOMMIT)
-
-
-# The full suite ---------------------------------------------------------------------------------------------
-
-#: A fixed timestamp for the repeat and conflict checks, so "identical" means byte-identical.
-_FIXED_TS = (1_700_000_000, 0)
-
-#: A response that did not come because the signer closed the link (or let it time out) instead of answering.
-_DROPPED: Any = None
-
-
-def run_full(h: Harness, dialect: Dialect) -> None:
-    """The basic run, then the checks a signer must pass to be trusted with a validator key.
-
-    A failed check is reported and the run goes on (so one run shows every problem); the exit code is that of
-    the first failure. A signer may refuse by answering RemoteSignerError or by closing the link (tmkms does so
-    for regressions and wrong chain ids): the harness then waits for it to dial in again and goes on.
-    """
-    run_basic(h)
-    # Above anything the basic run signed, and above any earlier full run against the same signer state.
-    base = 1000 + int(time.time())
-
-    for i in range(3):
-        resp = _send(h, f"ping {i + 1}", codec.PingRequest())
-        h.expect(isinstance(resp, codec.PingResponse), f"ping {i + 1}", type(resp).__name__, "other", fatal=False)
-    _full_repeat_and_conflict(h, base)
-    _full_proposals(h, base + 5)
-    _full_regressions(h, base + 7)
-    if dialect.has_extensions:
-        _full_extensions(h, dialect, base + 10)
-    if dialect.is_v1:
-        _full_v1(h, base + 15)
-    _full_wrong_chain(h, base + 20)
-    _full_reconnect(h, base + 30)
-    if h.failures:
-        first_name, first_code = h.failures[0]
-        raise HarnessError(f"{len(h.failures)} check(s) failed, the first: {first_name}", first_code)
-
-
-def _send(h: Harness, name: str, request: codec.Request) -> Any:
-    """One request on the current link; ``_DROPPED`` if the signer closed the link or let it time out, after
-    waiting for it to dial in again (exit code 2 if it does not)."""
-    link = h.link or h.accept()
-    try:
-        return link.request(request)
-    except ProtocolError as exc:
-        h.say("info", name, f"no answer ({exc}); waiting for the signer to dial in again")
-    link.close()
-    h.link = None
-    try:
-        h.accept()
-    except HarnessError:
-        h.failed(name, "the signer dropped the link and did not dial in again", "no_signer")
-    return _DROPPED
-
-
-def _vote(h: Harness, vote: Any, *, chain_id: str | None = None, skip_extension_signing: bool = False) -> Any:
-    req = codec.SignVoteRequest(
-        vote=vote, chain_id=h.chain_id if chain_id is None else chain_id, skip_extension_signing=skip_extension_signing
-    )
-    return _send(h, f"vote at height {vote.height}", req)
-
-
-def _proposal(h: Harness, proposal: Any) -> Any:
-    return _send(
-        h, f"proposal at height {proposal.height}", codec.SignProposalRequest(proposal=proposal, chain_id=h.chain_id)
-    )
-
-
-def _signed_ok(h: Harness, name: str, resp: Any, msg: Any) -> bytes:
-    """A request that must be signed: its signature, verified over the request's sign bytes (b"" on failure)."""
-    is_proposal = isinstance(msg, types_pb2.Proposal)
-    if resp is _DROPPED:
-        h.failed(
-            name, "the signer dropped the link instead of answering", "proposal" if is_proposal else "vote", fatal=False
-        )
-        return b""
-    if is_proposal:
-        expected = proposal_sign_bytes(h.chain_id, msg)
-        return _check_signed(h, name, resp, codec.SignedProposalResponse, expected, "proposal", fatal=False)
-    return _check_signed(h, name, resp, codec.SignedVoteResponse, vote_sign_bytes(h.chain_id, msg), "vote", fatal=False)
-
-
-def _refused(h: Harness, name: str, resp: Any, code: str) -> None:
-    """A request that must not be signed: a RemoteSignerError or a closed link, never a signature."""
-    if resp is _DROPPED:
-        h.passed(name, "refused by closing the connection")
-        return
-    refusal = _refusal(resp)
-    if refusal is not None:
-        h.passed(name, refusal)
-        return
-    signed = getattr(resp, "vote", None) or getattr(resp, "proposal", None)
-    sig = bytes(signed.signature) if signed is not None else bytes(getattr(resp, "signature", b""))
-    h.failed(name, f"SIGNED ({len(sig)}-byte signature): a double sign", code, fatal=False)
-
-
-def _same_signature(h: Harness, name: str, resp: Any, first: bytes, code: str) -> None:
-    signed = getattr(resp, "vote", None) or getattr(resp, "proposal", None)
-    sig = bytes(signed.signature) if signed is not None and _refusal(resp) is None else b""
-    if resp is _DROPPED:
-        detail = "the signer dropped the link"
-    else:
-        detail = _refusal(resp) or ("same signature" if sig == first else "a different signature")
-    h.expect(bool(first) and sig == first, name, detail, code, fatal=False)
-
-
-def _no_extension_signature(h: Harness, name: str, resp: Any) -> None:
-    ext_sig = bytes(resp.vote.extension_signature)
-    h.expect(
-        not ext_sig,
-        name,
-        "none" if not ext_sig else "an extension signature (the node would panic)",
-        "vote",
-        fatal=False,
-    )
-
-
-def _full_repeat_and_conflict(h: Harness, height: int) -> None:
-    vote = make_vote(height, 0, PREVOTE, b"A", timestamp=_FIXED_TS)
-    first = _signed_ok(h, "prevote for block A", _vote(h, vote), vote)
-    again = _vote(h, make_vote(height, 0, PREVOTE, b"A", timestamp=_FIXED_TS))
-    _same_signature(h, "identical repeat returns the same signature", again, first, "vote")
-    # Same block, later timestamp: not a double sign (evidence needs different block ids). FilePV returns the
-    # stored signature with the stored timestamp; tmkms signs the new timestamp. Either way the signature must
-    # verify over what is returned, and only the timestamp may differ from the request.
-    later = make_vote(height, 0, PREVOTE, b"A", timestamp=(_FIXED_TS[0] + 9, 0))
-    resp = _vote(h, later)
-    name = "timestamp-only difference: a valid signature for the same block"
-    if not isinstance(resp, codec.SignedVoteResponse) or _refusal(resp) is not None:
-        h.failed(name, _refusal(resp) or "no signature", "vote", fatal=False)
-    else:
-        returned_ts, sig = _ts(resp.vote), bytes(resp.vote.signature)
-        if returned_ts == _ts(later):
-            ok, how = _verify(h.expected_pub, vote_sign_bytes(h.chain_id, later), sig), "new"
-        elif returned_ts == _FIXED_TS:
-            ok, how = bool(first) and sig == first, "stored (FilePV)"
-        else:
-            ok, how = False, f"an unrelated timestamp {returned_ts}"
-        h.expect(ok, name, f"{how} timestamp" + ("" if ok else ", signature does not match"), "vote", fatal=False)
-    conflict = make_vote(height, 0, PREVOTE, b"B", timestamp=_FIXED_TS)
-    _refused(h, "conflicting prevote (block B) at the same height/round/step is refused", _vote(h, conflict), "vote")
-    nil = make_vote(height, 0, PREVOTE, b"", timestamp=_FIXED_TS)
-    _refused(h, "conflicting nil prevote at the same height/round/step is refused", _vote(h, nil), "vote")
-
-
-def _full_proposals(h: Harness, height: int) -> None:
-    proposal = make_proposal(height, 0, b"P", timestamp=_FIXED_TS)
-    first = _signed_ok(h, f"proposal at height {height}", _proposal(h, proposal), proposal)
-    again = _proposal(h, make_proposal(height, 0, b"P", timestamp=_FIXED_TS))
-    _same_signature(h, "identical proposal repeat returns the same signature", again, first, "proposal")
-    conflict = make_proposal(height, 0, b"Q", timestamp=_FIXED_TS)
-    _refused(
-        h, "conflicting proposal (block Q) at the same height/round is refused", _proposal(h, conflict), "proposal"
-    )
-
-
-def _full_regressions(h: Harness, height: int) -> None:
-    vote = make_vote(height, 1, PRECOMMIT, b"C")
-    _signed_ok(h, f"precommit at height {height} round 1", _vote(h, vote), vote)
-    _refused(h, "height regression is refused", _vote(h, make_vote(height - 1, 5, PRECOMMIT, b"C")), "vote")
-    _refused(h, "round regression is refused", _vote(h, make_vote(height, 0, PRECOMMIT, b"C")), "vote")
-    _refused(
-        h, "step regression (prevote after precommit) is refused", _vote(h, make_vote(height, 1, PREVOTE, b"C")), "vote"
-    )
-    _refused(h, "proposal regression is refused", _proposal(h, make_proposal(height, 1, b"C")), "proposal")
-
-
-def _full_extensions(h: Harness, dialect: Dialect, height: int) -> None:
-    """Vote extensions (PROTOCOL.md §2.7): signed on every non-nil precommit, never on anything else."""
-    pre = make_vote(height, 0, PREVOTE, b"D")
-    resp = _vote(h, pre)
-    if _signed_ok(h, f"prevote at height {height} ({dialect.value})", resp, pre):
-        _no_extension_signature(h, "no extension signature on a prevote", resp)
-    for round_, ext in ((0, b"ext-data"), (1, b"")):
-        vote = make_vote(height, round_, PRECOMMIT, b"D", extension=ext)
-        resp = _vote(h, vote)
-        what = f"a {len(ext)}-byte extension" if ext else "an empty extension"
-        if _signed_ok(h, f"non-nil precommit with {what}", resp, vote):
-            ext_sig = bytes(resp.vote.extension_signature)
-            h.expect(
-                _verify(h.expected_pub, vote_extension_sign_bytes(h.chain_id, vote), ext_sig),
-                f"extension signature on a non-nil precommit with {what}",
-                "verifies over CanonicalVoteExtension" if ext_sig else "missing (the node would panic)",
-                "vote",
-                fatal=False,
-            )
-    nil = make_vote(height, 2, PRECOMMIT, b"")
-    resp = _vote(h, nil)
-    if _signed_ok(h, "nil precommit", resp, nil):
-        _no_extension_signature(h, "no extension signature on a nil precommit", resp)
-
-
-def _full_v1(h: Harness, height: int) -> None:
-    """v1.0 shapes: skip_extension_signing, and SignBytes must not bypass the double-sign guard."""
-    vote = make_vote(height, 0, PRECOMMIT, b"E", extension=b"ext")
-    resp = _vote(h, vote, skip_extension_signing=True)
-    if _signed_ok(h, "v1.0 precommit with skip_extension_signing", resp, vote):
-        _no_extension_signature(h, "v1.0 skip_extension_signing is obeyed", resp)
-    # The sign bytes of a precommit for another block at the same height/round: signing them verbatim would be a
-    # double sign that no guard saw (CometBFT's FilePV signs any bytes; a remote signer must not).
-    conflicting = vote_sign_bytes(h.chain_id, make_vote(height, 0, PRECOMMIT, b"F"))
-    name = "v1.0 SignBytes with a conflicting vote's sign bytes is refused"
-    resp = _send(h, name, codec.SignBytesRequest(value=conflicting))
-    if isinstance(resp, codec.SignBytesResponse) and resp.error is None:
-        signed = _verify(h.expected_pub, conflicting, bytes(resp.signature))
-        h.failed(
-            name,
-            "SIGNED: a double sign that bypasses the guard" if signed else "answered without an error",
-            "vote",
-            fatal=False,
-        )
-    else:
-        h.passed(name, "refused by closing the connection" if resp is _DROPPED else _refusal(resp) or "no signature")
-
-
-def _full_wrong_chain(h: Harness, height: int) -> None:
-    vote = make_vote(height, 0, PREVOTE, b"G")
-    _refused(h, "a vote for another chain id is refused", _vote(h, vote, chain_id=h.chain_id + "-other"), "vote")
-
-
-def _full_reconnect(h: Harness, height: int) -> None:
-    """The validator drops the link; the signer must dial again and keep its double-sign state."""
-    vote = make_vote(height, 0, PREVOTE, b"H", timestamp=_FIXED_TS)
-    signed = _signed_ok(h, f"prevote at height {height} before the drop", _vote(h, vote), vote)
-    if h.link is not None:
-        h.link.close()
-        h.link = None
-    name = "signer reconnects after the validator dropped the link"
-    started = time.monotonic()
-    try:
-        link = h.accept()
-    except HarnessError:
-        h.failed(name, "it did not dial in again", "no_signer")
-    h.passed(name, f"after {time.monotonic() - started:.2f} s")
-    check_pubkey(h, link, name="public key after the reconnect")
-    again = _vote(h, make_vote(height, 0, PREVOTE, b"H", timestamp=_FIXED_TS))
-    _same_signature(h, "identical repeat after the reconnect returns the same signature", again, signed, "vote")
-    conflict = make_vote(height, 0, PREVOTE, b"I", timestamp=_FIXED_TS)
-    _refused(h, "double-sign state kept across the reconnect (conflicting prevote refused)", _vote(h, conflict), "vote")
+__all__ = ["build_parser", "main"]
 
 
 # Commands ---------------------------------------------------------------------------------------------------
@@ -641,7 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         dialect = Dialect.parse(args.protocol_version)
     except KmsError as exc:
-        raise _fail(str(exc), "params") from None
+        raise fail(str(exc), "params") from None
     home = load_tmhome(Path(args.tmhome).expanduser())
     sim = ValidatorSimulator(
         args.addr,
@@ -678,7 +105,7 @@ def cmd_extract_key(args: argparse.Namespace) -> int:
     try:
         write_secret_file(output, seed)
     except KeyFileError as exc:
-        raise _fail(f"failed to write the key: {exc}", "params") from None
+        raise fail(f"failed to write the key: {exc}", "params") from None
     print(
         f"wrote the raw 32-byte Ed25519 seed to {output} (mode 0600); tmkms and pykms softsign want it base64: "
         f"base64 -w0 {output}"
@@ -699,13 +126,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     try:
         dialect = Dialect.parse(args.protocol_version)
     except KmsError as exc:
-        raise _fail(str(exc), "params") from None
+        raise fail(str(exc), "params") from None
     if args.chains < 1 or args.sentries < 1:
-        raise _fail("--chains and --sentries must be at least 1", "params")
+        raise fail("--chains and --sentries must be at least 1", "params")
     if args.chains > 1 or args.sentries > 1:
         return _bench_concurrent(args, dialect)
     if args.n < 1:
-        raise _fail("-n must be at least 1", "params")
+        raise fail("-n must be at least 1", "params")
     sim = ValidatorSimulator(args.addr, chain_id=args.chain_id, dialect=dialect)
     harness = Harness(sim, b"", args.accept_retries, out=sys.stderr)
     try:
@@ -714,7 +141,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         link = harness.accept()
         resp = harness.call("public key", "other", link.pubkey)
         if not isinstance(resp, codec.PubKeyResponse) or resp.error is not None or len(resp.pub_key) != 32:
-            raise _fail(f"the signer did not give its public key: {_refusal(resp) or type(resp).__name__}", "other")
+            why = refusal_reason(resp) or type(resp).__name__
+            raise fail(f"the signer did not give its public key: {why}", "other")
         pub = bytes(resp.pub_key)
         floor_before = measure_floor(Path(args.floor_dir))
         start_height = args.start_height if args.start_height is not None else time.time_ns() // 1000
@@ -735,7 +163,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         wall = time.perf_counter() - started
         fsync_s, sign_s = lower_floor(floor_before, measure_floor(Path(args.floor_dir)))
     except ProtocolError as exc:
-        raise _fail(f"the link failed: {exc}", "other") from None
+        raise fail(f"the link failed: {exc}", "other") from None
     finally:
         if harness.link is not None:
             harness.link.close()
@@ -752,16 +180,16 @@ def _bench_concurrent(args: argparse.Namespace, dialect: Dialect) -> int:
     from pykms.harness.load import format_concurrent, run_concurrent
 
     if args.proposal or args.extensions:
-        raise _fail("--proposal and --extensions are for the single-chain run (omit --chains/--sentries)", "params")
+        raise fail("--proposal and --extensions are for the single-chain run (omit --chains/--sentries)", "params")
     if args.seconds <= 0:
-        raise _fail("--seconds must be positive", "params")
+        raise fail("--seconds must be positive", "params")
     try:
         parts = urlsplit(args.addr)
         scheme, host, port = parts.scheme, parts.hostname, parts.port
     except ValueError:  # a port that is not a number, a bracketed host that is not IPv6
         scheme, host, port = "", None, None
     if scheme != "tcp" or not host or port is None:
-        raise _fail(
+        raise fail(
             f"--addr {args.addr!r}: several listeners need tcp://HOST:PORT (port 0: any free ports; "
             "otherwise PORT, PORT+1, ... in the order printed)",
             "params",

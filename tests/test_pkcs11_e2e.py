@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pykms.harness.signer_harness import Harness, run_full
+from pykms.harness.conformance import Harness, run_full
 from pykms.harness.simulator import ValidatorSimulator
 from pykms.privval.codec import Dialect
 from tests.softhsm import SoftHsm, fresh_token

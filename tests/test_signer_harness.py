@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from pykms.errors import HarnessError
-from pykms.harness.signer_harness import EXIT, Harness, load_tmhome, main, run_basic, run_full
+from pykms.harness.conformance import EXIT, Harness, load_tmhome, run_basic, run_full
+from pykms.harness.signer_harness import main
 from pykms.harness.simulator import PRECOMMIT, PREVOTE, ValidatorSimulator
 from pykms.privval import codec
 from pykms.privval.codec import Dialect

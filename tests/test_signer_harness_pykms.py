@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pykms.cli.main import main as pykms_main
-from pykms.harness.signer_harness import EXIT
+from pykms.harness.conformance import EXIT
 from tests.broken_signers import FIXTURE_CHAIN_ID, HarnessProcess, write_tmhome
 from tests.e2e import KmsProcess, write_home
 

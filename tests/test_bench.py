@@ -117,6 +117,7 @@ def test_run_sequence_stops_at_a_refusal(signer_link: tuple[SignerLink, TestSign
         run_sequence(link, 2, start_height=5, pubkey=FIXTURE_PUB)  # a regression for the signer's guard
 
 
+@pytest.mark.slow
 def test_bench_command_against_pykms(tmp_path: Path) -> None:
     bench = subprocess.Popen(
         [sys.executable, "-m", "pykms.harness.signer_harness", "bench", "--addr", "tcp://127.0.0.1:0", "-n", "40",
@@ -233,6 +234,7 @@ def _bench_listeners(bench: subprocess.Popen[str], count: int) -> dict[str, list
     return listen
 
 
+@pytest.mark.slow
 def test_concurrent_bench_command_against_pykms(tmp_path: Path) -> None:
     """2 chains x 2 sentries against a real pykms: every chain signs, every signature verified by the harness, the
     twins' refusals counted, pykms's CPU read through --signer-pid."""
@@ -309,6 +311,7 @@ def test_concurrent_result_names_a_starved_chain() -> None:
     assert "starved (under half the median chain's rate): none" in fine
 
 
+@pytest.mark.slow
 def test_run_concurrent_in_process_with_test_signers() -> None:
     """The library call behind ``bench --chains``: one chain, two sentries, each served by a signer with the same
     key; the signer's CPU is read from the process id that ``on_listening`` returns (here this process)."""

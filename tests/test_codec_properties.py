@@ -117,6 +117,7 @@ def requests(dialect: Dialect) -> st.SearchStrategy[codec.Request]:
 ERRORS = st.builds(codec.RemoteSignerError, code=INT32, description=st.text(max_size=40))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dialect", ALL)
 @given(data=st.data())
 def test_request_round_trip(dialect: Dialect, data: st.DataObject) -> None:
@@ -156,6 +157,7 @@ def test_every_proposal_field_survives_byte_for_byte(dialect: Dialect, proposal:
     assert resp.proposal.SerializeToString() == raw
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dialect", ALL)
 @given(data=st.data(), error=ERRORS)
 def test_error_responses_round_trip(dialect: Dialect, data: st.DataObject, error: codec.RemoteSignerError) -> None:
@@ -376,6 +378,7 @@ def mutated_requests(draw: st.DrawFn) -> bytes:
     return bytes(stream)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(data=mutated_requests())
 def test_fuzz_property_on_mutated_requests(data: bytes) -> None:

@@ -63,6 +63,7 @@ def oracle(state: SignState, last_block: int | str | None, req: Request) -> str:
     return "fresh"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("store_kind", ["memory", "json", "slots"])
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data(), start_unknown=st.booleans())

@@ -40,7 +40,7 @@ from pykms.guard.state import SignState
 from tests.pg import PgServer, pg_dsn, pg_server  # noqa: F401  (fixtures)
 from tests.pg_worker import KEY_SEED, requests
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 CHAIN = "pg-test-chain"
 KEY = SigningKey(KEY_SEED)

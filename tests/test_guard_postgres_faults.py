@@ -22,7 +22,7 @@ from pykms.guard.postgres import PostgresGuard, read_state
 from pykms.guard.state import SignState
 from tests.pg import PgServer, private_pg  # noqa: F401  (fixture)
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 
 def _db(server: PgServer) -> str:

@@ -23,7 +23,7 @@ from test_guard_postgres import CHAIN, committed_signatures, history, ready
 from pykms.guard.postgres import read_state
 from tests.pg import pg_dsn, pg_server  # noqa: F401  (fixtures)
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -24,7 +24,7 @@ from pykms.privval.signbytes import vote_sign_bytes
 from tests.e2e import KmsProcess, accept, verify
 from tests.pg import pg_dsn, pg_server  # noqa: F401  (fixtures)
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 CHAIN = "ha-chain"
 
 

@@ -264,6 +264,7 @@ _ACTION = st.one_of(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(actions=st.lists(_ACTION, min_size=1, max_size=40))
 def test_nothing_unverified_or_conflicting_leaves_under_faults(tmp_path_factory: Any, actions: list[Any]) -> None:

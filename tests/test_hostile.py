@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from nacl.signing import VerifyKey
 
 from pykms.harness.simulator import PREVOTE, SignerLink, ValidatorSimulator, make_vote
@@ -31,6 +32,7 @@ def _peak_rss_kib(pid: int) -> int:
     return -1
 
 
+@pytest.mark.slow
 def test_hostile_validator_does_not_hurt_the_other_chain(tmp_path: Path) -> None:
     victim = ValidatorSimulator("tcp://127.0.0.1:0", chain_id="victim")
     good = ValidatorSimulator("tcp://127.0.0.1:0", chain_id="good")
@@ -152,6 +154,7 @@ def test_hostile_validator_does_not_hurt_the_other_chain(tmp_path: Path) -> None
     assert isinstance(figures["peak_rss_mib"], float) and figures["peak_rss_mib"] < 200  # bounded memory
 
 
+@pytest.mark.slow
 def test_unresponsive_listener_does_not_block_shutdown(tmp_path: Path) -> None:
     """A node address that accepts TCP but never speaks: pykms times the handshake out and still stops on SIGTERM."""
     silent = socket.socket()

@@ -187,6 +187,7 @@ def _tmhome(root: Path, key: SigningKey) -> Path:
     return home
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("dialect", "ext_disabled", "ok"), [("v0.34", False, True), ("v0.38", True, True),
                                                            ("v0.38", False, False)])  # fmt: skip
 def test_pykms_start_with_a_ledger_passes_the_signer_harness(

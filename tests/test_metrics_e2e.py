@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pykms.cli.main import main
@@ -77,6 +78,7 @@ def health_until(base: str, code: int, timeout: float = 20) -> dict[str, Any]:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_metrics_health_and_audit_against_a_signing_run(tmp_path: Path) -> None:
     sim = ValidatorSimulator("tcp://127.0.0.1:0", chain_id=CHAIN, dialect=Dialect.V0_38)
     addr = sim.listen()

@@ -69,6 +69,7 @@ reconnect = true
     return config
 
 
+@pytest.mark.slow
 @pytest.mark.softhsm
 @pytest.mark.parametrize("dialect", [Dialect.V0_38, Dialect.V1_0], ids=["v0.38", "v1.0"])
 def test_signer_harness_passes_with_a_softhsm_key(hsm: SoftHsm, tmp_path: Path, dialect: Dialect) -> None:

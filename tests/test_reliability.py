@@ -65,6 +65,7 @@ def _ask(link: SignerLink, pub: VerifyKey, chain: str, book: Ledger, h: int, r: 
     return True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("state_format", ["slots", "json"])
 def test_sigkill_under_load_never_double_signs(tmp_path: Path, state_format: str) -> None:
     chain = "crash-chain"

@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 from types import ModuleType
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -29,12 +30,14 @@ def test_fuzz_frames_property(data: bytes) -> None:
     FRAMES.TestOneInput(data)
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=1500))
 def test_fuzz_handshake_property(data: bytes) -> None:
     HANDSHAKE.TestOneInput(data)
 
 
+@pytest.mark.slow
 @settings(max_examples=100, deadline=None)
 @given(st.integers(0, 255), st.binary(max_size=200))
 def test_fuzz_handshake_near_valid_auth_sig(mode_byte: int, tail: bytes) -> None:

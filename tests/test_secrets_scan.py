@@ -80,6 +80,7 @@ def test_key_identity_and_state_files_are_created_0600(tmp_path: Path) -> None:
     assert scan(seeds, texts) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["consensus", "identity"])
 def test_group_or_world_readable_key_is_refused(tmp_path: Path, which: str) -> None:
     """Either key, readable by others, stops start-up (exit 4) with the chmod that fixes it; no handshake happens."""

@@ -163,6 +163,7 @@ def test_refused_pubkey_is_exit_code_7(tmhome: Path) -> None:
     assert "no key for you" in out
 
 
+@pytest.mark.slow
 def test_signer_that_never_answers_a_proposal_is_exit_code_9(tmhome: Path) -> None:
     code, out, _ = run_harness_against(_run_args(tmhome), _signer(stall_on="proposal"))
     assert code == EXIT["proposal"], out

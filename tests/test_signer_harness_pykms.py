@@ -48,6 +48,7 @@ def test_harness_passes_against_pykms(tmp_path: Path, transport: str, suite: str
     assert "[FAIL]" not in out and "SUCCESS" in out
 
 
+@pytest.mark.slow
 def test_second_basic_run_against_persisted_state_fails_at_the_proposal(tmp_path: Path) -> None:
     # As with tm-signer-harness: heights 100/101 again are a regression for a signer that kept its state.
     tmhome = write_tmhome(tmp_path / "tmhome")

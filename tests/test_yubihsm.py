@@ -168,6 +168,7 @@ def test_connector_outage_pauses_then_resumes(sim: SimServer, fault: str) -> Non
     assert signer.reconnects >= 1
 
 
+@pytest.mark.slow
 def test_lost_replies_never_yield_a_bad_signature(sim: SimServer, clock: Clock) -> None:
     """The device processed the request but the reply was lost: the MAC chain is out of step, sessions may
     be left half-open on the device. The signer resynchronises with a new session and, once the half-open
@@ -287,6 +288,7 @@ def _objects(sim: SimServer) -> list[tuple[int, int]]:
     return sorted((obj.obj_id, int(obj.obj_type)) for obj in sim.device.objects.values())
 
 
+@pytest.mark.slow
 def test_operator_flow(
     sim: SimServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

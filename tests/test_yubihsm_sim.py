@@ -405,3 +405,4 @@ class DeviceMachine(RuleBasedStateMachine):
 
 TestDeviceMachine = DeviceMachine.TestCase
 TestDeviceMachine.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+TestDeviceMachine.pytestmark = [pytest.mark.slow]

@@ -98,6 +98,7 @@ class TmHome:
 
 
 def fail(message: str, code: str) -> HarnessError:
+    """The error to raise for a failure with tm-signer-harness's exit code named ``code`` (a key of ``EXIT``)."""
     return HarnessError(message, EXIT[code])
 
 
@@ -259,6 +260,7 @@ def _verify(pub: bytes, message: bytes, signature: bytes) -> bool:
 
 
 def refusal_reason(resp: Any) -> str | None:
+    """The signer's RemoteSignerError as one line, or None when the response carries none."""
     err = getattr(resp, "error", None)
     return None if err is None else f"RemoteSignerError(code {err.code}): {err.description}"
 

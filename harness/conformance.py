@@ -68,8 +68,8 @@ EXIT = {
     "vote": 10,
 }
 
-#: tm-signer-harness's fixed request contents (VECTORS.md V12): block hash = part-set hash = SHA-256("hash"),
-#: part-set total 1,000,000, proposal at height 100, votes at height 101.
+#: tm-signer-harness's fixed request contents (tests/vectors/README.md V12): block hash = part-set hash =
+#: SHA-256("hash"), part-set total 1,000,000, proposal at height 100, votes at height 101.
 HARNESS_BLOCK_SEED = b"hash"
 HARNESS_PART_TOTAL = 1_000_000
 PROPOSAL_HEIGHT = 100
@@ -538,7 +538,7 @@ def _full_regressions(h: Harness, height: int) -> None:
 
 
 def _full_extensions(h: Harness, dialect: Dialect, height: int) -> None:
-    """Vote extensions (PROTOCOL.md §2.7): signed on every non-nil precommit, never on anything else."""
+    """Vote extensions (docs/protocol.md §2.7): signed on every non-nil precommit, never on anything else."""
     pre = make_vote(height, 0, PREVOTE, b"D")
     resp = _vote(h, pre)
     if _signed_ok(h, f"prevote at height {height} ({dialect.value})", resp, pre):

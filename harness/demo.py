@@ -49,7 +49,7 @@ def write_demo_home(home: Path, listen_addr: str, *, chain_id: str = CHAIN_ID, p
     secrets.mkdir(mode=0o700, parents=True, exist_ok=True)
     state.mkdir(mode=0o700, parents=True, exist_ok=True)
     keygen(secrets / f"{chain_id}-consensus.key")
-    # kms-identity.key: base64 of a 32-byte Ed25519 seed, as tmkms writes it (PROTOCOL.md §3.4).
+    # kms-identity.key: base64 of a 32-byte Ed25519 seed, as tmkms writes it (docs/protocol.md §3.4).
     write_secret_file(secrets / "kms-identity.key", base64.b64encode(os.urandom(32)))
     state_file = state / f"{chain_id}_priv_validator_state.json"
     create_state_file(state_file, SignState(0, 0, 0, b"", b""), fmt=state_format)

@@ -1,4 +1,4 @@
-"""Many chains, several sentries each, signing at once: the concurrent benchmark of any signer (issue 8).
+"""Many chains, several sentries each, signing at once: the concurrent benchmark of any signer.
 
 Each chain has ``sentries`` listeners (validator simulators); the signer dials all of them. Both sentries of a
 chain ask for the same votes (prevote then precommit, height after height), as sentries relaying one consensus

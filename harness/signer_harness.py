@@ -1,6 +1,6 @@
 """``pykms-signer-harness``: a conformance test for any CometBFT remote signer (pykms, tmkms, horcrux, ...).
 
-CometBFT removed its tm-signer-harness (v0.34.27 / v0.37.0). This one behaves like it (PROTOCOL.md §5; facts from
+CometBFT removed its tm-signer-harness (v0.34.27 / v0.37.0). This one behaves like it (docs/protocol.md §5; facts from
 cometbft at the parent of 13c1ef3d42, tools/tm-signer-harness/main.go and internal/test_harness.go): it plays the
 node — listens, accepts the signer, checks the public key against ``$TMHOME/config/priv_validator_key.json``,
 asks for a proposal at height 100 and a prevote and a precommit at height 101 with the chain id of

@@ -258,7 +258,7 @@ class ValidatorSimulator:
     request_timeout: float = 10.0
 
     def __post_init__(self) -> None:
-        # A fresh identity per listener, as the node's privval listener does at every start (PROTOCOL.md §1.7).
+        # A fresh identity per listener, as the node's privval listener does at every start (docs/protocol.md §1.7).
         self.identity = SigningKey.generate()
         self._sock: socket.socket | None = None
         self._unix_path: Path | None = None

@@ -273,6 +273,17 @@ class KmsConfig:
 # Reader
 
 
+#: Keys whose values are secrets or lead to one (passwords, PINs, DSNs, seeds, and their _file/_env forms).
+_SECRET_KEY_RE = re.compile(r"pass|pin|dsn|seed|secret|mnemonic|token|private|credential", re.IGNORECASE)
+
+
+def _shown(key: str, value: object) -> str:
+    """How an error may quote ``value`` of ``key``: never the value of a secret-bearing key, whatever the error."""
+    if _SECRET_KEY_RE.search(key.rsplit(".", 1)[-1]):
+        return "(value not shown: the key holds a secret)"
+    return repr(value)
+
+
 def _type_name(value: object) -> str:
     return {
         bool: "a boolean",
@@ -333,7 +344,9 @@ class _Table:
         # bool is an int subclass in Python; TOML keeps them apart, and so do we.
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise self.ctx.error(
-                self.sub(name), f"expected {what}, found {_type_name(value)} {value!r}", fix or f"set {name} to {what}"
+                self.sub(name),
+                f"expected {what}, found {_type_name(value)} {_shown(name, value)}",
+                fix or f"set {name} to {what}",
             )
         return value
 
@@ -354,14 +367,18 @@ class _Table:
     def int_(self, name: str, *, lo: int, hi: int, required: bool = False, fix: str | None = None) -> int | None:
         value = self._take(name, int, "an integer", required, fix)
         if value is not None and not lo <= value <= hi:
-            raise self.ctx.error(self.sub(name), f"{value} is out of range", fix or f"use a value in {lo}..{hi}")
+            raise self.ctx.error(
+                self.sub(name), f"{_shown(name, value)} is out of range", fix or f"use a value in {lo}..{hi}"
+            )
         return value
 
     def choice(self, name: str, choices: tuple[str, ...], *, required: bool = False) -> str | None:
         fix = "use one of " + ", ".join(choices)
         value = self._take(name, str, "a string", required, fix)
         if value is not None and value not in choices:
-            raise self.ctx.error(self.sub(name), f"unknown value {value!r}{_did_you_mean(value, choices)}", fix)
+            raise self.ctx.error(
+                self.sub(name), f"unknown value {_shown(name, value)}{_did_you_mean(value, choices)}", fix
+            )
         return value
 
     def path(self, name: str, *, required: bool = False) -> Path | None:

@@ -19,6 +19,7 @@ import fcntl
 import hashlib
 import os
 import struct
+import time
 from pathlib import Path
 from typing import Final, Protocol, Self
 
@@ -156,7 +157,8 @@ class _FileStore:
         """Write a new state file holding ``state`` atomically, and return the store open on it.
 
         For ``pykms state init`` (``SignState.initial()``) and ``pykms state import`` (``overwrite=True`` replaces
-        an existing file, under the lock, so a running pykms on it is refused with StateLocked first).
+        an existing file, under the lock, so a running pykms on it is refused with StateLocked first). A replaced
+        file, readable or not, is first copied beside it (``kept``): a double-sign state is never lost.
         """
         self = cls.__new__(cls)
         self._setup(Path(path), ops)
@@ -170,15 +172,51 @@ class _FileStore:
         return self
 
     def _write_new(self, state: SignState, *, overwrite: bool) -> None:
-        if not overwrite and self._exists():
-            raise StateError(
-                f"{self.path}: a state file already exists; refusing to replace a double-sign state "
-                "(import over it explicitly if that is really what you want)"
-            )
+        if self._exists():
+            if not overwrite:
+                raise StateError(
+                    f"{self.path}: a state file already exists; refusing to replace a double-sign state "
+                    "(import over it explicitly if that is really what you want)"
+                )
+            self.kept = self._keep_copy()
         try:
             self._replace_file(self._encode_new_file(state))
         except OSError as exc:
             raise PersistError(f"{self.path}: could not create the state file ({_reason(exc)})") from None
+
+    def _keep_copy(self) -> Path:
+        """Copy the current file, byte for byte, to ``NAME.replaced-<UTC time>`` (never overwriting a copy)."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        ops = self._ops
+        try:
+            fd = ops.open(str(self.path), os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+            try:
+                data = _read_all(ops, fd, 1 << 30)
+            finally:
+                ops.close(fd)
+            for attempt in range(1000):
+                copy = self.path.with_name(f"{self.path.name}.replaced-{stamp}" + (f".{attempt}" if attempt else ""))
+                try:
+                    out = ops.open(str(copy), os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o600)
+                except FileExistsError:
+                    continue
+                try:
+                    _write_all(ops, out, data)
+                    ops.fsync(out)
+                finally:
+                    ops.close(out)
+                dir_fd = self._open_dir()
+                try:
+                    ops.fsync(dir_fd)
+                finally:
+                    ops.close(dir_fd)
+                return copy
+        except OSError as exc:
+            raise PersistError(
+                f"{self.path}: could not keep a copy of the state file before replacing it ({_reason(exc)}); "
+                "nothing was changed"
+            ) from None
+        raise PersistError(f"{self.path}: too many kept copies named {self.path.name}.replaced-{stamp}*")
 
     # -- shared machinery --------------------------------------------------------------------------------------
 
@@ -188,6 +226,8 @@ class _FileStore:
         self._lock_fd: int | None = None
         self._dir_fd: int | None = None
         self._fd: int | None = None
+        #: Where ``create`` kept the file it replaced.
+        self.kept: Path | None = None
         self._tmp = str(path.with_name(f".{path.name}.tmp"))
 
     def _acquire_lock(self) -> None:
@@ -473,8 +513,9 @@ class SlotStateStore(_FileStore):
 
 def create_state_file(
     path: Path | str, state: SignState, *, fmt: str = "json", ops: FileOps | None = None, overwrite: bool = False
-) -> None:
-    """Create (or, with ``overwrite``, atomically replace) a state file in format ``json`` or ``slots``.
+) -> Path | None:
+    """Create (or, with ``overwrite``, atomically replace) a state file in format ``json`` or ``slots``; returns
+    where the replaced file was kept (None when there was none).
 
     Takes the file's lock, so it refuses (StateLocked) while a running pykms holds the state. With ``overwrite``
     it also replaces a corrupt file, which opening a store on it would refuse.
@@ -482,7 +523,9 @@ def create_state_file(
     if fmt not in ("json", "slots"):
         raise StateError(f'{path}: unknown state format {fmt!r} (expected "json" or "slots")')
     cls: type[_FileStore] = SlotStateStore if fmt == "slots" else JsonStateStore
-    cls.create(path, state, ops=ops, overwrite=overwrite).close()
+    store = cls.create(path, state, ops=ops, overwrite=overwrite)
+    store.close()
+    return store.kept
 
 
 def read_state_file(path: Path | str) -> tuple[StateFormat, SignState]:

@@ -143,6 +143,9 @@ def _read_all(ops: FileOps, fd: int, limit: int) -> bytes:
 class _FileStore:
     """What both file stores share: the lock, the atomic whole-file replace, open/close bookkeeping."""
 
+    #: Where ``create`` kept the file it replaced (None when there was none).
+    kept: Path | None
+
     def __init__(self, path: Path | str, *, ops: FileOps | None = None) -> None:
         self._setup(Path(path), ops)
         try:
@@ -226,8 +229,7 @@ class _FileStore:
         self._lock_fd: int | None = None
         self._dir_fd: int | None = None
         self._fd: int | None = None
-        #: Where ``create`` kept the file it replaced.
-        self.kept: Path | None = None
+        self.kept = None
         self._tmp = str(path.with_name(f".{path.name}.tmp"))
 
     def _acquire_lock(self) -> None:

@@ -575,7 +575,8 @@ def _chain(ctx: _Ctx, data: object, key: str) -> ChainConfig:
         ctx.warn(
             t.sub("state_hook"),
             "ignored: pykms never guesses a starting height; it refuses to start without a state "
-            "(run `pykms state import` with the node's priv_validator_state.json or `pykms state init`)",
+            "(run `pykms state import` with the node's priv_validator_state.json, which sets the guard to that "
+            "state; or, only for a key that has never signed, `pykms state init`, which starts it at height 0)",
         )
     state_format = cast(Literal["json", "slots"], t.choice("state_format", ("json", "slots")) or "json")
     audit_log = t.path("audit_log")

@@ -100,11 +100,16 @@ __all__ = [
 ]
 
 #: Fix text for a database without our schema.
-INIT_DB_FIX = "run `pykms guard init-db -c <tmkms.toml>` once against this database"
+INIT_DB_FIX = (
+    "run `pykms guard init-db -c <tmkms.toml>` once against this database (it creates or migrates the schema and "
+    "never changes a chain's state)"
+)
 #: Fix text for a chain without a row.
 IMPORT_FIX = (
-    "import the node's or tmkms's state with `pykms state import -c <tmkms.toml> --chain <id> <file>`, or, only "
-    "for a key that has never signed on this chain, `pykms state init -c <tmkms.toml> --chain <id>`"
+    "import the node's or tmkms's state with `pykms state import -c <tmkms.toml> --chain <id> <file>` (the guard "
+    "then refuses everything up to that height/round/step), or, only for a key that has never signed on this "
+    "chain, `pykms state init -c <tmkms.toml> --chain <id>` (it starts the guard at height 0: a key that has "
+    "signed could then sign a conflicting vote)"
 )
 
 #: A WARNING during COMMIT means its outcome is not what we asked for (syncrep.c: "canceling wait for synchronous

@@ -222,6 +222,15 @@ def _write_state(args: argparse.Namespace, state: Any, *, command: str) -> int:
     if os.path.lexists(path):
         if not args.force:
             _refuse_replacing(path, state, command)
+    elif os.path.lexists(f"{path}.lock") and not args.force:
+        # pykms creates the lock file beside the state the first time it opens it, and never removes it.
+        raise StateError(
+            f"{path}: no state file, but its lock file {path}.lock shows a state was here before (deleted or "
+            "moved?): this key may already have signed. Restore the file from a backup; or import a state known "
+            "to be at least as recent as anything this key signed with `pykms state import --force`; "
+            "`pykms state init --force` starts the guard at height 0 and is only for a key that has never signed "
+            "on this chain"
+        )
     else:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     # Takes the state's lock: refuses (StateLocked) while a running pykms holds this chain's state.

@@ -117,3 +117,24 @@ def test_state_init_refuses_a_readable_state_and_import_an_older_one(tmp_path: P
     assert imported.returncode == 8 and "older" in imported.stderr, imported.stderr
     shown = pykms("state", "show", "-c", str(config), "--chain", CHAIN)
     assert json.loads(shown.stdout)["height"] == "7"
+
+
+def test_a_deleted_state_is_not_recreated_at_height_0(tmp_path: Path) -> None:
+    """The state file was deleted after signing (a clean-up gone wrong); pykms's message suggests ``state
+    init``: run as written it must refuse, since the lock file shows a state was there."""
+    sim = ValidatorSimulator("tcp://127.0.0.1:0", chain_id=CHAIN)
+    config = write_home(tmp_path / "kms", [sim.listen()], chain_id=CHAIN)
+    state_file = next((tmp_path / "kms" / "state").glob("*.json"))
+    kms = KmsProcess(config, tmp_path / "pykms.log")
+    kms.start()
+    try:
+        assert accept(sim, kms).sign_vote(make_vote(5, 0, PREVOTE, b"A")).error is None
+    finally:
+        kms.stop()
+        sim.close()
+    state_file.unlink()
+    init = pykms("state", "init", "-c", str(config), "--chain", CHAIN)
+    assert init.returncode != 0, f"state init recreated a deleted state at height 0:\n{init.stdout}"
+    assert not state_file.exists() and "--force" in init.stderr
+    forced = pykms("state", "init", "-c", str(config), "--chain", CHAIN, "--force")
+    assert forced.returncode == 0, forced.stderr

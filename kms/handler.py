@@ -189,11 +189,15 @@ class RequestHandler:
                 extension_wanted = False
             chain = self.chain
             with chain.lock:
-                # chain.sign verifies before the guard may store the signature; the guard returns only once the
-                # state covering it is durable.
-                outcome = chain.guard.check_and_sign(height, round_, step, sign_bytes, chain.sign)
-                if outcome.fresh:
-                    chain.verified_signature = outcome.signature
+
+                def sign(message: bytes) -> bytes:
+                    signature = chain.sign(message)  # verified by the provider before the guard may store it
+                    chain.verified_signature = signature
+                    return signature
+
+                # Returns only once the state covering a fresh signature is durable. Whatever it hands back is
+                # checked against what was verified (_signed_response): a backend bug cannot leak another one.
+                outcome = chain.guard.check_and_sign(height, round_, step, sign_bytes, sign)
                 extension_signature = b""
                 if extension_wanted:
                     extension_signature = chain.extension_signature(vote_extension_sign_bytes(self.chain_id, msg))

@@ -216,16 +216,15 @@ def _write_state(args: argparse.Namespace, state: Any, *, command: str) -> int:
         print(f"{chain.id}: state set to height {state.height} round {state.round} step {state.step} (postgres)")
         return 0
     from pykms.guard.factory import default_state_path
-    from pykms.guard.store import create_state_file
+    from pykms.guard.store import create_state_file, state_was_here
 
     path = default_state_path(config, chain)
     if os.path.lexists(path):
         if not args.force:
             _refuse_replacing(path, state, command)
-    elif os.path.lexists(f"{path}.lock") and not args.force:
-        # pykms creates the lock file beside the state the first time it opens it, and never removes it.
+    elif not args.force and state_was_here(path):
         raise StateError(
-            f"{path}: no state file, but its lock file {path}.lock shows a state was here before (deleted or "
+            f"{path}: no state file, but its lock file {path}.lock shows a state was opened here before (deleted or "
             "moved?): this key may already have signed. Restore the file from a backup; or import a state known "
             "to be at least as recent as anything this key signed with `pykms state import --force`; "
             "`pykms state init --force` starts the guard at height 0 and is only for a key that has never signed "

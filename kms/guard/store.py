@@ -45,6 +45,7 @@ __all__ = [
     "create_state_file",
     "decode_slots_file",
     "read_state_file",
+    "state_was_here",
 ]
 
 
@@ -151,6 +152,7 @@ class _FileStore:
         try:
             self._acquire_lock()
             self._attach()
+            self._mark_used()
         except BaseException:
             self.close()
             raise
@@ -169,6 +171,7 @@ class _FileStore:
             self._acquire_lock()
             self._write_new(state, overwrite=overwrite)
             self._attach()
+            self._mark_used()
         except BaseException:
             self.close()
             raise
@@ -249,6 +252,16 @@ class _FileStore:
             ) from None
         except OSError as exc:
             raise StateError(f"{self.path}: cannot lock {lock_path} ({_reason(exc)})") from None
+
+    def _mark_used(self) -> None:
+        """Note in the lock file that a state was opened here (``state_was_here``), so that a state file deleted
+        later is not mistaken for one that never existed. Best effort: written once, not flushed."""
+        assert self._lock_fd is not None
+        try:
+            if self._ops.fstat(self._lock_fd).st_size == 0:
+                self._ops.pwrite(self._lock_fd, USED_MARK, 0)
+        except OSError:
+            pass
 
     def _exists(self) -> bool:
         try:
@@ -528,6 +541,20 @@ def create_state_file(
     store = cls.create(path, state, ops=ops, overwrite=overwrite)
     store.close()
     return store.kept
+
+
+#: What ``_mark_used`` writes into a state's lock file.
+USED_MARK: Final = b"pykms state\n"
+
+
+def state_was_here(path: Path | str) -> bool:
+    """True when a pykms store was opened on ``path`` before (its lock file carries the mark), whether or not the
+    state file is still there: a missing state with this mark was deleted or moved, not never created."""
+    try:
+        with open(f"{path}.lock", "rb") as f:
+            return f.read(len(USED_MARK)) == USED_MARK
+    except OSError:
+        return False
 
 
 def read_state_file(path: Path | str) -> tuple[StateFormat, SignState]:

@@ -37,14 +37,18 @@ leaves, so it survives pykms being killed at any instant. How far it must reach 
   records, never double-sign state (which has its own flush before the reply); ``verify --state`` then shows the
   log ends short of the state. Adds ~0.05 ms per signature (JSON, hash, pwrite).
 - ``"always"``: the record is on stable storage before the reply. The file is preallocated with zeros
-  (``PREALLOC_BYTES`` at a time) and written in place, so ``fdatasync`` has no metadata to commit; and the record
-  of a fresh signature is *begun* (written, its flush handed to a worker) as soon as the signature exists, so its
-  flush overlaps the state's and the reply waits for both (``begin`` then ``record``). Still one more device flush
-  per signature: ~0.14 ms on the disk measured, over the 10 % budget there (docs/observability.md has the
+  (``PREALLOC_BYTES`` at a time) and written in place, so ``fdatasync`` has no metadata to commit. One more device
+  flush per signature: ~0.14 ms on the disk measured, over the 10 % budget there (docs/observability.md has the
   figures), hence not the default.
 
-If the state fails to save after a record was begun, an ``error`` record for the same request follows at once
-and readers count that signature as withheld. Readers ignore the zero padding after the last record; ``close``
+Order. A record that carries a signature is written only once the state covering that signature is durable (the
+handler calls ``record`` after the guard's save): a crash or a failed state write can never leave in the log a
+valid signature that was not released, which would be evidence of a double sign once the same height/round/step
+is signed again after a restart. Logs written by older versions may hold a ``signed`` record followed by an
+``error`` record for the same request (the record was begun before the state's save, which then failed); readers
+count that pair as withheld.
+
+Readers ignore the zero padding after the last record; ``close``
 trims it.
 """
 
@@ -215,18 +219,10 @@ class AuditLog:
         except OSError as exc:
             self._close_fd()
             raise AuditError(f"{self.path}: cannot open the audit log ({exc.strerror or exc})") from None
-        # sync = "always": a record begun early (``begin``) is flushed by a worker while the state is saved.
-        self._pending: tuple[int, int, int, bytes | None] | None = None
-        self._pending_started = 0.0
-        self._pending_error: OSError | None = None
-        self._kick = threading.Event()
-        self._done = threading.Event()
         self._flusher: threading.Thread | None = None
         if sync == "batch":
             self._flusher = threading.Thread(target=self._flush_loop, name=f"audit-{chain_id}", daemon=True)
-        else:
-            self._flusher = threading.Thread(target=self._sync_worker, name=f"audit-{chain_id}", daemon=True)
-        self._flusher.start()
+            self._flusher.start()
 
     # Opening -----------------------------------------------------------------------------------------------
 
@@ -342,44 +338,12 @@ class AuditLog:
             "reason": event.reason,
         }
 
-    def begin(self, event: SignEvent) -> None:
-        """A sign observer (sync = "always"): write the "signed" record now and flush it in the worker while the
-        guard saves the state, so the two flushes overlap; ``record`` of the same event then waits for it.
-
-        Called under the chain lock as soon as the signature exists. If the state then fails to persist, the
-        handler records an ``error`` record for the same request next: readers treat that pair as withheld.
-        """
-        if self.sync != "always":
-            return
-        key = (event.height, event.round, event.step, event.signature)
-        with self._lock:
-            self._check_open()
-            if self._pending == key:
-                return  # a backend that retried its transaction signed the same bytes again: one record
-            self._wait_pending()
-            try:
-                self._maybe_rotate()
-                self._append(self._fields(event), sync=False)
-            except OSError as exc:
-                raise AuditError(f"{self.path}: cannot write the audit record ({exc.strerror or exc})") from None
-            self._pending = key
-            self._pending_started = time.perf_counter()
-            self._done.clear()
-            self._kick.set()
-
     def record(self, event: SignEvent) -> None:
-        """A durable observer: called under the chain lock before the reply leaves. Raises AuditError."""
+        """A durable observer: called under the chain lock once the state is durable and before the reply leaves.
+        Raises AuditError (the reply is then withheld)."""
         started = time.perf_counter()
         with self._lock:
             self._check_open()
-            key = (event.height, event.round, event.step, event.signature)
-            if self._pending is not None:
-                begun, began_at = self._pending, self._pending_started
-                self._wait_pending()
-                if event.outcome == "signed" and begun == key:
-                    if self.on_write is not None:
-                        self.on_write(time.perf_counter() - began_at)
-                    return
             try:
                 self._maybe_rotate()
                 self._append(self._fields(event), sync=True)
@@ -395,29 +359,6 @@ class AuditLog:
     def _maybe_rotate(self) -> None:
         if self.rotate_bytes is not None and self._tail >= self.rotate_bytes:
             self._rotate()
-
-    def _wait_pending(self) -> None:
-        """Under the lock: wait for the worker's flush of a begun record (the worker never takes the lock)."""
-        if self._pending is None:
-            return
-        self._done.wait()
-        self._pending = None
-        error, self._pending_error = self._pending_error, None
-        if error is not None:
-            raise AuditError(f"{self.path}: cannot make the audit record durable ({error.strerror or error})")
-
-    def _sync_worker(self) -> None:
-        while True:
-            self._kick.wait()
-            self._kick.clear()
-            if self._stop.is_set():
-                self._done.set()
-                return
-            try:
-                os.fdatasync(self._fd)
-            except OSError as exc:
-                self._pending_error = exc
-            self._done.set()
 
     def _rotate(self) -> None:
         """Close this file (trimmed, synced) under its rotated name; the new file's open record continues it."""
@@ -467,10 +408,7 @@ class AuditLog:
             self._fd = -1
 
     def close(self) -> None:
-        with self._lock, contextlib.suppress(AuditError):
-            self._wait_pending()
         self._stop.set()
-        self._kick.set()
         if self._flusher is not None:
             self._flusher.join()
         with self._lock:

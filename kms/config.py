@@ -273,6 +273,17 @@ class KmsConfig:
 # Reader
 
 
+#: Keys whose values are secrets or lead to one (passwords, PINs, DSNs, seeds, and their _file/_env forms).
+_SECRET_KEY_RE = re.compile(r"pass|pin|dsn|seed|secret|mnemonic|token|private|credential", re.IGNORECASE)
+
+
+def _shown(key: str, value: object) -> str:
+    """How an error may quote ``value`` of ``key``: never the value of a secret-bearing key, whatever the error."""
+    if _SECRET_KEY_RE.search(key.rsplit(".", 1)[-1]):
+        return "(value not shown: the key holds a secret)"
+    return repr(value)
+
+
 def _type_name(value: object) -> str:
     return {
         bool: "a boolean",
@@ -333,7 +344,9 @@ class _Table:
         # bool is an int subclass in Python; TOML keeps them apart, and so do we.
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise self.ctx.error(
-                self.sub(name), f"expected {what}, found {_type_name(value)} {value!r}", fix or f"set {name} to {what}"
+                self.sub(name),
+                f"expected {what}, found {_type_name(value)} {_shown(name, value)}",
+                fix or f"set {name} to {what}",
             )
         return value
 
@@ -354,14 +367,18 @@ class _Table:
     def int_(self, name: str, *, lo: int, hi: int, required: bool = False, fix: str | None = None) -> int | None:
         value = self._take(name, int, "an integer", required, fix)
         if value is not None and not lo <= value <= hi:
-            raise self.ctx.error(self.sub(name), f"{value} is out of range", fix or f"use a value in {lo}..{hi}")
+            raise self.ctx.error(
+                self.sub(name), f"{_shown(name, value)} is out of range", fix or f"use a value in {lo}..{hi}"
+            )
         return value
 
     def choice(self, name: str, choices: tuple[str, ...], *, required: bool = False) -> str | None:
         fix = "use one of " + ", ".join(choices)
         value = self._take(name, str, "a string", required, fix)
         if value is not None and value not in choices:
-            raise self.ctx.error(self.sub(name), f"unknown value {value!r}{_did_you_mean(value, choices)}", fix)
+            raise self.ctx.error(
+                self.sub(name), f"unknown value {_shown(name, value)}{_did_you_mean(value, choices)}", fix
+            )
         return value
 
     def path(self, name: str, *, required: bool = False) -> Path | None:
@@ -558,7 +575,8 @@ def _chain(ctx: _Ctx, data: object, key: str) -> ChainConfig:
         ctx.warn(
             t.sub("state_hook"),
             "ignored: pykms never guesses a starting height; it refuses to start without a state "
-            "(run `pykms state import` with the node's priv_validator_state.json or `pykms state init`)",
+            "(run `pykms state import` with the node's priv_validator_state.json, which sets the guard to that "
+            "state; or, only for a key that has never signed, `pykms state init`, which starts it at height 0)",
         )
     state_format = cast(Literal["json", "slots"], t.choice("state_format", ("json", "slots")) or "json")
     audit_log = t.path("audit_log")

@@ -1,25 +1,22 @@
 """One privval request in, one response out: the request handler of the signing path.
 
 Sits between the codec and the guard (DESIGN §1): checks the chain id and max_height, builds the canonical sign
-bytes, and runs the chain's critical section — decide, sign, persist, reply — under the chain's lock, so every
-connection to one chain (several sentries) sees one ordered history and two sentries asking for the same vote
-get the same signature.
+bytes, and runs the chain's critical section — decide, sign, verify, persist, record — under the chain's lock, so
+every connection to one chain (several sentries) sees one ordered history and two sentries asking for the same
+vote get the same signature. The reply itself is written after the lock is released: a peer that does not read
+its replies can stall only its own connection (the runtime bounds the write), never its chain.
 
-The handler never lets a signature out before the guard backend has made the state durable: the reply is built
-from the guard's outcome, and the ``reply`` callback runs while the lock is still held. Nor one that has not been
-verified against the public key: a softsign signature is verified on the chain's side thread while the state is
-flushed (issue 8, when the request is alone in the process), a device's inside its provider, and any other
-signature in a reply (read back from the state) right before it leaves.
+Order of side effects for a fresh signature: the provider signs and the signature is verified against the public
+key; only then does the guard store it and make the state durable; only then is it written anywhere else (audit
+log, metrics, log line) and sent. A signature read back from the state is verified before it leaves.
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 from pykms.errors import (
@@ -33,13 +30,12 @@ from pykms.errors import (
     StateError,
 )
 from pykms.guard.backend import GuardBackend, GuardOutcome
-from pykms.overlap import Pending, SideWorker
 from pykms.privval import codec
 from pykms.privval.codec import Dialect
 from pykms.privval.signbytes import proposal_sign_bytes, step_of, vote_extension_sign_bytes, vote_sign_bytes
-from pykms.providers.signer import DeferredVerifySigner, Signer, verify_or_raise
+from pykms.providers.signer import Signer, verify_or_raise
 
-__all__ = ["Activity", "ChainContext", "RequestHandler", "SignEvent"]
+__all__ = ["ChainContext", "RequestHandler", "SignEvent"]
 
 _STEP_NAMES = {1: "proposal", 2: "prevote", 3: "precommit"}
 
@@ -61,31 +57,6 @@ class SignEvent:
     duration_s: float
 
 
-class Activity:
-    """How many signing requests are in progress in the process, across chains and connections.
-
-    The side thread (pykms.overlap) pays off only while a core is idle during the flush: alone, a request's
-    verification hides behind its flush (p50 -11% on the single-chain bench); with other requests in flight the
-    cores are busy anyway and the hand-off costs more than it saves (-6% throughput with 20 chains x 2 sentries),
-    so the handler verifies inline then. list.append/pop are atomic under the GIL: no lock on the hot path.
-    """
-
-    __slots__ = ("_tokens",)
-
-    def __init__(self) -> None:
-        self._tokens: list[None] = []
-
-    def enter(self) -> None:
-        self._tokens.append(None)
-
-    def leave(self) -> None:
-        self._tokens.pop()
-
-    def alone(self) -> bool:
-        """True when the caller's request is the only one in progress."""
-        return len(self._tokens) <= 1
-
-
 @dataclass
 class ChainContext:
     """Everything one chain's connections share: its key, its guard, and the lock over both."""
@@ -97,14 +68,11 @@ class ChainContext:
     #: extensions disabled, e.g. behind a Ledger); True: as None.
     sign_extensions: bool | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
-    #: Observers called (under no lock) after each signing request: metrics, audit log.
+    #: Observers called after each signing request, once the state is durable and before the reply: metrics.
     observers: list[Callable[[SignEvent], None]] = field(default_factory=list)
-    #: Called under the lock before the reply leaves, for records that must be durable first (audit log).
+    #: Called under the lock once the state is durable and before the reply leaves, for records that must be
+    #: durable first (audit log); an exception withholds the reply.
     durable_observers: list[Callable[[SignEvent], None]] = field(default_factory=list)
-    #: Called under the lock the moment a fresh consensus signature exists, before the guard saves the state
-    #: (issue 9): the audit log starts its record's flush there so it overlaps the state's flush. The same
-    #: event (outcome "signed") then reaches durable_observers, which wait for that flush.
-    sign_observers: list[Callable[[SignEvent], None]] = field(default_factory=list)
 
     #: The last reason the state could not be made durable ("" once a signature persisted again); /health.
     persist_error: str = ""
@@ -116,40 +84,12 @@ class ChainContext:
     #: (sign bytes, signature) of the last vote extension signed: the twin sentry's identical precommit reuses it
     #: (Ed25519 is deterministic, so signing again would give the same bytes at the cost of a signature).
     last_extension: tuple[bytes, bytes] = (b"", b"")
-    #: Requests in progress in the process (the runtime gives every chain the same one).
-    activity: Activity = field(default_factory=Activity)
-    _side: SideWorker | None = None
 
     def sign(self, message: bytes) -> bytes:
-        """Sign through the provider (verified), timed and counted for the metrics."""
+        """Sign through the provider, timed and counted for the metrics. Every provider's ``sign`` verifies the
+        signature against the public key before returning it (``Signer``), so the guard stores only verified
+        signatures."""
         return self._timed(self.signer.sign, message)
-
-    @property
-    def defers_verification(self) -> bool:
-        """True when the provider can hand over an unverified signature to verify beside the flush (softsign).
-
-        Read from the signer each time (tests swap signers) with getattr: isinstance against a runtime-checkable
-        Protocol costs ~20 µs, a tenth of a signature's budget."""
-        return callable(getattr(self.signer, "sign_unverified", None))
-
-    def sign_unverified(self, message: bytes) -> bytes:
-        """The provider's signature, not yet verified: ``finish_signature`` must verify it before it is used."""
-        signer: DeferredVerifySigner = self.signer  # type: ignore[assignment]
-        return self._timed(signer.sign_unverified, message)
-
-    def side(self) -> SideWorker:
-        """The chain's side thread (started on first use)."""
-        if self._side is None:
-            self._side = SideWorker(f"pykms-side-{self.chain_id}")
-        return self._side
-
-    def finish_signature(self, message: bytes, signature: bytes, extension_bytes: Callable[[], bytes] | None) -> bytes:
-        """Side-thread work of a fresh signature: verify it (and remember it as verified); sign (and verify) the
-        vote extension when one is wanted. Returns the extension signature (b"" when none). Raises ProviderError
-        if anything fails. The caller holds the chain's lock and reads the result only after the job ended."""
-        verify_or_raise(self.signer.public_key(), message, signature, self.signer.provider)
-        self.verified_signature = signature
-        return self.extension_signature(extension_bytes()) if extension_bytes is not None else b""
 
     def extension_signature(self, message: bytes) -> bytes:
         """A verified signature over vote-extension sign bytes, reused when the same bytes were just signed."""
@@ -161,9 +101,7 @@ class ChainContext:
         return signature
 
     def close(self) -> None:
-        if self._side is not None:
-            self._side.close()
-            self._side = None
+        """Nothing to release: the guard and the signer are closed by their owner."""
 
     def _timed(self, sign: Callable[[bytes], bytes], message: bytes) -> bytes:
         if self.metrics is None:
@@ -210,12 +148,7 @@ class RequestHandler:
         elif isinstance(request, codec.PubKeyRequest):
             reply(self._pubkey(request))
         elif isinstance(request, codec.SignVoteRequest | codec.SignProposalRequest):
-            activity = self.chain.activity
-            activity.enter()
-            try:
-                self._sign_consensus(request, reply)
-            finally:
-                activity.leave()
+            self._sign_consensus(request, reply)
         elif isinstance(request, codec.SignBytesRequest):
             self._sign_raw(request, reply)
         else:  # pragma: no cover - decode_request returns only the types above
@@ -256,49 +189,18 @@ class RequestHandler:
                 extension_wanted = False
             chain = self.chain
             with chain.lock:
-                deferred = chain.defers_verification and chain.activity.alone()
-                side_job: Pending[bytes] | None = None
-                extension_bytes = None
-                if extension_wanted:
-                    vote = msg
-
-                    def extension_bytes() -> bytes:
-                        return vote_extension_sign_bytes(self.chain_id, vote)
 
                 def sign(message: bytes) -> bytes:
-                    nonlocal side_job
-                    if deferred:
-                        # Issue 8: verify (and sign the extension) on the side thread while the guard's flush
-                        # runs; the reply waits for both below.
-                        signature = chain.sign_unverified(message)
-                        side_job = chain.side().submit(
-                            partial(chain.finish_signature, message, signature, extension_bytes)
-                        )
-                    else:
-                        signature = chain.sign(message)
-                        chain.verified_signature = signature  # the provider verified it
-                    if chain.sign_observers:  # issue 9: tell the audit log as soon as the signature exists
-                        early = SignEvent(
-                            self.chain_id, kind, height, round_, step, block_hash, sign_bytes, signature, "signed",
-                            "", time.perf_counter() - started,
-                        )  # fmt: skip
-                        for observer in chain.sign_observers:
-                            observer(early)
+                    signature = chain.sign(message)  # verified by the provider before the guard may store it
+                    chain.verified_signature = signature
                     return signature
 
-                try:
-                    outcome = chain.guard.check_and_sign(height, round_, step, sign_bytes, sign)
-                except BaseException:
-                    if side_job is not None:  # let the side job end; the guard's error is the one that matters
-                        with contextlib.suppress(Exception):
-                            side_job.result()
-                    raise
-                if side_job is not None:
-                    extension_signature = side_job.result()  # ProviderError: the signature did not verify
-                else:
-                    extension_signature = b""
-                    if extension_bytes is not None:
-                        extension_signature = chain.extension_signature(extension_bytes())
+                # Returns only once the state covering a fresh signature is durable. Whatever it hands back is
+                # checked against what was verified (_signed_response): a backend bug cannot leak another one.
+                outcome = chain.guard.check_and_sign(height, round_, step, sign_bytes, sign)
+                extension_signature = b""
+                if extension_wanted:
+                    extension_signature = chain.extension_signature(vote_extension_sign_bytes(self.chain_id, msg))
                 response = self._signed_response(request, outcome, extension_signature)
                 event = SignEvent(
                     self.chain_id, kind, height, round_, step, block_hash, sign_bytes, outcome.signature,
@@ -309,7 +211,6 @@ class RequestHandler:
                 chain.persist_error = ""
                 # Metrics before the reply, so a scrape never lags what the node has received.
                 self._notify(event)
-                reply(response)
         except SigningRefused as exc:
             self._refuse(request, kind, height, round_, step, block_hash, sign_bytes, exc, started, reply)
             return
@@ -319,6 +220,7 @@ class RequestHandler:
                 self.chain.persist_error = str(exc)
             self._refuse(request, kind, height, round_, step, block_hash, sign_bytes, exc, started, reply)
             return
+        reply(response)  # outside the lock: a peer that does not read stalls only its own connection
         if self.log is not None:
             self.log.info(
                 f"{kind}_signed" if outcome.fresh else f"{kind}_resigned",
@@ -396,6 +298,14 @@ class RequestHandler:
     ) -> None:
         code = exc.code if isinstance(exc, SigningRefused) else 0
         prefix = "unable to sign vote" if isinstance(request, codec.SignVoteRequest) else "unable to sign proposal"
+        # The node is the party the signer trusts least: it learns why in general terms (no file paths, no
+        # database user@host); the log line below keeps the detail.
+        if isinstance(exc, SigningRefused):
+            told = str(exc)
+        elif isinstance(exc, StateError):
+            told = "the double-sign state could not be made durable; see the signer's log"
+        else:
+            told = "the signing backend failed; see the signer's log"
         outcome = "refused" if isinstance(exc, SigningRefused) else "error"
         event = SignEvent(
             self.chain_id, kind, height, round_, step, block_hash, sign_bytes, None, outcome,
@@ -406,7 +316,7 @@ class RequestHandler:
                 observer(event)
         finally:
             self._notify(event)
-            reply(codec.encode_error(self.dialect, request, code, f"{prefix}: {exc}"))
+            reply(codec.encode_error(self.dialect, request, code, f"{prefix}: {told}"))
         self._log_refusal(kind, exc, height=height, round=round_, step=step, block=block_hash[:6].hex() or "nil")
 
     def _log_refusal(self, kind: str, exc: KmsError, **fields: Any) -> None:

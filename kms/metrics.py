@@ -108,6 +108,12 @@ class Metrics:
 HealthSource = Callable[[], tuple[bool, dict[str, Any]]]
 
 
+#: A scrape client that sends no complete request for this long is disconnected, and at most this many are served
+#: at once (others are closed at once): an idle or slow client must not pile up threads in the signer's process.
+METRICS_CLIENT_TIMEOUT_S = 5.0
+METRICS_MAX_CLIENTS = 64
+
+
 class MetricsServer:
     """A small threaded HTTP server for /metrics and /health."""
 
@@ -115,6 +121,8 @@ class MetricsServer:
         outer = self
 
         class _Handler(BaseHTTPRequestHandler):
+            timeout = METRICS_CLIENT_TIMEOUT_S  # applied to each connection (StreamRequestHandler)
+
             def do_GET(self) -> None:
                 if self.path.split("?")[0] == "/metrics":
                     self._send(200, outer.metrics.render(), CONTENT_TYPE_LATEST)
@@ -139,8 +147,26 @@ class MetricsServer:
         self.health = health
         host = host.strip("[]")  # "[::1]" as written in addr = "[::1]:9464"
 
+        slots = threading.BoundedSemaphore(METRICS_MAX_CLIENTS)
+
         class _Server(ThreadingHTTPServer):
             address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+            def process_request(self, request: Any, client_address: Any) -> None:
+                if not slots.acquire(blocking=False):
+                    self.shutdown_request(request)
+                    return
+                try:
+                    super().process_request(request, client_address)
+                except BaseException:
+                    slots.release()
+                    raise
+
+            def process_request_thread(self, request: Any, client_address: Any) -> None:
+                try:
+                    super().process_request_thread(request, client_address)
+                finally:
+                    slots.release()
 
         try:
             self.httpd = _Server((host, port), _Handler)

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from pykms.config import KmsConfig, ValidatorConfig
 from pykms.errors import ConfigError, KmsError, ProtocolError, StateError
-from pykms.handler import Activity, ChainContext, RequestHandler
+from pykms.handler import ChainContext, RequestHandler
 from pykms.logconfig import get_logger
 from pykms.privval.codec import Dialect, MessageReader, delimit
 from pykms.providers.signer import Signer
@@ -45,6 +45,10 @@ IDLE_TIMEOUT_S = 20.0
 #: The node's accept and handshake deadlines are 3 s and 5 s; a dial that takes longer will fail anyway.
 CONNECT_TIMEOUT_S = 5.0
 HANDSHAKE_TIMEOUT_S = 5.0
+#: Total time one reply may take to write, however the peer drips its receive window open: a node gives up on a
+#: reply after a few seconds anyway, and a peer that does not read must not keep the session thread (or, with
+#: it, anything shared) for longer. Over it, the connection is closed.
+REPLY_WRITE_TIMEOUT_S = 2.0
 #: Largest request accepted: v0.38+ votes may carry vote extensions up to 1 MiB (PROTOCOL.md §2.2).
 MAX_REQUEST_BYTES = 1024 * 1024 + 64 * 1024
 
@@ -52,7 +56,7 @@ MAX_REQUEST_BYTES = 1024 * 1024 + 64 * 1024
 class SyncStream(Protocol):
     """A blocking, message-agnostic byte stream: SecretConnection over TCP, or plain over a unix socket."""
 
-    def send(self, data: bytes) -> None: ...
+    def send(self, data: bytes, timeout: float | None = None) -> None: ...
 
     def recv(self) -> bytes: ...
 
@@ -161,7 +165,12 @@ class _Session:
         send = stream.send
 
         def reply(body: bytes) -> None:
-            send(delimit(body))
+            try:
+                send(delimit(body), REPLY_WRITE_TIMEOUT_S)
+            except TimeoutError:
+                raise ProtocolError(
+                    f"the validator did not take its reply within {REPLY_WRITE_TIMEOUT_S:g} s; closing the connection"
+                ) from None
 
         last_message = time.monotonic()
         stop = self.runtime.stop_event
@@ -211,7 +220,6 @@ class Runtime:
         self.metrics: Any = None
         self.metrics_server: Any = None
         self.audit_logs: dict[str, Any] = {}  # chain id -> pykms.audit.AuditLog
-        self.activity = Activity()  # signing requests in progress, shared by every chain (handler.Activity)
 
     # Construction -----------------------------------------------------------------------------------
 
@@ -236,7 +244,7 @@ class Runtime:
                 self.failed_chains[chain_cfg.id] = str(exc)
                 self.log.error("chain_stopped", chain_id=chain_cfg.id, reason=str(exc))
                 continue
-            chain = ChainContext(chain_cfg.id, signer, guard, chain_cfg.sign_extensions, activity=self.activity)
+            chain = ChainContext(chain_cfg.id, signer, guard, chain_cfg.sign_extensions)
             if chain_cfg.audit_log is not None:
                 from pykms.audit import AuditLog
 
@@ -253,7 +261,6 @@ class Runtime:
                     self.log.error("chain_stopped", chain_id=chain_cfg.id, reason=str(exc))
                     continue
                 self._closers.append(audit.close)
-                chain.sign_observers.append(audit.begin)  # flush overlaps the state's (no-op when "batch")
                 chain.durable_observers.append(audit.record)
                 self.audit_logs[chain_cfg.id] = audit
             self.chains[chain_cfg.id] = chain

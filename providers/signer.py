@@ -14,7 +14,7 @@ from nacl.signing import VerifyKey
 
 from pykms.errors import TransientProviderError
 
-__all__ = ["DeferredVerifySigner", "Signer", "verify_or_raise"]
+__all__ = ["Signer", "verify_or_raise"]
 
 
 @runtime_checkable
@@ -37,21 +37,6 @@ class Signer(Protocol):
 
     def close(self) -> None:
         """Release the device or session. Idempotent."""
-        ...
-
-
-@runtime_checkable
-class DeferredVerifySigner(Signer, Protocol):
-    """A signer whose signing is in-process and cheaper than a verification (softsign: 17 µs vs 44 µs).
-
-    The handler takes its unverified signature, persists the state, and verifies on a side thread while the
-    state's flush runs (issue 8); the reply leaves only once both are done, so the guarantee of ``Signer`` holds:
-    nothing unverified reaches the node. Device-backed providers verify inside ``sign`` as before: their own
-    latency dwarfs a verification.
-    """
-
-    def sign_unverified(self, message: bytes) -> bytes:
-        """The signature, not yet checked against ``public_key()``: the caller must verify it before use."""
         ...
 
 

@@ -14,8 +14,8 @@ One deliberate difference: 64 bytes whose second half is the public key of the f
 key layout (someone base64-encoded ``priv_key.value``). tmkms would read them as an expanded key, i.e. a different
 key the chain does not know; pykms reads them as the seed they are.
 
-Key bytes never reach an error text or a repr. ``sign`` verifies each signature before returning it;
-``sign_unverified`` leaves that to the request handler, which does it beside the state's flush (issue 8).
+Key bytes never reach an error text or a repr. ``sign`` verifies each signature before returning it, so the
+guard never stores one that does not verify.
 """
 
 from __future__ import annotations
@@ -191,16 +191,12 @@ class SoftsignSigner:
         return self._public
 
     def sign(self, message: bytes) -> bytes:
-        signature = self.sign_unverified(message)
-        verify_or_raise(self._public, message, signature, self.provider)
-        return signature
-
-    def sign_unverified(self, message: bytes) -> bytes:
-        """For the handler, which verifies it beside the state's flush (``DeferredVerifySigner``)."""
         key = self._key
         if key is None:
             raise FatalProviderError(f"softsign key {self._source} is closed")
-        return key.sign(message).signature if isinstance(key, SigningKey) else key.sign(message)
+        signature = key.sign(message).signature if isinstance(key, SigningKey) else key.sign(message)
+        verify_or_raise(self._public, message, signature, self.provider)
+        return signature
 
     def close(self) -> None:
         self._key = None

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from nacl.signing import VerifyKey
 
@@ -26,6 +27,8 @@ class KmsProcess:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: More subprocess.Popen arguments (cwd, preexec_fn) for tests that shape the process itself.
+    popen_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def start(self) -> None:
         LOGS.append(self.log_path)
@@ -36,6 +39,7 @@ class KmsProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
+            **self.popen_kwargs,
         )
         log.close()
 

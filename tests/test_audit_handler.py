@@ -1,12 +1,13 @@
-"""The audit log behind the real request handler and FileGuard: one record per request, begun before the state is
-saved (sync = "always") and durable before the reply; a state that fails to save after the record was begun is
-recorded as withheld, counted as such by ``summarize``, and accepted by ``verify --state``."""
+"""The audit log behind the real request handler and FileGuard: one record per request, written only once the state
+is durable and durable itself before the reply; a state that fails to save leaves an ``error`` record and no
+signature, and ``verify --state`` accepts the log."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -43,8 +44,6 @@ def setup(tmp_path: Path, sync: SyncMode) -> tuple[RequestHandler, AuditLog, Fai
     guard = FileGuard(CHAIN, JsonStateStore(state, ops=ops))
     chain = ChainContext(CHAIN, SoftsignSigner.from_seed(hashlib.sha256(b"handler").digest()), guard)
     audit = AuditLog(tmp_path / "audit.log", CHAIN, sync=sync)
-    if sync == "always":
-        chain.sign_observers.append(audit.begin)
     chain.durable_observers.append(audit.record)
     return RequestHandler(chain, Dialect.V0_38, chain_id=CHAIN), audit, ops, state
 
@@ -74,7 +73,7 @@ def test_records_match_replies_and_withheld_signature(tmp_path: Path, sync: Sync
         released += 3
     assert ask(handler, vote(3, PRECOMMIT, "b3")).error is None  # identical repeat: the stored signature
     assert ask(handler, vote(3, PREVOTE, "other")).error is not None  # regression: refused
-    ops.broken = True  # the next state save fails after the signature (and its record) exist
+    ops.broken = True  # the next state save fails after the signature exists: no record may carry it
     failed = ask(handler, vote(4, PREVOTE, "b4"))
     assert failed.error is not None
     ops.broken = False
@@ -84,15 +83,16 @@ def test_records_match_replies_and_withheld_signature(tmp_path: Path, sync: Sync
     assert summary.signatures == {(CHAIN, "proposal"): 3, (CHAIN, "prevote"): 3, (CHAIN, "precommit"): 4}
     assert summary.reused == {(CHAIN, "precommit"): 1}
     assert summary.refusals == {(CHAIN, "RegressionError"): 1, (CHAIN, "PersistError"): 1}
-    # with sync = "always" the record of height 4 was begun before the save failed, then withdrawn
-    assert summary.withheld == ({(CHAIN, "prevote"): 1} if sync == "always" else {})
+    assert summary.withheld == {}
+    records = [json.loads(line) for line in (tmp_path / "audit.log").read_bytes().splitlines() if line.strip(b"\0")]
+    assert [r["signature"] for r in records if r.get("height") == 4] == [None]  # no record holds that signature
     state_sig = read_state_file(state)[1].signature
     report = verify_files([tmp_path / "audit.log"], state_signature=state_sig)
     assert report.ok, report.problem
-    assert report.records == 1 + released + 1 + 1 + (2 if sync == "always" else 1)
+    assert report.records == 1 + released + 1 + 1 + 1
 
 
-def test_begin_then_record_writes_one_record(tmp_path: Path) -> None:
+def test_one_record_per_signature(tmp_path: Path) -> None:
     handler, audit, _ops, _state = setup(tmp_path, "always")
     seen: list[float] = []
     audit.on_write = seen.append
@@ -116,5 +116,6 @@ def test_no_signature_leaves_without_its_record(tmp_path: Path, sync: SyncMode) 
         handler.handle(body, replies.append)
     assert len(replies) == 1
     response = codec.decode_response(Dialect.V0_38, replies[0])
-    assert response.error is not None and "audit log is closed" in response.error.description
+    assert response.error is not None and "could not be made durable" in response.error.description
+    assert str(tmp_path) not in response.error.description  # the node learns no local path
     assert "audit log is closed" in handler.chain.persist_error  # /health reports it

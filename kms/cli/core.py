@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -188,53 +189,84 @@ def cmd_state_init(args: argparse.Namespace) -> int:
     from pykms.guard.state import SignState
 
     state = SignState(height=args.height, round=args.round, step=args.step, signature=b"", sign_bytes=b"")
-    return _write_state(args, state, allow_backwards=args.force, replace=args.force)
+    return _write_state(args, state, command="init")
 
 
 def cmd_state_import(args: argparse.Namespace) -> int:
     from pykms.guard.store import read_state_file
 
     _fmt, state = read_state_file(args.file)
-    return _write_state(args, state, allow_backwards=args.force, replace=True)
+    return _write_state(args, state, command="import")
 
 
-def _write_state(args: argparse.Namespace, state: Any, *, allow_backwards: bool, replace: bool) -> int:
-    """Write ``state`` as the chain's guard state; refuse to move it backwards unless forced."""
+#: What --force does, for every message that suggests it.
+_FORCE_DOES = "--force replaces it and keeps the old file beside it as <state file>.replaced-<time>"
+
+
+def _write_state(args: argparse.Namespace, state: Any, *, command: str) -> int:
+    """Write ``state`` as the chain's guard state. Without --force: ``init`` refuses any existing state and
+    ``import`` one it cannot read or that is newer than ``state``; a state that cannot be read is never treated
+    as absent."""
     config = _load(args)
     chain = _chain(config, args.chain)
     if _postgres(config):
         from pykms.cli.guard import import_state
 
-        import_state(config, chain.id, state, force=allow_backwards)
+        import_state(config, chain.id, state, force=args.force, replace=command == "import")
         print(f"{chain.id}: state set to height {state.height} round {state.round} step {state.step} (postgres)")
         return 0
     from pykms.guard.factory import default_state_path
-    from pykms.guard.store import create_state_file, read_state_file
+    from pykms.guard.store import create_state_file, state_was_here
 
     path = default_state_path(config, chain)
-    if path.exists():
-        try:
-            _fmt, current = read_state_file(path)
-        except StateError:
-            current = None  # corrupt: replacing it is what import is for
-        if not replace and current is not None:
-            raise StateError(f"{path}: a state already exists (height {current.height}); use --force to replace it")
-        if (
-            current is not None
-            and not allow_backwards
-            and (state.height, state.round, state.step) < (current.height, current.round, current.step)
-        ):
-            raise SigningRefused(
-                f"{path}: the imported state (height {state.height} round {state.round} step {state.step}) "
-                f"is older than the current one (height {current.height} round {current.round} "
-                f"step {current.step}); refusing to weaken the double-sign guard (use --force to override)"
-            )
+    if os.path.lexists(path):
+        if not args.force:
+            _refuse_replacing(path, state, command)
+    elif not args.force and state_was_here(path):
+        raise StateError(
+            f"{path}: no state file, but its lock file {path}.lock shows a state was opened here before (deleted or "
+            "moved?): this key may already have signed. Restore the file from a backup; or import a state known "
+            "to be at least as recent as anything this key signed with `pykms state import --force`; "
+            "`pykms state init --force` starts the guard at height 0 and is only for a key that has never signed "
+            "on this chain"
+        )
     else:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     # Takes the state's lock: refuses (StateLocked) while a running pykms holds this chain's state.
-    create_state_file(path, state, fmt=chain.state_format, overwrite=True)
+    kept = create_state_file(path, state, fmt=chain.state_format, overwrite=True)
     print(f"{chain.id}: state set to height {state.height} round {state.round} step {state.step} ({path})")
+    if kept is not None:
+        print(f"the previous state file is kept as {kept}")
     return 0
+
+
+def _refuse_replacing(path: Path, state: Any, command: str) -> None:
+    """Raise unless ``state`` may replace the existing state at ``path`` without --force."""
+    from pykms.guard.store import read_state_file
+
+    try:
+        _fmt, current = read_state_file(path)
+    except StateError as exc:
+        raise StateError(
+            f"{path}: a state file exists but cannot be read ({exc}); refusing to replace it: pykms cannot tell "
+            "what this key has already signed. Restore it from a backup, or import a state known to be at least "
+            f"as recent as anything this key signed with `pykms state import --force` ({_FORCE_DOES}); "
+            "`pykms state init --force` would reset the guard to height 0 and is only for a key that has never "
+            "signed on this chain"
+        ) from None
+    if command == "init":
+        raise StateError(
+            f"{path}: a state already exists (height {current.height} round {current.round} step {current.step}); "
+            "`pykms state init` would reset the guard below it, so this key could sign again what it signed "
+            f"before; refusing ({_FORCE_DOES})"
+        )
+    if (state.height, state.round, state.step) < (current.height, current.round, current.step):
+        raise SigningRefused(
+            f"{path}: the imported state (height {state.height} round {state.round} step {state.step}) "
+            f"is older than the current one (height {current.height} round {current.round} "
+            f"step {current.step}); refusing to weaken the double-sign guard ({_FORCE_DOES}, and lowers the "
+            "guard to the imported state)"
+        )
 
 
 _ = KmsError  # re-exported for handlers that raise it

@@ -66,11 +66,27 @@ def show_state(cfg: KmsConfig, chain_id: str) -> SignState:
     return read_state(dsn_from_config(guard), chain_id, timeout_ms=max(guard.timeout_ms, 10_000))
 
 
-def import_state(cfg: KmsConfig, chain_id: str, state: SignState, force: bool) -> None:
-    """Set the chain's row to ``state`` under its lock; SigningRefused when that moves it backwards and not
-    ``force``. Safe while instances are signing: they wait for the row or see the new state.
+def import_state(cfg: KmsConfig, chain_id: str, state: SignState, force: bool, replace: bool = True) -> None:
+    """Set the chain's row to ``state`` under its lock, by the file guard's rules (``write_state``); a replaced
+    row is kept in ``<chain>_guard_row.replaced-<time>.json`` beside the configuration. Safe while instances are
+    signing: they wait for the row or see the new state.
     """
+    import json
+    import time
+
     from pykms.guard.postgres import dsn_from_config, write_state
+    from pykms.keyfiles import write_secret_file
+
+    def keep(row: dict[str, object]) -> str:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        path = cfg.path.parent / f"{chain_id}_guard_row.replaced-{stamp}.json"
+        write_secret_file(path, json.dumps(row, indent=2).encode() + b"\n")
+        return str(path)
 
     guard = _postgres_cfg(cfg)
-    write_state(dsn_from_config(guard), chain_id, state, force=force, timeout_ms=max(guard.timeout_ms, 10_000))
+    kept = write_state(
+        dsn_from_config(guard), chain_id, state, force=force, replace=replace, keep=keep,
+        timeout_ms=max(guard.timeout_ms, 10_000),
+    )  # fmt: skip
+    if kept is not None:
+        print(f"the previous row is kept in {kept}")

@@ -33,6 +33,7 @@ from pykms.errors import (
     SigningRefused,
     StateError,
 )
+from pykms.hardening import make_undumpable
 
 __all__ = ["EXIT_CODES", "exit_code_for", "main"]
 
@@ -82,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 2
+    # Before any command can load a key: a crash must not write one to a core file.
+    make_undumpable()
     try:
         code = func(args)
         return int(code or 0)

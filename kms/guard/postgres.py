@@ -100,11 +100,16 @@ __all__ = [
 ]
 
 #: Fix text for a database without our schema.
-INIT_DB_FIX = "run `pykms guard init-db -c <tmkms.toml>` once against this database"
+INIT_DB_FIX = (
+    "run `pykms guard init-db -c <tmkms.toml>` once against this database (it creates or migrates the schema and "
+    "never changes a chain's state)"
+)
 #: Fix text for a chain without a row.
 IMPORT_FIX = (
-    "import the node's or tmkms's state with `pykms state import -c <tmkms.toml> --chain <id> <file>`, or, only "
-    "for a key that has never signed on this chain, `pykms state init -c <tmkms.toml> --chain <id>`"
+    "import the node's or tmkms's state with `pykms state import -c <tmkms.toml> --chain <id> <file>` (the guard "
+    "then refuses everything up to that height/round/step), or, only for a key that has never signed on this "
+    "chain, `pykms state init -c <tmkms.toml> --chain <id>` (it starts the guard at height 0: a key that has "
+    "signed could then sign a conflicting vote)"
 )
 
 #: A WARNING during COMMIT means its outcome is not what we asked for (syncrep.c: "canceling wait for synchronous
@@ -370,11 +375,23 @@ def read_state(dsn: str, chain_id: str, *, timeout_ms: int = 10_000) -> SignStat
     return _row_state(row, chain_id, dsn)
 
 
-def write_state(dsn: str, chain_id: str, state: SignState, *, force: bool, timeout_ms: int = 10_000) -> None:
+def write_state(
+    dsn: str,
+    chain_id: str,
+    state: SignState,
+    *,
+    force: bool,
+    replace: bool = True,
+    keep: Callable[[dict[str, Any]], str] | None = None,
+    timeout_ms: int = 10_000,
+) -> str | None:
     """Insert or replace the chain's row (``pykms state import|init``), under the row lock so that no signing
-    transaction interleaves. Refuses (SigningRefused) to move an existing state backwards unless ``force``.
+    transaction interleaves. The file guard's rules: unless ``force``, refuse an existing row that cannot be read,
+    any existing row when not ``replace`` (init), and a move backwards (SigningRefused). A row that is replaced is
+    first handed to ``keep`` (which stores it and says where), inside the transaction, so it is never lost.
     """
     conn = connect(dsn, timeout_ms=timeout_ms, application_name="pykms-state")
+    target = redacted_target(dsn)
     try:
         _check_schema(conn, dsn)
         with conn.transaction():
@@ -386,29 +403,49 @@ def write_state(dsn: str, chain_id: str, state: SignState, *, force: bool, timeo
                     " VALUES (%s, %s, %s, %s, %s, %s, %s)",
                     (chain_id, state.height, state.round, state.step, state.signature, state.sign_bytes, _ME),
                 )
-                return
+                return None
+            force_does = "--force replaces it and keeps the old row in a file beside the configuration"
             try:
                 current: SignState | None = _row_state(row, chain_id, dsn)
-            except StateCorrupt:
-                current = None  # replacing an untrustworthy row is what import is for
-            if (
-                current is not None
-                and not force
-                and (state.height, state.round, state.step) < (current.height, current.round, current.step)
-            ):
-                raise SigningRefused(
-                    f"postgres guard {redacted_target(dsn)}: the imported state (height {state.height} round "
-                    f"{state.round} step {state.step}) is older than the current one (height {current.height} "
-                    f"round {current.round} step {current.step}); refusing to weaken the double-sign guard "
-                    "(use --force to override)"
-                )
+            except StateCorrupt as exc:
+                if not force:
+                    raise StateCorrupt(
+                        f"{exc}; refusing to replace it: pykms cannot tell what this key has already signed. "
+                        "Import a state known to be at least as recent as anything this key signed with "
+                        f"`pykms state import --force` ({force_does})"
+                    ) from None
+                current = None
+            if current is not None and not force:
+                if not replace:
+                    raise StateError(
+                        f"postgres guard {target}: chain {chain_id!r} already has a state (height {current.height} "
+                        f"round {current.round} step {current.step}); `pykms state init` would reset the guard "
+                        f"below it, so this key could sign again what it signed before; refusing ({force_does})"
+                    )
+                if (state.height, state.round, state.step) < (current.height, current.round, current.step):
+                    raise SigningRefused(
+                        f"postgres guard {target}: the imported state (height {state.height} round "
+                        f"{state.round} step {state.step}) is older than the current one (height {current.height} "
+                        f"round {current.round} step {current.step}); refusing to weaken the double-sign guard "
+                        f"({force_does}, and lowers the guard to the imported state)"
+                    )
+            kept = None
+            if keep is not None:
+                names = ("height", "round", "step", "signature", "sign_bytes")
+                kept = keep({"chain_id": chain_id, **{n: _plain(v) for n, v in zip(names, row, strict=False)}})
             if force:
                 conn.execute("SET LOCAL pykms.allow_regression = 'on'")
             conn.execute(_UPDATE_SIGNED, (*_state_args(state), "import:" + _ME, chain_id))
+            return kept
     except psycopg.Error as exc:
         raise _map_error(exc, "writing the state", dsn, timeout_ms) from None
     finally:
         conn.close()
+
+
+def _plain(value: Any) -> Any:
+    """A row value as JSON can hold it (bytes as hex)."""
+    return bytes(value).hex() if isinstance(value, bytes | bytearray | memoryview) else value
 
 
 def _state_args(state: SignState) -> tuple[int, int, int, bytes, bytes]:

@@ -67,9 +67,11 @@ SLOTS_MAGIC = b"PYKMSST\x00"
 
 #: What an operator can do about a missing or untrustworthy state file; appended to StateMissing/StateCorrupt.
 INIT_FIX = (
-    "fix: restore the file from a backup, or import the node's or tmkms's state with "
-    "`pykms state import …`; only for a key that has never signed on this chain, create a fresh one with "
-    "`pykms state init …`"
+    "fix: restore the file from a backup; or `pykms state import …` the node's or tmkms's state (the guard then "
+    "refuses everything up to the imported height/round/step, so import a state at least as recent as anything "
+    "this key signed); or, only for a key that has never signed on this chain, `pykms state init …` (it resets the "
+    "guard to height 0: a key that has signed could then sign a conflicting vote). Both refuse to replace an "
+    "existing state file, readable or not, unless --force, which keeps the old file beside the new one"
 )
 
 StateFormat = Literal["cometbft", "tmkms", "slots"]

@@ -19,6 +19,7 @@ import fcntl
 import hashlib
 import os
 import struct
+import time
 from pathlib import Path
 from typing import Final, Protocol, Self
 
@@ -44,6 +45,7 @@ __all__ = [
     "create_state_file",
     "decode_slots_file",
     "read_state_file",
+    "state_was_here",
 ]
 
 
@@ -142,11 +144,15 @@ def _read_all(ops: FileOps, fd: int, limit: int) -> bytes:
 class _FileStore:
     """What both file stores share: the lock, the atomic whole-file replace, open/close bookkeeping."""
 
+    #: Where ``create`` kept the file it replaced (None when there was none).
+    kept: Path | None
+
     def __init__(self, path: Path | str, *, ops: FileOps | None = None) -> None:
         self._setup(Path(path), ops)
         try:
             self._acquire_lock()
             self._attach()
+            self._mark_used()
         except BaseException:
             self.close()
             raise
@@ -156,7 +162,8 @@ class _FileStore:
         """Write a new state file holding ``state`` atomically, and return the store open on it.
 
         For ``pykms state init`` (``SignState.initial()``) and ``pykms state import`` (``overwrite=True`` replaces
-        an existing file, under the lock, so a running pykms on it is refused with StateLocked first).
+        an existing file, under the lock, so a running pykms on it is refused with StateLocked first). A replaced
+        file, readable or not, is first copied beside it (``kept``): a double-sign state is never lost.
         """
         self = cls.__new__(cls)
         self._setup(Path(path), ops)
@@ -164,21 +171,58 @@ class _FileStore:
             self._acquire_lock()
             self._write_new(state, overwrite=overwrite)
             self._attach()
+            self._mark_used()
         except BaseException:
             self.close()
             raise
         return self
 
     def _write_new(self, state: SignState, *, overwrite: bool) -> None:
-        if not overwrite and self._exists():
-            raise StateError(
-                f"{self.path}: a state file already exists; refusing to replace a double-sign state "
-                "(import over it explicitly if that is really what you want)"
-            )
+        if self._exists():
+            if not overwrite:
+                raise StateError(
+                    f"{self.path}: a state file already exists; refusing to replace a double-sign state "
+                    "(import over it explicitly if that is really what you want)"
+                )
+            self.kept = self._keep_copy()
         try:
             self._replace_file(self._encode_new_file(state))
         except OSError as exc:
             raise PersistError(f"{self.path}: could not create the state file ({_reason(exc)})") from None
+
+    def _keep_copy(self) -> Path:
+        """Copy the current file, byte for byte, to ``NAME.replaced-<UTC time>`` (never overwriting a copy)."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        ops = self._ops
+        try:
+            fd = ops.open(str(self.path), os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+            try:
+                data = _read_all(ops, fd, 1 << 30)
+            finally:
+                ops.close(fd)
+            for attempt in range(1000):
+                copy = self.path.with_name(f"{self.path.name}.replaced-{stamp}" + (f".{attempt}" if attempt else ""))
+                try:
+                    out = ops.open(str(copy), os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o600)
+                except FileExistsError:
+                    continue
+                try:
+                    _write_all(ops, out, data)
+                    ops.fsync(out)
+                finally:
+                    ops.close(out)
+                dir_fd = self._open_dir()
+                try:
+                    ops.fsync(dir_fd)
+                finally:
+                    ops.close(dir_fd)
+                return copy
+        except OSError as exc:
+            raise PersistError(
+                f"{self.path}: could not keep a copy of the state file before replacing it ({_reason(exc)}); "
+                "nothing was changed"
+            ) from None
+        raise PersistError(f"{self.path}: too many kept copies named {self.path.name}.replaced-{stamp}*")
 
     # -- shared machinery --------------------------------------------------------------------------------------
 
@@ -188,6 +232,7 @@ class _FileStore:
         self._lock_fd: int | None = None
         self._dir_fd: int | None = None
         self._fd: int | None = None
+        self.kept = None
         self._tmp = str(path.with_name(f".{path.name}.tmp"))
 
     def _acquire_lock(self) -> None:
@@ -207,6 +252,16 @@ class _FileStore:
             ) from None
         except OSError as exc:
             raise StateError(f"{self.path}: cannot lock {lock_path} ({_reason(exc)})") from None
+
+    def _mark_used(self) -> None:
+        """Note in the lock file that a state was opened here (``state_was_here``), so that a state file deleted
+        later is not mistaken for one that never existed. Best effort: written once, not flushed."""
+        assert self._lock_fd is not None
+        try:
+            if self._ops.fstat(self._lock_fd).st_size == 0:
+                self._ops.pwrite(self._lock_fd, USED_MARK, 0)
+        except OSError:
+            pass
 
     def _exists(self) -> bool:
         try:
@@ -473,8 +528,9 @@ class SlotStateStore(_FileStore):
 
 def create_state_file(
     path: Path | str, state: SignState, *, fmt: str = "json", ops: FileOps | None = None, overwrite: bool = False
-) -> None:
-    """Create (or, with ``overwrite``, atomically replace) a state file in format ``json`` or ``slots``.
+) -> Path | None:
+    """Create (or, with ``overwrite``, atomically replace) a state file in format ``json`` or ``slots``; returns
+    where the replaced file was kept (None when there was none).
 
     Takes the file's lock, so it refuses (StateLocked) while a running pykms holds the state. With ``overwrite``
     it also replaces a corrupt file, which opening a store on it would refuse.
@@ -482,7 +538,23 @@ def create_state_file(
     if fmt not in ("json", "slots"):
         raise StateError(f'{path}: unknown state format {fmt!r} (expected "json" or "slots")')
     cls: type[_FileStore] = SlotStateStore if fmt == "slots" else JsonStateStore
-    cls.create(path, state, ops=ops, overwrite=overwrite).close()
+    store = cls.create(path, state, ops=ops, overwrite=overwrite)
+    store.close()
+    return store.kept
+
+
+#: What ``_mark_used`` writes into a state's lock file.
+USED_MARK: Final = b"pykms state\n"
+
+
+def state_was_here(path: Path | str) -> bool:
+    """True when a pykms store was opened on ``path`` before (its lock file carries the mark), whether or not the
+    state file is still there: a missing state with this mark was deleted or moved, not never created."""
+    try:
+        with open(f"{path}.lock", "rb") as f:
+            return f.read(len(USED_MARK)) == USED_MARK
+    except OSError:
+        return False
 
 
 def read_state_file(path: Path | str) -> tuple[StateFormat, SignState]:

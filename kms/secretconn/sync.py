@@ -7,6 +7,7 @@ machines and enforces the handshake deadline. Socket errors and timeouts are map
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import struct
 import time
@@ -16,7 +17,14 @@ from nacl.signing import SigningKey
 from pykms.errors import FrameError, HandshakeError
 from pykms.secretconn.core import SEALED_FRAME_SIZE, FrameCodec, Handshake, node_id
 
-__all__ = ["BlockingPlainStream", "BlockingSecretStream", "node_id", "secret_connection_sync", "set_kernel_timeouts"]
+__all__ = [
+    "BlockingPlainStream",
+    "BlockingSecretStream",
+    "node_id",
+    "secret_connection_sync",
+    "sendall_within",
+    "set_kernel_timeouts",
+]
 
 
 def set_kernel_timeouts(sock: socket.socket, seconds: float) -> None:
@@ -30,6 +38,36 @@ def set_kernel_timeouts(sock: socket.socket, seconds: float) -> None:
     timeval = struct.pack("@ll", int(seconds), int(seconds % 1 * 1_000_000))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+
+
+def sendall_within(sock: socket.socket, data: bytes, timeout: float | None) -> None:
+    """Write all of ``data`` within ``timeout`` seconds in total (None: ``sendall``, bounded by SO_SNDTIMEO).
+
+    The kernel's SO_SNDTIMEO restarts after every partial write, so a peer that opens its receive window a few
+    bytes at a time could hold a plain ``sendall`` for ever; here the deadline covers the whole reply. Raises
+    TimeoutError when it passes (part of ``data`` may have been written: the stream is then unusable).
+    The common case is one non-blocking ``send`` that takes everything: no extra system call.
+    """
+    if timeout is None:
+        sock.sendall(data)
+        return
+    view = memoryview(data)
+    deadline: float | None = None
+    poller: select.poll | None = None
+    while view:
+        with contextlib.suppress(BlockingIOError):  # the buffer is full: wait below
+            view = view[sock.send(view, socket.MSG_DONTWAIT) :]
+        if not view:
+            return
+        now = time.monotonic()
+        if deadline is None:
+            deadline = now + timeout
+            poller = select.poll()
+            poller.register(sock, select.POLLOUT)
+        if now >= deadline:
+            raise TimeoutError(f"the peer did not take {len(data)} bytes within {timeout:g} s")
+        assert poller is not None
+        poller.poll(max(1, int((deadline - now) * 1000)))
 
 
 def _recv(sock: socket.socket) -> bytes:
@@ -48,8 +86,8 @@ class BlockingPlainStream:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
 
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
+    def send(self, data: bytes, timeout: float | None = None) -> None:
+        sendall_within(self.sock, data, timeout)
 
     def recv(self) -> bytes:
         return _recv(self.sock)
@@ -69,11 +107,11 @@ class BlockingSecretStream:
         self.remote_pubkey = b""
         self.remote_id = ""
 
-    def send(self, data: bytes) -> None:
-        """Seal ``data`` and write all its frames at once."""
+    def send(self, data: bytes, timeout: float | None = None) -> None:
+        """Seal ``data`` and write all its frames at once, within ``timeout`` seconds in total when given."""
         frames = self.codec.seal(data)
         try:
-            self.sock.sendall(frames)
+            sendall_within(self.sock, frames, timeout)
         except OSError:
             self.codec.poison("write failed")
             raise

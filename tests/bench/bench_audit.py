@@ -46,10 +46,8 @@ def serve(config: Path, sync: str) -> int:
     for chain_id, old in list(runtime.audit_logs.items()):
         chain = runtime.chains[chain_id]
         chain.durable_observers.remove(old.record)
-        chain.sign_observers.remove(old.begin)
         old.close()
         new = AuditLog(old.path, chain_id, sync=sync)  # type: ignore[arg-type]
-        chain.sign_observers.append(new.begin)
         chain.durable_observers.append(new.record)
         runtime._closers.append(new.close)
     return runtime.run_forever()
@@ -113,7 +111,6 @@ def inproc(directory: Path, n: int, state_format: str) -> None:
         chain = ChainContext(CHAIN, SoftsignSigner.from_seed(hashlib.sha256(b"b").digest()), FileGuard(CHAIN, store))
         if variant != "none":
             log = AuditLog(home / "audit.log", CHAIN, sync=variant)  # type: ignore[arg-type]
-            chain.sign_observers.append(log.begin)
             chain.durable_observers.append(log.record)
             logs.append(log)
         handlers[variant] = RequestHandler(chain, Dialect.V0_38, chain_id=CHAIN)

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 from pykms.config import KmsConfig, ValidatorConfig
 from pykms.errors import ConfigError, KmsError, ProtocolError, StateError
+from pykms.extensions import ExtensionPlan, plan_extensions
 from pykms.handler import Activity, ChainContext, RequestHandler
 from pykms.logconfig import get_logger
 from pykms.privval.codec import Dialect, MessageReader, delimit
@@ -80,14 +81,20 @@ class Backoff:
 class _Session:
     """One ``[[validator]]`` entry: a thread that keeps a connection to the node alive and serves it."""
 
-    def __init__(self, runtime: Runtime, index: int, cfg: ValidatorConfig, chain: ChainContext) -> None:
+    def __init__(
+        self, runtime: Runtime, index: int, cfg: ValidatorConfig, chain: ChainContext, dialect: Dialect | None = None
+    ) -> None:
         self.runtime = runtime
         self.cfg = cfg
         self.chain = chain
         self.addr = cfg.parsed_addr
         self.log = get_logger("pykms.session", chain_id=cfg.chain_id, validator=self.addr.display)
         self.handler = RequestHandler(
-            chain, Dialect.parse(cfg.protocol_version), chain_id=cfg.chain_id, max_height=cfg.max_height, log=self.log
+            chain,
+            dialect or Dialect.parse(cfg.protocol_version),
+            chain_id=cfg.chain_id,
+            max_height=cfg.max_height,
+            log=self.log,
         )
         self.thread = threading.Thread(target=self.run, name=f"validator-{index}", daemon=True)
         self.sock: socket.socket | None = None
@@ -262,19 +269,29 @@ class Runtime:
             served = self.chains.get(validator.chain_id)
             if served is None:
                 continue
-            if served.signer.provider == "ledger":
-                from pykms.providers.ledger import check_ledger_compatible
-
-                disabled = bool(getattr(served.signer, "extensions_disabled", False))
-                try:
-                    check_ledger_compatible(validator.protocol_version, disabled)
-                except ConfigError as exc:
-                    raise ConfigError(str(exc), file=str(self.config.path)) from None
-                if disabled:
-                    served.sign_extensions = False  # the chain has them disabled: never ask the device
+            plan = self._extension_plan(validator, served)
+            if plan.note:
+                self.log.warning("protocol_version_overridden", chain_id=validator.chain_id, note=plan.note)
+            served.sign_extensions = plan.sign_extensions
+            if validator.timeout is not None and validator.parsed_addr.scheme == "unix":
+                self.log.warning("timeout_ignored", chain_id=validator.chain_id, reason="unix sockets take no timeout")
             if validator.parsed_addr.scheme == "tcp":
                 self.identity_for(validator)  # a missing or too-open identity key stops start-up, like a bad key
-            self.sessions.append(_Session(self, index, validator, served))
+            self.sessions.append(_Session(self, index, validator, served, Dialect.parse(plan.dialect)))
+
+    def _extension_plan(self, validator: ValidatorConfig, served: ChainContext) -> ExtensionPlan:
+        """tmkms's protocol_version x sign_extensions for this validator (pykms.extensions); refusals name the file."""
+        chain_cfg = next(c for c in self.config.chains if c.id == validator.chain_id)
+        wanted = chain_cfg.sign_extensions
+        if getattr(served.signer, "extensions_disabled", False):
+            wanted = False  # [[providers.ledger]] extensions_disabled = true: the pykms spelling of the same
+        return plan_extensions(
+            validator.protocol_version,
+            wanted,
+            signs_extensions=served.signer.provider != "ledger",
+            chain_id=validator.chain_id,
+            file=str(self.config.path),
+        )
 
     def _setup_metrics(self) -> None:
         if self.config.metrics is None:

@@ -88,6 +88,12 @@ class _Session:
         self.cfg = cfg
         self.chain = chain
         self.addr = cfg.parsed_addr
+        #: tmkms's [[validator]] timeout (src/connection/tcp.rs: connect, read and write timeout of a TCP link;
+        #: Unix sockets take none there either): here the dial, the handshake and the idle read.
+        tcp_timeout = float(cfg.timeout) if cfg.timeout is not None and self.addr.scheme == "tcp" else None
+        self.connect_timeout = tcp_timeout or CONNECT_TIMEOUT_S
+        self.handshake_timeout = tcp_timeout or HANDSHAKE_TIMEOUT_S
+        self.idle_timeout = tcp_timeout or IDLE_TIMEOUT_S
         self.log = get_logger("pykms.session", chain_id=cfg.chain_id, validator=self.addr.display)
         self.handler = RequestHandler(
             chain,
@@ -146,7 +152,7 @@ class _Session:
             set_kernel_timeouts(sock, IDLE_TIMEOUT_S)
             return BlockingPlainStream(sock)
         assert addr.host is not None and addr.port is not None
-        sock = socket.create_connection((addr.host, addr.port), timeout=CONNECT_TIMEOUT_S)
+        sock = socket.create_connection((addr.host, addr.port), timeout=self.connect_timeout)
         self.sock = sock
         # Requests and replies are small and strictly alternating: Nagle would only add latency.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -154,8 +160,8 @@ class _Session:
         identity = self.runtime.identity_for(self.cfg)
         from pykms.secretconn.sync import secret_connection_sync
 
-        stream = secret_connection_sync(sock, identity, expected_peer_id=addr.peer_id, timeout=HANDSHAKE_TIMEOUT_S)
-        set_kernel_timeouts(sock, IDLE_TIMEOUT_S)
+        stream = secret_connection_sync(sock, identity, expected_peer_id=addr.peer_id, timeout=self.handshake_timeout)
+        set_kernel_timeouts(sock, self.idle_timeout)
         if addr.peer_id is None:
             self.log.warning(
                 "peer_not_pinned",
@@ -176,15 +182,15 @@ class _Session:
             try:
                 data = stream.recv()
             except TimeoutError:
-                raise ProtocolError(f"no request for {IDLE_TIMEOUT_S:.0f} s; the link is considered dead") from None
+                raise ProtocolError(f"no request for {self.idle_timeout:.0f} s; the link is considered dead") from None
             if not data:
                 raise ProtocolError("the validator closed the connection")
             bodies = reader.feed(data)
             now = time.monotonic()
             if bodies:
                 last_message = now
-            elif now - last_message > IDLE_TIMEOUT_S:
-                raise ProtocolError(f"no complete request for {IDLE_TIMEOUT_S:.0f} s (slow peer); closing")
+            elif now - last_message > self.idle_timeout:
+                raise ProtocolError(f"no complete request for {self.idle_timeout:.0f} s (slow peer); closing")
             for body in bodies:
                 self.handler.handle(body, reply)
 

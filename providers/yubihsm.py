@@ -162,10 +162,40 @@ def _make_backend(url: str) -> Any:
         from yubihsm.backends.http import HttpBackend
 
         return HttpBackend(url, _HTTP_TIMEOUT)
+    if url.startswith("yhusb://"):
+        return _usb_backend(url)
     try:
         return get_backend(url)
     except ValueError as exc:
         raise ConfigError(f"cannot open YubiHSM backend {url}: {exc}", key="providers.yubihsm.adapter") from None
+
+
+#: Read/write timeout of one USB transfer: tmkms's adapter default, 1000 ms (src/config/provider/yubihsm.rs
+#: usb_timeout_ms_default); python-yubihsm's own URL default is 600 s, far too long to stall a validator.
+USB_TIMEOUT_S = 1
+
+
+def _usb_backend(url: str) -> Any:
+    """The USB backend, with the device search's failures in our tree (python-yubihsm raises its own)."""
+    from yubihsm.backends.usb import UsbBackend
+    from yubihsm.exceptions import YubiHsmConnectionError
+
+    serial_text = url[len("yhusb://") :].removeprefix("serial=")
+    serial = int(serial_text) if serial_text.isdigit() else None
+    try:
+        return UsbBackend(serial=serial, timeout=USB_TIMEOUT_S)
+    except YubiHsmConnectionError as exc:
+        which = f"with serial number {serial}" if serial is not None else "at all"
+        raise FatalProviderError(
+            f"no YubiHSM found on USB {which} ({exc}) (fix: plug the YubiHSM 2 in and check that this user may "
+            "open it (a udev rule for USB ID 1050:0030), check serial_number, or use yubihsm-connector with "
+            'adapter = { type = "http", addr = "tcp://127.0.0.1:12345" })'
+        ) from None
+    except Exception as exc:  # pyusb without libusb: usb.core.NoBackendError
+        raise FatalProviderError(
+            f"cannot search USB for a YubiHSM ({type(exc).__name__}: {exc}) "
+            "(fix: install libusb-1.0, e.g. apt-get install libusb-1.0-0)"
+        ) from None
 
 
 def open_session(

@@ -835,12 +835,16 @@ def _providers(ctx: _Ctx, data: object) -> ProvidersConfig:
             "use softsign, yubihsm, ledgertm or pkcs11",
         )
     softsign: list[SoftsignConfig] = []
-    for i, item in enumerate(t.table_list("softsign")):
-        soft = _softsign(ctx, item, f"providers.softsign[{i}]")
-        if soft.key_type == "account":
+    parsed = [_softsign(ctx, item, f"providers.softsign[{i}]") for i, item in enumerate(t.table_list("softsign"))]
+    ed25519_chains = {c for soft in parsed if soft.key_type == "consensus" for c in soft.chain_ids}
+    for i, soft in enumerate(parsed):
+        # tmkms (src/keyring.rs KeyRing::sign) signs with a chain's secp256k1 "account" key only when the chain
+        # has no Ed25519 key: such an entry is kept (pykms.providers.secp256k1), a shadowed one dropped.
+        if soft.key_type == "account" and set(soft.chain_ids) <= ed25519_chains:
             ctx.warn(
                 f"providers.softsign[{i}]",
-                "account keys are not used by pykms (it signs consensus messages only); entry ignored",
+                "account keys are not used by pykms for a chain that has a consensus (Ed25519) key, as in tmkms; "
+                "entry ignored",
             )
             continue
         softsign.append(soft)

@@ -228,7 +228,8 @@ class RequestHandler:
         if request.chain_id and request.chain_id != self.chain_id:
             self._log_refusal("pubkey", ChainIdMismatch(f"unable to provide pubkey for chain {request.chain_id!r}"))
             return codec.encode_error(self.dialect, request, 0, "unable to provide pubkey")
-        return codec.encode_pubkey_response(self.dialect, self.chain.signer.public_key())
+        signer = self.chain.signer
+        return codec.encode_pubkey_response(self.dialect, signer.public_key(), getattr(signer, "key_type", "ed25519"))
 
     def _sign_consensus(
         self, request: codec.SignVoteRequest | codec.SignProposalRequest, reply: Callable[[bytes], None]

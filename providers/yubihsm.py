@@ -175,6 +175,27 @@ def _make_backend(url: str) -> Any:
 USB_TIMEOUT_S = 1
 
 
+def usb_devices() -> list[tuple[int, int]]:
+    """(serial number, bus) of each YubiHSM2 on USB; FatalProviderError when USB cannot be searched at all."""
+    try:
+        import usb.core  # type: ignore[import-untyped]
+
+        found = list(usb.core.find(find_all=True, idVendor=0x1050, idProduct=0x0030) or ())
+    except Exception as exc:  # pyusb absent, or without libusb (usb.core.NoBackendError)
+        raise FatalProviderError(
+            f"cannot search USB for a YubiHSM ({type(exc).__name__}: {exc}) "
+            "(fix: install the yubihsm extra and libusb-1.0, e.g. apt-get install libusb-1.0-0)"
+        ) from None
+    devices = []
+    for device in found:
+        try:
+            serial = int(device.serial_number)
+        except (ValueError, TypeError, OSError):
+            serial = 0  # unreadable without permission on the device node; still worth showing
+        devices.append((serial, int(device.bus)))
+    return devices
+
+
 def _usb_backend(url: str) -> Any:
     """The USB backend, with the device search's failures in our tree (python-yubihsm raises its own)."""
     from yubihsm.backends.usb import UsbBackend

@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["help"]:  # tmkms's `help [COMMAND...]`: argparse's --help of that command
+        argv = [*argv[1:], "--help"]
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)
     if func is None:

@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # tmkms's `help [COMMAND...]` and `GROUP help` (`tmkms yubihsm help`): argparse's --help of that command.
     if argv[:1] == ["help"]:
         argv = [*argv[1:], "--help"]
-    elif argv[1:2] == ["help"] and argv[0] in _GROUPS + ("state", "keys"):
+    elif argv[1:2] == ["help"] and argv[0] in (*_GROUPS, "state", "keys"):
         argv = [argv[0], *argv[2:], "--help"]
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)

@@ -81,6 +81,9 @@ def register(sub: Any) -> None:
     p.add_argument("file", type=Path)
     p.add_argument("--force", action="store_true", help="allow importing a state older than the current one")
     p.set_defaults(func=cmd_state_import)
+    from pykms.cli.state_export import register as register_export
+
+    register_export(state, _config_arg)
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=lambda _args: print(f"pykms {__version__}") or 0)

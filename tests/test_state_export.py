@@ -162,7 +162,7 @@ def test_export_then_import_through_the_cli(tmp_path: Path, fmt: str) -> None:
     assert refused.returncode == 5 and "own state file" in refused.stderr
     assert hashlib.sha256(state_path.read_bytes()).digest() == hashlib.sha256(before[0]).digest()
     # The round trip: another pykms imports what was exported.
-    config_b, state_b = _home(tmp_path / "b")
+    config_b, _state_b = _home(tmp_path / "b")
     result = _pykms("state", "import", "-c", str(config_b), "--chain", CHAIN, str(out))
     assert result.returncode == 0, result.stderr
     shown = json.loads(_pykms("state", "show", "-c", str(config_b), "--chain", CHAIN).stdout)

@@ -56,7 +56,9 @@ DEFAULT_RETRY_SECONDS = 3.0
 _HTTP_TIMEOUT = (2, 4)
 
 
-def adapter_url(adapter_type: str, addr: str | None, serial_number: str | None = None) -> str:
+def adapter_url(
+    adapter_type: str, addr: str | None, serial_number: str | None = None, *, timeout_ms: int | None = None
+) -> str:
     """tmkms adapter settings -> a python-yubihsm backend URL (``http://host:port`` or ``yhusb://``)."""
     if adapter_type == "http":
         raw = addr or "tcp://127.0.0.1:12345"
@@ -81,7 +83,8 @@ def adapter_url(adapter_type: str, addr: str | None, serial_number: str | None =
                 fix="pip install pyusb (and install libusb-1.0), or run yubihsm-connector and use "
                 'adapter = { type = "http", addr = "tcp://127.0.0.1:12345" }',
             )
-        return f"yhusb://serial={int(serial_number)}" if serial_number else "yhusb://"
+        url = f"yhusb://serial={int(serial_number)}" if serial_number else "yhusb://"
+        return f"{url}?timeout_ms={timeout_ms}" if timeout_ms else url
     raise ConfigError(
         f"unknown adapter type {adapter_type!r}", key="providers.yubihsm.adapter.type", fix='use "http" or "usb"'
     )
@@ -201,10 +204,14 @@ def _usb_backend(url: str) -> Any:
     from yubihsm.backends.usb import UsbBackend
     from yubihsm.exceptions import YubiHsmConnectionError
 
-    serial_text = url[len("yhusb://") :].removeprefix("serial=")
+    where, _, query = url[len("yhusb://") :].partition("?")
+    serial_text = where.removeprefix("serial=")
     serial = int(serial_text) if serial_text.isdigit() else None
+    timeout_ms = query.removeprefix("timeout_ms=")
+    # python-yubihsm takes whole seconds: the configured milliseconds rounded up.
+    timeout_s = -(-int(timeout_ms) // 1000) if timeout_ms.isdigit() else USB_TIMEOUT_S
     try:
-        return UsbBackend(serial=serial, timeout=USB_TIMEOUT_S)
+        return UsbBackend(serial=serial, timeout=timeout_s)
     except YubiHsmConnectionError as exc:
         which = f"with serial number {serial}" if serial is not None else "at all"
         raise FatalProviderError(
@@ -287,7 +294,7 @@ class YubihsmSigner:
     @classmethod
     def from_config(cls, cfg: YubihsmConfig, key: YubihsmKey) -> YubihsmSigner:
         """Build from a ``[[providers.yubihsm]]`` section and one of its ``keys`` entries."""
-        url = adapter_url(cfg.adapter.type, cfg.adapter.addr, cfg.serial_number)
+        url = adapter_url(cfg.adapter.type, cfg.adapter.addr, cfg.serial_number, timeout_ms=cfg.adapter.timeout_ms)
         password = read_password(cfg.auth.password, cfg.auth.password_file)
         signer = cls(url, cfg.auth.key, password, key.key, serial_number=cfg.serial_number)
         if cfg.connector_server is not None:

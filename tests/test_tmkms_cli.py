@@ -128,3 +128,11 @@ def test_usb_adapter_looks_for_a_device(tmp_path: Path, command: list[str]) -> N
     assert result.returncode == 6, result.stdout + result.stderr
     assert "no YubiHSM found on USB" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_usb_adapter_url_carries_serial_and_timeout() -> None:
+    from pykms.providers.yubihsm import adapter_url
+
+    assert adapter_url("usb", None) == "yhusb://"
+    assert adapter_url("usb", None, "0123456789", timeout_ms=2500) == "yhusb://serial=123456789?timeout_ms=2500"
+    assert adapter_url("http", "tcp://127.0.0.1:12345", timeout_ms=2500) == "http://127.0.0.1:12345"

@@ -131,7 +131,7 @@ def _settings(args: argparse.Namespace) -> tuple[str, int, str, str | None]:
             "no [[providers.yubihsm]] section", file=str(cfg.path), fix="add one (see tmkms.toml.example)"
         )
     hsm = cfg.providers.yubihsm[0]
-    url = adapter_url(hsm.adapter.type, hsm.adapter.addr, hsm.serial_number)
+    url = adapter_url(hsm.adapter.type, hsm.adapter.addr, hsm.serial_number, timeout_ms=hsm.adapter.timeout_ms)
     auth_key = hsm.auth.key
     password: str | None = None
     server = hsm.connector_server

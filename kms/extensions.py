@@ -41,10 +41,17 @@ class ExtensionPlan:
 
     #: The privval dialect spoken on the wire (``protocol_version`` unless tmkms's semantics say otherwise).
     dialect: str
-    #: False: never sign an extension. None: by dialect (v0.38 and v1.0 sign on every non-nil precommit).
+    #: The chain's policy for the handler, the same for every validator of the chain (the handler's context is
+    #: shared): False never; None by dialect (v0.38 and v1.0 sign on every non-nil precommit, older never);
+    #: True as None.
     sign_extensions: bool | None
     #: A warning for the start-up log, or "".
     note: str = ""
+
+    @property
+    def signs(self) -> bool:
+        """Whether this validator's non-nil precommits get an extension signature."""
+        return self.sign_extensions is not False and self.dialect not in _PRE_EXTENSION
 
 
 def plan_extensions(
@@ -69,7 +76,7 @@ def plan_extensions(
             'write protocol_version = "v0.38" to silence this'
         )
     elif protocol_version in _PRE_EXTENSION:
-        return ExtensionPlan(protocol_version, False)
+        return ExtensionPlan(protocol_version, None)  # the dialect carries no extensions
     else:
         dialect, note = protocol_version, ""
     if not signs_extensions:

@@ -50,7 +50,12 @@ def resolve_relative(value: str, base: Path, cwd: Path | None = None) -> Path:
     if path.is_absolute():
         return path
     at_base = base / path
-    at_cwd = (Path.cwd() if cwd is None else cwd) / path
+    if cwd is None:
+        try:
+            cwd = Path.cwd()
+        except OSError:  # the working directory was removed: only the config's folder is left
+            return at_base
+    at_cwd = cwd / path
     if at_base.absolute() == at_cwd.absolute():
         return at_base
     in_base, in_cwd = at_base.exists(), at_cwd.exists()

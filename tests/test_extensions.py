@@ -18,10 +18,10 @@ CHAIN = "ve-chain"
 
 # (protocol_version, sign_extensions) -> (wire dialect, policy passed to the handler); None = by dialect.
 TABLE = {
-    ("v0.34", None): ("v0.34", False),
+    ("v0.34", None): ("v0.34", None),
     ("v0.34", True): ("v0.38", True),
     ("v0.34", False): ("v0.34", False),
-    ("v0.37", None): ("v0.37", False),
+    ("v0.37", None): ("v0.37", None),
     ("v0.37", True): ("v0.38", True),
     ("v0.37", False): ("v0.37", False),
     ("v0.38", None): ("v0.38", None),
@@ -40,7 +40,8 @@ def test_every_combination(version: str, flag: bool | None) -> None:
     # A protocol_version that tmkms v0.15 ignores is overridden loudly, never silently.
     assert bool(plan.note) == (plan.dialect != version)
     # A key that cannot sign extensions (Ledger) is refused exactly when extensions would be signed.
-    if plan.sign_extensions is False:
+    assert plan.signs == (flag is True or (flag is None and version in ("v0.38", "v1.0")))
+    if not plan.signs:
         assert plan_extensions(version, flag, signs_extensions=False) == plan
     else:
         with pytest.raises(ConfigError) as info:
@@ -88,3 +89,32 @@ def test_v034_with_sign_extensions_commits_a_vote_extension_chain(tmp_path: Path
     assert any(line.get("event") == "protocol_version_overridden" for line in lines)
     signed = [line for line in lines if line.get("event") == "precommit_signed"]
     assert len(signed) == 7 and all(line["extension"] is True for line in signed)
+
+
+def test_sentries_of_one_chain_with_different_protocol_versions(tmp_path: Path) -> None:
+    """The extension policy is the chain's: a v0.34 sentry listed after a v0.38 one must not switch the v0.38
+    sentry's extension signatures off."""
+    new = ValidatorSimulator("tcp://127.0.0.1:0", chain_id=CHAIN, dialect=Dialect.V0_38)
+    old = ValidatorSimulator("tcp://127.0.0.1:0", chain_id=CHAIN, dialect=Dialect.V0_34)
+    addrs = [new.listen(), old.listen()]
+    config = write_home(tmp_path / "kms", addrs, chain_id=CHAIN, protocol_version="v0.38")
+    head, sep, tail = config.read_text().rpartition('protocol_version = "v0.38"')
+    config.write_text(head + 'protocol_version = "v0.34"' + tail)
+    assert config.read_text().count('protocol_version = "v0.34"') == 1 and sep
+    kms = KmsProcess(config, tmp_path / "pykms.log")
+    kms.start()
+    try:
+        link_new, link_old = accept(new, kms), accept(old, kms)
+        pub = bytes(link_new.pubkey().pub_key)
+        vote = make_vote(1, 0, PRECOMMIT, "b1", extension=b"x")
+        resp = link_new.sign_vote(vote)
+        assert resp.error is None
+        assert verify(pub, vote_extension_sign_bytes(CHAIN, vote), bytes(resp.vote.extension_signature))
+        resp = link_old.sign_vote(make_vote(2, 0, PRECOMMIT, "b2"))
+        assert resp.error is None and bytes(resp.vote.extension_signature) == b""
+        link_new.close()
+        link_old.close()
+    finally:
+        kms.stop()
+        new.close()
+        old.close()

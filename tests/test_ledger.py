@@ -163,7 +163,7 @@ def test_a_refusal_never_advances_pykms_state(sim: LedgerSimServer, tmp_path: Pa
 
 def test_extensions_need_them_disabled() -> None:
     for dialect in ("v0.34", "v0.37"):
-        assert plan_extensions(dialect, None, signs_extensions=False).sign_extensions is False
+        assert not plan_extensions(dialect, None, signs_extensions=False).signs
     for dialect in ("v0.38", "v1.0"):
         with pytest.raises(ConfigError, match="sign_extensions = false"):
             plan_extensions(dialect, None, signs_extensions=False)

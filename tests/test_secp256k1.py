@@ -103,3 +103,26 @@ def test_pykms_start_signs_with_an_account_key(tmp_path: Path, dialect: Dialect)
     finally:
         kms.stop()
         sim.close()
+
+
+def test_keys_show_prints_an_account_key_as_tmkms_formats_it(tmp_path: Path) -> None:
+    import hashlib
+    import subprocess
+    import sys
+
+    key = tmp_path / "account.key"
+    key.write_bytes(base64.b64encode((1).to_bytes(32, "big")))
+    key.chmod(0o600)
+    config = tmp_path / "tmkms.toml"
+    config.write_text(
+        '[[chain]]\nid = "s-1"\nkey_format = { type = "bech32", account_key_prefix = "cosmospub", '
+        'consensus_key_prefix = "cosmosvalconspub" }\n\n'
+        f'[[providers.softsign]]\nchain_ids = ["s-1"]\nkey_type = "account"\npath = "{key}"\n'
+    )
+    out = subprocess.run([sys.executable, "-m", "pykms.cli.main", "keys", "show", "-c", str(config)],
+                         capture_output=True, text=True, check=False)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "consensus key: cosmospub1addwnpep" in out.stdout  # amino eb5ae98721 under the account prefix
+    assert G_COMPRESSED in out.stdout
+    address = hashlib.new("ripemd160", hashlib.sha256(bytes.fromhex(G_COMPRESSED)).digest()).hexdigest().upper()
+    assert address in out.stdout

@@ -25,6 +25,12 @@ REFUSED_AT_START = {
 }
 
 
+#: Fixtures refused when loading, with the words the refusal must contain.
+REFUSED_AT_LOAD = {
+    "tmkms-init-fortanixdsm.toml": ("providers.fortanixdsm", "softsign, yubihsm, ledgertm or pkcs11"),
+}
+
+
 def _load(path: Path) -> KmsConfig:
     return load_config(path, log=lambda *_a, **_k: None)
 
@@ -43,8 +49,15 @@ def _start_checks(config: KmsConfig) -> None:
         )
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in FIXTURES.glob("*.toml")))
+@pytest.mark.parametrize("name", sorted(p.name for p in FIXTURES.glob("*.toml") if p.name != "commands.toml"))
 def test_every_tmkms_fixture_loads_or_is_refused_with_the_fix(name: str) -> None:
+    if name in REFUSED_AT_LOAD:
+        with pytest.raises(ConfigError) as refused:
+            _load(FIXTURES / name)
+        text = str(refused.value)
+        assert str(FIXTURES / name) in text and all(w in text for w in REFUSED_AT_LOAD[name]), text
+        assert "placeholder-not-a-real-api-key" not in text
+        return
     config = _load(FIXTURES / name)
     assert config.chains and config.validators
     if name in REFUSED_AT_START:
@@ -161,3 +174,13 @@ def test_validator_timeout_closes_an_idle_link_as_tmkms_does(tmp_path: Path) -> 
         kms.stop()
         sim.close()
     assert "no request for 2 s" in kms.log_text()
+
+
+def test_account_key_alone_is_the_chains_key_and_init_networks_get_one_hsm_key_each() -> None:
+    (soft,) = _load(FIXTURES / "softsign-account-secp256k1.toml").providers.softsign
+    assert soft.key_type == "account" and soft.chain_ids == ("secp-chain-1",)
+    config = _load(FIXTURES / "tmkms-init-yubihsm-networks.toml")
+    assert [(k.key, k.chain_ids) for k in config.providers.yubihsm[0].keys] == [
+        (1, ["cosmoshub-3"]), (2, ["irishub"]), (3, ["osmosis-1"]),
+    ]  # fmt: skip
+    assert [v.protocol_version for v in config.validators] == ["v0.34"] * 3

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,6 +47,12 @@ def _ecdsa() -> ec.ECDSA:
         return ec.ECDSA(hashes.SHA256())
 
 
+@functools.lru_cache(maxsize=16)
+def _public_key(encoded: bytes) -> ec.EllipticCurvePublicKey:
+    """Decompressing the point costs as much as a verification: done once per key (a chain has one)."""
+    return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256K1(), encoded)
+
+
 def verify_secp256k1(public_key: bytes, message: bytes, signature: bytes) -> bool:
     """CometBFT's check: 64 bytes r || s, low S, a valid ECDSA/SHA-256 signature under the compressed key."""
     if len(signature) != 64 or len(public_key) != PUBLIC_KEY_LEN:
@@ -54,8 +61,7 @@ def verify_secp256k1(public_key: bytes, message: bytes, signature: bytes) -> boo
     if not (0 < r < N and 0 < s <= N // 2):
         return False
     try:
-        key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256K1(), public_key)
-        key.verify(encode_dss_signature(r, s), message, ec.ECDSA(hashes.SHA256()))
+        _public_key(public_key).verify(encode_dss_signature(r, s), message, ec.ECDSA(hashes.SHA256()))
     except (InvalidSignature, ValueError):
         return False
     return True

@@ -131,23 +131,24 @@ def _pykms(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "pykms.cli.main", *args], capture_output=True, text=True, check=False)
 
 
-def _home(root: Path) -> tuple[Path, Path]:
+def _home(root: Path, state_format: str = "json") -> tuple[Path, Path]:
     root.mkdir()
     state = root / "state.json"
     config = root / "tmkms.toml"
     config.write_text(
-        f'[[chain]]\nid = "{CHAIN}"\nkey_format = {{ type = "hex" }}\nstate_file = "{state}"\n\n'
+        f'[[chain]]\nid = "{CHAIN}"\nkey_format = {{ type = "hex" }}\nstate_file = "{state}"\n'
+        f'state_format = "{state_format}"\n\n'
         f'[[providers.softsign]]\nchain_ids = ["{CHAIN}"]\npath = "{root / "k.key"}"\n\n'
         f'[[validator]]\nchain_id = "{CHAIN}"\naddr = "unix://{root / "n.sock"}"\n'
     )
     return config, state
 
 
-@pytest.mark.parametrize("fmt", ["tmkms", "cometbft"])
-def test_export_then_import_through_the_cli(tmp_path: Path, fmt: str) -> None:
-    config, state_path = _home(tmp_path / "a")
+@pytest.mark.parametrize(("fmt", "store"), [("tmkms", "json"), ("cometbft", "json"), ("tmkms", "slots")])
+def test_export_then_import_through_the_cli(tmp_path: Path, fmt: str, store: str) -> None:
+    config, state_path = _home(tmp_path / "a", store)
     signed, _block = _signed_precommit(height=42)
-    create_state_file(state_path, signed)
+    create_state_file(state_path, signed, fmt=store)
     before = (state_path.read_bytes(), os.stat(state_path).st_mtime_ns, os.stat(state_path).st_ino)
     out = tmp_path / f"exported-{fmt}.json"
     result = _pykms("state", "export", "-c", str(config), "--chain", CHAIN, "--format", fmt, str(out))

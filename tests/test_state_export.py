@@ -169,3 +169,23 @@ def test_export_then_import_through_the_cli(tmp_path: Path, fmt: str, store: str
     shown = json.loads(_pykms("state", "show", "-c", str(config_b), "--chain", CHAIN).stdout)
     assert (shown["height"], shown["round"], shown["step"]) == ("42", 1, 3)
     assert ("signbytes" in shown) == (fmt == "cometbft")
+
+
+def test_a_failed_export_leaves_the_old_file_and_no_temporary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pykms.guard import export
+
+    target = tmp_path / "out.json"
+    target.write_bytes(b"old")
+    target.chmod(0o600)
+
+    def fail(_src: object, _dst: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export.os, "replace", fail)
+    with pytest.raises(OSError):
+        export.write_export(target, b"new")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+    monkeypatch.undo()
+    export.write_export(target, b"new")
+    assert target.read_bytes() == b"new" and target.stat().st_mode & 0o777 == 0o600

@@ -155,8 +155,9 @@ def _session(args: argparse.Namespace, what: str) -> Iterator[Any]:
     from pykms.providers.yubihsm import open_session
 
     url, auth_key, password, serial = _settings(args)
-    backend, _hsm, session = open_session(url, auth_key, password, serial_number=serial, what=what)
+    backend, hsm, session = open_session(url, auth_key, password, serial_number=serial, what=what)
     args._auth_key_used = auth_key
+    args._hsm = hsm
     try:
         yield session
     finally:
@@ -332,8 +333,11 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
             args, "list keys", None, session.list_objects, None, OBJECT.ASYMMETRIC_KEY, None, None,
             ALGORITHM.EC_ED25519,
         )  # fmt: skip
+        info = _hsm_call(args, "device info", None, args._hsm.get_device_info)
         if not objects:
-            print("No Ed25519 keys found.")
+            print(f"No Ed25519 keys found in YubiHSM #{info.serial}.")
+        else:
+            print(f"Listing keys in YubiHSM #{info.serial}:")
         # tmkms's listing: the key in its chain's key_format when the key serves exactly one chain, else hex.
         for obj in sorted(objects, key=lambda o: o.id):
             info = _hsm_call(args, "key info", obj.id, obj.get_info)

@@ -11,10 +11,9 @@ Theory of operation: ``parse_config(data, path)`` is a pure function over the di
 ``_Table`` reader pops the keys it knows, checks their types and finally refuses whatever is left. Cross-checks
 between sections run once every section is parsed. ``load_config`` is the I/O edge (finding and reading the file).
 
-Relative paths: tmkms hands paths to the OS as written, so they resolve against the process's working
-directory. pykms resolves them against the directory of the config file instead, so that ``pykms start -c
-/etc/kms/tmkms.toml`` finds ``secrets/x.key`` wherever it is started from; both agree when tmkms is run from its
-home (as ``tmkms init`` lays it out, with absolute paths anyway).
+Relative paths: tmkms resolves them against the working directory, pykms against the config file's folder;
+a path found at only one of the two is taken from there, one found at both with different contents is refused
+with both named (pykms.paths).
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
 from pykms.errors import ConfigError
+from pykms.paths import AmbiguousPath, resolve_relative
 
 __all__ = [
     "CONFIG_ENV_VAR",
@@ -149,7 +149,7 @@ class ValidatorConfig:
     protocol_version: ProtocolVersion = DEFAULT_PROTOCOL_VERSION
     reconnect: bool = True
     max_height: int | None = None
-    #: tmkms's per-connection I/O timeout in seconds (accepted for compatibility; None = pykms's default).
+    #: tmkms's per-connection TCP timeout in seconds: dial, handshake and idle read (None = pykms's defaults).
     timeout: int | None = None
 
     @property
@@ -314,8 +314,8 @@ class _Ctx:
         self.warnings.append(f"{self.path}: key `{key}`: {message}")
 
     def resolve(self, value: str) -> Path:
-        path = Path(value)
-        return path if path.is_absolute() else self.base / path
+        """tmkms's working directory or pykms's config folder (pykms.paths); AmbiguousPath if they disagree."""
+        return resolve_relative(value, self.base)
 
 
 class _Table:
@@ -383,7 +383,14 @@ class _Table:
 
     def path(self, name: str, *, required: bool = False) -> Path | None:
         value = self.str_(name, required=required, fix=f'add {name} = "/path/to/file"')
-        return None if value is None else self.ctx.resolve(value)
+        if value is None:
+            return None
+        try:
+            return self.ctx.resolve(value)
+        except AmbiguousPath as exc:
+            raise self.ctx.error(
+                self.sub(name), str(exc), f"write the absolute path of the one you mean, e.g. {exc.cwd_path}"
+            ) from None
 
     def raw(self, name: str) -> object:
         return self.data.pop(name, None)
@@ -540,8 +547,11 @@ def _key_format(ctx: _Ctx, data: object, key: str) -> KeyFormat:
                 raise ctx.error(f"{key}.{name}", f"{prefix!r} is not a valid bech32 prefix", "use lowercase ASCII")
         t.done()
         return KeyFormat(type="bech32", account_key_prefix=account, consensus_key_prefix=consensus)
-    t = _Table(ctx, data, key, ("type",))
-    t.raw("type")
+    # tmkms's CosmosJson and Hex variants carry no fields and serde ignores extra ones: guides (Neutron's)
+    # write { type = "cosmos-json", account_key_prefix = ..., consensus_key_prefix = ... }; accepted, unused.
+    t = _Table(ctx, data, key, ("type", "account_key_prefix", "consensus_key_prefix"))
+    for name in ("type", "account_key_prefix", "consensus_key_prefix"):
+        t.raw(name)
     t.done()
     return KeyFormat(type=cast(Any, kind))
 
@@ -843,12 +853,16 @@ def _providers(ctx: _Ctx, data: object) -> ProvidersConfig:
             "use softsign, yubihsm, ledgertm or pkcs11",
         )
     softsign: list[SoftsignConfig] = []
-    for i, item in enumerate(t.table_list("softsign")):
-        soft = _softsign(ctx, item, f"providers.softsign[{i}]")
-        if soft.key_type == "account":
+    parsed = [_softsign(ctx, item, f"providers.softsign[{i}]") for i, item in enumerate(t.table_list("softsign"))]
+    ed25519_chains = {c for soft in parsed if soft.key_type == "consensus" for c in soft.chain_ids}
+    for i, soft in enumerate(parsed):
+        # tmkms (src/keyring.rs KeyRing::sign) signs with a chain's secp256k1 "account" key only when the chain
+        # has no Ed25519 key: such an entry is kept (pykms.providers.secp256k1), a shadowed one dropped.
+        if soft.key_type == "account" and set(soft.chain_ids) <= ed25519_chains:
             ctx.warn(
                 f"providers.softsign[{i}]",
-                "account keys are not used by pykms (it signs consensus messages only); entry ignored",
+                "account keys are not used by pykms for a chain that has a consensus (Ed25519) key, as in tmkms; "
+                "entry ignored",
             )
             continue
         softsign.append(soft)

@@ -149,7 +149,7 @@ class RequestHandler:
             reply(self._pubkey(request))
         elif isinstance(request, codec.SignVoteRequest | codec.SignProposalRequest):
             self._sign_consensus(request, reply)
-        elif isinstance(request, codec.SignBytesRequest):
+        elif isinstance(request, codec.SignBytesRequest | codec.SignRawBytesRequest):
             self._sign_raw(request, reply)
         else:  # pragma: no cover - decode_request returns only the types above
             raise InvalidRequest(f"unsupported request {type(request).__name__}")
@@ -161,7 +161,8 @@ class RequestHandler:
         if request.chain_id and request.chain_id != self.chain_id:
             self._log_refusal("pubkey", ChainIdMismatch(f"unable to provide pubkey for chain {request.chain_id!r}"))
             return codec.encode_error(self.dialect, request, 0, "unable to provide pubkey")
-        return codec.encode_pubkey_response(self.dialect, self.chain.signer.public_key())
+        signer = self.chain.signer
+        return codec.encode_pubkey_response(self.dialect, signer.public_key(), getattr(signer, "key_type", "ed25519"))
 
     def _sign_consensus(
         self, request: codec.SignVoteRequest | codec.SignProposalRequest, reply: Callable[[bytes], None]
@@ -228,11 +229,23 @@ class RequestHandler:
                 ms=round(event.duration_s * 1000, 3), extension=bool(extension_signature),
             )  # fmt: skip
 
-    def _sign_raw(self, request: codec.SignBytesRequest, reply: Callable[[bytes], None]) -> None:
-        # v1.0 SignBytes: arbitrary bytes signed verbatim (FilePV does so). They carry no height, so the guard
-        # cannot protect them; pykms refuses them unless a future config opts in.
-        exc = InvalidRequest("SignBytes requests are refused: arbitrary bytes bypass the double-sign guard")
-        self._log_refusal("sign_bytes", exc)
+    def _sign_raw(
+        self, request: codec.SignBytesRequest | codec.SignRawBytesRequest, reply: Callable[[bytes], None]
+    ) -> None:
+        # v1.0 SignBytes: arbitrary bytes signed verbatim (FilePV does so); Celestia's SignRawBytes: bytes signed
+        # behind a prefix (tmkms signs them). Neither carries a height, so the guard cannot protect them; pykms
+        # answers an error (the connection stays up) unless a future config opts in.
+        if isinstance(request, codec.SignRawBytesRequest):
+            exc = InvalidRequest(
+                "SignRawBytes requests (Celestia) are refused: pykms signs only consensus messages, which its "
+                "double-sign guard covers"
+            )
+            self._log_refusal(
+                "sign_raw_bytes", exc, unique_id=request.unique_id[:64], requested_chain_id=request.chain_id[:64]
+            )
+        else:
+            exc = InvalidRequest("SignBytes requests are refused: arbitrary bytes bypass the double-sign guard")
+            self._log_refusal("sign_bytes", exc)
         reply(codec.encode_error(self.dialect, request, 0, str(exc)))
 
     # Helpers -------------------------------------------------------------------------------------------

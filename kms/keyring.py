@@ -120,9 +120,11 @@ def format_public_key(public_key: bytes, key_format: KeyFormat | str) -> str:
     ``key_format`` is a chain's KeyFormat or one of ``"hex"``, ``"base64"``, ``"cosmos-json"``,
     ``"address"`` (uppercase hex validator address).
     """
+    kind = key_format.type if isinstance(key_format, KeyFormat) else key_format
+    if len(public_key) == 33 and kind != "address":
+        return _format_secp256k1(public_key, key_format)
     if len(public_key) != 32:
         raise KmsError(f"an Ed25519 public key is 32 bytes, found {len(public_key)}")
-    kind = key_format.type if isinstance(key_format, KeyFormat) else key_format
     if kind == "bech32":
         prefix = key_format.consensus_key_prefix if isinstance(key_format, KeyFormat) else None
         if not prefix:
@@ -137,6 +139,30 @@ def format_public_key(public_key: bytes, key_format: KeyFormat | str) -> str:
         return json.dumps(doc, separators=(",", ":"))
     if kind == "address":
         return consensus_address(public_key).hex().upper()
+    raise ConfigError(f"unknown key format {kind!r}", key="chain.key_format.type", fix="use bech32, cosmos-json or hex")
+
+
+#: Amino prefix of PubKeySecp256k1 (cometbft crypto/secp256k1 "tendermint/PubKeySecp256k1": eb5ae987, length
+#: 0x21) and the protobuf Any type URL (cosmos-sdk crypto/keys/secp256k1).
+AMINO_SECP256K1_PUBKEY_PREFIX = bytes.fromhex("eb5ae98721")
+SECP256K1_TYPE_URL = "/cosmos.crypto.secp256k1.PubKey"
+
+
+def _format_secp256k1(public_key: bytes, key_format: KeyFormat | str) -> str:
+    """A secp256k1 key as tmkms shows an account key: bech32 with the chain's account_key_prefix."""
+    kind = key_format.type if isinstance(key_format, KeyFormat) else key_format
+    if kind == "bech32":
+        prefix = key_format.account_key_prefix if isinstance(key_format, KeyFormat) else None
+        if not prefix:
+            raise ConfigError("bech32 needs an account_key_prefix", key="chain.key_format.account_key_prefix")
+        return bech32_encode(prefix, AMINO_SECP256K1_PUBKEY_PREFIX + public_key)
+    if kind == "hex":
+        return public_key.hex().upper()
+    if kind == "base64":
+        return base64.b64encode(public_key).decode()
+    if kind == "cosmos-json":
+        doc = {"@type": SECP256K1_TYPE_URL, "key": base64.b64encode(public_key).decode()}
+        return json.dumps(doc, separators=(",", ":"))
     raise ConfigError(f"unknown key format {kind!r}", key="chain.key_format.type", fix="use bech32, cosmos-json or hex")
 
 

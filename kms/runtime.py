@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 from pykms.config import KmsConfig, ValidatorConfig
 from pykms.errors import ConfigError, KmsError, ProtocolError, StateError
+from pykms.extensions import ExtensionPlan, plan_extensions
 from pykms.handler import ChainContext, RequestHandler
 from pykms.logconfig import get_logger
 from pykms.privval.codec import Dialect, MessageReader, delimit
@@ -84,14 +85,26 @@ class Backoff:
 class _Session:
     """One ``[[validator]]`` entry: a thread that keeps a connection to the node alive and serves it."""
 
-    def __init__(self, runtime: Runtime, index: int, cfg: ValidatorConfig, chain: ChainContext) -> None:
+    def __init__(
+        self, runtime: Runtime, index: int, cfg: ValidatorConfig, chain: ChainContext, dialect: Dialect | None = None
+    ) -> None:
         self.runtime = runtime
         self.cfg = cfg
         self.chain = chain
         self.addr = cfg.parsed_addr
+        #: tmkms's [[validator]] timeout (src/connection/tcp.rs: connect, read and write timeout of a TCP link;
+        #: Unix sockets take none there either): here the dial, the handshake and the idle read.
+        tcp_timeout = float(cfg.timeout) if cfg.timeout is not None and self.addr.scheme == "tcp" else None
+        self.connect_timeout = tcp_timeout or CONNECT_TIMEOUT_S
+        self.handshake_timeout = tcp_timeout or HANDSHAKE_TIMEOUT_S
+        self.idle_timeout = tcp_timeout or IDLE_TIMEOUT_S
         self.log = get_logger("pykms.session", chain_id=cfg.chain_id, validator=self.addr.display)
         self.handler = RequestHandler(
-            chain, Dialect.parse(cfg.protocol_version), chain_id=cfg.chain_id, max_height=cfg.max_height, log=self.log
+            chain,
+            dialect or Dialect.parse(cfg.protocol_version),
+            chain_id=cfg.chain_id,
+            max_height=cfg.max_height,
+            log=self.log,
         )
         self.thread = threading.Thread(target=self.run, name=f"validator-{index}", daemon=True)
         self.sock: socket.socket | None = None
@@ -143,7 +156,7 @@ class _Session:
             set_kernel_timeouts(sock, IDLE_TIMEOUT_S)
             return BlockingPlainStream(sock)
         assert addr.host is not None and addr.port is not None
-        sock = socket.create_connection((addr.host, addr.port), timeout=CONNECT_TIMEOUT_S)
+        sock = socket.create_connection((addr.host, addr.port), timeout=self.connect_timeout)
         self.sock = sock
         # Requests and replies are small and strictly alternating: Nagle would only add latency.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -151,8 +164,8 @@ class _Session:
         identity = self.runtime.identity_for(self.cfg)
         from pykms.secretconn.sync import secret_connection_sync
 
-        stream = secret_connection_sync(sock, identity, expected_peer_id=addr.peer_id, timeout=HANDSHAKE_TIMEOUT_S)
-        set_kernel_timeouts(sock, IDLE_TIMEOUT_S)
+        stream = secret_connection_sync(sock, identity, expected_peer_id=addr.peer_id, timeout=self.handshake_timeout)
+        set_kernel_timeouts(sock, self.idle_timeout)
         if addr.peer_id is None:
             self.log.warning(
                 "peer_not_pinned",
@@ -178,15 +191,15 @@ class _Session:
             try:
                 data = stream.recv()
             except TimeoutError:
-                raise ProtocolError(f"no request for {IDLE_TIMEOUT_S:.0f} s; the link is considered dead") from None
+                raise ProtocolError(f"no request for {self.idle_timeout:.0f} s; the link is considered dead") from None
             if not data:
                 raise ProtocolError("the validator closed the connection")
             bodies = reader.feed(data)
             now = time.monotonic()
             if bodies:
                 last_message = now
-            elif now - last_message > IDLE_TIMEOUT_S:
-                raise ProtocolError(f"no complete request for {IDLE_TIMEOUT_S:.0f} s (slow peer); closing")
+            elif now - last_message > self.idle_timeout:
+                raise ProtocolError(f"no complete request for {self.idle_timeout:.0f} s (slow peer); closing")
             for body in bodies:
                 self.handler.handle(body, reply)
 
@@ -269,19 +282,29 @@ class Runtime:
             served = self.chains.get(validator.chain_id)
             if served is None:
                 continue
-            if served.signer.provider == "ledger":
-                from pykms.providers.ledger import check_ledger_compatible
-
-                disabled = bool(getattr(served.signer, "extensions_disabled", False))
-                try:
-                    check_ledger_compatible(validator.protocol_version, disabled)
-                except ConfigError as exc:
-                    raise ConfigError(str(exc), file=str(self.config.path)) from None
-                if disabled:
-                    served.sign_extensions = False  # the chain has them disabled: never ask the device
+            plan = self._extension_plan(validator, served)
+            if plan.note:
+                self.log.warning("protocol_version_overridden", chain_id=validator.chain_id, note=plan.note)
+            served.sign_extensions = plan.sign_extensions
+            if validator.timeout is not None and validator.parsed_addr.scheme == "unix":
+                self.log.warning("timeout_ignored", chain_id=validator.chain_id, reason="unix sockets take no timeout")
             if validator.parsed_addr.scheme == "tcp":
                 self.identity_for(validator)  # a missing or too-open identity key stops start-up, like a bad key
-            self.sessions.append(_Session(self, index, validator, served))
+            self.sessions.append(_Session(self, index, validator, served, Dialect.parse(plan.dialect)))
+
+    def _extension_plan(self, validator: ValidatorConfig, served: ChainContext) -> ExtensionPlan:
+        """tmkms's protocol_version x sign_extensions for this validator (pykms.extensions); refusals name the file."""
+        chain_cfg = next(c for c in self.config.chains if c.id == validator.chain_id)
+        wanted = chain_cfg.sign_extensions
+        if getattr(served.signer, "extensions_disabled", False):
+            wanted = False  # [[providers.ledger]] extensions_disabled = true: the pykms spelling of the same
+        return plan_extensions(
+            validator.protocol_version,
+            wanted,
+            signs_extensions=served.signer.provider != "ledger",
+            chain_id=validator.chain_id,
+            file=str(self.config.path),
+        )
 
     def _setup_metrics(self) -> None:
         if self.config.metrics is None:

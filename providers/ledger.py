@@ -17,7 +17,6 @@ import threading
 from typing import Any
 
 from pykms.errors import (
-    ConfigError,
     FatalProviderError,
     InvalidRequest,
     SigningRefused,
@@ -29,7 +28,6 @@ __all__ = [
     "LedgerMessageTooLong",
     "LedgerRefused",
     "LedgerSigner",
-    "check_ledger_compatible",
     "error_for_status",
 ]
 
@@ -77,18 +75,6 @@ def error_for_status(sw: int) -> Exception:
     """The pykms error for a status word, with a message that says what happened and what to do."""
     cls, text = _STATUS.get(sw, (TransientProviderError, "the Ledger answered an unexpected status"))
     return cls(f"{text} (status 0x{sw:04x})")
-
-
-def check_ledger_compatible(dialect: str, extensions_disabled: bool) -> None:
-    """A Ledger cannot sign vote extensions: refuse to serve v0.38/v1.0 unless the chain has them disabled."""
-    if dialect in ("v0.38", "v1.0") and not extensions_disabled:
-        raise ConfigError(
-            f"a Ledger key cannot sign vote extensions, which protocol_version {dialect} signs on every non-nil "
-            "precommit when the chain enables them",
-            key="providers.ledger.extensions_disabled",
-            fix="set extensions_disabled = true if (and only if) the chain has vote extensions disabled, "
-            "or use another provider",
-        )
 
 
 class LedgerSigner:

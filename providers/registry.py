@@ -30,10 +30,14 @@ def build_signers(config: KmsConfig) -> dict[str, Signer]:
             signers[chain_id] = signer
 
     if providers.softsign:
+        from pykms.providers.secp256k1 import Secp256k1Signer
         from pykms.providers.softsign import SoftsignSigner
 
         for soft in providers.softsign:
-            add(list(soft.chain_ids), SoftsignSigner.from_config(soft), "softsign")
+            signer = (
+                Secp256k1Signer.from_config(soft) if soft.key_type == "account" else SoftsignSigner.from_config(soft)
+            )
+            add(list(soft.chain_ids), signer, "softsign")
     if providers.yubihsm:
         from pykms.providers.yubihsm import YubihsmSigner
 

@@ -41,7 +41,13 @@ class Signer(Protocol):
 
 
 def verify_or_raise(public_key: bytes, message: bytes, signature: bytes, provider: str) -> None:
-    """Refuse a signature that does not verify: it must never reach the node."""
+    """Refuse a signature that does not verify: it must never reach the node. A 33-byte key is secp256k1."""
+    if len(public_key) == 33:
+        from pykms.providers.secp256k1 import verify_secp256k1
+
+        if not verify_secp256k1(public_key, message, signature):
+            raise TransientProviderError(f"{provider} returned a signature that does not verify")
+        return
     try:
         VerifyKey(public_key).verify(message, signature)
     except (BadSignatureError, ValueError, TypeError) as exc:

@@ -56,7 +56,9 @@ DEFAULT_RETRY_SECONDS = 3.0
 _HTTP_TIMEOUT = (2, 4)
 
 
-def adapter_url(adapter_type: str, addr: str | None, serial_number: str | None = None) -> str:
+def adapter_url(
+    adapter_type: str, addr: str | None, serial_number: str | None = None, *, timeout_ms: int | None = None
+) -> str:
     """tmkms adapter settings -> a python-yubihsm backend URL (``http://host:port`` or ``yhusb://``)."""
     if adapter_type == "http":
         raw = addr or "tcp://127.0.0.1:12345"
@@ -81,7 +83,8 @@ def adapter_url(adapter_type: str, addr: str | None, serial_number: str | None =
                 fix="pip install pyusb (and install libusb-1.0), or run yubihsm-connector and use "
                 'adapter = { type = "http", addr = "tcp://127.0.0.1:12345" }',
             )
-        return f"yhusb://serial={int(serial_number)}" if serial_number else "yhusb://"
+        url = f"yhusb://serial={int(serial_number)}" if serial_number else "yhusb://"
+        return f"{url}?timeout_ms={timeout_ms}" if timeout_ms else url
     raise ConfigError(
         f"unknown adapter type {adapter_type!r}", key="providers.yubihsm.adapter.type", fix='use "http" or "usb"'
     )
@@ -162,10 +165,65 @@ def _make_backend(url: str) -> Any:
         from yubihsm.backends.http import HttpBackend
 
         return HttpBackend(url, _HTTP_TIMEOUT)
+    if url.startswith("yhusb://"):
+        return _usb_backend(url)
     try:
         return get_backend(url)
     except ValueError as exc:
         raise ConfigError(f"cannot open YubiHSM backend {url}: {exc}", key="providers.yubihsm.adapter") from None
+
+
+#: Read/write timeout of one USB transfer: tmkms's adapter default, 1000 ms (src/config/provider/yubihsm.rs
+#: usb_timeout_ms_default); python-yubihsm's own URL default is 600 s, far too long to stall a validator.
+USB_TIMEOUT_S = 1
+
+
+def usb_devices() -> list[tuple[int, int]]:
+    """(serial number, bus) of each YubiHSM2 on USB; FatalProviderError when USB cannot be searched at all."""
+    try:
+        import usb.core  # type: ignore[import-untyped]
+
+        found = list(usb.core.find(find_all=True, idVendor=0x1050, idProduct=0x0030) or ())
+    except Exception as exc:  # pyusb absent, or without libusb (usb.core.NoBackendError)
+        raise FatalProviderError(
+            f"cannot search USB for a YubiHSM ({type(exc).__name__}: {exc}) "
+            "(fix: install the yubihsm extra and libusb-1.0, e.g. apt-get install libusb-1.0-0)"
+        ) from None
+    devices = []
+    for device in found:
+        try:
+            serial = int(device.serial_number)
+        except (ValueError, TypeError, OSError):
+            serial = 0  # unreadable without permission on the device node; still worth showing
+        devices.append((serial, int(device.bus)))
+    return devices
+
+
+def _usb_backend(url: str) -> Any:
+    """The USB backend, with the device search's failures in our tree (python-yubihsm raises its own)."""
+    from yubihsm.backends.usb import UsbBackend
+    from yubihsm.exceptions import YubiHsmConnectionError
+
+    where, _, query = url[len("yhusb://") :].partition("?")
+    serial_text = where.removeprefix("serial=")
+    serial = int(serial_text) if serial_text.isdigit() else None
+    timeout_ms = query.removeprefix("timeout_ms=")
+    # python-yubihsm takes whole seconds: the configured milliseconds rounded up.
+    timeout_s = -(-int(timeout_ms) // 1000) if timeout_ms.isdigit() else USB_TIMEOUT_S
+    try:
+        return UsbBackend(serial=serial, timeout=timeout_s)
+    except YubiHsmConnectionError as exc:
+        which = f"with serial number {serial}" if serial is not None else "at all"
+        raise FatalProviderError(
+            f"no YubiHSM found on USB {which} ({exc}) (fix: plug the YubiHSM 2 in and check that this user may "
+            "open it (a udev rule for USB ID 1050:0030), check serial_number, or use yubihsm-connector with "
+            'adapter = { type = "http", addr = "tcp://127.0.0.1:12345" })'
+        ) from None
+    except Exception as exc:  # pyusb without libusb: usb.core.NoBackendError
+        raise FatalProviderError(
+            f"cannot search USB for a YubiHSM ({type(exc).__name__}: {exc}) "
+            "(fix: install libusb-1.0, e.g. apt-get install libusb-1.0-0)"
+        ) from None
 
 
 def open_session(
@@ -236,7 +294,7 @@ class YubihsmSigner:
     @classmethod
     def from_config(cls, cfg: YubihsmConfig, key: YubihsmKey) -> YubihsmSigner:
         """Build from a ``[[providers.yubihsm]]`` section and one of its ``keys`` entries."""
-        url = adapter_url(cfg.adapter.type, cfg.adapter.addr, cfg.serial_number)
+        url = adapter_url(cfg.adapter.type, cfg.adapter.addr, cfg.serial_number, timeout_ms=cfg.adapter.timeout_ms)
         password = read_password(cfg.auth.password, cfg.auth.password_file)
         signer = cls(url, cfg.auth.key, password, key.key, serial_number=cfg.serial_number)
         if cfg.connector_server is not None:

@@ -14,6 +14,7 @@ import pytest
 from nacl.signing import SigningKey
 
 from pykms.errors import ConfigError, FatalProviderError, SigningRefused, TransientProviderError
+from pykms.extensions import plan_extensions
 from pykms.guard.file_guard import FileGuard
 from pykms.guard.state import SignState
 from pykms.guard.store import JsonStateStore, create_state_file
@@ -24,7 +25,6 @@ from pykms.providers.ledger import (
     LedgerMessageTooLong,
     LedgerRefused,
     LedgerSigner,
-    check_ledger_compatible,
     error_for_status,
 )
 
@@ -163,11 +163,11 @@ def test_a_refusal_never_advances_pykms_state(sim: LedgerSimServer, tmp_path: Pa
 
 def test_extensions_need_them_disabled() -> None:
     for dialect in ("v0.34", "v0.37"):
-        check_ledger_compatible(dialect, extensions_disabled=False)
+        assert not plan_extensions(dialect, None, signs_extensions=False).signs
     for dialect in ("v0.38", "v1.0"):
-        with pytest.raises(ConfigError, match="extensions_disabled"):
-            check_ledger_compatible(dialect, extensions_disabled=False)
-        check_ledger_compatible(dialect, extensions_disabled=True)
+        with pytest.raises(ConfigError, match="sign_extensions = false"):
+            plan_extensions(dialect, None, signs_extensions=False)
+        assert plan_extensions(dialect, False, signs_extensions=False).sign_extensions is False
 
 
 def _tmhome(root: Path, key: SigningKey) -> Path:
@@ -188,10 +188,15 @@ def _tmhome(root: Path, key: SigningKey) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("dialect", "ext_disabled", "ok"), [("v0.34", False, True), ("v0.38", True, True),
-                                                           ("v0.38", False, False)])  # fmt: skip
+@pytest.mark.parametrize(("dialect", "ext", "ok"), [
+    ("v0.34", "", True),  # tmkms's ledgertm template: no extensions asked for
+    ("v0.38", "sign_extensions = false", True),  # tmkms's spelling, on the [[chain]]
+    ("v0.38", "extensions_disabled = true", True),  # pykms's spelling, on the provider
+    ("v0.38", "", False),  # v0.38 signs extensions (as FilePV): the Ledger cannot
+    ("v0.34", "sign_extensions = true", False),  # asks for extensions: the Ledger cannot
+])  # fmt: skip
 def test_pykms_start_with_a_ledger_passes_the_signer_harness(
-    sim: LedgerSimServer, tmp_path: Path, dialect: str, ext_disabled: bool, ok: bool
+    sim: LedgerSimServer, tmp_path: Path, dialect: str, ext: str, ok: bool
 ) -> None:
     from pykms.keyfiles import write_secret_file
 
@@ -207,9 +212,10 @@ def test_pykms_start_with_a_ledger_passes_the_signer_harness(
     port_probe.close()
     config = tmp_path / "tmkms.toml"
     config.write_text(
-        f'[[chain]]\nid = "{CHAIN}"\nkey_format = {{ type = "hex" }}\nstate_file = "{state}"\n\n'
+        f'[[chain]]\nid = "{CHAIN}"\nkey_format = {{ type = "hex" }}\nstate_file = "{state}"\n'
+        f"{ext if ext.startswith('sign_') else ''}\n\n"
         f'[[providers.ledgertm]]\nchain_ids = ["{CHAIN}"]\ntransport = "tcp"\naddr = "127.0.0.1:{sim.port}"\n'
-        f"extensions_disabled = {'true' if ext_disabled else 'false'}\n\n"
+        f"{ext if ext.startswith('extensions_') else ''}\n\n"
         f'[[validator]]\nchain_id = "{CHAIN}"\naddr = "tcp://127.0.0.1:{port}"\nsecret_key = "{identity}"\n'
         f'protocol_version = "{dialect}"\n'
     )
@@ -219,7 +225,7 @@ def test_pykms_start_with_a_ledger_passes_the_signer_harness(
         if not ok:
             out, _ = kms.communicate(timeout=20)
             assert kms.returncode == 3
-            assert b"extensions_disabled" in out
+            assert b"sign_extensions = false" in out and str(config).encode() in out, out
             return
         harness = subprocess.run(
             [sys.executable, "-m", "pykms.harness.signer_harness", "run", "--addr", f"tcp://127.0.0.1:{port}",

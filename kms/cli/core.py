@@ -10,6 +10,7 @@ from typing import Any
 
 from pykms import __version__
 from pykms.errors import ConfigError, KmsError, SigningRefused, StateError
+from pykms.networks import NETWORKS
 
 __all__ = ["register"]
 
@@ -18,7 +19,7 @@ _CONFIG_TEMPLATE = """\
 
 [[chain]]
 id = "{chain_id}"
-key_format = {{ type = "bech32", account_key_prefix = "cosmospub", consensus_key_prefix = "cosmosvalconspub" }}
+key_format = {{ type = "bech32", account_key_prefix = "{account}", consensus_key_prefix = "{consensus}" }}
 state_file = "{home}/state/{chain_id}_priv_validator_state.json"
 
 [[providers.softsign]]
@@ -53,6 +54,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser("init", help="create a KMS home: config from a template, identity key, directories")
     p.add_argument("home", type=Path)
     p.add_argument("--chain-id", default="cosmoshub-4")
+    p.add_argument("-n", "--networks", default=None,
+                   help="tmkms's networks, comma separated: " + ", ".join(NETWORKS))  # fmt: skip
     p.set_defaults(func=cmd_init)
 
     keys = sub.add_parser("keys", help="consensus keys").add_subparsers(dest="keys_cmd", metavar="CMD")
@@ -79,6 +82,9 @@ def register(sub: Any) -> None:
     p.add_argument("file", type=Path)
     p.add_argument("--force", action="store_true", help="allow importing a state older than the current one")
     p.set_defaults(func=cmd_state_import)
+    from pykms.cli.state_export import register as register_export
+
+    register_export(state, _config_arg)
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=lambda _args: print(f"pykms {__version__}") or 0)
@@ -115,6 +121,9 @@ def cmd_start(args: argparse.Namespace) -> int:
 def cmd_init(args: argparse.Namespace) -> int:
     from pykms.secretconn.identity import generate_identity
 
+    chains = _init_chains(args)
+    if not chains:
+        return 2
     home: Path = args.home.resolve()
     config_path = home / "tmkms.toml"
     if config_path.exists():
@@ -122,14 +131,38 @@ def cmd_init(args: argparse.Namespace) -> int:
     for sub in ("secrets", "state"):
         (home / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
     generate_identity(home / "secrets" / "kms-identity.key")
-    config_path.write_text(_CONFIG_TEMPLATE.format(home=home, chain_id=args.chain_id))
+    header, _, block = _CONFIG_TEMPLATE.partition("[[chain]]")
+    blocks = ["[[chain]]" + block.format(home=home, chain_id=c, account=a, consensus=v) for c, a, v in chains]
+    config_path.write_text(header + "\n".join(blocks))
     print(f"created {config_path}, {home / 'secrets' / 'kms-identity.key'} (0600) and {home / 'state'}")
     print("next steps:")
+    for chain_id, _a, _v in chains[1:]:
+        print(f"  pykms softsign keygen {home / 'secrets' / (chain_id + '-consensus.key')}")
+    args.chain_id = chains[0][0]
     print(f"  pykms softsign keygen {home / 'secrets' / (args.chain_id + '-consensus.key')}   (or: softsign import)")
     print(f"  pykms state import -c {config_path} --chain {args.chain_id} NODE_HOME/data/priv_validator_state.json")
     print(f"     or, for a brand-new validator: pykms state init -c {config_path} --chain {args.chain_id}")
     print(f"  pykms start -c {config_path}")
     return 0
+
+
+def _init_chains(args: argparse.Namespace) -> list[tuple[str, str, str]]:
+    """(chain id, account prefix, consensus prefix) per chain: tmkms's ``-n`` networks, else ``--chain-id``."""
+    if not args.networks:
+        return [(args.chain_id, "cosmospub", "cosmosvalconspub")]
+    chains = []
+    for name in args.networks.split(","):
+        network = NETWORKS.get(name.strip())
+        if network is None:
+            known = ", ".join(NETWORKS)
+            print(
+                f"error: -n: unknown network {name.strip()!r} (tmkms knows {known}); for another chain use "
+                "pykms init --chain-id CHAIN_ID HOME and set its key_format",
+                file=sys.stderr,
+            )
+            return []
+        chains.append(network)
+    return [(n.chain_id, n.account_key_prefix, n.consensus_key_prefix) for n in chains]
 
 
 def cmd_keys_show(args: argparse.Namespace) -> int:
@@ -151,7 +184,10 @@ def cmd_keys_show(args: argparse.Namespace) -> int:
             print(f"  consensus key: {format_public_key(pub, chain.key_format)}")
             print(f"  hex:           {pub.hex().upper()}")
             print(f"  base64:        {__import__('base64').b64encode(pub).decode()}")
-            print(f"  address:       {hashlib.sha256(pub).digest()[:20].hex().upper()}")
+            # CometBFT addresses: SHA-256[:20] of an Ed25519 key, RIPEMD-160(SHA-256) of a secp256k1 one.
+            digest = hashlib.sha256(pub).digest()
+            address = hashlib.new("ripemd160", digest).digest() if len(pub) == 33 else digest[:20]
+            print(f"  address:       {address.hex().upper()}")
     finally:
         for signer in signers.values():
             signer.close()

@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # tmkms's `help [COMMAND...]` and `GROUP help` (`tmkms yubihsm help`): argparse's --help of that command.
+    if argv[:1] == ["help"]:
+        argv = [*argv[1:], "--help"]
+    elif argv[1:2] == ["help"] and argv[0] in (*_GROUPS, "state", "keys"):
+        argv = [argv[0], *argv[2:], "--help"]
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)
     if func is None:

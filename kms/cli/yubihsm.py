@@ -52,8 +52,11 @@ def register(sub: Any) -> None:
         p.add_argument("-c", "--config", type=Path, default=None, help="path to tmkms.toml")
         p.add_argument("--auth-key", type=_key_id, default=None, help="authentication key id (overrides config)")
         p.add_argument("--password-file", type=Path, default=None, help="password file for --auth-key")
+        p.add_argument("-v", "--verbose", action="store_true", help="debug logging (tmkms's -v)")
 
-    p = cmds.add_parser("detect", help="show the YubiHSM2 behind the configured connector")
+    p = cmds.add_parser(
+        "detect", help="show the YubiHSM2 behind the configured adapter; without a config, scan USB (as tmkms)"
+    )
     common(p)
     p.set_defaults(func=cmd_detect)
 
@@ -70,6 +73,9 @@ def register(sub: Any) -> None:
     common(p)
     p.add_argument("key_id", type=_key_id)
     p.add_argument("-l", "--label", default=None)
+    p.add_argument("-p", "--prefix", default=None, help="bech32 prefix to show the key with (and label it)")
+    p.add_argument("-t", dest="key_type", choices=("consensus", "account"), default="consensus",
+                   help="consensus (Ed25519, default); account keys are not kept in a YubiHSM by pykms")  # fmt: skip
     p.add_argument("-b", "--backup", type=Path, default=None, help="write an encrypted (wrapped) backup here")
     p.add_argument("-w", "--wrapkey", type=_key_id, default=DEFAULT_WRAP_KEY, help="wrap key id (default 1)")
     p.add_argument("--non-exportable", action="store_true", help="the key can never be exported, not even wrapped")
@@ -115,13 +121,17 @@ def _settings(args: argparse.Namespace) -> tuple[str, int, str, str | None]:
     from pykms.config import load_config
     from pykms.providers.yubihsm import adapter_url, read_password
 
+    if getattr(args, "verbose", False):
+        import logging
+
+        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)  # python-yubihsm's own debug lines
     cfg = load_config(args.config)
     if not cfg.providers.yubihsm:
         raise ConfigError(
             "no [[providers.yubihsm]] section", file=str(cfg.path), fix="add one (see tmkms.toml.example)"
         )
     hsm = cfg.providers.yubihsm[0]
-    url = adapter_url(hsm.adapter.type, hsm.adapter.addr, hsm.serial_number)
+    url = adapter_url(hsm.adapter.type, hsm.adapter.addr, hsm.serial_number, timeout_ms=hsm.adapter.timeout_ms)
     auth_key = hsm.auth.key
     password: str | None = None
     server = hsm.connector_server
@@ -145,8 +155,9 @@ def _session(args: argparse.Namespace, what: str) -> Iterator[Any]:
     from pykms.providers.yubihsm import open_session
 
     url, auth_key, password, serial = _settings(args)
-    backend, _hsm, session = open_session(url, auth_key, password, serial_number=serial, what=what)
+    backend, hsm, session = open_session(url, auth_key, password, serial_number=serial, what=what)
     args._auth_key_used = auth_key
+    args._hsm = hsm
     try:
         yield session
     finally:
@@ -179,11 +190,30 @@ def _timestamp() -> str:
 # ---- commands ----------------------------------------------------------------------------------------------
 
 
+def _scan_usb() -> int:
+    """tmkms's ``yubihsm detect``: list the YubiHSM2 devices on USB (vendor 0x1050, product 0x0030)."""
+    from pykms.providers.yubihsm import usb_devices
+
+    devices = usb_devices()
+    if not devices:
+        raise FatalProviderError(
+            "no YubiHSM found on USB (fix: plug the YubiHSM 2 in and check that this user may open it, "
+            "a udev rule for USB ID 1050:0030; or pass -c tmkms.toml to query the configured connector)"
+        )
+    print("Detected YubiHSM2 USB devices:")
+    for serial, bus in devices:
+        print(f"- Serial #{serial} (bus {bus})")
+    return 0
+
+
 def cmd_detect(args: argparse.Namespace) -> int:
     from yubihsm.core import YubiHsm
 
+    from pykms.config import find_config_path
     from pykms.providers.yubihsm import _make_backend, map_yubihsm_error
 
+    if args.config is None and not find_config_path(None).exists():
+        return _scan_usb()
     url, auth_key, _password, _serial = _settings(args)
     backend = _make_backend(url)
     try:
@@ -250,8 +280,19 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
     from yubihsm.defs import ALGORITHM, OBJECT
     from yubihsm.objects import AsymmetricKey
 
+    if args.key_type == "account":
+        print(
+            "error: -t account: pykms keeps only consensus (Ed25519) keys in a YubiHSM; an account key signs "
+            "nothing pykms serves (use -t consensus, or generate account keys with yubihsm-shell)",
+            file=sys.stderr,
+        )
+        return 2
+    from pykms.config import KeyFormat
+    from pykms.keyring import format_public_key
+
     capabilities = CAP_SIGN_EDDSA | (0 if args.non_exportable else CAP_EXPORTABLE_UNDER_WRAP)
-    label = args.label if args.label is not None else f"consensus:{_timestamp()}"
+    # tmkms: the label defaults to "<prefix>:<time>" with -p, else "<key type>:<time>".
+    label = args.label if args.label is not None else f"{args.prefix or 'consensus'}:{_timestamp()}"
     if len(label.encode()) > 40:
         raise ConfigError(f"label {label!r} is longer than 40 bytes", fix="use a shorter --label")
     if args.backup is not None and args.backup.exists():
@@ -264,7 +305,8 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
             ALGORITHM.EC_ED25519,
         )  # fmt: skip
         pub = _hsm_call(args, what, args.key_id, _raw_public_key, key)
-        print(f"Generated consensus (ed25519) key 0x{args.key_id:04x}: {pub.hex().upper()}")
+        shown = format_public_key(pub, KeyFormat("bech32", args.prefix, args.prefix)) if args.prefix else None
+        print(f"Generated consensus (ed25519) key 0x{args.key_id:04x}: {shown or pub.hex().upper()}")
         if args.backup is not None:
             wrap = session.get_object(args.wrapkey, OBJECT.WRAP_KEY)
             _export(args, session, wrap, key, args.backup)
@@ -283,19 +325,43 @@ def _export(args: argparse.Namespace, session: Any, wrap: Any, key: Any, path: P
 def cmd_keys_list(args: argparse.Namespace) -> int:
     from yubihsm.defs import ALGORITHM, OBJECT
 
+    from pykms.keyring import format_public_key
+
+    formats = _key_formats(args)
     with _session(args, "yubihsm keys list") as session:
         objects = _hsm_call(
             args, "list keys", None, session.list_objects, None, OBJECT.ASYMMETRIC_KEY, None, None,
             ALGORITHM.EC_ED25519,
         )  # fmt: skip
+        info = _hsm_call(args, "device info", None, args._hsm.get_device_info)
         if not objects:
-            print("No Ed25519 keys found.")
-        for obj in objects:
+            print(f"No Ed25519 keys found in YubiHSM #{info.serial}.")
+        else:
+            print(f"Listing keys in YubiHSM #{info.serial}:")
+        # tmkms's listing: the key in its chain's key_format when the key serves exactly one chain, else hex.
+        for obj in sorted(objects, key=lambda o: o.id):
             info = _hsm_call(args, "key info", obj.id, obj.get_info)
             pub = _hsm_call(args, "public key", obj.id, _raw_public_key, obj)
             label = info.label if isinstance(info.label, str) else info.label.hex()
-            print(f"- 0x{obj.id:04x}: {pub.hex().upper()}  label={label!r} domains=0x{info.domains:04x}")
+            key_format = formats.get(obj.id)
+            shown = format_public_key(pub, key_format) if key_format is not None else pub.hex().upper()
+            print(f"- 0x{obj.id:04x} [cons] {shown}")
+            print(f'   label: "{label}"  domains: 0x{info.domains:04x}  hex: {pub.hex().upper()}')
     return 0
+
+
+def _key_formats(args: argparse.Namespace) -> dict[int, Any]:
+    """Key id -> its chain's KeyFormat, for keys configured for exactly one chain (tmkms load_key_formatters)."""
+    from pykms.config import load_config
+
+    cfg = load_config(args.config)
+    by_chain = {chain.id: chain.key_format for chain in cfg.chains}
+    formats: dict[int, Any] = {}
+    for hsm in cfg.providers.yubihsm[:1]:
+        for key in hsm.keys:
+            if len(key.chain_ids) == 1 and key.chain_ids[0] in by_chain:
+                formats[key.key] = by_chain[key.chain_ids[0]]
+    return formats
 
 
 def parse_key_file(kind: str, raw: bytes, source: Path) -> bytes:

@@ -40,6 +40,7 @@ from pykms.privval.signbytes import GO_ZERO_TIME
 from pykms.privval.varint import decode_uvarint, encode_uvarint
 from pykms.proto.cometbft.privval.v1 import types_pb2 as v1_privval
 from pykms.proto.cometbft.types.v1 import types_pb2 as v1_types
+from pykms.proto.tendermint.privval import celestia_pb2
 from pykms.proto.tendermint.privval import types_pb2 as tm_privval
 from pykms.proto.tendermint.types import types_pb2
 
@@ -58,6 +59,7 @@ __all__ = [
     "SignBytesRequest",
     "SignBytesResponse",
     "SignProposalRequest",
+    "SignRawBytesRequest",
     "SignVoteRequest",
     "SignedProposalResponse",
     "SignedVoteResponse",
@@ -155,6 +157,16 @@ class SignBytesRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class SignRawBytesRequest:
+    """Celestia's extension (celestia-core; tmkms v0.15 src/proto/privval/celestia.rs), v0.34-v0.38 wire only:
+    bytes to sign after a domain-separation prefix, bound to a chain id and a caller-chosen unique id."""
+
+    chain_id: str
+    raw_bytes: bytes
+    unique_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class PubKeyResponse:
     #: Raw key bytes (32 for ed25519); empty in an error response.
     pub_key: bytes
@@ -186,7 +198,7 @@ class SignBytesResponse:
     error: RemoteSignerError | None = None
 
 
-Request = PubKeyRequest | SignVoteRequest | SignProposalRequest | PingRequest | SignBytesRequest
+Request = PubKeyRequest | SignVoteRequest | SignProposalRequest | PingRequest | SignBytesRequest | SignRawBytesRequest
 Response = PubKeyResponse | SignedVoteResponse | SignedProposalResponse | PingResponse | SignBytesResponse
 
 _AnyMessage = tm_privval.Message | v1_privval.Message
@@ -279,6 +291,7 @@ _WithError = (
     | tm_privval.SignedProposalResponse
     | v1_privval.SignedProposalResponse
     | v1_privval.SignBytesResponse
+    | celestia_pb2.SignedRawBytesResponse
 )
 
 
@@ -414,6 +427,14 @@ def decode_request(dialect: Dialect, body: bytes | bytearray | memoryview) -> Re
     if case == "sign_bytes_request" and isinstance(msg, v1_privval.Message):
         return SignBytesRequest(value=bytes(msg.sign_bytes_request.value))
     if case is None:
+        if dialect is not Dialect.V1_0 and _first_field_number(data) == 9:
+            celestia = celestia_pb2.CelestiaMessage()
+            _parse(celestia, data)
+            if celestia.WhichOneof("sum") == "sign_raw_bytes_request":
+                raw = celestia.sign_raw_bytes_request
+                return SignRawBytesRequest(
+                    chain_id=raw.chain_id, raw_bytes=bytes(raw.raw_bytes), unique_id=raw.unique_id
+                )
         raise _empty_case_error(dialect, data)
     raise DecodeError(f"privval Message case {case} is a response, not a request")
 
@@ -441,6 +462,14 @@ def encode_request(dialect: Dialect, req: Request) -> bytes:
             raise InvalidRequest(f"SignBytesRequest exists only in protocol_version v1.0, not {dialect.value}")
         msg.sign_bytes_request.value = req.value
         msg.sign_bytes_request.SetInParent()
+    elif isinstance(req, SignRawBytesRequest):
+        if dialect is Dialect.V1_0:
+            raise InvalidRequest("SignRawBytesRequest (Celestia) exists only in protocol_versions v0.34-v0.38")
+        celestia = celestia_pb2.CelestiaMessage()
+        raw = celestia.sign_raw_bytes_request
+        raw.chain_id, raw.raw_bytes, raw.unique_id = req.chain_id, req.raw_bytes, req.unique_id
+        raw.SetInParent()
+        return _serialize(celestia)
     else:  # pragma: no cover - the Request union is closed
         raise InvalidRequest(f"not a privval request: {type(req).__name__}")
     return _serialize(msg)
@@ -521,6 +550,11 @@ def encode_error(dialect: Dialect, request: Request, code: int, description: str
         if not isinstance(msg, v1_privval.Message):
             raise InvalidRequest(f"SignBytesResponse exists only in protocol_version v1.0, not {dialect.value}")
         _set_error(msg.sign_bytes_response.error, code, description)
+    elif isinstance(request, SignRawBytesRequest):
+        celestia = celestia_pb2.CelestiaMessage()
+        celestia.signed_raw_bytes_response.SetInParent()
+        _set_error(celestia.signed_raw_bytes_response.error, code, description)
+        return _serialize(celestia)
     else:
         raise InvalidRequest("a PingRequest has no error response")
     return _serialize(msg)
@@ -554,5 +588,11 @@ def decode_response(dialect: Dialect, body: bytes | bytearray | memoryview) -> R
         sbr = msg.sign_bytes_response
         return SignBytesResponse(signature=bytes(sbr.signature), error=_error_of(sbr))
     if case is None:
+        if dialect is not Dialect.V1_0 and _first_field_number(data) == 10:
+            celestia = celestia_pb2.CelestiaMessage()
+            _parse(celestia, data)
+            if celestia.WhichOneof("sum") == "signed_raw_bytes_response":
+                srr = celestia.signed_raw_bytes_response
+                return SignBytesResponse(signature=bytes(srr.signature), error=_error_of(srr))
         raise _empty_case_error(dialect, data)
     raise DecodeError(f"privval Message case {case} is a request, not a response")

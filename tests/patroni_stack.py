@@ -6,12 +6,13 @@ primary accepts no commit at all. Everything listens on 127.0.0.1 at ports chose
 lives in one temporary directory (``pykms-ha-*``).
 
 Processes: etcd and each Patroni run in their own process group; Patroni starts its postmaster in a session of
-its own, so "the host" of a node is two process groups (Patroni's and the postmaster's), killed or frozen together.
+its own and every PostgreSQL child calls setsid(), so "the host" of a node is Patroni's process group plus the
+postmaster and its children (found by parent pid in /proc), killed or frozen together.
 PostgreSQL refuses to run as root: as in tests/pg.py, Patroni (and so PostgreSQL) runs as the ``postgres`` account
 when the tests run as root.
 
 Nothing survives the run: ``destroy()`` (the fixture's finaliser and an atexit hook) kills every process whose
-command line names the stack's directory, and their process groups, and removes the directory; a reaper process
+command line names the stack's directory, with their process groups and children, and removes the directory; a reaper process
 does the same once the test process is gone however it ended (it waits for EOF on a pipe); and a new stack first
 sweeps the directories of earlier runs whose owner process is dead.
 
@@ -82,32 +83,56 @@ def _start_time(pid: int) -> str:
     return _proc_stat(pid)[19]
 
 
-def _pids_naming(root: Path) -> list[int]:
-    """Processes whose command line contains the stack's directory (etcd, Patroni, postmasters)."""
+def _table() -> dict[int, tuple[int, int]]:
+    """pid -> (ppid, process group) of every process."""
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = _proc_stat(int(stat.parent.name))
+            out[int(stat.parent.name)] = (int(fields[1]), int(fields[2]))
+    return out
+
+
+def _with_family(pids: set[int], table: dict[int, tuple[int, int]]) -> set[int]:
+    """``pids``, the members of their process groups and all their descendants. PostgreSQL's children each call
+    setsid(), so a postmaster's process group holds only itself: its children are found by parent pid.
+    """
+    groups = {table[p][1] for p in pids if p in table} - {os.getpgrp(), 0, 1}
+    out = set(pids) | {p for p, (_, g) in table.items() if g in groups}
+    while True:
+        more = {p for p, (pp, _) in table.items() if pp in out} - out
+        if not more:
+            return out - {os.getpid()}
+        out |= more
+
+
+def _pids_naming(root: Path) -> set[int]:
+    """Processes whose command line contains the stack's directory (etcd, Patroni, postmasters), not reapers."""
     needle = str(root).encode()
-    out = []
+    out = set()
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         with contextlib.suppress(OSError, ValueError):
             text = cmdline.read_bytes()
             if needle in text and b"--reap" not in text and int(cmdline.parent.name) != os.getpid():
-                out.append(int(cmdline.parent.name))
+                out.add(int(cmdline.parent.name))
     return out
 
 
+def signal_all(pids: set[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, sig)
+
+
 def sweep(root: Path) -> None:
-    """SIGKILL every process group of a process naming ``root`` (frozen ones too), then remove ``root``."""
+    """SIGKILL every process of the stack in ``root`` with its children (frozen ones too), then remove ``root``."""
     for _ in range(3):
         pids = _pids_naming(root)
         if not pids:
             break
-        for pid in pids:
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                pgrp = int(_proc_stat(pid)[2])
-                if pgrp > 1 and pgrp != os.getpgrp():
-                    os.killpg(pgrp, signal.SIGKILL)
-                    os.killpg(pgrp, signal.SIGCONT)
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
+        family = _with_family(pids, _table())
+        signal_all(family, signal.SIGKILL)
+        signal_all(family, signal.SIGCONT)
         time.sleep(0.3)
     shutil.rmtree(root, ignore_errors=True)
 
@@ -150,15 +175,15 @@ class Node:
                 return pid
         return None
 
-    def groups(self) -> list[int]:
-        """The process groups of this node's host: Patroni's and the postmaster's (its own session)."""
-        out = []
+    def host_pids(self) -> set[int]:
+        """Every process of this node's host: Patroni's process group, the postmaster and its children."""
+        roots = set()
         if self.proc is not None and self.proc.poll() is None:
-            out.append(self.proc.pid)
+            roots.add(self.proc.pid)
         pm = self.postmaster_pid()
         if pm is not None:
-            out.append(pm)
-        return out
+            roots.add(pm)
+        return _with_family(roots, _table()) if roots else set()
 
     def api(self, path: str = "/patroni", timeout: float = 2) -> tuple[int, dict[str, Any]]:
         """(HTTP status, JSON body) of this node's Patroni REST API; (0, {}) when it does not answer."""
@@ -330,27 +355,22 @@ class PatroniStack:
 
     def kill_host(self, node: Node) -> None:
         """SIGKILL the node's Patroni and its PostgreSQL (postmaster and every backend) at once."""
-        for pgrp in node.groups():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgrp, signal.SIGKILL)
+        signal_all(node.host_pids(), signal.SIGKILL)
         if node.proc is not None:
             node.proc.wait()
         deadline = time.monotonic() + 10
         while node.postmaster_pid() is not None and time.monotonic() < deadline:
             time.sleep(0.05)
 
-    def freeze_host(self, node: Node) -> list[int]:
-        """SIGSTOP the node's Patroni and PostgreSQL; returns the groups to thaw."""
-        groups = node.groups()
-        for pgrp in groups:
-            os.killpg(pgrp, signal.SIGSTOP)
-        return groups
+    def freeze_host(self, node: Node) -> set[int]:
+        """SIGSTOP every process of the node's host; returns them, to thaw."""
+        pids = node.host_pids()
+        signal_all(pids, signal.SIGSTOP)
+        return pids
 
     @staticmethod
-    def thaw(groups: list[int]) -> None:
-        for pgrp in groups:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgrp, signal.SIGCONT)
+    def thaw(pids: set[int]) -> None:
+        signal_all(pids, signal.SIGCONT)
 
     def destroy(self) -> None:
         if self._destroyed:

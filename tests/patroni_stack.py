@@ -45,10 +45,11 @@ DBNAME = "pykms"
 
 #: Patroni's timing (dynamic configuration). ttl: how long the leader key lives without a refresh (the failover
 #: detection time); loop_wait: the HA loop's period; retry_timeout: how long a DCS or PostgreSQL operation is
-#: retried before the primary demotes itself. Patroni wants loop_wait + 2 * retry_timeout <= ttl.
-TTL_S = 10
-LOOP_WAIT_S = 1
-RETRY_TIMEOUT_S = 4
+#: retried before the primary demotes itself. Patroni wants loop_wait + 2 * retry_timeout <= ttl. Overridable
+#: (PYKMS_HA_TTL, PYKMS_HA_LOOP_WAIT, PYKMS_HA_RETRY_TIMEOUT) to measure other settings.
+TTL_S = int(os.environ.get("PYKMS_HA_TTL", "10"))
+LOOP_WAIT_S = int(os.environ.get("PYKMS_HA_LOOP_WAIT", "1"))
+RETRY_TIMEOUT_S = int(os.environ.get("PYKMS_HA_RETRY_TIMEOUT", "4"))
 
 
 def missing_packages() -> list[str]:
@@ -171,7 +172,7 @@ class Node:
     def postmaster_pid(self) -> int | None:
         with contextlib.suppress(OSError, ValueError, IndexError):
             pid = int((self.datadir / "postmaster.pid").read_text().split()[0])
-            if Path(f"/proc/{pid}").exists():
+            if _proc_stat(pid)[0] != "Z":  # a killed postmaster stays a zombie until init reaps it
                 return pid
         return None
 
@@ -353,14 +354,15 @@ class PatroniStack:
     def start_node(self, node: Node) -> None:
         node.proc = self._spawn(["patroni", str(node.config)], node.root / "patroni.log", as_pg=True)
 
-    def kill_host(self, node: Node) -> None:
-        """SIGKILL the node's Patroni and its PostgreSQL (postmaster and every backend) at once."""
-        signal_all(node.host_pids(), signal.SIGKILL)
-        if node.proc is not None:
-            node.proc.wait()
-        deadline = time.monotonic() + 10
-        while node.postmaster_pid() is not None and time.monotonic() < deadline:
-            time.sleep(0.05)
+    def kill_host(self, *nodes: Node) -> None:
+        """SIGKILL the nodes' Patroni and PostgreSQL (postmaster and every backend), all at once."""
+        signal_all({pid for node in nodes for pid in node.host_pids()}, signal.SIGKILL)
+        for node in nodes:
+            if node.proc is not None:
+                node.proc.wait()
+            deadline = time.monotonic() + 10
+            while node.postmaster_pid() is not None and time.monotonic() < deadline:
+                time.sleep(0.05)
 
     def freeze_host(self, node: Node) -> set[int]:
         """SIGSTOP every process of the node's host; returns them, to thaw."""

@@ -10,6 +10,7 @@ timestamp, so the only difference between the two sentries' requests is the bloc
 from __future__ import annotations
 
 import base64
+import itertools
 import os
 import statistics
 import threading
@@ -70,8 +71,8 @@ class Figures:
         gap = "n/a" if self.gap_s is None else f"{self.gap_s:.1f} s"
         return (
             f"[ha {name}] gap without a signature {gap}; signatures returned {self.signatures}; "
-            f"conflicts refused {self.refused}; failed closed {self.failed}; double signs {self.double_signs}; invalid {self.invalid}; "
-            f"returned but not on the primary {self.not_on_primary}"
+            f"conflicts refused {self.refused}; failed closed {self.failed}; double signs {self.double_signs}; "
+            f"invalid {self.invalid}; returned but not on the primary {self.not_on_primary}"
         )
 
 
@@ -232,7 +233,7 @@ class HaPair:
             # The longest silence that ends after the fault (a reply already on its way when the fault hit
             # does not end the gap early).
             times = sorted(s.at for s in signed)
-            gaps = [b - a for a, b in zip(times, times[1:], strict=False) if b > fault_at]
+            gaps = [b - a for a, b in itertools.pairwise(times) if b > fault_at]
             gap = max(gaps) if gaps else None
         return Figures(len(signed), refused, failed, doubles, invalid, missing, gap)
 

@@ -12,9 +12,9 @@ PostgreSQL refuses to run as root: as in tests/pg.py, Patroni (and so PostgreSQL
 when the tests run as root.
 
 Nothing survives the run: ``destroy()`` (the fixture's finaliser and an atexit hook) kills every process whose
-command line names the stack's directory, with their process groups and children, and removes the directory; a reaper process
-does the same once the test process is gone however it ended (it waits for EOF on a pipe); and a new stack first
-sweeps the directories of earlier runs whose owner process is dead.
+command line names the stack's directory, with their process groups and children, and removes the directory; a
+reaper process does the same once the test process is gone however it ended (it waits for EOF on a pipe); and a
+new stack first sweeps the directories of earlier runs whose owner process is dead.
 
 Run as a script (``python tests/patroni_stack.py --reap DIR``) it is that reaper.
 """

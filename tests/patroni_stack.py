@@ -52,6 +52,21 @@ LOOP_WAIT_S = int(os.environ.get("PYKMS_HA_LOOP_WAIT", "1"))
 RETRY_TIMEOUT_S = int(os.environ.get("PYKMS_HA_RETRY_TIMEOUT", "4"))
 
 
+def patroni_version() -> tuple[int, ...]:
+    out = subprocess.run(["patroni", "--version"], capture_output=True, text=True, timeout=30).stdout.split()
+    return tuple(int(x) for x in out[-1].split(".") if x.isdigit()) if out else ()
+
+
+def use_etcd3() -> bool:
+    """Patroni before 3.0.3 must not use etcd's v3 API: its leader-key refresh there is an unconditional write,
+    so a primary that was frozen past its ttl and wakes up takes the key back from the standby promoted meanwhile;
+    that node is demoted and rewound, and the commits it acknowledged are lost (found by the frozen-primary
+    scenario; fixed upstream in patroni/patroni pull request 2689). Its etcd v2 client refreshes the key with a
+    compare-and-swap on its own name, which fails once another node holds it.
+    """
+    return patroni_version() >= (3, 0, 3)
+
+
 def missing_packages() -> list[str]:
     """The Debian packages this stack needs that are not installed (empty when it can run)."""
     from tests.pg import find_bindir
@@ -256,12 +271,13 @@ class PatroniStack:
 
     def _write_configs(self) -> None:
         hosts = f"127.0.0.1:{self.etcd_port}"
+        dcs = {"etcd3": {"hosts": hosts}} if use_etcd3() else {"etcd": {"hosts": hosts}}
         for node in self.nodes:
             conf = {
                 "scope": SCOPE,
                 "name": node.name,
                 "restapi": {"listen": f"127.0.0.1:{node.api_port}", "connect_address": f"127.0.0.1:{node.api_port}"},
-                "etcd3": {"hosts": hosts},
+                **dcs,
                 "bootstrap": {
                     "dcs": {
                         "ttl": TTL_S,
@@ -335,7 +351,8 @@ class PatroniStack:
         self.etcd = self._spawn(
             ["etcd", "--name", "e0", "--data-dir", str(data), "--listen-client-urls", client,
              "--advertise-client-urls", client, "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-             "--initial-cluster", f"e0={peer}", "--initial-cluster-state", "new", "--log-level", "warn"],
+             "--initial-cluster", f"e0={peer}", "--initial-cluster-state", "new", "--log-level", "warn",
+             f"--enable-v2={'false' if use_etcd3() else 'true'}"],
             self.root / "etcd.log", as_pg=False,
         )  # fmt: skip
         deadline = time.monotonic() + 30
@@ -378,6 +395,13 @@ class PatroniStack:
         if self._destroyed:
             return
         self._destroyed = True
+        keep = os.environ.get("PYKMS_HA_KEEP_LOGS")  # a directory to copy the logs to, for a post-mortem
+        if keep:
+            for log in self.root.rglob("*.log"):
+                dest = Path(keep) / log.relative_to(self.root)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(OSError):
+                    shutil.copyfile(log, dest)
         sweep(self.root)
         reaper = self._reaper
         if reaper is not None and reaper.stdin is not None:

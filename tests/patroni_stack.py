@@ -298,6 +298,9 @@ class PatroniStack:
                                 "max_replication_slots": 10,
                                 "fsync": "on",
                                 "synchronous_commit": "on",
+                                # After a promotion the other standby must stream from the new primary before
+                                # anything commits (strict mode); its default 5 s between attempts is the gap.
+                                "wal_retrieve_retry_interval": "500ms",
                             },
                         },
                     },

@@ -1,6 +1,6 @@
 """Benchmark: check_and_sign latency of the PostgreSQL guard against the file guard, on this machine.
 
-Usage: python tests/bench/bench_guard_postgres.py [-n N] [--dsn DSN]
+Usage: python tests/bench/bench_guard_postgres.py [-n N] [--dsn DSN | --patroni]
 
 Without --dsn a PostgreSQL server is started from the local binaries (tests/pg.py: fsync on,
 synchronous_commit on, no standby), its data directory on the same disk as the file stores' temporary
@@ -14,7 +14,8 @@ key over real vote sign bytes, so each one is: decide, sign, persist durably, re
 - postgres reuse: an identical repeat (row lock, a write, COMMIT: what a second sentry's request costs)
 
 A synchronous standby adds a network round trip and the standby's flush to every COMMIT; measure it on the
-real deployment with --dsn.
+real deployment with --dsn, or with --patroni on this machine: the tests' Patroni cluster (tests/patroni_stack.py:
+three nodes on loopback, strict synchronous mode, one synchronous standby), through its multi-host DSN.
 """
 
 from __future__ import annotations
@@ -131,10 +132,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", type=int, default=2000)
     parser.add_argument("--dsn", help="an existing database (the schema is created; chain ids bench-*)")
+    parser.add_argument("--patroni", action="store_true", help="start the tests' Patroni cluster and use it")
     args = parser.parse_args()
     server = None
+    stack = None
     dsn = args.dsn
-    if dsn is None:
+    if args.patroni:
+        from tests.patroni_stack import PatroniStack
+
+        stack = PatroniStack.create()
+        dsn = stack.dsn()
+    elif dsn is None:
         from tests.pg import PgServer
 
         server = PgServer.create()
@@ -154,6 +162,8 @@ def main() -> int:
     finally:
         if server is not None:
             server.destroy()
+        if stack is not None:
+            stack.destroy()
     return 0
 
 

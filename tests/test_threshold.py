@@ -211,7 +211,7 @@ def test_cosigners_sign_votes_that_verify(group: Group) -> None:
 def test_a_nonce_signs_at_most_one_message(group: Group) -> None:
     c1, c2 = group.cosigners[1], group.cosigners[2]
     s1, k1 = c1.commit()
-    s2, k2 = c2.commit()
+    _, k2 = c2.commit()
     c1.sign(s1, vote(1), [k1, k2])
     with pytest.raises(ThresholdError, match="already used"):
         c1.sign(s1, vote(1), [k1, k2])  # the very same request again: the nonce is gone

@@ -175,8 +175,10 @@ class ThresholdSigner:
                     result.ok[client] = answer
                 else:
                     result.failed[client] = str(answer.get("error", "refused"))
-        for future in pending:  # too late: their connections close on their own timeout
-            result.failed.setdefault(futures[future], "no answer in time")
+        if len(result.ok) < wanted:
+            for future in pending:  # too late: their connections close on their own timeout
+                result.failed.setdefault(futures[future], "no answer in time")
+        # Otherwise the slower ones are not at fault: their answers (a commitment nobody will use) are dropped.
         return result
 
     def sign(self, message: bytes) -> bytes:
@@ -196,7 +198,7 @@ class ThresholdSigner:
             first = self._round(candidates, lambda c: {"op": "commit"}, t, deadline)
             self._mark(first, excluded, reasons)
             if len(first.ok) < t:
-                break
+                continue  # the failed ones are excluded now: ask the rest (those held back by the backoff too)
             chosen = list(first.ok.items())[:t]
             commitments = [self._commitment(client, answer) for client, answer in chosen]
             if any(c is None for c in commitments):

@@ -44,6 +44,7 @@ def write_cosigner_set(
     participants: int = 3,
     timeout_ms: int = 2000,
     extra_signers: tuple[Path, ...] = (),
+    state_format: str = "slots",
 ) -> CosignerSet:
     from pykms.cli.main import main as pykms_main
     from pykms.keyfiles import write_secret_file
@@ -73,7 +74,8 @@ def write_cosigner_set(
             f"allowed_signers = {allowed!r}\n".replace("'", '"')
             + "\n[[chain]]\n"
             f'id = "{chain_id}"\n'
-            f'state_file = "{directory / "state" / (chain_id + "_cosigner_state.json")}"\n'
+            f'state_file = "{directory / "state" / (chain_id + "_cosigner_state")}"\n'
+            f'state_format = "{state_format}"\n'
         )
         if pykms_main(["cosigner", "init", "-c", str(config)]) != 0:
             raise RuntimeError("pykms cosigner init failed")

@@ -241,9 +241,12 @@ class ThresholdSigner:
     def _commitment(self, client: CosignerClient, answer: dict[str, Any]) -> frost.Commitment | None:
         try:
             identifier = int(answer["identifier"])
+            # Validated (points in the prime-order subgroup) once, by aggregate(), not here.
             commitment = frost.Commitment(
                 identifier, bytes.fromhex(str(answer["hiding"])), bytes.fromhex(str(answer["binding"]))
-            ).checked()
+            )
+            if len(commitment.hiding) != 32 or len(commitment.binding) != 32:
+                raise ThresholdError("commitment of the wrong length")
             if identifier not in self.package.verifying_shares:
                 raise ThresholdError(f"unknown participant {identifier}")
         except (KeyError, TypeError, ValueError, ThresholdError):

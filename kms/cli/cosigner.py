@@ -35,14 +35,14 @@ def cmd_init(args: argparse.Namespace) -> int:
             print(f"{chain.id}: {chain.state_file} exists; kept")
             continue
         chain.state_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        create_state_file(chain.state_file, SignState(args.height, 0, 0))
+        create_state_file(chain.state_file, SignState(args.height, 0, 0), fmt=chain.state_format)
         print(f"{chain.id}: created {chain.state_file} at height {args.height}")
     return 0
 
 
 def cmd_start(args: argparse.Namespace) -> int:
     from pykms.errors import StateMissing
-    from pykms.guard.store import JsonStateStore, StateStore
+    from pykms.guard.store import JsonStateStore, SlotStateStore, StateStore
     from pykms.logconfig import configure_logging, flush_logs
     from pykms.secretconn.identity import load_identity
     from pykms.threshold.config import load_cosigner_config
@@ -58,7 +58,8 @@ def cmd_start(args: argparse.Namespace) -> int:
     try:
         for chain in config.chains:
             try:
-                stores[chain.id] = JsonStateStore(chain.state_file)
+                store_cls = SlotStateStore if chain.state_format == "slots" else JsonStateStore
+                stores[chain.id] = store_cls(chain.state_file)
             except StateMissing:
                 raise StateMissing(
                     f"{chain.state_file}: no state file for chain {chain.id!r} (fix: pykms cosigner init -c "

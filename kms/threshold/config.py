@@ -11,6 +11,7 @@ Example::
     [[chain]]
     id = "cosmoshub-4"
     state_file = "state/cosmoshub-4_cosigner_state.json"
+    state_format = "slots"                     # optional; "json" (CometBFT's format) by default
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 from pykms.config import _PEER_ID_RE, ValidatorAddr, _Ctx, _Table, parse_addr
 from pykms.errors import ConfigError
@@ -31,6 +32,8 @@ __all__ = ["CosignerChain", "CosignerConfig", "load_cosigner_config", "parse_cos
 class CosignerChain:
     id: str
     state_file: Path
+    #: As in tmkms.toml's [[chain]]: CometBFT's JSON (default) or the two-slot file (one fdatasync per share).
+    state_format: Literal["json", "slots"] = "json"
 
 
 @dataclass(frozen=True)
@@ -67,14 +70,15 @@ def parse_cosigner_config(data: Mapping[str, Any], path: Path) -> CosignerConfig
         allowed.append(item.lower())
     chains: list[CosignerChain] = []
     for i, raw in enumerate(top.table_list("chain")):
-        c = _Table(ctx, raw, f"chain[{i}]", ("id", "state_file"))
+        c = _Table(ctx, raw, f"chain[{i}]", ("id", "state_file", "state_format"))
         chain_id = c.req_str("id", 'add id = "<chain-id>"')
         state_file = c.path("state_file", required=True)
+        state_format = cast(Literal["json", "slots"], c.choice("state_format", ("json", "slots")) or "json")
         assert state_file is not None
         c.done()
         if any(chain.id == chain_id for chain in chains):
             raise ctx.error(f"chain[{i}].id", f"chain {chain_id!r} is listed twice", "keep one [[chain]] per id")
-        chains.append(CosignerChain(chain_id, state_file))
+        chains.append(CosignerChain(chain_id, state_file, state_format))
     top.done()
     if not chains:
         raise ctx.error("chain", "no chain", 'add [[chain]] with id = "<chain-id>" and state_file = "<path>"')

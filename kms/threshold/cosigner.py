@@ -127,10 +127,10 @@ class Cosigner:
                 raise ThresholdError("session expired: commit again")
             if commitment not in commitments:
                 raise ThresholdError("the commitment list does not carry this session's commitment")
-            z = frost.sign_share(self.share, nonces, message, commitments, self.package.group_public_key)
+            z, big_r = frost.sign_share_and_commitment(
+                self.share, nonces, message, commitments, self.package.group_public_key
+            )
             if fresh:
-                factors = frost.binding_factors(self.package.group_public_key, commitments, message)
-                big_r = frost.group_commitment(commitments, factors)
                 new_state = SignState(payload.height, payload.round, payload.step, big_r + z, message)
                 store.save(new_state)  # PersistError: the share is dropped with the exception
                 self._states[payload.chain_id] = new_state

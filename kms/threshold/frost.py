@@ -30,7 +30,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from nacl import bindings
+from nacl.exceptions import BadSignatureError
 from nacl.exceptions import RuntimeError as NaclRuntimeError
+from nacl.signing import VerifyKey
 
 from pykms.errors import ThresholdError
 
@@ -53,6 +55,7 @@ __all__ = [
     "scalar_from_int",
     "secret_scalar_from_seed",
     "sign_share",
+    "sign_share_and_commitment",
     "split_secret",
     "split_with_coefficients",
     "verify_share",
@@ -182,6 +185,8 @@ class Nonces:
 
     hiding: bytes = field(repr=False)
     binding: bytes = field(repr=False)
+    #: (G·hiding, G·binding), kept from ``commit`` so round two need not recompute them.
+    public: tuple[bytes, bytes] | None = None
 
 
 @dataclass(frozen=True, order=True)
@@ -247,7 +252,8 @@ def nonce_generate(secret: bytes, random_bytes: bytes) -> bytes:
 def commit(share: SecretShare, *, rng: Rng = os.urandom) -> tuple[Nonces, Commitment]:
     hiding = nonce_generate(share.scalar, rng(32))
     binding = nonce_generate(share.scalar, rng(32))
-    return Nonces(hiding, binding), Commitment(share.identifier, _base_mul(hiding), _base_mul(binding))
+    commitment = Commitment(share.identifier, _base_mul(hiding), _base_mul(binding))
+    return Nonces(hiding, binding, (commitment.hiding, commitment.binding)), commitment
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -267,14 +273,22 @@ def encode_commitment_list(commitments: Sequence[Commitment]) -> bytes:
 
 
 def binding_factors(group_public_key: bytes, commitments: Sequence[Commitment], message: bytes) -> dict[int, bytes]:
-    ordered = _sorted_checked(commitments)
+    return _binding_factors(group_public_key, _sorted_checked(commitments), message)
+
+
+def _binding_factors(group_public_key: bytes, ordered: Sequence[Commitment], message: bytes) -> dict[int, bytes]:
+    """For a list already sorted and checked (each point validation costs a scalar multiplication)."""
     prefix = group_public_key + h4(message) + h5(encode_commitment_list(ordered))
     return {c.identifier: h1(prefix + scalar_from_int(c.identifier)) for c in ordered}
 
 
 def group_commitment(commitments: Sequence[Commitment], factors: Mapping[int, bytes]) -> bytes:
+    return _group_commitment(_sorted_checked(commitments), factors)
+
+
+def _group_commitment(ordered: Sequence[Commitment], factors: Mapping[int, bytes]) -> bytes:
     total: bytes | None = None
-    for c in _sorted_checked(commitments):
+    for c in ordered:
         term = _point_add(c.hiding, _point_mul(factors[c.identifier], c.binding))
         total = term if total is None else _point_add(total, term)
     if total is None:
@@ -309,17 +323,29 @@ def sign_share(
     share: SecretShare, nonces: Nonces, message: bytes, commitments: Sequence[Commitment], group_public_key: bytes
 ) -> bytes:
     """z_i = d_i + e_i·rho_i + λ_i·s_i·c. The caller must never call this twice with the same ``nonces``."""
-    check_element(group_public_key, "the group public key")
-    factors = binding_factors(group_public_key, commitments, message)
-    if share.identifier not in factors:
+    return sign_share_and_commitment(share, nonces, message, commitments, group_public_key)[0]
+
+
+def sign_share_and_commitment(
+    share: SecretShare, nonces: Nonces, message: bytes, commitments: Sequence[Commitment], group_public_key: bytes
+) -> tuple[bytes, bytes]:
+    """(z_i, R): the share and the group commitment it belongs to (the cosigner records R in its state).
+
+    ``group_public_key`` is trusted (it comes from the checked key package); every commitment is validated.
+    """
+    ordered = _sorted_checked(commitments)
+    mine = next((c for c in ordered if c.identifier == share.identifier), None)
+    if mine is None:
         raise ThresholdError(f"participant {share.identifier} is not in the commitment list")
-    mine = next(c for c in commitments if c.identifier == share.identifier)
-    if (mine.hiding, mine.binding) != (_base_mul(nonces.hiding), _base_mul(nonces.binding)):
+    public = nonces.public or (_base_mul(nonces.hiding), _base_mul(nonces.binding))
+    if (mine.hiding, mine.binding) != public:
         raise ThresholdError(f"participant {share.identifier}'s commitment in the list is not this session's")
-    big_r = group_commitment(commitments, factors)
-    lam = interpolating_value(sorted(factors), share.identifier)
+    factors = _binding_factors(group_public_key, ordered, message)
+    big_r = _group_commitment(ordered, factors)
+    lam = interpolating_value([c.identifier for c in ordered], share.identifier)
     c = challenge(big_r, group_public_key, message)
-    return _add(_add(nonces.hiding, _mul(nonces.binding, factors[share.identifier])), _mul(lam, _mul(share.scalar, c)))
+    z = _add(_add(nonces.hiding, _mul(nonces.binding, factors[share.identifier])), _mul(lam, _mul(share.scalar, c)))
+    return z, big_r
 
 
 def verify_share(
@@ -332,12 +358,31 @@ def verify_share(
 ) -> bool:
     """G·z_i == D_i + E_i·rho_i + Y_i·(c·λ_i): a share from a faulty or lying participant is detected."""
     try:
+        ordered = _sorted_checked(commitments)
+        factors = _binding_factors(group_public_key, ordered, message)
+        big_r = _group_commitment(ordered, factors)
+        return _share_ok(
+            identifier, verifying_share, signature_share, message, ordered, factors, big_r, group_public_key
+        )
+    except ThresholdError:
+        return False
+
+
+def _share_ok(
+    identifier: int,
+    verifying_share: bytes,
+    signature_share: bytes,
+    message: bytes,
+    ordered: Sequence[Commitment],
+    factors: Mapping[int, bytes],
+    big_r: bytes,
+    group_public_key: bytes,
+) -> bool:
+    try:
         check_scalar(signature_share, "the signature share")
         check_element(verifying_share, "the verifying share")
-        factors = binding_factors(group_public_key, commitments, message)
-        mine = next(c for c in commitments if c.identifier == identifier)
-        big_r = group_commitment(commitments, factors)
-        lam = interpolating_value(sorted(factors), identifier)
+        mine = next(c for c in ordered if c.identifier == identifier)
+        lam = interpolating_value([c.identifier for c in ordered], identifier)
         c = challenge(big_r, group_public_key, message)
         left = _base_mul(signature_share)
         right = _point_add(
@@ -352,27 +397,37 @@ def verify_share(
 def aggregate(
     package: PublicKeyPackage, message: bytes, commitments: Sequence[Commitment], shares: Mapping[int, bytes]
 ) -> bytes:
-    """(R, Σ z_i) after checking every share: a plain 64-byte Ed25519 signature under the group key.
+    """(R, Σ z_i): a plain 64-byte Ed25519 signature under the group key, returned only once it verifies.
 
-    Refused with fewer than t participants, or when any share does not verify (naming the culprit).
+    Refused with fewer than t participants. The sum is checked as one Ed25519 signature (one verification
+    instead of t share checks); when it fails, each share is checked (RFC 9591 §5.4) so that the error names
+    the participant whose share is wrong: the coordinator then leaves it out.
     """
-    ids = sorted(c.identifier for c in commitments)
+    ordered = _sorted_checked(commitments)
+    ids = [c.identifier for c in ordered]
     if len(ids) < package.min_signers:
         raise ThresholdError(f"{len(ids)} participants, the threshold is {package.min_signers}")
     if sorted(shares) != ids:
         raise ThresholdError("signature shares do not match the commitment list")
     for identifier in ids:
-        verifying = package.verifying_shares.get(identifier)
-        if verifying is None or not verify_share(
-            identifier, verifying, shares[identifier], message, commitments, package.group_public_key
-        ):
-            raise ThresholdError(f"participant {identifier}'s signature share does not verify")
-    factors = binding_factors(package.group_public_key, commitments, message)
-    big_r = group_commitment(commitments, factors)
+        check_scalar(shares[identifier], f"participant {identifier}'s signature share")
+    factors = _binding_factors(package.group_public_key, ordered, message)
+    big_r = _group_commitment(ordered, factors)
     z = _ZERO
     for identifier in ids:
         z = _add(z, shares[identifier])
-    return big_r + z
+    signature = big_r + z
+    try:
+        VerifyKey(package.group_public_key).verify(message, signature)
+    except (BadSignatureError, ValueError):
+        for identifier in ids:
+            verifying = package.verifying_shares.get(identifier)
+            if verifying is None or not _share_ok(
+                identifier, verifying, shares[identifier], message, ordered, factors, big_r, package.group_public_key
+            ):
+                raise ThresholdError(f"participant {identifier}'s signature share does not verify") from None
+        raise ThresholdError("the aggregate signature does not verify") from None
+    return signature
 
 
 def crypto_public(scalar: bytes) -> bytes:

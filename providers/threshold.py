@@ -2,7 +2,9 @@
 
 ``sign(message)`` runs RFC 9591's two rounds against the cosigners of one ``[[providers.threshold]]``:
 
-1. ask every cosigner believed up for a commitment, in parallel, and keep the first t that answer;
+1. take the commitments the cosigners handed out with their previous shares (FROST's preprocessing: a nonce
+   pair may be committed to before the message is known); ask the others for one, in parallel, and keep the
+   first t;
 2. send those t the message and the t commitments, in parallel; check each share against its verifying key,
    sum them, and verify the result against the group key (the validator's public key) before it leaves.
 
@@ -42,6 +44,10 @@ if TYPE_CHECKING:
 
 __all__ = ["CosignerClient", "CosignerStatus", "ThresholdSigner", "cosigner_status"]
 
+#: A commitment received with a share is used within this long; the cosigner keeps its nonces for
+#: ``SESSION_TTL_S`` (120 s), so an older one is not even tried.
+READY_TTL_S = 60.0
+
 
 class CosignerClient:
     """One pinned connection to one cosigner; one request at a time (its lock)."""
@@ -53,6 +59,17 @@ class CosignerClient:
         self._stream: BlockingSecretStream | None = None
         self._reader: MessageReader | None = None
         self.down_until = 0.0
+        #: A commitment the cosigner handed out with its last share: (session, commitment, when received).
+        self._ready: tuple[str, frost.Commitment, float] | None = None
+
+    def take_ready(self, not_before: float) -> tuple[str, frost.Commitment] | None:
+        ready, self._ready = self._ready, None
+        if ready is None or ready[2] < not_before:
+            return None
+        return ready[0], ready[1]
+
+    def put_ready(self, session: str, commitment: frost.Commitment, when: float) -> None:
+        self._ready = (session, commitment, when)
 
     def _connect(self, deadline: float) -> tuple[BlockingSecretStream, MessageReader]:
         if self._stream is None or self._reader is None:
@@ -70,26 +87,38 @@ class CosignerClient:
         return self._stream, self._reader
 
     def call(self, request: dict[str, Any], deadline: float) -> dict[str, Any]:
-        """One request and its answer before ``deadline``; any failure closes the connection."""
+        """One request and its answer before ``deadline``; any failure closes the connection.
+
+        A kept connection found closed or reset (the cosigner restarted since) is re-opened once and the request
+        sent again: safe even for a sign request, since the cosigner, not the connection, makes nonces single-use.
+        """
         with self._lock:
-            try:
-                if time.monotonic() >= deadline:
-                    raise TimeoutError("deadline passed")
-                stream, reader = self._connect(deadline)
-                stream.sock.settimeout(max(0.001, deadline - time.monotonic()))
-                send_message(stream, request)
-                answer = reader.read()
-                if answer is None:
-                    raise ConnectionError("the cosigner closed the connection")
-                return answer
-            except (OSError, KmsError) as exc:
-                self.close_locked()
-                raise TransientProviderError(f"cosigner {self.addr.addr}: {exc or type(exc).__name__}") from None
+            for attempt in (1, 2):
+                reused = self._stream is not None
+                try:
+                    if time.monotonic() >= deadline:
+                        raise TimeoutError("deadline passed")
+                    stream, reader = self._connect(deadline)
+                    stream.sock.settimeout(max(0.001, deadline - time.monotonic()))
+                    send_message(stream, request)
+                    answer = reader.read()
+                    if answer is None:
+                        raise ConnectionError("the cosigner closed the connection")
+                    return answer
+                except ConnectionError as exc:
+                    self.close_locked()
+                    if not (reused and attempt == 1):
+                        raise TransientProviderError(f"cosigner {self.addr.addr}: {exc}") from None
+                except (OSError, KmsError) as exc:
+                    self.close_locked()
+                    raise TransientProviderError(f"cosigner {self.addr.addr}: {exc or type(exc).__name__}") from None
+            raise AssertionError("unreachable")
 
     def close_locked(self) -> None:
         if self._stream is not None:
             self._stream.close()
         self._stream = self._reader = None
+        self._ready = None  # the cosigner may have restarted: its sessions are gone
 
     def close(self) -> None:
         with self._lock:
@@ -102,6 +131,8 @@ class _Round:
 
     ok: dict[CosignerClient, dict[str, Any]] = field(default_factory=dict)
     failed: dict[CosignerClient, str] = field(default_factory=dict)
+    #: Answers with ok false (their error is in ``failed`` too).
+    refused: dict[CosignerClient, dict[str, Any]] = field(default_factory=dict)
 
 
 class ThresholdSigner:
@@ -175,6 +206,7 @@ class ThresholdSigner:
                     result.ok[client] = answer
                 else:
                     result.failed[client] = str(answer.get("error", "refused"))
+                    result.refused[client] = answer
         if len(result.ok) < wanted:
             for future in pending:  # too late: their connections close on their own timeout
                 result.failed.setdefault(futures[future], "no answer in time")
@@ -187,6 +219,7 @@ class ThresholdSigner:
         t = self.package.min_signers
         deadline = self._clock() + self.timeout_s
         excluded: set[CosignerClient] = set()
+        stale_retried: set[CosignerClient] = set()
         reasons: dict[str, str] = {}
         while self._clock() < deadline:
             now = self._clock()
@@ -195,16 +228,26 @@ class ThresholdSigner:
             candidates = up if len(up) >= t else usable
             if len(candidates) < t:
                 break
-            first = self._round(candidates, lambda c: {"op": "commit"}, t, deadline)
-            self._mark(first, excluded, reasons)
-            if len(first.ok) < t:
-                continue  # the failed ones are excluded now: ask the rest (those held back by the backoff too)
-            chosen = list(first.ok.items())[:t]
-            commitments = [self._commitment(client, answer) for client, answer in chosen]
-            if any(c is None for c in commitments):
-                continue
-            wire_list = [[c.identifier, c.hiding.hex(), c.binding.hex()] for c in commitments if c is not None]
-            sessions = {client: answer["session"] for client, answer in chosen}
+            # Round one: a commitment handed out with a cosigner's previous share costs no round trip.
+            ready = {c: r for c in candidates if (r := c.take_ready(now - READY_TTL_S)) is not None}
+            if len(ready) < t:
+                ask = [c for c in candidates if c not in ready]
+                first = self._round(ask, lambda c: {"op": "commit"}, t - len(ready), deadline)
+                self._mark(first, excluded, reasons)
+                for client, answer in first.ok.items():
+                    parsed = self._commitment(client, answer)
+                    if parsed is not None:
+                        ready[client] = parsed
+                if len(ready) < t:
+                    for client, (session, commitment) in ready.items():
+                        client.put_ready(session, commitment, now)
+                    continue  # the failed ones are excluded now: ask the rest (held back by the backoff too)
+            chosen = list(ready.items())[:t]
+            for client, (session, commitment) in list(ready.items())[t:]:
+                client.put_ready(session, commitment, now)
+            commitments = [commitment for _, (_, commitment) in chosen]
+            wire_list = [[c.identifier, c.hiding.hex(), c.binding.hex()] for c in commitments]
+            sessions = {client: session for client, (session, _) in chosen}
             second = self._round(
                 [client for client, _ in chosen],
                 lambda c, s=sessions, w=wire_list: {  # type: ignore[misc]
@@ -216,14 +259,23 @@ class ThresholdSigner:
                 t,
                 deadline,
             )
+            for client, answer in [*second.ok.items(), *second.refused.items()]:
+                nxt = answer.get("next")
+                if isinstance(nxt, dict) and (parsed := self._commitment(client, nxt)) is not None:
+                    client.put_ready(*parsed, self._clock())
+            for client, error in list(second.failed.items()):
+                # A session the cosigner no longer knows (restart, eviction, expiry) is not a fault: once per
+                # request and cosigner, ask it for a fresh commitment instead of leaving it out.
+                if "commit again" in error and client not in stale_retried:
+                    stale_retried.add(client)
+                    del second.failed[client]
             self._mark(second, excluded, reasons)
             if len(second.ok) < t:
                 continue
-            ids = {client: int(first.ok[client]["identifier"]) for client, _ in chosen}
+            ids = {client: commitment.identifier for client, (_, commitment) in chosen}
             try:
                 shares = {ids[client]: bytes.fromhex(str(answer["share"])) for client, answer in second.ok.items()}
-                checked = [c for c in commitments if c is not None]
-                signature = frost.aggregate(self.package, message, checked, shares)
+                signature = frost.aggregate(self.package, message, commitments, shares)
             except (ThresholdError, ValueError) as exc:
                 # A share that does not verify names its participant: leave that cosigner out and start over.
                 culprit = next((c for c, i in ids.items() if f"participant {i}'" in str(exc)), None)
@@ -238,21 +290,22 @@ class ThresholdSigner:
         detail = "; ".join(f"{k}: {v}" for k, v in reasons.items()) or "no cosigner answered"
         raise TransientProviderError(f"threshold signature failed ({t} of {len(self.clients)} needed): {detail}")
 
-    def _commitment(self, client: CosignerClient, answer: dict[str, Any]) -> frost.Commitment | None:
+    def _commitment(self, client: CosignerClient, answer: dict[str, Any]) -> tuple[str, frost.Commitment] | None:
+        """(session, commitment) from an answer; its points are validated once, by aggregate(), not here."""
         try:
+            session = answer["session"]
             identifier = int(answer["identifier"])
-            # Validated (points in the prime-order subgroup) once, by aggregate(), not here.
             commitment = frost.Commitment(
                 identifier, bytes.fromhex(str(answer["hiding"])), bytes.fromhex(str(answer["binding"]))
             )
-            if len(commitment.hiding) != 32 or len(commitment.binding) != 32:
-                raise ThresholdError("commitment of the wrong length")
+            if not isinstance(session, str) or len(commitment.hiding) != 32 or len(commitment.binding) != 32:
+                raise ThresholdError("malformed commitment")
             if identifier not in self.package.verifying_shares:
                 raise ThresholdError(f"unknown participant {identifier}")
         except (KeyError, TypeError, ValueError, ThresholdError):
             client.down_until = self._clock() + self.retry_after_s
             return None
-        return commitment
+        return session, commitment
 
     def _mark(self, result: _Round, excluded: set[CosignerClient], reasons: dict[str, str]) -> None:
         for client, reason in result.failed.items():

@@ -49,8 +49,9 @@ __all__ = ["MAX_PENDING", "SESSION_TTL_S", "Cosigner", "SignOutcome"]
 #: Nonce pairs kept between the rounds: a coordinator opens at most a few at a time (one per request, several
 #: signers in HA); beyond this the oldest is destroyed, so a peer cannot grow our memory.
 MAX_PENDING = 256
-#: A session older than this is refused: the node's own deadline (5 s) is long gone by then.
-SESSION_TTL_S = 30.0
+#: A session older than this is refused. Commitments are handed out ahead of use (with each share), so a quiet
+#: chain's next request may come a block time later; the coordinator uses them within 60 s.
+SESSION_TTL_S = 120.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,18 +52,22 @@ def parse_commitments(value: object) -> list[frost.Commitment]:
     return out
 
 
+def _commitment_answer(cosigner: Cosigner) -> dict[str, Any]:
+    session, commitment = cosigner.commit()
+    return {
+        "ok": True,
+        "identifier": cosigner.identifier,
+        "session": session,
+        "hiding": commitment.hiding.hex(),
+        "binding": commitment.binding.hex(),
+    }
+
+
 def handle_request(cosigner: Cosigner, request: dict[str, Any]) -> dict[str, Any]:
     """One request -> one answer. DecodeError (malformed) propagates: the caller closes the connection."""
     op = request.get("op")
     if op == "commit":
-        new_session, commitment = cosigner.commit()
-        return {
-            "ok": True,
-            "identifier": cosigner.identifier,
-            "session": new_session,
-            "hiding": commitment.hiding.hex(),
-            "binding": commitment.binding.hex(),
-        }
+        return _commitment_answer(cosigner)
     if op == "sign":
         session = request.get("session")
         if not isinstance(session, str) or len(session) > 64:
@@ -75,8 +79,12 @@ def handle_request(cosigner: Cosigner, request: dict[str, Any]) -> dict[str, Any
         except ProtocolError:
             raise
         except KmsError as exc:
-            return {"ok": False, "error": str(exc), "refused": type(exc).__name__}
-        return {"ok": True, "share": outcome.share.hex()}
+            answer: dict[str, Any] = {"ok": False, "error": str(exc), "refused": type(exc).__name__}
+        else:
+            answer = {"ok": True, "share": outcome.share.hex()}
+        # The next session's commitment rides along, so the coordinator's next round one needs no round trip.
+        answer["next"] = _commitment_answer(cosigner)
+        return answer
     if op == "status":
         chains = {
             chain: {"height": s.height, "round": s.round, "step": s.step} for chain, s in cosigner.status().items()

@@ -7,7 +7,7 @@ Each message is a 4-byte big-endian length and that many bytes of UTF-8 JSON (an
 op         request fields                                          answer fields
 =========  ======================================================  ============================================
 commit     (none)                                                  identifier, session, hiding, binding
-sign       session, message, commitments [[id, hiding, binding]]   share
+sign       session, message, commitments [[id, hiding, binding]]   share, next (a commit answer)
 status     (none)                                                  identifier, chains {id: {height, round, step}}
 =========  ======================================================  ============================================
 

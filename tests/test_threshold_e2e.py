@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nacl.signing import VerifyKey
@@ -304,3 +305,44 @@ def test_status_reports_each_cosigner(tmp_path: Path, capsys: pytest.CaptureFixt
             assert "UNREACHABLE" in out[2] and all(": ok, share" in line for line in out[:2]), out
     finally:
         sim.close()
+
+
+def _closed_by_peer(stream: Any) -> bool:
+    try:
+        return bool(stream.recv() == b"")
+    except ConnectionError:
+        return True
+
+
+def test_cosigner_refuses_unpinned_signers_and_survives_garbage(tmp_path: Path) -> None:
+    import socket
+
+    from nacl.signing import SigningKey
+
+    from pykms.secretconn.sync import secret_connection_sync
+
+    config, key = _home(tmp_path)
+    with cosigners_for(tmp_path, config, key, CHAIN) as group:
+        good = _clients(group, config.parent / "secrets" / "kms-identity.key")[0]
+        addr = good.addr
+        # An identity the cosigner does not list: closed right after the handshake, nothing answered.
+        sock = socket.create_connection((addr.host, addr.port), timeout=5)
+        stranger = secret_connection_sync(sock, SigningKey.generate(), expected_peer_id=addr.peer_id)
+        stranger.send(b"\x00\x00\x00\x10" + b'{"op":"commit"}\n')
+        sock.settimeout(5)
+        assert _closed_by_peer(stranger)
+        stranger.close()
+        # A pinned signer sending garbage loses its connection; the cosigner keeps serving the others.
+        for garbage in (b"\xff\xff\xff\xff", b"\x00\x00\x00\x03abc", b'\x00\x00\x00\x0c{"op":"zzz"}'):
+            bad = _clients(group, config.parent / "secrets" / "kms-identity.key")[0]
+            with bad._lock:
+                stream, _reader = bad._connect(time.monotonic() + 5)
+                stream.send(garbage)
+                stream.sock.settimeout(5)
+                assert _closed_by_peer(stream)
+                bad.close_locked()
+        assert good.call({"op": "status"}, time.monotonic() + 5)["ok"] is True
+        assert group.alive(0)
+        log = group.logs[0].read_text()
+        assert "signer_refused" in log and log.count("signer_connection_closed") >= 3
+        good.close()

@@ -61,6 +61,8 @@ def parse_cosigner_config(data: Mapping[str, Any], path: Path) -> CosignerConfig
     assert share_file is not None and secret_key is not None
     fix = 'list the signers\' node IDs: allowed_signers = ["<40 hex>"] (`pykms threshold peer-id KEYFILE`)'
     raw_allowed = top.raw("allowed_signers")
+    raw_chains = top.table_list("chain")
+    top.done()  # an unknown (misspelt) key first: its did-you-mean is the useful message
     if not isinstance(raw_allowed, list) or not raw_allowed:
         raise ctx.error("allowed_signers", "missing or empty: a cosigner serves only pinned signers", fix)
     allowed: list[str] = []
@@ -69,7 +71,7 @@ def parse_cosigner_config(data: Mapping[str, Any], path: Path) -> CosignerConfig
             raise ctx.error(f"allowed_signers[{i}]", f"{item!r} is not a 40-hex node ID", fix)
         allowed.append(item.lower())
     chains: list[CosignerChain] = []
-    for i, raw in enumerate(top.table_list("chain")):
+    for i, raw in enumerate(raw_chains):
         c = _Table(ctx, raw, f"chain[{i}]", ("id", "state_file", "state_format"))
         chain_id = c.req_str("id", 'add id = "<chain-id>"')
         state_file = c.path("state_file", required=True)
@@ -79,7 +81,6 @@ def parse_cosigner_config(data: Mapping[str, Any], path: Path) -> CosignerConfig
         if any(chain.id == chain_id for chain in chains):
             raise ctx.error(f"chain[{i}].id", f"chain {chain_id!r} is listed twice", "keep one [[chain]] per id")
         chains.append(CosignerChain(chain_id, state_file, state_format))
-    top.done()
     if not chains:
         raise ctx.error("chain", "no chain", 'add [[chain]] with id = "<chain-id>" and state_file = "<path>"')
     return CosignerConfig(path, addr, share_file, secret_key, tuple(allowed), tuple(chains))

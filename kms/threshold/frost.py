@@ -260,12 +260,13 @@ def commit(share: SecretShare, *, rng: Rng = os.urandom) -> tuple[Nonces, Commit
 # Shared computations (RFC 9591 §4.2-§4.6)
 
 
-def _sorted_checked(commitments: Sequence[Commitment]) -> list[Commitment]:
+def _sorted_checked(commitments: Sequence[Commitment], *, known: Commitment | None = None) -> list[Commitment]:
+    """Sorted by identifier, each point validated; ``known`` (our own, computed here) needs no validation."""
     ordered = sorted(commitments, key=lambda c: c.identifier)
     ids = [c.identifier for c in ordered]
     if len(set(ids)) != len(ids) or any(i < 1 or i >= ORDER_L for i in ids):
         raise ThresholdError("the commitment list names a participant twice or a zero identifier")
-    return [c.checked() for c in ordered]
+    return [c if c == known else c.checked() for c in ordered]
 
 
 def encode_commitment_list(commitments: Sequence[Commitment]) -> bytes:
@@ -333,13 +334,14 @@ def sign_share_and_commitment(
 
     ``group_public_key`` is trusted (it comes from the checked key package); every commitment is validated.
     """
-    ordered = _sorted_checked(commitments)
-    mine = next((c for c in ordered if c.identifier == share.identifier), None)
+    public = nonces.public or (_base_mul(nonces.hiding), _base_mul(nonces.binding))
+    own = Commitment(share.identifier, *public)
+    mine = next((c for c in commitments if c.identifier == share.identifier), None)
     if mine is None:
         raise ThresholdError(f"participant {share.identifier} is not in the commitment list")
-    public = nonces.public or (_base_mul(nonces.hiding), _base_mul(nonces.binding))
-    if (mine.hiding, mine.binding) != public:
+    if mine != own:
         raise ThresholdError(f"participant {share.identifier}'s commitment in the list is not this session's")
+    ordered = _sorted_checked(commitments, known=own)
     factors = _binding_factors(group_public_key, ordered, message)
     big_r = _group_commitment(ordered, factors)
     lam = interpolating_value([c.identifier for c in ordered], share.identifier)

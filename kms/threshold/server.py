@@ -146,7 +146,10 @@ class CosignerServer:
                 answer = handle_request(self.cosigner, request)
                 send_message(stream, answer)
                 if request.get("op") == "sign":
-                    log.info("share_answered", ok=answer["ok"], error=answer.get("error"))
+                    if answer["ok"]:
+                        log.debug("share_signed")
+                    else:  # the reason a share was refused (a double-sign attempt shows up here)
+                        log.warning("share_refused", reason=answer.get("error"), refused=answer.get("refused"))
         except (KmsError, OSError) as exc:
             log.warning("signer_connection_closed", reason=str(exc), error=type(exc).__name__)
         finally:

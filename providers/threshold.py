@@ -232,7 +232,7 @@ class ThresholdSigner:
             ready = {c: r for c in candidates if (r := c.take_ready(now - READY_TTL_S)) is not None}
             if len(ready) < t:
                 ask = [c for c in candidates if c not in ready]
-                first = self._round(ask, lambda c: {"op": "commit"}, t - len(ready), deadline)
+                first = self._round(ask, lambda c: {"op": "commit"}, t - len(ready), self._round_deadline(deadline))
                 self._mark(first, excluded, reasons)
                 for client, answer in first.ok.items():
                     parsed = self._commitment(client, answer)
@@ -257,7 +257,7 @@ class ThresholdSigner:
                     "commitments": w,
                 },
                 t,
-                deadline,
+                self._round_deadline(deadline),
             )
             for client, answer in [*second.ok.items(), *second.refused.items()]:
                 nxt = answer.get("next")
@@ -289,6 +289,10 @@ class ThresholdSigner:
             return signature
         detail = "; ".join(f"{k}: {v}" for k, v in reasons.items()) or "no cosigner answered"
         raise TransientProviderError(f"threshold signature failed ({t} of {len(self.clients)} needed): {detail}")
+
+    def _round_deadline(self, deadline: float) -> float:
+        """A round may take a third of the budget: a stalled cosigner then leaves time to retry without it."""
+        return min(deadline, self._clock() + self.timeout_s / 3)
 
     def _commitment(self, client: CosignerClient, answer: dict[str, Any]) -> tuple[str, frost.Commitment] | None:
         """(session, commitment) from an answer; its points are validated once, by aggregate(), not here."""

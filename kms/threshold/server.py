@@ -104,6 +104,8 @@ class CosignerServer:
         self.listener = socket.create_server((host, port), reuse_port=False)
         self.address = self.listener.getsockname()[:2]
         self._stopping = threading.Event()
+        self._conns: set[socket.socket] = set()
+        self._conns_lock = threading.Lock()
 
     def serve_forever(self) -> None:
         self.log.info("cosigner_listening", addr=f"{self.address[0]}:{self.address[1]}")
@@ -117,11 +119,28 @@ class CosignerServer:
             threading.Thread(target=self._serve, args=(sock, peer), daemon=True, name="cosigner-conn").start()
 
     def stop(self) -> None:
+        """Stop accepting (shutdown wakes the blocked accept) and close every open connection."""
         self._stopping.set()
         with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
             self.listener.close()
+        with self._conns_lock:
+            conns = list(self._conns)
+        for sock in conns:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def _serve(self, sock: socket.socket, peer: tuple[Any, ...]) -> None:
+        with self._conns_lock:
+            self._conns.add(sock)
+        try:
+            self._serve_connection(sock, peer)
+        finally:
+            with self._conns_lock:
+                self._conns.discard(sock)
+
+    def _serve_connection(self, sock: socket.socket, peer: tuple[Any, ...]) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         where = f"{peer[0]}:{peer[1]}"
         try:

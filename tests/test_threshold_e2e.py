@@ -7,6 +7,7 @@ host, the threat the cosigners' own guards and single-use nonces exist for.
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import signal
 import subprocess
@@ -33,7 +34,7 @@ from pykms.threshold import frost
 from pykms.threshold.config import ThresholdCosignerAddr
 from pykms.threshold.keys import load_group_file
 from tests.broken_signers import FIXTURE_CHAIN_ID, HarnessProcess, write_tmhome
-from tests.e2e import KmsProcess, accept, register_log, verify, write_home
+from tests.e2e import SECRETS, KmsProcess, accept, register_log, verify, write_home
 
 CHAIN = "test-chain"
 
@@ -75,6 +76,9 @@ def cosigners_for(tmp_path: Path, config: Path, key_file: Path, chain_id: str) -
     identity = config.parent / "secrets" / "kms-identity.key"
     cset = write_cosigner_set(tmp_path / "threshold", key_file, identity, chain_id=chain_id)
     config.write_text(use_threshold(config.read_text(), cset))
+    for cosigner_config in cset.configs:  # the session-end scan looks for the shares in every log
+        share = json.loads((cosigner_config.parent / "share.json").read_text())
+        SECRETS.append(bytes.fromhex(share["signing_share"]))
     logs = [tmp_path / f"cosigner{i + 1}.log" for i in range(3)]
     for log in logs:
         register_log(log)

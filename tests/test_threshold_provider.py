@@ -175,3 +175,38 @@ def test_fewer_than_t_cosigners_fail_with_reasons(rig_factory: Any) -> None:
         signer.sign(vote(2))
     assert rig.addrs[0].addr in str(err.value) and rig.addrs[1].addr in str(err.value)
     signer.close()
+
+
+def test_two_coordinators_at_once(rig_factory: Any) -> None:
+    """Two signer instances sharing the cosigners: identical votes both get a valid signature; conflicting ones
+    at one height/round/step cannot both be signed."""
+    rig = rig_factory([Cosigner, Cosigner, Cosigner])
+    first, second = rig.signer(), rig.signer()  # both with the rig's pinned signer identity
+    results: dict[str, list[bytes]] = {"a": [], "b": []}
+    barrier = threading.Barrier(2)
+
+    def run(name: str, signer: ThresholdSigner) -> None:
+        for height in range(1, 11):  # both asked for each vote at once, as two sentries' requests arrive
+            barrier.wait()
+            results[name].append(signer.sign(vote(height)))
+
+    threads = [threading.Thread(target=run, args=(n, s)) for n, s in (("a", first), ("b", second))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [len(signatures) for signatures in results.values()] == [10, 10]
+    for signatures in results.values():
+        for height, signature in enumerate(signatures, start=1):
+            VerifyKey(rig.public).verify(vote(height), signature)
+    votes = []
+    for n in (1, 2):
+        v = types_pb2.Vote(type=2, height=20, round=0)
+        v.block_id.hash = bytes([n]) * 32
+        v.timestamp.seconds = 1
+        votes.append(vote_sign_bytes(CHAIN, v))
+    VerifyKey(rig.public).verify(votes[0], first.sign(votes[0]))
+    with pytest.raises(TransientProviderError, match="conflicting"):
+        second.sign(votes[1])
+    first.close()
+    second.close()

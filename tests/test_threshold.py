@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from nacl.signing import SigningKey, VerifyKey
 
 from pykms.cli.main import main as pykms_main
@@ -350,3 +352,63 @@ def test_threshold_provider_config(tmp_path: Path) -> None:
         parse_config(_tmkms([{"addr": "tcp://127.0.0.1:1"}] * 3), tmp_path / "tmkms.toml")
     with pytest.raises(ConfigError, match="1 cosigners for threshold 2"):
         parse_config(_tmkms(addrs[:1]), tmp_path / "tmkms.toml")
+
+
+def test_a_failed_persist_returns_no_share_and_burns_the_nonce(group: Group) -> None:
+    from pykms.errors import PersistError
+
+    cosigner = group.cosigners[1]
+    store = cosigner._stores[CHAIN]
+    real_save = store.save
+
+    def failing_save(state: SignState) -> None:
+        raise PersistError("disk full (injected)")
+
+    store.save = failing_save  # type: ignore[method-assign]
+    s1, k1 = cosigner.commit()
+    _, k2 = group.cosigners[2].commit()
+    with pytest.raises(PersistError):
+        cosigner.sign(s1, vote(3), [k1, k2])
+    assert cosigner.status()[CHAIN].height == 0  # nothing recorded, nothing released
+    store.save = real_save  # type: ignore[method-assign]
+    with pytest.raises(ThresholdError, match="already used"):
+        cosigner.sign(s1, vote(3), [k1, k2])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    requests=st.lists(
+        st.tuples(
+            st.sampled_from([(1, 2), (1, 3), (2, 3), (1, 2, 3)]),  # which cosigners the coordinator asks
+            st.integers(1, 3),  # height
+            st.integers(0, 1),  # round
+            st.sampled_from([1, 2]),  # prevote or precommit
+            st.sampled_from([b"", b"\x0a" * 32, b"\x0b" * 32]),  # nil or one of two blocks
+            st.integers(1, 2),  # timestamp
+            st.booleans(),  # restart every cosigner before this request
+        ),
+        max_size=12,
+    )
+)
+def test_model_no_two_payloads_signed_at_one_height_round_step(
+    tmp_path_factory: pytest.TempPathFactory, requests: list[tuple[tuple[int, ...], int, int, int, bytes, int, bool]]
+) -> None:
+    """Whatever a coordinator asks, of whichever cosigners, in whatever order, across restarts: at most one
+    payload gets a signature per height/round/step (timestamp aside, which FilePV treats as the same vote)."""
+    group = Group(tmp_path_factory.mktemp("model"))
+    signed: dict[tuple[int, int, int], bytes] = {}
+    for ids, height, round_, type_, block, ts, restart in requests:
+        if restart:
+            for i in (1, 2, 3):
+                group.restart(i)
+        message = vote(height, round_, type_, block, ts)
+        try:
+            signature = group.sign(ids, message)
+        except (ConflictError, RegressionError, ThresholdError):
+            continue
+        VerifyKey(group.public).verify(message, signature)
+        key = (height, round_, type_ + 1)
+        payload = vote(height, round_, type_, block, 0)  # the vote without its timestamp
+        assert signed.setdefault(key, payload) == payload, f"two payloads signed at {key}"
+    for cosigner in group.cosigners.values():
+        cosigner.close()

@@ -255,6 +255,8 @@ class ProvidersConfig:
     yubihsm: list[YubihsmConfig] = field(default_factory=list)
     ledger: list[LedgerConfig] = field(default_factory=list)
     pkcs11: list[Pkcs11Config] = field(default_factory=list)
+    #: [pykms] FROST t-of-n cosigners (pykms.threshold.config.ThresholdConfig).
+    threshold: list[Any] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -841,7 +843,7 @@ def _metrics(ctx: _Ctx, data: object, key: str) -> MetricsConfig:
     return MetricsConfig(addr=addr)
 
 
-_PROVIDERS = ("softsign", "yubihsm", "ledgertm", "ledger", "pkcs11")
+_PROVIDERS = ("softsign", "yubihsm", "ledgertm", "ledger", "pkcs11", "threshold")
 
 
 def _providers(ctx: _Ctx, data: object) -> ProvidersConfig:
@@ -873,8 +875,16 @@ def _providers(ctx: _Ctx, data: object) -> ProvidersConfig:
             ctx.ledger_keys.append(f"providers.{section}[{i}]")
             ledger.append(_ledger(ctx, item, ctx.ledger_keys[-1]))
     pkcs11 = [_pkcs11(ctx, item, f"providers.pkcs11[{i}]") for i, item in enumerate(t.table_list("pkcs11"))]
+    threshold: list[Any] = []
+    if t.has("threshold"):
+        from pykms.threshold.config import parse_threshold_provider
+
+        threshold = [
+            parse_threshold_provider(ctx, item, f"providers.threshold[{i}]")
+            for i, item in enumerate(t.table_list("threshold"))
+        ]
     t.done()
-    return ProvidersConfig(softsign=softsign, yubihsm=yubihsm, ledger=ledger, pkcs11=pkcs11)
+    return ProvidersConfig(softsign=softsign, yubihsm=yubihsm, ledger=ledger, pkcs11=pkcs11, threshold=threshold)
 
 
 def _key_owners(providers: ProvidersConfig, ledger_keys: list[str], key_names: dict[int, str]) -> list[tuple[str, str]]:
@@ -891,6 +901,8 @@ def _key_owners(providers: ProvidersConfig, ledger_keys: list[str], key_names: d
     for i, token in enumerate(providers.pkcs11):
         for j, p11 in enumerate(token.keys):
             owners += [(c, f"providers.pkcs11[{i}].keys[{j}]") for c in p11.chain_ids]
+    for i, group in enumerate(providers.threshold):
+        owners += [(c, f"providers.threshold[{i}]") for c in group.chain_ids]
     return owners
 
 

@@ -27,7 +27,9 @@ exactly one family and the CLI maps it to an exit code in one place::
     ├── ProviderError               a signing backend failed
     │   ├── TransientProviderError  worth a retry (device busy, connector gone, session expired)
     │   └── FatalProviderError      will not get better by retrying (wrong password, absent key)
-    └── HarnessError                conformance-harness failure carrying its exit code
+    ├── HarnessError                conformance-harness failure carrying its exit code
+    └── ThresholdError              a FROST value refused: invalid element or scalar, a share that does not
+                                    verify, too few participants, a nonce already used
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ __all__ = [
     "StateError",
     "StateLocked",
     "StateMissing",
+    "ThresholdError",
     "TransientProviderError",
 ]
 
@@ -178,3 +181,7 @@ class HarnessError(KmsError):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class ThresholdError(KmsError):
+    """A FROST threshold-signing value or step was refused (never carries a share or a nonce)."""

@@ -55,4 +55,9 @@ def build_signers(config: KmsConfig) -> dict[str, Signer]:
         for token in providers.pkcs11:
             for p11key in token.keys:
                 add(list(p11key.chain_ids), Pkcs11Signer.from_config(token, p11key), "pkcs11")
+    if providers.threshold:
+        from pykms.providers.threshold import ThresholdSigner
+
+        for group in providers.threshold:
+            add(list(group.chain_ids), ThresholdSigner.from_config(group), "threshold")
     return signers

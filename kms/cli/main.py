@@ -32,6 +32,7 @@ from pykms.errors import (
     ProviderError,
     SigningRefused,
     StateError,
+    ThresholdError,
 )
 from pykms.hardening import make_undumpable
 
@@ -44,11 +45,12 @@ EXIT_CODES: dict[type[KmsError], int] = {
     ProviderError: 6,
     ProtocolError: 7,
     SigningRefused: 8,
+    ThresholdError: 8,
 }
 
 #: Command groups, each a module with ``register(subparsers)``. Optional ones (a provider whose library is not
 #: installed) are skipped with a note in ``pykms --help`` rather than breaking every command.
-_GROUPS = ("core", "softsign", "yubihsm", "ledger", "pkcs11", "guard", "audit")
+_GROUPS = ("core", "softsign", "yubihsm", "ledger", "pkcs11", "guard", "audit", "threshold", "cosigner")
 
 
 def exit_code_for(exc: KmsError) -> int:

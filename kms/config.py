@@ -71,7 +71,7 @@ _AMINO_PROTOCOL_VERSIONS = ("v0.33", "legacy")
 #: CometBFT MaxChainIDLen (types/genesis.go).
 MAX_CHAIN_ID_LEN = 50
 #: Per-request budget for the PostgreSQL guard: the node's privval read/write deadline is 5 s
-#: (signer_endpoint.go defaultTimeoutReadWriteSeconds, PROTOCOL.md §2.1), which must also cover signing and reply.
+#: (signer_endpoint.go defaultTimeoutReadWriteSeconds, docs/protocol.md §2.1), which must also cover signing and reply.
 DEFAULT_GUARD_TIMEOUT_MS = 2000
 #: tmkms AdapterConfig::Usb default (src/config/provider/yubihsm.rs usb_timeout_ms_default).
 DEFAULT_YUBIHSM_USB_TIMEOUT_MS = 1000

@@ -251,7 +251,7 @@ class RequestHandler:
     # Helpers -------------------------------------------------------------------------------------------
 
     def _extension_wanted(self, request: codec.SignVoteRequest) -> bool:
-        """FilePV's rules (PROTOCOL.md §2.7): sign an extension on every non-nil precommit, never elsewhere."""
+        """FilePV's rules (docs/protocol.md §2.7): sign an extension on every non-nil precommit, never elsewhere."""
         vote = request.vote
         if self.dialect in (Dialect.V0_34, Dialect.V0_37):
             return False

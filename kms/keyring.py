@@ -1,7 +1,7 @@
 """Chain id -> signer, and how a chain displays its consensus key.
 
 Display formats follow tmkms ``src/keyring/format.rs`` and tendermint-rs ``PublicKey::to_bech32``
-(PROTOCOL.md §3.5): bech32 of the Amino-prefixed key with the chain's consensus prefix, uppercase hex, or
+(docs/protocol.md §3.5): bech32 of the Amino-prefixed key with the chain's consensus prefix, uppercase hex, or
 Cosmos protobuf JSON; plus base64 and the validator address (SHA-256(pub)[0:20]) in hex or bech32.
 """
 
@@ -26,7 +26,7 @@ __all__ = [
     "format_public_key",
 ]
 
-#: Amino prefix of tendermint/PubKeyEd25519 (16 24 de 64) followed by the length byte 0x20 (PROTOCOL.md §3.5,
+#: Amino prefix of tendermint/PubKeyEd25519 (16 24 de 64) followed by the length byte 0x20 (docs/protocol.md §3.5,
 #: VECTORS V10: derived from SHA-256("tendermint/PubKeyEd25519")).
 AMINO_ED25519_PUBKEY_PREFIX = bytes.fromhex("1624de6420")
 #: Protobuf Any type URL tmkms's cosmos-json format uses (src/keyring/format.rs ED25519_TYPE_URL).

@@ -5,7 +5,7 @@ operators can alert on them. Context (chain id, validator address) is bound per 
 
 ``pykms start`` writes through a ``BackgroundLineWriter`` (``background=True``): a signing thread renders its line
 and queues it; one writer thread writes what has gathered every few milliseconds in one write(2). With a lock and
-a write per line (structlog's PrintLogger), 40 sentries signing at once queued on the log's lock (issue 8). Lines
+a write per line (structlog's PrintLogger), 40 sentries signing at once queued on the log's lock. Lines
 reach the output within ~2 ms and in order; on exit the queue is drained; a SIGKILL can lose the last ~2 ms of
 lines (the audit log, written before each reply, is the durable record).
 
@@ -53,7 +53,7 @@ def redact_secrets(_logger: Any, _method: str, event: MutableMapping[str, Any]) 
     """structlog processor: drop values of secret-looking fields; show bytes as short hex prefixes.
 
     Values are replaced in place (the keys do not change while iterating); the common value types skip the
-    isinstance check, which made this the costliest step of a signing line (issue 8)."""
+    isinstance check, which made this the costliest step of a signing line."""
     for key, value in event.items():
         if _secret_name(key):
             event[key] = "[redacted]"

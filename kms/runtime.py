@@ -3,7 +3,7 @@
 Why threads and not asyncio here: a validator connection is a strict request/response loop whose every step
 (read, decrypt, decide, sign, fsync, reply) is either a blocking syscall that releases the GIL or a short
 computation. Blocking sockets in a thread per connection avoid an event-loop wake-up and two executor hand-offs
-per request, which is most of the overhead left once the state costs a single flush (issue 8). The harness and
+per request, which is most of the overhead left once the state costs a single flush. The harness and
 the tests use the asyncio adapter of ``pykms.secretconn`` instead.
 
 Lifecycle of a session: dial (TCP or unix socket) -> SecretConnection handshake on TCP (pin the peer ID when
@@ -40,7 +40,7 @@ from pykms.secretconn.sync import BlockingPlainStream, set_kernel_timeouts
 
 __all__ = ["Backoff", "Runtime", "SyncStream"]
 
-#: A link that completes no message for this long is dead: the node pings every ~3.3 s (PROTOCOL.md §2.1),
+#: A link that completes no message for this long is dead: the node pings every ~3.3 s (docs/protocol.md §2.1),
 #: so 20 s is six missed pings. Also bounds how long a slow-loris peer can hold a connection.
 IDLE_TIMEOUT_S = 20.0
 #: The node's accept and handshake deadlines are 3 s and 5 s; a dial that takes longer will fail anyway.
@@ -50,7 +50,7 @@ HANDSHAKE_TIMEOUT_S = 5.0
 #: reply after a few seconds anyway, and a peer that does not read must not keep the session thread (or, with
 #: it, anything shared) for longer. Over it, the connection is closed.
 REPLY_WRITE_TIMEOUT_S = 2.0
-#: Largest request accepted: v0.38+ votes may carry vote extensions up to 1 MiB (PROTOCOL.md §2.2).
+#: Largest request accepted: v0.38+ votes may carry vote extensions up to 1 MiB (docs/protocol.md §2.2).
 MAX_REQUEST_BYTES = 1024 * 1024 + 64 * 1024
 
 
@@ -313,7 +313,7 @@ class Runtime:
 
         metrics = self.metrics = Metrics()
         for chain in self.chains.values():
-            # counts requests; times provider, state saves and audit writes (issue 9)
+            # counts requests; times provider, state saves and audit writes
             metrics.attach_chain(chain, self.audit_logs.get(chain.chain_id))
 
         def on_event(event: str, session: _Session) -> None:
@@ -340,7 +340,7 @@ class Runtime:
             sessions = [s for s in self.sessions if s.cfg.chain_id == chain_cfg.id]
             if not any(s.connected.is_set() for s in sessions):
                 problems.append("no live validator connection")
-            if chain is not None:  # last save failure, state directory, audit log (issue 9)
+            if chain is not None:  # last save failure, state directory, audit log
                 from pykms.metrics import storage_problems
 
                 problems.extend(storage_problems(chain, self.audit_logs.get(chain_cfg.id)))
@@ -418,7 +418,7 @@ class Runtime:
         previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         # Everything built so far (modules, config, keys, protobuf classes) lives as long as the process: move it
         # out of the collector's sight, so the occasional full collection scans only what signing allocates
-        # (a full scan of the start-up heap is a latency spike of ~6 ms; issue 8). No gc.collect() first: it
+        # (a full scan of the start-up heap is a latency spike of ~6 ms in the benchmark). No gc.collect() first: it
         # would delay the first signature by ~20 ms to free a few start-up cycles.
         gc.freeze()
         try:

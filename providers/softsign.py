@@ -1,7 +1,7 @@
 """Software-held Ed25519 consensus keys, file-compatible with tmkms's softsign provider.
 
 Formats read (tmkms v0.15 ``src/key_utils.rs``, ``src/keyring/ed25519/signing_key.rs``,
-``src/keyring/providers/softsign.rs``; PROTOCOL.md §3.4):
+``src/keyring/providers/softsign.rs``; docs/protocol.md §3.4):
 
 * ``base64`` (tmkms's default): standard padded base64 of the key bytes, trailing whitespace trimmed, where the
   bytes are a 32-byte seed (what ``tmkms softsign keygen`` writes), a 64-byte expanded key (clamped scalar ‖

@@ -286,7 +286,7 @@ def wait_until(predicate: Any, timeout: float = 10.0) -> bool:
 # A TMHOME and a harness process for the tests ---------------------------------------------------------------
 
 # cometbft tools/tm-signer-harness/internal/test_harness_test.go (commit 13c1ef3d42^): keyFileContents,
-# stateFileContents and the chain id of genesisFileContents (VECTORS.md V11 row 1).
+# stateFileContents and the chain id of genesisFileContents (tests/vectors/README.md V11 row 1).
 FIXTURE_KEY_JSON = """{
 	"address": "D08FCA3BA74CF17CBFC15E64F9505302BB0E2748",
 	"pub_key": {

@@ -1,4 +1,4 @@
-"""Session-wide secrets scan (issue 7, item 5): no key material in any log line or error text the suite produced.
+"""Session-wide secrets scan: no key material in any log line or error text the suite produced.
 
 Collected while the suite runs: every captured stdout/stderr/log section and failure text of every test report.
 Collected at the end: every pykms log a ``tests.e2e.KmsProcess`` wrote (``tests.e2e.LOGS``), and every *.log /

@@ -14,7 +14,7 @@ import pytest
 
 from pykms.cli.main import main
 
-# VECTORS.md V11 row 1: cometbft tools/tm-signer-harness/internal/test_harness_test.go (keyFileContents).
+# tests/vectors/README.md V11 row 1: cometbft tools/tm-signer-harness/internal/test_harness_test.go (keyFileContents).
 HARNESS_KEY = {
     "address": "D08FCA3BA74CF17CBFC15E64F9505302BB0E2748",
     "pub_key": {"type": "tendermint/PubKeyEd25519", "value": "ZCsuTjaczEyon70nmKxwvwu+jqrbq5OH3yQjcK0SFxc="},
@@ -56,7 +56,7 @@ def test_softsign_import_keys_show_and_state(tmp_path: Path, capsys: pytest.Capt
     key = home / "secrets" / "test-chain-1-consensus.key"
     assert main(["softsign", "import", str(pvk), str(key)]) == 0
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
-    # tmkms's softsign format: base64 of the 32-byte seed (VECTORS.md V11)
+    # tmkms's softsign format: base64 of the 32-byte seed (tests/vectors/README.md V11)
     assert key.read_text().strip() == "8O39AkQsoe1sBQwud/Kdul8lg8K9SFsql9aZvwXQSt0="
     capsys.readouterr()
     assert main(["keys", "show", "-c", config]) == 0

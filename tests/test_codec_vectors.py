@@ -1,4 +1,4 @@
-"""privval codec against upstream message encodings (VECTORS.md V5, V7/V8 deserialization, V10), every dialect."""
+"""privval codec against upstream message encodings (test vector V5, V7/V8 deserialization, V10), every dialect."""
 
 from __future__ import annotations
 
@@ -276,7 +276,7 @@ def test_sign_bytes_cannot_be_encoded_before_v1(dialect: Dialect) -> None:
 
 
 def test_error_with_code_zero_and_empty_text_is_still_present() -> None:
-    # The node treats the presence of the error field as failure, whatever it holds (PROTOCOL.md §2.8).
+    # The node treats the presence of the error field as failure, whatever it holds (docs/protocol.md §2.8).
     body = codec.encode_error(Dialect.V1_0, codec.PubKeyRequest("c"), 0, "")
     assert body.hex() == "12021200"
     resp = codec.decode_response(Dialect.V1_0, body)
@@ -302,7 +302,7 @@ def test_secp256k1_pubkey_and_unsendable_key_types() -> None:
 
 def test_vote_from_the_wire_without_timestamp_stays_without() -> None:
     # Go would re-encode an absent timestamp as its zero time; we echo the request as it came (no field), and
-    # the sign bytes use Go's zero time either way (PROTOCOL.md §0 rule 5).
+    # the sign bytes use Go's zero time either way (docs/protocol.md §0 rule 5).
     vote = types_pb2.Vote(type=1, height=1)  # type: ignore[arg-type]
     body = codec.encode_request(Dialect.V0_38, codec.SignVoteRequest(vote, "c"))
     got = codec.decode_request(Dialect.V0_38, body)

@@ -1,4 +1,4 @@
-"""decide(): FilePV's rules (cometbft privval/file.go, PROTOCOL.md §4) and tmkms's cross-step rule
+"""decide(): FilePV's rules (cometbft privval/file.go, docs/protocol.md §4) and tmkms's cross-step rule
 (tmkms src/chain/state.rs and its tests), on real canonical sign bytes."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Hostile validators (issue 7): pykms stays up with bounded memory and the other chain keeps signing.
+"""Hostile validators: pykms stays up with bounded memory and the other chain keeps signing.
 
 One pykms serves two chains; the "victim" chain's validator connection misbehaves in every way below while the
 "good" chain signs (and is verified) after each attack. Peak RSS of the pykms process is reported.

@@ -1,4 +1,4 @@
-"""Keyring and key display formats against VECTORS.md V10/V11/D2 and BIP-173's own test vectors."""
+"""Keyring and key display formats against tests/vectors/README.md V10/V11/D2 and BIP-173's own test vectors."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ COSMOS = KeyFormat("bech32", "cosmospub", "cosmosvalconspub")
 #: V10: tendermint-rs tendermint/src/public_key.rs test_consensus_serialization (cosmos-sdk MustBech32ifyPubKey).
 V10_PUB = bytes.fromhex("4A25C6640A1F72B9C975338294EF51B6D1C33158BB6ECBA69FBC3FB5A33C9DCE")
 V10_BECH32 = "cosmosvalconspub1zcjduepqfgjuveq2raetnjt4xwpffm63kmguxv2chdhvhf5lhslmtgeunh8qmf7exk"
-#: D2 (derived, VECTORS.md): bech32 consensus address of the V10 key.
+#: D2 (derived, tests/vectors/README.md): bech32 consensus address of the V10 key.
 D2_VALCONS = "cosmosvalcons1uvr5swsgcw25ga9zvq8najxun9sn4c2zr5g5yu"
 
 

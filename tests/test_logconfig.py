@@ -1,4 +1,4 @@
-"""The daemon's log output (issue 8): lines are queued by the signing threads and written in batches by one writer
+"""The daemon's log output: lines are queued by the signing threads and written in batches by one writer
 thread, in order, with nothing lost on drain, and redaction still applied before a line is queued."""
 
 from __future__ import annotations

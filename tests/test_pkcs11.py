@@ -41,13 +41,13 @@ from pykms.providers.pkcs11 import (
 from pykms.providers.signer import Signer
 from tests.softhsm import SoftHsm, finalize_module, fresh_token
 
-# VECTORS.md V11, cometbft tools/tm-signer-harness/internal/test_harness_test.go (keyFileContents).
+# tests/vectors/README.md V11, cometbft tools/tm-signer-harness/internal/test_harness_test.go (keyFileContents).
 HARNESS_SEED = bytes.fromhex("f0edfd02442ca1ed6c050c2e77f29dba5f2583c2bd485b2a97d699bf05d04add")
 HARNESS_PUB_B64 = "ZCsuTjaczEyon70nmKxwvwu+jqrbq5OH3yQjcK0SFxc="
 HARNESS_PRIV_B64 = "8O39AkQsoe1sBQwud/Kdul8lg8K9SFsql9aZvwXQSt1kKy5ONpzMTKifvSeYrHC/C76Oqturk4ffJCNwrRIXFw=="
 HARNESS_SOFTSIGN = "8O39AkQsoe1sBQwud/Kdul8lg8K9SFsql9aZvwXQSt0="
 
-# VECTORS.md D2: cometbft privval/msgs_test.go GenPrivKeyFromSecret("it's a secret") (seed = SHA-256 of it).
+# test vector D2: cometbft privval/msgs_test.go GenPrivKeyFromSecret("it's a secret") (seed = SHA-256 of it).
 SECRET_SEED = hashlib.sha256(b"it's a secret").digest()
 D2 = [
     (

@@ -1,6 +1,6 @@
 """End to end with a SoftHSM2 key: the signer harness (full suite) against a real ``pykms start`` subprocess.
 
-The tm-signer-harness fixture key (VECTORS.md V11, cometbft tools/tm-signer-harness/internal/test_harness_test.go)
+The tm-signer-harness fixture key (test vector V11, cometbft tools/tm-signer-harness/internal/test_harness_test.go)
 is imported into a fresh SoftHSM2 token with ``pykms pkcs11 keys import``; the harness then checks the public key,
 proposals, votes, extensions and double-sign refusals over a real SecretConnection.
 """
@@ -22,7 +22,7 @@ from tests.softhsm import SoftHsm, fresh_token
 
 pytest.importorskip("pykms.secretconn.identity", reason="SecretConnection identity keys not available yet")
 
-# VECTORS.md V11 (harness key) and its fixture chain id.
+# tests/vectors/README.md V11 (harness key) and its fixture chain id.
 HARNESS_PUB_B64 = "ZCsuTjaczEyon70nmKxwvwu+jqrbq5OH3yQjcK0SFxc="
 HARNESS_PRIV_B64 = "8O39AkQsoe1sBQwud/Kdul8lg8K9SFsql9aZvwXQSt1kKy5ONpzMTKifvSeYrHC/C76Oqturk4ffJCNwrRIXFw=="
 CHAIN = "test-chain-0XwP5E"

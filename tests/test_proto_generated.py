@@ -1,4 +1,4 @@
-"""The generated protobuf modules: current, importable under pykms.proto, and numbered as PROTOCOL.md §2 says."""
+"""The generated protobuf modules: current, importable under pykms.proto, and numbered as docs/protocol.md §2 says."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def test_modules_live_under_pykms_proto() -> None:
         assert cls.__module__.startswith("pykms.proto."), cls.__module__
 
 
-# PROTOCOL.md §2.5 (cometbft proto/tendermint/types/types.proto v0.38.25, proto/cometbft/types/v1/types.proto v1.0.1)
+# docs/protocol.md §2.5 (proto/tendermint/types/types.proto v0.38.25, proto/cometbft/types/v1/types.proto v1.0.1)
 VOTE = {
     "type": (1, T.TYPE_ENUM), "height": (2, T.TYPE_INT64), "round": (3, T.TYPE_INT32),
     "block_id": (4, T.TYPE_MESSAGE), "timestamp": (5, T.TYPE_MESSAGE), "validator_address": (6, T.TYPE_BYTES),
@@ -51,7 +51,7 @@ PROPOSAL = {
     "pol_round": (4, T.TYPE_INT32), "block_id": (5, T.TYPE_MESSAGE), "timestamp": (6, T.TYPE_MESSAGE),
     "signature": (7, T.TYPE_BYTES),
 }  # fmt: skip
-# PROTOCOL.md §2.6 (canonical.proto)
+# docs/protocol.md §2.6 (canonical.proto)
 CANONICAL_VOTE = {
     "type": (1, T.TYPE_ENUM), "height": (2, T.TYPE_SFIXED64), "round": (3, T.TYPE_SFIXED64),
     "block_id": (4, T.TYPE_MESSAGE), "timestamp": (5, T.TYPE_MESSAGE), "chain_id": (6, T.TYPE_STRING),
@@ -83,7 +83,7 @@ def test_consensus_types(types: object, canonical: object) -> None:
 
 
 def test_privval_message_cases() -> None:
-    # PROTOCOL.md §2.3
+    # docs/protocol.md §2.3
     old = {f.number: f.name for f in privval.Message.DESCRIPTOR.fields}
     new = {f.number: f.name for f in v1_privval.Message.DESCRIPTOR.fields}
     assert old == {
@@ -95,7 +95,7 @@ def test_privval_message_cases() -> None:
 
 
 def test_privval_bodies() -> None:
-    # PROTOCOL.md §2.4
+    # docs/protocol.md §2.4
     assert fields(privval.PubKeyResponse.DESCRIPTOR) == {"pub_key": (1, T.TYPE_MESSAGE), "error": (2, T.TYPE_MESSAGE)}
     assert fields(v1_privval.PubKeyResponse.DESCRIPTOR) == {
         "error": (2, T.TYPE_MESSAGE), "pub_key_bytes": (3, T.TYPE_BYTES), "pub_key_type": (4, T.TYPE_STRING),
@@ -120,14 +120,14 @@ def test_privval_bodies() -> None:
 
 
 def test_keys_and_auth_sig_message() -> None:
-    # PROTOCOL.md §1.2: AuthSigMessage{1 pub_key PublicKey, 2 sig}; PublicKey oneof ed25519=1, secp256k1=2 (+bls=3).
+    # docs/protocol.md §1.2: AuthSigMessage{1 pub_key PublicKey, 2 sig}; PublicKey oneof ed25519=1, secp256k1=2, bls=3.
     assert fields(keys_pb2.PublicKey.DESCRIPTOR) == {"ed25519": (1, T.TYPE_BYTES), "secp256k1": (2, T.TYPE_BYTES)}
     assert fields(v1_keys.PublicKey.DESCRIPTOR) == {
         "ed25519": (1, T.TYPE_BYTES), "secp256k1": (2, T.TYPE_BYTES), "bls12381": (3, T.TYPE_BYTES),
     }  # fmt: skip
     for mod in (conn_pb2, v1_conn):
         assert fields(mod.AuthSigMessage.DESCRIPTOR) == {"pub_key": (1, T.TYPE_MESSAGE), "sig": (2, T.TYPE_BYTES)}
-    # VECTORS.md D1 (derived, not upstream): side A's 103-byte AuthSigMessage plaintext, length prefix included.
+    # test vector D1 (derived, not upstream): side A's 103-byte AuthSigMessage plaintext, length prefix included.
     d1 = bytes.fromhex(
         "660a220a20642b2e4e369ccc4ca89fbd2798ac70bf0bbe8eaadbab9387df242370ad121717124041840cc4724d9fcc03ff91f947add7"
         "09f88ed7a8f965d6d702a2a715965dcd4d2198a380a925b7c17b4fa0bfb35c5f8ed51254fa42711d3e7a869c86f9d4f00f"

@@ -1,9 +1,9 @@
-"""Reliability figures (issue 7): SIGKILL at random moments under load from two sentries, and N sentries x M chains
+"""Reliability figures: SIGKILL at random moments under load from two sentries, and N sentries x M chains
 sending conflicting requests at once. Bounded for CI; ``scripts/soak`` runs the long forms (env variables below).
 
 Both tests collect every signature the simulated sentries received, verify each with the public key over the sign
 bytes of the request, and count a double sign whenever one height/round/step got signatures over two different
-payloads (PROTOCOL.md §4: the only legitimate second signature at one HRS is the stored one, or the same vote with
+payloads (docs/protocol.md §4: the only legitimate second signature at one HRS is the stored one, or the same vote with
 the stored timestamp, which FilePV returns; both name the same block).
 """
 

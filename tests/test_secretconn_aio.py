@@ -263,7 +263,7 @@ def test_low_order_ephemeral_key(key: bytes) -> None:
 
 def test_all_zero_dh_from_a_key_outside_the_list() -> None:
     # 00..00 with the top bit set: X25519 ignores bit 255, so this is the zero point in another spelling, absent
-    # from tendermint-rs's list; the all-zero DH check (PROTOCOL.md §1.2 step 6) is what refuses it.
+    # from tendermint-rs's list; the all-zero DH check (docs/protocol.md §1.2 step 6) is what refuses it.
     exc = _refused(_sends(b"\x22\x0a\x20" + bytes(31) + b"\x80"))
     assert isinstance(exc, HandshakeError) and "all zero" in str(exc)
 
@@ -497,7 +497,7 @@ def test_edge_maps_foreign_errors(foreign: BaseException, expected: type[Protoco
 
 
 def test_d1_over_asyncio_sockets() -> None:
-    """VECTORS.md D1 inputs through the asyncio adapter: both sides agree on the challenge-derived keys."""
+    """tests/vectors/README.md D1 inputs through the asyncio adapter: both sides agree on the challenge-derived keys."""
     seed_a = bytes.fromhex("f0edfd02442ca1ed6c050c2e77f29dba5f2583c2bd485b2a97d699bf05d04add")
     seed_b = bytes.fromhex("11592a24efe3217a77ae40125df87d627c93a185d15e106bea0f5c415c4f1674")
     eph_a, eph_b = hashlib.sha256(b"ephemeral A").digest(), hashlib.sha256(b"ephemeral B").digest()

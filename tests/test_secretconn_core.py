@@ -1,4 +1,4 @@
-"""SecretConnection over blocking sockets: upstream vectors (VECTORS.md V1-V3, D1) and bad input."""
+"""SecretConnection over blocking sockets: upstream vectors (tests/vectors/README.md V1-V3, D1) and bad input."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from pykms.secretconn.sync import BlockingSecretStream, secret_connection_sync
 
 GOLDEN = Path(__file__).resolve().parent / "vectors" / "secretconn_hkdf_golden.txt"
 
-# VECTORS.md D1 (derived, consistent with every upstream vector): harness fixture key (V11 row 1) and the
+# tests/vectors/README.md D1 (derived, consistent with every upstream vector): harness fixture key (V11 row 1) and the
 # cometbft internal/test key (V11 row 2); ephemeral secrets SHA-256("ephemeral A") and SHA-256("ephemeral B").
 SEED_A = bytes.fromhex("f0edfd02442ca1ed6c050c2e77f29dba5f2583c2bd485b2a97d699bf05d04add")
 SEED_B = bytes.fromhex("11592a24efe3217a77ae40125df87d627c93a185d15e106bea0f5c415c4f1674")
@@ -50,7 +50,7 @@ D1 = {
 
 
 def _golden_lines() -> list[str]:
-    """VECTORS.md V1: cometbft p2p/conn/testdata/TestDeriveSecretsAndChallengeGolden.golden (32 lines)."""
+    """tests/vectors/README.md V1: cometbft p2p/conn/testdata/TestDeriveSecretsAndChallengeGolden.golden (32 lines)."""
     return [ln for ln in GOLDEN.read_text().splitlines() if ln and not ln.startswith("#")]
 
 

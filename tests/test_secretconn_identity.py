@@ -12,7 +12,7 @@ from nacl.signing import SigningKey
 from pykms.errors import KeyFileError
 from pykms.secretconn import generate_identity, load_identity, node_id
 
-# VECTORS.md V11: tmkms softsign form of the cometbft harness fixture key (tools/tm-signer-harness
+# tests/vectors/README.md V11: tmkms softsign form of the cometbft harness fixture key (tools/tm-signer-harness
 # internal/test_harness_test.go, commit 13c1ef3d42^): seed base64 and its public key / address.
 HARNESS_SEED_B64 = "8O39AkQsoe1sBQwud/Kdul8lg8K9SFsql9aZvwXQSt0="
 HARNESS_PUB_B64 = "ZCsuTjaczEyon70nmKxwvwu+jqrbq5OH3yQjcK0SFxc="

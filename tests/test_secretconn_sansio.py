@@ -145,7 +145,7 @@ def test_blocking_stream_write_failure_poisons() -> None:
 
 
 def test_plain_stream_with_kernel_timeouts() -> None:
-    """The runtime's sockets (issue 8): blocking, with SO_RCVTIMEO in place of CPython's poll-before-every-call
+    """The runtime's sockets: blocking, with SO_RCVTIMEO in place of CPython's poll-before-every-call
     timeout; an expired wait is still a TimeoutError (the session's "link is considered dead"), and loses nothing."""
     a, b = socket.socketpair()
     with a, b:

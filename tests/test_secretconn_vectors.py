@@ -1,4 +1,4 @@
-"""SecretConnection pure pieces against upstream vectors (VECTORS.md V1 column 5, V2-V4) and the peer-ID check."""
+"""SecretConnection pure pieces against upstream vectors (test vector V1 column 5, V2-V4) and the peer-ID check."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def test_v4_merlin_complex_transcript() -> None:
 
 
 def test_v4_strobe_conformance_pair() -> None:
-    # STROBE-128 conformance values quoted in VECTORS.md V4 (merlin-transcripts' test_merlin.py and an
+    # STROBE-128 conformance values quoted in tests/vectors/README.md V4 (merlin-transcripts' test_merlin.py and an
     # independent Java STROBE test): checks the STROBE layer under Merlin directly.
     s = Strobe128.new(b"Conformance Test Protocol")
     s.meta_ad(b"ms", False)

@@ -1,4 +1,4 @@
-"""Secrets (issue 7, item 5): key, identity and state files are created 0600; a group/world-readable key is refused
+"""Secrets: key, identity and state files are created 0600; a group/world-readable key is refused
 with a message that names the fix and no key material; and the scanner that tests/conftest.py runs over every log
 and error text of the session finds key material in every form a leak would take (so its "0 hits" means something).
 """

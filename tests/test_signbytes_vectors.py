@@ -1,4 +1,4 @@
-"""Canonical sign bytes against upstream vectors (VECTORS.md V6-V9) and the derived D2 signatures."""
+"""Canonical sign bytes against upstream vectors (tests/vectors/README.md V6-V9) and the derived D2 signatures."""
 
 from __future__ import annotations
 
@@ -165,7 +165,7 @@ def test_v9_tmkms_vote() -> None:
     )
 
 
-# D2 (derived in VECTORS.md, not upstream): V5 inputs from cometbft privval/msgs_test.go signed with
+# D2 (derived in tests/vectors/README.md, not upstream): V5 inputs from cometbft privval/msgs_test.go signed with
 # ed25519.GenPrivKeyFromSecret("it's a secret"), chain_id test_chain_id.
 SECRET_KEY = SigningKey(h(b"it's a secret"))
 V5_BID = block_id(h(b"blockID_hash"), 1000000, h(b"blockID_part_set_header_hash"))

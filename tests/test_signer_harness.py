@@ -58,7 +58,7 @@ def test_basic_run_passes_and_sends_tm_signer_harness_requests(tmhome: Path) -> 
     code, out, signer = run_harness_against(_run_args(tmhome), _signer(chain_id=FIXTURE_CHAIN_ID))
     assert code == EXIT["ok"], out
     assert out.count("[pass]") == 4 and "[FAIL]" not in out
-    # The requests are tm-signer-harness's (VECTORS.md V12): pubkey, proposal 100, prevote 101, precommit 101,
+    # The requests are tm-signer-harness's (test vector V12): pubkey, proposal 100, prevote 101, precommit 101,
     # each signature followed by a pubkey request (test_harness.go asks again before verifying).
     names = [type(r).__name__ for r in signer.requests]
     assert names == ["PubKeyRequest", "SignProposalRequest", "PubKeyRequest", "SignVoteRequest", "PubKeyRequest",
@@ -343,7 +343,7 @@ def test_in_process_full_suite_honest(dialect: Dialect) -> None:
 
 def test_in_process_tmkms_style_signer_passes() -> None:
     # tmkms signs a new timestamp for the same block, and refuses regressions and wrong chain ids by closing the
-    # link and dialling again (PROTOCOL.md §2.8): both are safe, and the harness accepts them.
+    # link and dialling again (docs/protocol.md §2.8): both are safe, and the harness accepts them.
     code, out, signer = _in_process(
         Dialect.V0_38, chain_id=FIXTURE_CHAIN_ID, resign_new_timestamp=True, drop_on_refusal=True
     )

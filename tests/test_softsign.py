@@ -24,7 +24,7 @@ from pykms.providers.softsign import (
     load_signing_key,
 )
 
-# VECTORS.md V11: (source, seed hex, pub base64, address, priv_key.value or None, tmkms base64 seed or None)
+# test vector V11: (source, seed hex, pub base64, address, priv_key.value or None, tmkms base64 seed or None)
 V11 = [
     pytest.param(
         "f0edfd02442ca1ed6c050c2e77f29dba5f2583c2bd485b2a97d699bf05d04add",
@@ -52,7 +52,7 @@ V11 = [
     ),
 ]
 
-#: VECTORS.md D2 (derived): sign bytes and signatures with the "it's a secret" key.
+#: tests/vectors/README.md D2 (derived): sign bytes and signatures with the "it's a secret" key.
 D2_KEY_SEED = hashlib.sha256(b"it's a secret").digest()
 D2 = [
     (
@@ -77,7 +77,7 @@ def secret(path: Path, data: bytes | str, mode: int = 0o600) -> Path:
 
 
 def pv_key_json(seed: bytes) -> dict[str, object]:
-    """A priv_validator_key.json as CometBFT writes it (PROTOCOL.md §3.1)."""
+    """A priv_validator_key.json as CometBFT writes it (docs/protocol.md §3.1)."""
     pub = bytes(SigningKey(seed).verify_key)
     return {
         "address": consensus_address(pub).hex().upper(),

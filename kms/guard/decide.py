@@ -24,7 +24,7 @@ H = h, R = r, S < s   RegressionError "step regression at height H round R. Got 
 H = h, R = r, S = s   FilePV's same-HRS path: no stored sign bytes -> ConflictError "no SignBytes found";
                       identical bytes -> reuse; bytes equal once both timestamps are ignored -> reuse with the
                       stored timestamp; else ConflictError "conflicting data". (privval/file.go ``signVote``,
-                      ``checkVotesOnlyDifferByTimestamp``; PROTOCOL.md §4.)
+                      ``checkVotesOnlyDifferByTimestamp``; docs/protocol.md §4.)
 H = h, R = r, S > s   tmkms's cross-step rule, then SignFresh (below).
 ====================  ============================================================================================
 

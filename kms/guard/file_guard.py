@@ -26,7 +26,7 @@ class FileGuard:
         self.chain_id = chain_id
         self.store = store
         self.state = store.load()
-        #: Observability hook (issue 9): called with the seconds each durable save took, for the metrics'
+        #: Observability hook: called with the seconds each durable save took, for the metrics'
         #: pykms_state_persist_seconds; None (the default) costs nothing.
         self.on_persist: Callable[[float], None] | None = None
 

@@ -4,7 +4,7 @@
 signature, sign bytes), so a state can move between pykms and a node without loss. This module holds only pure
 conversions (bytes in, ``SignState`` out and back); files, locks and fsync live in ``pykms.guard.store``.
 
-Formats (PROTOCOL.md §3.2, §3.4):
+Formats (docs/protocol.md §3.2, §3.4):
 
 - ``cometbft``: ``{"height": "N", "round": N, "step": N, "signature": base64, "signbytes": HEX}``; height is a
   JSON string (Amino JSON int64), round and step are numbers, ``signature`` and ``signbytes`` are omitted when

@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 A node and its signer exchange ``uvarint(len(body)) || body`` on the stream, where ``body`` is a privval
-``Message`` (a protobuf oneof, PROTOCOL.md §2.2-§2.4). This module is sans-IO: :class:`MessageReader` turns
+``Message`` (a protobuf oneof, docs/protocol.md §2.2-§2.4). This module is sans-IO: :class:`MessageReader` turns
 stream bytes into bodies, :func:`delimit` does the reverse, and the ``decode_*`` / ``encode_*`` functions turn
 bodies into frozen dataclasses and back. Nothing here reads a socket, a clock or a key.
 
@@ -76,7 +76,7 @@ __all__ = [
 ]
 
 #: Cap on a request body the signer reads. CometBFT v0.38+ lets a precommit carry a vote extension of up to
-#: 1 MiB (PROTOCOL.md §2.2; types.MaxVoteExtensionSize = 1024 * 1024 in cometbft types/vote.go); the rest of a
+#: 1 MiB (docs/protocol.md §2.2; types.MaxVoteExtensionSize = 1024 * 1024 in cometbft types/vote.go); the rest of a
 #: SignVoteRequest (vote fields, chain id, tags) is a few hundred bytes, so 64 KiB of margin is ample while still
 #: bounding what a hostile peer can make us buffer.
 MAX_REQUEST_BYTES: Final = 1024 * 1024 + 64 * 1024
@@ -207,7 +207,7 @@ _AnyMessage = tm_privval.Message | v1_privval.Message
 _KEY_TYPE_OF_CASE: Final = {"ed25519": "ed25519", "secp256k1": "secp256k1"}
 _CASE_OF_KEY_TYPE: Final = {v: k for k, v in _KEY_TYPE_OF_CASE.items()}
 
-# Message oneof field numbers (PROTOCOL.md §2.3), for error texts about cases a dialect lacks.
+# Message oneof field numbers (docs/protocol.md §2.3), for error texts about cases a dialect lacks.
 _CASE_NAMES: Final = {
     1: "PubKeyRequest",
     2: "PubKeyResponse",
@@ -498,7 +498,7 @@ def encode_signed_vote(dialect: Dialect, vote: types_pb2.Vote, *, echo_extension
     """SignedVoteResponse echoing ``vote`` (with its signature and extension signature set), no error.
 
     ``echo_extension=False`` leaves the extension bytes (field 9) out of the echo. The node copies only the
-    signature, timestamp and extension signature from the returned vote (PROTOCOL.md §2.8) but reads responses
+    signature, timestamp and extension signature from the returned vote (docs/protocol.md §2.8) but reads responses
     capped at MAX_RESPONSE_BYTES, so echoing an extension of more than ~10 KB makes the node drop the response.
     """
     msg = _new_message(dialect)

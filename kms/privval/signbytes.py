@@ -1,7 +1,7 @@
 """Canonical sign bytes: exactly the bytes CometBFT's FilePV signs for a vote, a proposal and a vote extension.
 
 Sign bytes are ``uvarint(len(m)) || m`` where ``m`` is the CanonicalVote / CanonicalProposal /
-CanonicalVoteExtension (cometbft ``types/{vote,proposal,canonical}.go``, PROTOCOL.md §0 and §2.6). The canonical
+CanonicalVoteExtension (cometbft ``types/{vote,proposal,canonical}.go``, docs/protocol.md §0 and §2.6). The canonical
 messages are built with the generated protobuf classes; what gogoproto does differently from plain proto3 is done
 here by hand:
 
@@ -48,7 +48,7 @@ __all__ = [
     "with_timestamp",
 ]
 
-#: Go's zero time.Time as (seconds, nanos): what an absent non-nullable timestamp becomes (PROTOCOL.md §0 rule 5).
+#: Go's zero time.Time as (seconds, nanos): what an absent non-nullable timestamp becomes (docs/protocol.md §0 rule 5).
 GO_ZERO_TIME = (-62135596800, 0)
 
 # Range Go accepts when it turns a protobuf Timestamp into a time.Time (gogoproto types/timestamp.go

@@ -1,6 +1,6 @@
 """Protobuf base-128 unsigned varints, as length prefixes (``libs/protoio`` delimited framing).
 
-Kept apart from the codec because the canonical sign bytes are delimited the same way (PROTOCOL.md §2.2, §2.6).
+Kept apart from the codec because the canonical sign bytes are delimited the same way (docs/protocol.md §2.2, §2.6).
 """
 
 from __future__ import annotations

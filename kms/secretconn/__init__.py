@@ -1,4 +1,4 @@
-"""SecretConnection (PROTOCOL.md §1): the encrypted, authenticated transport between pykms and a validator.
+"""SecretConnection (docs/protocol.md §1): the encrypted, authenticated transport between pykms and a validator.
 
 Layers: ``core`` holds the sans-IO handshake and frame codec (bytes in, bytes out, no sockets, no clock);
 ``aio`` drives them over asyncio streams and ``sync`` over blocking sockets; ``identity`` loads the signer's

@@ -119,7 +119,7 @@ class SecretStream:
 
 
 class PlainStream:
-    """The same interface without encryption: privval over unix sockets is plaintext (PROTOCOL.md §2.1)."""
+    """The same interface without encryption: privval over unix sockets is plaintext (docs/protocol.md §2.1)."""
 
     remote_pubkey: bytes | None = None
     remote_id: str | None = None

@@ -1,6 +1,6 @@
 """SecretConnection, sans-IO: the handshake and the frame layer as pure state machines (bytes in, bytes out).
 
-Theory of operation (PROTOCOL.md §1, cometbft p2p/conn/secret_connection.go): both sides send a 35-byte
+Theory of operation (docs/protocol.md §1, cometbft p2p/conn/secret_connection.go): both sides send a 35-byte
 ephemeral X25519 key, sort the two keys into ``lo``/``hi``, compute the DH secret (refusing low-order keys and
 an all-zero result), feed ``lo``, ``hi`` and the secret into a Merlin transcript whose 32-byte challenge each side
 signs with its long-term Ed25519 identity, and split HKDF-SHA256(dh) into one ChaCha20-Poly1305 key per direction.
@@ -10,7 +10,7 @@ not messages. Any failure poisons the object: every later call raises.
 
 Nothing here touches a socket or a clock: the adapters (``pykms.secretconn.sync`` for blocking sockets,
 ``pykms.secretconn.aio`` for asyncio) move the bytes and enforce the timeouts. The ephemeral secret is injectable
-so tests reproduce VECTORS.md D1 byte for byte. The protocol is symmetric: the same object serves both roles.
+so tests reproduce test vector D1 byte for byte. The protocol is symmetric: the same object serves both roles.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ EPH_MESSAGE_SIZE = 35
 #: 103. We allow room for other key types only so that we can name them in the error.
 MAX_AUTH_SIG_BYTES = 1024
 _P = 2**255 - 19
-#: Low-order X25519 u-coordinates refused before DH (tendermint-rs secret_connection.rs; PROTOCOL.md §1.2 step 4).
+#: Low-order X25519 u-coordinates refused before DH (tendermint-rs secret_connection.rs; docs/protocol.md §1.2 step 4).
 LOW_ORDER_POINTS = frozenset(
     {
         bytes(32),
@@ -87,7 +87,7 @@ def node_id(pub: bytes) -> str:
 
 
 def derive_keys(dh: bytes, loc_is_least: bool) -> tuple[bytes, bytes]:
-    """(receive key, send key) from the DH secret (VECTORS.md V1: okm[0:32] carries hi -> lo traffic)."""
+    """(receive key, send key) from the DH secret (tests/vectors/README.md V1: okm[0:32] carries hi -> lo traffic)."""
     okm = HKDF(algorithm=hashes.SHA256(), length=96, salt=None, info=HKDF_INFO).derive(dh)
     if loc_is_least:
         return okm[0:32], okm[32:64]
@@ -95,7 +95,7 @@ def derive_keys(dh: bytes, loc_is_least: bool) -> tuple[bytes, bytes]:
 
 
 def challenge_of(lo: bytes, hi: bytes, dh: bytes) -> bytes:
-    """The Merlin transcript challenge both sides sign (PROTOCOL.md §1.3)."""
+    """The Merlin transcript challenge both sides sign (docs/protocol.md §1.3)."""
     transcript = Transcript(TRANSCRIPT_LABEL)
     transcript.append_message(b"EPHEMERAL_LOWER_PUBLIC_KEY", lo)
     transcript.append_message(b"EPHEMERAL_UPPER_PUBLIC_KEY", hi)
@@ -113,7 +113,7 @@ def check_peer_id(expected: str, actual: str) -> None:
 
 
 def nonce_bytes(counter: int) -> bytes:
-    """12-byte ChaCha20-Poly1305 nonce: 4 zero bytes then the 64-bit counter, little-endian (VECTORS.md V2)."""
+    """12-byte ChaCha20-Poly1305 nonce: 4 zero bytes then the 64-bit counter, little-endian (test vector V2)."""
     return _NONCE.pack(counter)
 
 

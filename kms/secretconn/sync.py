@@ -31,7 +31,7 @@ def set_kernel_timeouts(sock: socket.socket, seconds: float) -> None:
     """Make ``sock`` blocking, with reads and writes that give up after ``seconds`` (SO_RCVTIMEO / SO_SNDTIMEO).
 
     CPython polls before every call on a socket with a Python-level timeout: poll + recv and poll + send, two
-    more system calls (and GIL hand-offs) per request than needed (issue 8). With the kernel's timeouts an
+    more system calls (and GIL hand-offs) per request than needed. With the kernel's timeouts an
     expired wait raises BlockingIOError, which the streams below turn into TimeoutError.
     """
     sock.settimeout(None)
@@ -78,7 +78,7 @@ def _recv(sock: socket.socket) -> bytes:
 
 
 class BlockingPlainStream:
-    """privval over a unix socket is plaintext (PROTOCOL.md §2.1): the same interface, no encryption."""
+    """privval over a unix socket is plaintext (docs/protocol.md §2.1): the same interface, no encryption."""
 
     remote_pubkey: bytes | None = None
     remote_id: str | None = None

@@ -2,13 +2,13 @@
 
     python tests/bench/bench_handler.py [-n 3000]
 
-Issue 8's closed-loop target is a CPU budget: on 2 cores shared with the load generator, a rate of requests needs
-that many microseconds of CPU per request at most. This prints the parts that every pykms request must pay —
-the Ed25519 signature and its verification (issue 3: every signature is verified before it leaves), and
-SecretConnection's sealing and opening of the request and the reply — beside the whole handler path (open, decode,
-sign bytes, guard, sign, verify, state encode + pwrite, encode, seal) and its log line. The state's flush is
-skipped (fdatasync is a no-op here): it costs wall time, waiting on the disk, and its kernel CPU is measured by
-``scripts/bench`` with the rest of the system calls.
+The concurrent benchmark's closed-loop target (20 chains x 2 sentries) is a CPU budget: on 2 cores shared with the
+load generator, a rate of requests needs that many microseconds of CPU per request at most. This prints the parts
+that every pykms request must pay — the Ed25519 signature and its verification (every signature is verified before
+it leaves), and SecretConnection's sealing and opening of the request and the reply — beside the whole handler path
+(open, decode, sign bytes, guard, sign, verify, state encode + pwrite, encode, seal) and its log line. The state's
+flush is skipped (fdatasync is a no-op here): it costs wall time, waiting on the disk, and its kernel CPU is
+measured by ``scripts/bench`` with the rest of the system calls.
 """
 
 from __future__ import annotations

@@ -85,7 +85,7 @@ def loopback_phase(seconds: float, seed: int) -> tuple[int, int]:
                     raise SystemExit(
                         f"pykms exited ({kms.proc.returncode}) after hostile input:\n{kms.log_text()[-3000:]}"
                     )
-        # The hostile inputs produced error lines: none may carry key material (issue 7, item 5).
+        # The hostile inputs produced error lines: none may carry key material.
         seeds = harvest_key_files(Path(d))
         if len(seeds) < 2:
             raise SystemExit("the consensus and identity keys were not found: the secrets scan would be vacuous")

@@ -8,15 +8,13 @@ path); pykms's log keeps that detail for the operator.
 # ruff: noqa: F811  (pytest fixtures imported from tests.pg are redefined as parameters)
 from __future__ import annotations
 
-import base64
-import os
 from pathlib import Path
 
 import pytest
 
 from pykms.cli.main import main as pykms_main
 from pykms.harness.simulator import PREVOTE, ValidatorSimulator, make_vote
-from pykms.keyfiles import write_secret_file
+from tests.adversarial.common import postgres_home
 from tests.e2e import KmsProcess, accept
 from tests.pg import SUPERUSER, PgServer, private_pg  # noqa: F401  (fixtures)
 
@@ -28,20 +26,8 @@ CHAIN = "leak-chain"
 def test_error_reply_names_no_database_or_path(tmp_path: Path, private_pg: PgServer) -> None:
     dbname = private_pg.create_database()
     dsn = private_pg.dsn(dbname)
-    key = tmp_path / "consensus.key"
-    write_secret_file(key, base64.b64encode(os.urandom(32)))
-    dsn_file = tmp_path / "guard.dsn"
-    write_secret_file(dsn_file, dsn.encode() + b"\n")
-    identity = tmp_path / "identity.key"
-    write_secret_file(identity, base64.b64encode(os.urandom(32)))
     sim = ValidatorSimulator("tcp://127.0.0.1:0", chain_id=CHAIN)
-    config = tmp_path / "tmkms.toml"
-    config.write_text(
-        f'[[chain]]\nid = "{CHAIN}"\nkey_format = {{ type = "hex" }}\n\n'
-        f'[[providers.softsign]]\nchain_ids = ["{CHAIN}"]\nkey_type = "consensus"\npath = "{key}"\n\n'
-        f'[[validator]]\nchain_id = "{CHAIN}"\naddr = "{sim.listen()}"\nsecret_key = "{identity}"\n'
-        f'protocol_version = "v0.38"\n\n[guard]\nbackend = "postgres"\ndsn_file = "{dsn_file}"\ntimeout_ms = 1000\n'
-    )
+    config = postgres_home(tmp_path, CHAIN, sim.listen(), dsn, "timeout_ms = 1000\n")
     assert pykms_main(["guard", "init-db", "-c", str(config)]) == 0
     assert pykms_main(["state", "init", "-c", str(config), "--chain", CHAIN]) == 0
     kms = KmsProcess(config, tmp_path / "pykms.log")

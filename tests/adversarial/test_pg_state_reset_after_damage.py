@@ -8,18 +8,14 @@ import`` run as the message suggests must refuse without --force; with --force t
 # ruff: noqa: F811  (pytest fixtures imported from tests.pg are redefined as parameters)
 from __future__ import annotations
 
-import base64
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from pykms.harness.simulator import PREVOTE, ValidatorSimulator, make_vote
-from pykms.keyfiles import write_secret_file
+from tests.adversarial.common import postgres_home, pykms
 from tests.e2e import KmsProcess, accept
 from tests.pg import pg_dsn, pg_server  # noqa: F401  (fixtures)
 
@@ -28,27 +24,9 @@ pytestmark = pytest.mark.postgres
 CHAIN = "pg-reset-chain"
 
 
-def pykms(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pykms.cli.main", *args], capture_output=True, text=True, timeout=60, check=False
-    )
-
-
 def test_damaged_row_is_not_reset_without_force(tmp_path: Path, pg_dsn: str) -> None:
-    key = tmp_path / "consensus.key"
-    write_secret_file(key, base64.b64encode(os.urandom(32)))
-    dsn_file = tmp_path / "guard.dsn"
-    write_secret_file(dsn_file, pg_dsn.encode() + b"\n")
-    identity = tmp_path / "identity.key"
-    write_secret_file(identity, base64.b64encode(os.urandom(32)))
     sim = ValidatorSimulator("tcp://127.0.0.1:0", chain_id=CHAIN)
-    config = tmp_path / "tmkms.toml"
-    config.write_text(
-        f'[[chain]]\nid = "{CHAIN}"\nkey_format = {{ type = "hex" }}\n\n'
-        f'[[providers.softsign]]\nchain_ids = ["{CHAIN}"]\nkey_type = "consensus"\npath = "{key}"\n\n'
-        f'[[validator]]\nchain_id = "{CHAIN}"\naddr = "{sim.listen()}"\nsecret_key = "{identity}"\n'
-        f'protocol_version = "v0.38"\n\n[guard]\nbackend = "postgres"\ndsn_file = "{dsn_file}"\n'
-    )
+    config = postgres_home(tmp_path, CHAIN, sim.listen(), pg_dsn)
     cfg = ["-c", str(config), "--chain", CHAIN]
     assert pykms("guard", "init-db", "-c", str(config)).returncode == 0
     assert pykms("state", "init", *cfg).returncode == 0

@@ -11,19 +11,13 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 from pykms.harness.simulator import PREVOTE, AcceptTimeout, ValidatorSimulator, make_vote
+from tests.adversarial.common import pykms
 from tests.e2e import KmsProcess, accept, write_home
 
 CHAIN = "test-chain"
-
-
-def pykms(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pykms.cli.main", *args], capture_output=True, text=True, timeout=60, check=False
-    )
 
 
 def follow(command: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from nacl.signing import SigningKey
 
@@ -39,8 +39,8 @@ from pykms.privval.signbytes import (
     step_of,
     vote_extension_sign_bytes,
     vote_sign_bytes,
-    with_timestamp,
 )
+from pykms.proto.tendermint.types import types_pb2
 from pykms.secretconn.sync import secret_connection_sync
 
 __all__ = [
@@ -398,3 +398,15 @@ def run_harness_against(args: list[str], make_signer: Any = None, timeout: float
         if signer is not None:
             signer.stop()
     return code, harness.output, signer
+
+
+_M = TypeVar("_M", types_pb2.Vote, types_pb2.Proposal)
+
+
+def with_timestamp(msg: _M, timestamp: tuple[int, int]) -> _M:
+    """A copy of ``msg`` carrying ``timestamp`` (seconds, nanos)."""
+    out = type(msg)()
+    out.CopyFrom(msg)
+    out.timestamp.seconds, out.timestamp.nanos = timestamp
+    out.timestamp.SetInParent()
+    return out

@@ -19,10 +19,10 @@ from pykms.privval.signbytes import (
     step_of,
     vote_extension_sign_bytes,
     vote_sign_bytes,
-    with_timestamp,
 )
 from pykms.proto.cometbft.types.v1 import types_pb2 as v1_types
 from pykms.proto.tendermint.types import types_pb2
+from tests.broken_signers import with_timestamp
 
 
 def h(data: bytes) -> bytes:

@@ -29,13 +29,13 @@ from pykms.errors import (
 )
 from pykms.guard.state import SignState
 from pykms.guard.store import JsonStateStore, create_state_file
+from pykms.privval.signbytes import decode_sign_bytes as classify
 from pykms.privval.signbytes import proposal_sign_bytes, vote_extension_sign_bytes, vote_sign_bytes
 from pykms.proto.tendermint.types import types_pb2
 from pykms.threshold import frost
 from pykms.threshold.config import parse_cosigner_config
 from pykms.threshold.cosigner import Cosigner
 from pykms.threshold.keys import load_group_file, load_share_file, split_key_file
-from pykms.threshold.payload import classify
 from tests.broken_signers import write_tmhome
 
 CHAIN = "test-chain"
@@ -138,10 +138,14 @@ def test_softsign_key_splits_too(tmp_path: Path) -> None:
 def test_classify_reads_votes_proposals_and_extensions() -> None:
     assert classify(vote(5, 1, 2, b"\x01" * 32)) == classify(vote(5, 1, 2, b"\x01" * 32))
     assert (classify(vote(5, 1, 1)).step, classify(vote(5, 1, 2)).step) == (2, 3)
+    assert (classify(vote(5, 1, 2, b"\x01" * 32)).kind, classify(vote(5, 1, 2, b"\x01" * 32)).block_hash) == (
+        "precommit",
+        b"\x01" * 32,
+    )
     p = types_pb2.Proposal(type=32, height=7, round=2, pol_round=-1)
     p.timestamp.seconds = 3
     got = classify(proposal_sign_bytes(CHAIN, p))
-    assert (got.kind, got.chain_id, got.height, got.round, got.step) == ("consensus", CHAIN, 7, 2, 1)
+    assert (got.kind, got.chain_id, got.height, got.round, got.step) == ("proposal", CHAIN, 7, 2, 1)
     v = types_pb2.Vote(type=2, height=9, round=0, extension=b"ext")
     ext = classify(vote_extension_sign_bytes(CHAIN, v))
     assert (ext.kind, ext.height) == ("extension", 9)

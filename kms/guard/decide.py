@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from pykms.errors import ConflictError, InvalidRequest, KmsError, RegressionError
-from pykms.guard.state import MAX_HEIGHT, MAX_ROUND, STEP_NONE, STEP_PRECOMMIT, STEP_PROPOSAL, SignState
+from pykms.guard.state import MAX_HEIGHT, MAX_ROUND, STEP_NAMES, STEP_NONE, STEP_PRECOMMIT, STEP_PROPOSAL, SignState
 from pykms.privval.signbytes import CanonicalView, canonical_view
 
 __all__ = ["SIGN_FRESH", "Decision", "ReuseSignature", "SignFresh", "decide"]
@@ -79,7 +79,6 @@ Decision = SignFresh | ReuseSignature
 
 SIGN_FRESH: Final = SignFresh()
 
-_STEP_NAMES: Final = {1: "proposal", 2: "prevote", 3: "precommit"}
 
 # Comparison outcomes of one coordinate (request vs stored). ANY marks a coordinate that does not matter.
 _LT, _EQ, _GT, _ANY = "<", "=", ">", "*"
@@ -122,7 +121,7 @@ def _request_view(sign_bytes: bytes, step: int) -> CanonicalView:
     except InvalidRequest:
         raise
     except KmsError as exc:
-        raise InvalidRequest(f"sign bytes do not decode as a {_STEP_NAMES[step]}: {exc}") from None
+        raise InvalidRequest(f"sign bytes do not decode as a {STEP_NAMES[step]}: {exc}") from None
 
 
 def _same_hrs(state: SignState, height: int, round_: int, step: int, sign_bytes: bytes) -> Decision:
@@ -157,22 +156,22 @@ def _later_step(state: SignState, height: int, round_: int, step: int, sign_byte
     if new_block is None:
         return SIGN_FRESH
     where = f"at height {height} round {round_}"
-    new_name = _STEP_NAMES[step]
+    new_name = STEP_NAMES[step]
     if not state.sign_bytes:
         raise ConflictError(
-            f"cross-step conflict {where}: the state has no sign bytes for the last {_STEP_NAMES[state.step]} "
+            f"cross-step conflict {where}: the state has no sign bytes for the last {STEP_NAMES[state.step]} "
             f"(imported state), so a {new_name} for block {_block_text(new_block)} cannot be shown to match it"
         )
     readable, old_block = _stored_view_block(state)
     if not readable:
         raise ConflictError(
-            f"cross-step conflict {where}: the stored {_STEP_NAMES[state.step]} payload cannot be decoded, "
+            f"cross-step conflict {where}: the stored {STEP_NAMES[state.step]} payload cannot be decoded, "
             f"so a {new_name} for block {_block_text(new_block)} cannot be shown to match it"
         )
     if old_block is not None and old_block != new_block:
         raise ConflictError(
             f"cross-step conflict {where}: {new_name} for block {_block_text(new_block)} after a "
-            f"{_STEP_NAMES[state.step]} for block {_block_text(old_block)}"
+            f"{STEP_NAMES[state.step]} for block {_block_text(old_block)}"
         )
     return SIGN_FRESH
 

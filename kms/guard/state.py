@@ -36,6 +36,7 @@ __all__ = [
     "MAX_JSON_STATE_SIZE",
     "MAX_ROUND",
     "SLOTS_MAGIC",
+    "STEP_NAMES",
     "STEP_NONE",
     "STEP_PRECOMMIT",
     "STEP_PREVOTE",
@@ -57,6 +58,8 @@ STEP_NONE = 0
 STEP_PROPOSAL = 1
 STEP_PREVOTE = 2
 STEP_PRECOMMIT = 3
+#: What each step signs, for logs, metrics and the audit log.
+STEP_NAMES = {STEP_PROPOSAL: "proposal", STEP_PREVOTE: "prevote", STEP_PRECOMMIT: "precommit"}
 
 #: Height is an int64 and round an int32 in CometBFT (FilePVLastSignState); we refuse negatives.
 MAX_HEIGHT = 2**63 - 1

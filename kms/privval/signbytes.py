@@ -13,18 +13,22 @@ here by hand:
 The input messages are the generated ``tendermint.types`` Vote/Proposal (what the codec produces for every
 dialect); the ``cometbft.types.v1`` classes have the same fields and work too.
 
-For the double-sign guard, :func:`canonical_view` reads stored or fresh sign bytes back into the pieces FilePV's
-rules compare: the block ID, the timestamp, and the message with its timestamp blanked out.
+Read the other way, :func:`decode_sign_bytes` is the one decoder of sign bytes: the key holder and the threshold
+cosigner take height, round, step, block and chain id from it and trust nothing else a caller says. For the
+double-sign guard, :func:`canonical_view` reads stored or fresh sign bytes back into the pieces FilePV's rules
+compare: the block ID, the timestamp, and the message with its timestamp blanked out.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Literal
 
 from google.protobuf.message import DecodeError as _ProtobufDecodeError
+from google.protobuf.message import Message
 
 from pykms.errors import DecodeError, InvalidRequest
+from pykms.guard.state import STEP_NAMES, STEP_PRECOMMIT, STEP_PREVOTE, STEP_PROPOSAL
 from pykms.privval.varint import decode_uvarint, encode_uvarint
 from pykms.proto.tendermint.types import canonical_pb2, types_pb2
 
@@ -40,12 +44,14 @@ __all__ = [
     "STEP_PREVOTE",
     "STEP_PROPOSAL",
     "CanonicalView",
+    "DecodedSignBytes",
     "canonical_view",
+    "decode_sign_bytes",
     "proposal_sign_bytes",
     "step_of",
     "vote_extension_sign_bytes",
     "vote_sign_bytes",
-    "with_timestamp",
+    "with_timestamp_bytes",
 ]
 
 #: Go's zero time.Time as (seconds, nanos): what an absent non-nullable timestamp becomes (docs/protocol.md §0 rule 5).
@@ -61,11 +67,6 @@ _MAX_SECONDS = 253402300800
 PREVOTE_TYPE = 1
 PRECOMMIT_TYPE = 2
 PROPOSAL_TYPE = 32
-
-#: FilePV's steps (privval/file.go stepPropose/stepPrevote/stepPrecommit); the guard orders by them.
-STEP_PROPOSAL = 1
-STEP_PREVOTE = 2
-STEP_PRECOMMIT = 3
 
 _HASH_SIZE = 32  # tmhash.Size: the only non-empty hash length ValidateBasic accepts
 
@@ -152,23 +153,13 @@ def step_of(request: SignVoteRequest | SignProposalRequest) -> int:
     vote = getattr(request, "vote", None)
     if vote is None:
         return STEP_PROPOSAL
-    if vote.type == PREVOTE_TYPE:
-        return STEP_PREVOTE
-    if vote.type == PRECOMMIT_TYPE:
-        return STEP_PRECOMMIT
-    raise InvalidRequest(f"vote of type {int(vote.type)} is neither a prevote nor a precommit")
+    step = _VOTE_STEPS.get(vote.type)
+    if step is None:
+        raise InvalidRequest(f"vote of type {int(vote.type)} is neither a prevote nor a precommit")
+    return step
 
 
-_M = TypeVar("_M", types_pb2.Vote, types_pb2.Proposal)
-
-
-def with_timestamp(msg: _M, timestamp: tuple[int, int]) -> _M:
-    """A copy of ``msg`` carrying ``timestamp`` (seconds, nanos): FilePV's "reuse the stored timestamp" rule."""
-    out = type(msg)()
-    out.CopyFrom(msg)
-    out.timestamp.seconds, out.timestamp.nanos = timestamp
-    out.timestamp.SetInParent()
-    return out
+_VOTE_STEPS = {PREVOTE_TYPE: STEP_PREVOTE, PRECOMMIT_TYPE: STEP_PRECOMMIT}
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,3 +197,72 @@ def canonical_view(sign_bytes: bytes, step: int) -> CanonicalView:
     msg.timestamp.Clear()
     msg.timestamp.SetInParent()
     return CanonicalView(block_id=block_id, timestamp=timestamp, without_timestamp=msg.SerializeToString())
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedSignBytes:
+    """What canonical sign bytes say, read by whoever must not trust the party that built them."""
+
+    kind: Literal["proposal", "prevote", "precommit", "extension"]
+    chain_id: str
+    height: int
+    round: int
+    #: FilePV's step (1 proposal, 2 prevote, 3 precommit); 0 for a vote extension.
+    step: int
+    #: The block hash; b"" for a nil vote or proposal and for an extension.
+    block_hash: bytes
+    #: (seconds, nanos) as signed; None for an extension.
+    timestamp: tuple[int, int] | None
+
+
+def _parses_canonically(message: Message, body: bytes) -> bool:
+    try:
+        message.ParseFromString(body)
+    except (_ProtobufDecodeError, ValueError, RuntimeError):
+        return False
+    message.DiscardUnknownFields()  # an unknown field then makes the re-encoding differ: refused
+    return message.SerializeToString(deterministic=True) == body
+
+
+def decode_sign_bytes(sign_bytes: bytes) -> DecodedSignBytes:
+    """Read CometBFT's canonical sign bytes: a CanonicalVote (prevote or precommit), a CanonicalProposal or a
+    CanonicalVoteExtension. Each reading is kept only when re-encoding it gives the same bytes, so no field is
+    unknown, repeated or out of order and one byte string has exactly one meaning. InvalidRequest otherwise."""
+    head = decode_uvarint(sign_bytes)
+    if head is None or head[0] != len(sign_bytes) - head[1]:
+        raise InvalidRequest("sign bytes: the length prefix does not match the message")
+    body = bytes(sign_bytes[head[1] :])
+    vote = canonical_pb2.CanonicalVote()
+    if _parses_canonically(vote, body) and vote.type in _VOTE_STEPS:
+        step = _VOTE_STEPS[vote.type]
+        return DecodedSignBytes(
+            STEP_NAMES[step], vote.chain_id, vote.height, vote.round, step, vote.block_id.hash,  # type: ignore[arg-type]
+            (vote.timestamp.seconds, vote.timestamp.nanos),
+        )  # fmt: skip
+    proposal = canonical_pb2.CanonicalProposal()
+    if _parses_canonically(proposal, body) and proposal.type == PROPOSAL_TYPE:
+        return DecodedSignBytes(
+            "proposal", proposal.chain_id, proposal.height, proposal.round, STEP_PROPOSAL, proposal.block_id.hash,
+            (proposal.timestamp.seconds, proposal.timestamp.nanos),
+        )  # fmt: skip
+    extension = canonical_pb2.CanonicalVoteExtension()
+    if _parses_canonically(extension, body) and extension.chain_id:
+        return DecodedSignBytes("extension", extension.chain_id, extension.height, extension.round, 0, b"", None)
+    raise InvalidRequest("sign bytes are not a canonical vote, proposal or vote extension")
+
+
+def with_timestamp_bytes(sign_bytes: bytes, timestamp: tuple[int, int]) -> bytes:
+    """The vote or proposal sign bytes ``sign_bytes`` with ``timestamp`` instead of their own: what a reused
+    signature (FilePV's "same but for the timestamp" rule) must verify over."""
+    head = decode_uvarint(sign_bytes)
+    if head is None:
+        raise InvalidRequest("sign bytes: bad length prefix")
+    msg: canonical_pb2.CanonicalVote | canonical_pb2.CanonicalProposal = canonical_pb2.CanonicalVote()
+    body = bytes(sign_bytes[head[1] :])
+    if not (_parses_canonically(msg, body) and msg.type in _VOTE_STEPS):
+        msg = canonical_pb2.CanonicalProposal()
+        if not _parses_canonically(msg, body):
+            raise InvalidRequest("sign bytes are not a canonical vote or proposal")
+    msg.timestamp.seconds, msg.timestamp.nanos = timestamp
+    msg.timestamp.SetInParent()
+    return _delimited(msg.SerializeToString())

@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 A cosigner holds one FROST share and, per chain, its own double-sign state (the same ``decide()`` and the same
 durable ``JsonStateStore`` as the signer). It trusts no coordinator: the sign bytes are decoded here
-(``payload.classify``), and a share is computed only when ``decide`` allows them.
+(``pykms.privval.signbytes.decode_sign_bytes``), and a share is computed only when ``decide`` allows them.
 
 ``commit()`` draws a nonce pair and keeps it **in memory only**, keyed by a random session id. ``sign()`` pops
 that pair under the lock before anything else, so a pair is used for at most one message: a second request for
@@ -41,8 +41,8 @@ from pykms.errors import ConflictError, RegressionError, ThresholdError
 from pykms.guard.decide import ReuseSignature, decide
 from pykms.guard.state import SignState
 from pykms.guard.store import StateStore
+from pykms.privval.signbytes import decode_sign_bytes
 from pykms.threshold import frost
-from pykms.threshold.payload import classify
 
 __all__ = ["MAX_PENDING", "SESSION_TTL_S", "Cosigner", "SignOutcome"]
 
@@ -98,7 +98,7 @@ class Cosigner:
         return session, commitment
 
     def sign(self, session: str, message: bytes, commitments: Sequence[frost.Commitment]) -> SignOutcome:
-        payload = classify(message)
+        payload = decode_sign_bytes(message)
         with self._lock:
             # The nonce pair leaves memory first, whatever happens next: it can never sign a second message.
             pending = self._pending.pop(session, None)

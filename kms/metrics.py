@@ -16,24 +16,22 @@ Metric names (counters get ``_total`` on the wire; docs/observability.md has the
 from __future__ import annotations
 
 import json
-import os
 import socket
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from pykms.errors import ConfigError
-from pykms.handler import ChainContext, SignEvent
+from pykms.handler import SignEvent
 
 if TYPE_CHECKING:
     from pykms.audit import AuditLog
 
-__all__ = ["METRIC_NAMES", "HealthSource", "Metrics", "MetricsServer", "storage_problems"]
+__all__ = ["METRIC_NAMES", "HealthSource", "Metrics", "MetricsServer"]
 
 #: Latency buckets (seconds) around the expected range: a flush (~0.1 ms) to a slow HSM (~100 ms).
 _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
@@ -73,29 +71,31 @@ class Metrics:
         self.persist_failures = Counter(
             "pykms_state_persist_failures", "State writes that failed (nothing was signed)", ["chain_id"], registry=r
         )
+        #: chain id -> (provider, state backend), the labels of its events.
+        self._labels: dict[str, tuple[str, str]] = {}
 
-    def attach_chain(self, chain: ChainContext, audit: AuditLog | None = None) -> None:
-        """Count a chain's requests, time its provider, its state saves and its audit writes."""
-        chain.observers.append(self.observe)
-        chain.metrics = self
-        chain_id = chain.chain_id
-        guard = chain.guard
-        if hasattr(guard, "on_persist"):  # FileGuard, PostgresGuard: called with the seconds of each save
-            backend = "postgres" if type(guard).__name__ == "PostgresGuard" else "file"
-            histogram = self.persist_latency.labels(chain_id, backend)
-            guard.on_persist = histogram.observe
+    def attach_chain(self, chain_id: str, *, provider: str, backend: str, audit: AuditLog | None = None) -> None:
+        """Label a chain's events with its provider and state backend; time its audit writes."""
+        self._labels[chain_id] = (provider, backend)
         if audit is not None:
             audit.on_write = self.persist_latency.labels(chain_id, "audit").observe
 
     def observe(self, event: SignEvent) -> None:
-        """Handler observer: count the event."""
-        if event.outcome in ("signed", "reused"):
+        """The front's observer (after the reply): count the event, time its provider and its state save."""
+        provider, backend = self._labels.get(event.chain_id, ("unknown", "unknown"))
+        if not event.failure:
             self.signatures.labels(event.chain_id, event.kind, event.outcome).inc()
             self.last_height.labels(event.chain_id).set(event.height)
             self.last_round.labels(event.chain_id).set(event.round)
             self.last_step.labels(event.chain_id).set(event.step)
+            if event.sign_s:
+                self.provider_latency.labels(provider).observe(event.sign_s)
+            if event.outcome == "signed":
+                self.persist_latency.labels(event.chain_id, backend).observe(event.persist_s)
         else:
             self.refusals.labels(event.chain_id, event.reason).inc()
+            if event.failure == "provider":
+                self.provider_errors.labels(provider, event.reason).inc()
             if event.reason == "PersistError":
                 self.persist_failures.labels(event.chain_id).inc()
         self.request_latency.labels(event.chain_id, event.kind).observe(event.duration_s)
@@ -191,24 +191,6 @@ class MetricsServer:
         if self.thread.is_alive():  # shutdown() waits for serve_forever: only when it runs
             self.httpd.shutdown()
         self.httpd.server_close()
-
-
-def storage_problems(chain: ChainContext, audit: AuditLog | None = None) -> list[str]:
-    """What stops this chain from making a signature durable right now ([] when nothing), for /health.
-
-    The last save's failure (``persist_error``), a state directory that cannot take the next atomic replace, and
-    an audit log that cannot take the next record. Cheap enough to run at every probe (no I/O but ``access``).
-    """
-    problems = []
-    if chain.persist_error:
-        problems.append(f"state not writable: {chain.persist_error}")
-    store = getattr(chain.guard, "store", None)
-    path = getattr(store, "path", None)
-    if isinstance(path, Path) and not os.access(path.parent, os.W_OK | os.X_OK):
-        problems.append(f"state directory {path.parent} is not writable")
-    if audit is not None and (why := audit.writable()):
-        problems.append(why)
-    return problems
 
 
 #: Every metric family the registry exposes, as queried (counters with ``_total``): the dashboard test uses it.

@@ -27,16 +27,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pykms.config import KmsConfig, ValidatorConfig
-from pykms.errors import ConfigError, KmsError, ProtocolError, StateError
+from pykms.errors import ConfigError, KmsError, ProtocolError
 from pykms.extensions import ExtensionPlan, plan_extensions
-from pykms.handler import ChainContext, RequestHandler
+from pykms.handler import LogObserver, Observer, RequestHandler
+from pykms.keyholder.api import ChainKey
 from pykms.logconfig import get_logger
-from pykms.privval.codec import Dialect, MessageReader, delimit
+from pykms.privval.codec import MAX_REQUEST_BYTES, Dialect, MessageReader, delimit
 from pykms.providers.signer import Signer
 from pykms.secretconn.sync import BlockingPlainStream, set_kernel_timeouts
+
+if TYPE_CHECKING:
+    from pykms.keyholder.local import LocalKeyHolder
 
 __all__ = ["Backoff", "Runtime", "SyncStream"]
 
@@ -50,8 +54,6 @@ HANDSHAKE_TIMEOUT_S = 5.0
 #: reply after a few seconds anyway, and a peer that does not read must not keep the session thread (or, with
 #: it, anything shared) for longer. Over it, the connection is closed.
 REPLY_WRITE_TIMEOUT_S = 2.0
-#: Largest request accepted: v0.38+ votes may carry vote extensions up to 1 MiB (docs/protocol.md §2.2).
-MAX_REQUEST_BYTES = 1024 * 1024 + 64 * 1024
 
 
 class SyncStream(Protocol):
@@ -86,11 +88,16 @@ class _Session:
     """One ``[[validator]]`` entry: a thread that keeps a connection to the node alive and serves it."""
 
     def __init__(
-        self, runtime: Runtime, index: int, cfg: ValidatorConfig, chain: ChainContext, dialect: Dialect | None = None
+        self,
+        runtime: Runtime,
+        index: int,
+        cfg: ValidatorConfig,
+        key: ChainKey,
+        dialect: Dialect | None = None,
+        sign_extensions: bool | None = None,
     ) -> None:
         self.runtime = runtime
         self.cfg = cfg
-        self.chain = chain
         self.addr = cfg.parsed_addr
         #: tmkms's [[validator]] timeout (src/connection/tcp.rs: connect, read and write timeout of a TCP link;
         #: Unix sockets take none there either): here the dial, the handshake and the idle read.
@@ -99,11 +106,18 @@ class _Session:
         self.handshake_timeout = tcp_timeout or HANDSHAKE_TIMEOUT_S
         self.idle_timeout = tcp_timeout or IDLE_TIMEOUT_S
         self.log = get_logger("pykms.session", chain_id=cfg.chain_id, validator=self.addr.display)
+        observers: list[Observer] = [LogObserver(self.log)]
+        if runtime.metrics is not None:
+            observers.append(runtime.metrics)
+        assert runtime.keyholder is not None
         self.handler = RequestHandler(
-            chain,
+            runtime.keyholder,
+            key,
             dialect or Dialect.parse(cfg.protocol_version),
             chain_id=cfg.chain_id,
             max_height=cfg.max_height,
+            sign_extensions=sign_extensions,
+            observers=observers,
             log=self.log,
         )
         self.thread = threading.Thread(target=self.run, name=f"validator-{index}", daemon=True)
@@ -224,7 +238,9 @@ class Runtime:
         self.config = config
         self.log = get_logger("pykms")
         self.stop_event = threading.Event()
-        self.chains: dict[str, ChainContext] = {}
+        self.keyholder: LocalKeyHolder | None = None
+        #: The chains served (chain id -> its key), as the key holder reports them.
+        self.chains: dict[str, ChainKey] = {}
         self.sessions: list[_Session] = []
         self._identities: dict[Path, Any] = {}
         self._listeners: list[Callable[[str, Any], None]] = []
@@ -232,76 +248,43 @@ class Runtime:
         self._closers: list[Callable[[], None]] = []
         self.metrics: Any = None
         self.metrics_server: Any = None
-        self.audit_logs: dict[str, Any] = {}  # chain id -> pykms.audit.AuditLog
 
     # Construction -----------------------------------------------------------------------------------
 
     def build(self, signers: dict[str, Signer] | None = None) -> None:
-        """Open keys and guard state; a chain whose state cannot be trusted is stopped (fail closed)."""
-        from pykms.guard.factory import open_guard
-        from pykms.providers.registry import build_signers
+        """Open keys and guard state (the key holder); a chain whose state cannot be trusted is stopped."""
+        from pykms.keyholder.local import LocalKeyHolder
 
-        signers = signers if signers is not None else build_signers(self.config)
-        for chain_cfg in self.config.chains:
-            signer = signers.get(chain_cfg.id)
-            if signer is None:
-                raise ConfigError(
-                    f"no signing key for chain {chain_cfg.id!r}",
-                    file=str(self.config.path),
-                    key="providers",
-                    fix=f'add chain_ids = ["{chain_cfg.id}"] to one [[providers.*]] entry',
-                )
-            try:
-                guard = open_guard(self.config, chain_cfg)
-            except StateError as exc:
-                self.failed_chains[chain_cfg.id] = str(exc)
-                self.log.error("chain_stopped", chain_id=chain_cfg.id, reason=str(exc))
-                continue
-            chain = ChainContext(chain_cfg.id, signer, guard, chain_cfg.sign_extensions)
-            if chain_cfg.audit_log is not None:
-                from pykms.audit import AuditLog
-
-                try:
-                    audit = AuditLog(
-                        chain_cfg.audit_log,
-                        chain_cfg.id,
-                        sync=chain_cfg.audit_sync,
-                        rotate_bytes=chain_cfg.audit_rotate_bytes,
-                    )
-                except StateError as exc:  # AuditError: like the state, no signature without its record
-                    guard.close()
-                    self.failed_chains[chain_cfg.id] = str(exc)
-                    self.log.error("chain_stopped", chain_id=chain_cfg.id, reason=str(exc))
-                    continue
-                self._closers.append(audit.close)
-                chain.durable_observers.append(audit.record)
-                self.audit_logs[chain_cfg.id] = audit
-            self.chains[chain_cfg.id] = chain
+        keyholder = self.keyholder = LocalKeyHolder(self.config, signers)
+        self._closers.append(keyholder.close)
+        self.failed_chains = keyholder.stopped
+        self.chains = keyholder.chains()
         self._setup_metrics()
         for index, validator in enumerate(self.config.validators):
-            served = self.chains.get(validator.chain_id)
-            if served is None:
+            key = self.chains.get(validator.chain_id)
+            if key is None:
                 continue
-            plan = self._extension_plan(validator, served)
+            plan = self._extension_plan(validator, key)
             if plan.note:
                 self.log.warning("protocol_version_overridden", chain_id=validator.chain_id, note=plan.note)
-            served.sign_extensions = plan.sign_extensions
             if validator.timeout is not None and validator.parsed_addr.scheme == "unix":
                 self.log.warning("timeout_ignored", chain_id=validator.chain_id, reason="unix sockets take no timeout")
             if validator.parsed_addr.scheme == "tcp":
                 self.identity_for(validator)  # a missing or too-open identity key stops start-up, like a bad key
-            self.sessions.append(_Session(self, index, validator, served, Dialect.parse(plan.dialect)))
+            session = _Session(self, index, validator, key, Dialect.parse(plan.dialect), plan.sign_extensions)
+            self.sessions.append(session)
 
-    def _extension_plan(self, validator: ValidatorConfig, served: ChainContext) -> ExtensionPlan:
+    def _extension_plan(self, validator: ValidatorConfig, key: ChainKey) -> ExtensionPlan:
         """tmkms's protocol_version x sign_extensions for this validator (pykms.extensions); refusals name the file."""
         chain_cfg = next(c for c in self.config.chains if c.id == validator.chain_id)
         wanted = chain_cfg.sign_extensions
-        if getattr(served.signer, "extensions_disabled", False):
+        assert self.keyholder is not None
+        if getattr(self.keyholder.signer(validator.chain_id), "extensions_disabled", False):
             wanted = False  # [[providers.ledger]] extensions_disabled = true: the pykms spelling of the same
         return plan_extensions(
             validator.protocol_version,
             wanted,
-            signs_extensions=served.signer.provider != "ledger",
+            signs_extensions=key.signs_extensions,
             chain_id=validator.chain_id,
             file=str(self.config.path),
         )
@@ -312,9 +295,15 @@ class Runtime:
         from pykms.metrics import Metrics, MetricsServer
 
         metrics = self.metrics = Metrics()
-        for chain in self.chains.values():
-            # counts requests; times provider, state saves and audit writes
-            metrics.attach_chain(chain, self.audit_logs.get(chain.chain_id))
+        keyholder = self.keyholder
+        assert keyholder is not None
+        for chain_id in self.chains:
+            metrics.attach_chain(
+                chain_id,
+                provider=keyholder.signer(chain_id).provider,
+                backend=keyholder.guard(chain_id).backend,
+                audit=keyholder.audit_log(chain_id),
+            )
 
         def on_event(event: str, session: _Session) -> None:
             gauge = metrics.connected.labels(session.cfg.chain_id, session.addr.display)
@@ -332,18 +321,14 @@ class Runtime:
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Healthy while every configured chain has a live validator connection and a writable state."""
         details: dict[str, Any] = {}
+        keyholder_health = self.keyholder.health() if self.keyholder is not None else {}
         for chain_cfg in self.config.chains:
             problems = []
-            if chain_cfg.id in self.failed_chains:
-                problems.append(f"stopped: {self.failed_chains[chain_cfg.id]}")
-            chain = self.chains.get(chain_cfg.id)
             sessions = [s for s in self.sessions if s.cfg.chain_id == chain_cfg.id]
             if not any(s.connected.is_set() for s in sessions):
                 problems.append("no live validator connection")
-            if chain is not None:  # last save failure, state directory, audit log
-                from pykms.metrics import storage_problems
-
-                problems.extend(storage_problems(chain, self.audit_logs.get(chain_cfg.id)))
+            if (held := keyholder_health.get(chain_cfg.id, "ok")) != "ok":  # stopped, state, audit log
+                problems.append(held)
             details[chain_cfg.id] = "; ".join(problems) or "ok"
         return all(v == "ok" for v in details.values()), details
 
@@ -397,13 +382,6 @@ class Runtime:
         for closer in self._closers:
             with contextlib.suppress(Exception):
                 closer()
-        for chain in self.chains.values():
-            with contextlib.suppress(Exception):
-                chain.close()
-            with contextlib.suppress(Exception):
-                chain.guard.close()
-            with contextlib.suppress(Exception):
-                chain.signer.close()
 
     def run_forever(self) -> int:
         """Serve until SIGINT/SIGTERM or until every session has ended (reconnect = false)."""

@@ -17,8 +17,9 @@ from pykms.audit import AuditError, AuditLog, SyncMode, summarize, verify_files
 from pykms.guard.file_guard import FileGuard
 from pykms.guard.state import SignState
 from pykms.guard.store import FileOps, JsonStateStore, read_state_file
-from pykms.handler import ChainContext, RequestHandler
+from pykms.handler import RequestHandler
 from pykms.harness.simulator import PRECOMMIT, PREVOTE, make_proposal, make_vote
+from pykms.keyholder.local import LocalKeyHolder
 from pykms.privval import codec
 from pykms.privval.codec import Dialect
 from pykms.providers.softsign import SoftsignSigner
@@ -42,10 +43,10 @@ def setup(tmp_path: Path, sync: SyncMode) -> tuple[RequestHandler, AuditLog, Fai
     state = tmp_path / "state.json"
     JsonStateStore.create(state, SignState.initial()).close()
     guard = FileGuard(CHAIN, JsonStateStore(state, ops=ops))
-    chain = ChainContext(CHAIN, SoftsignSigner.from_seed(hashlib.sha256(b"handler").digest()), guard)
     audit = AuditLog(tmp_path / "audit.log", CHAIN, sync=sync)
-    chain.durable_observers.append(audit.record)
-    return RequestHandler(chain, Dialect.V0_38, chain_id=CHAIN), audit, ops, state
+    keyholder = LocalKeyHolder()
+    keyholder.add(CHAIN, SoftsignSigner.from_seed(hashlib.sha256(b"handler").digest()), guard, audit)
+    return RequestHandler(keyholder, keyholder.chains()[CHAIN], Dialect.V0_38, chain_id=CHAIN), audit, ops, state
 
 
 def ask(handler: RequestHandler, request: codec.Request) -> codec.Response:
@@ -118,4 +119,4 @@ def test_no_signature_leaves_without_its_record(tmp_path: Path, sync: SyncMode) 
     response = codec.decode_response(Dialect.V0_38, replies[0])
     assert response.error is not None and "could not be made durable" in response.error.description
     assert str(tmp_path) not in response.error.description  # the node learns no local path
-    assert "audit log is closed" in handler.chain.persist_error  # /health reports it
+    assert "audit log is closed" in handler.keyholder.health()[CHAIN]  # /health reports it

@@ -19,8 +19,9 @@ from pykms.guard.backend import GuardOutcome
 from pykms.guard.file_guard import FileGuard
 from pykms.guard.state import SignState
 from pykms.guard.store import FileOps, SlotStateStore
-from pykms.handler import ChainContext, RequestHandler
+from pykms.handler import RequestHandler
 from pykms.harness.simulator import PRECOMMIT, PREVOTE, make_vote
+from pykms.keyholder.local import LocalKeyHolder
 from pykms.privval import codec
 from pykms.privval.codec import Dialect
 from pykms.privval.signbytes import canonical_view, vote_extension_sign_bytes, vote_sign_bytes
@@ -65,8 +66,13 @@ def setup(tmp_path: Path, state: SignState | None = None) -> tuple[RequestHandle
     SlotStateStore.create(path, state or SignState.initial()).close()
     ops = FlakyFlush()
     signer = CountingSigner(SEED)
-    chain = ChainContext(CHAIN, signer, FileGuard(CHAIN, SlotStateStore(path, ops=ops)))
-    return RequestHandler(chain, Dialect.V0_38, chain_id=CHAIN), signer, ops
+    return handler_over(FileGuard(CHAIN, SlotStateStore(path, ops=ops)), signer), signer, ops
+
+
+def handler_over(guard: FileGuard, signer: CountingSigner) -> RequestHandler:
+    keyholder = LocalKeyHolder()
+    keyholder.add(CHAIN, signer, guard)
+    return RequestHandler(keyholder, keyholder.chains()[CHAIN], Dialect.V0_38, chain_id=CHAIN)
 
 
 def vote_request(height: int, vote_type: int, block: str = "b") -> codec.SignVoteRequest:
@@ -90,7 +96,7 @@ def test_a_signature_that_does_not_verify_is_never_stored(tmp_path: Path) -> Non
     bad = ask(handler, vote_request(4, PREVOTE))
     assert bad.error is not None and GENERIC_PROVIDER_ERROR in bad.error.description
     assert not bad.vote.signature
-    assert handler.chain.guard.current().height == 3  # verified before the guard could store it
+    assert handler.keyholder.guard(CHAIN).current().height == 3  # verified before the guard could store it
     signer.faulty = False
     again = ask(handler, vote_request(4, PREVOTE))  # the retry signs afresh with the sound key
     assert again.error is None
@@ -134,7 +140,7 @@ def test_a_guard_returning_another_signature_is_caught(tmp_path: Path) -> None:
     """A backend that returns a signature other than the one it was given (a bug, a corrupted row) cannot get it
     past the handler."""
     handler, _signer, _ops = setup(tmp_path)
-    guard = handler.chain.guard
+    guard = handler.keyholder.guard(CHAIN)
     real = guard.check_and_sign
 
     def corrupting(height: int, round_: int, step: int, sign_bytes: bytes, sign: Any) -> GuardOutcome:
@@ -172,8 +178,8 @@ def test_nothing_unverified_or_conflicting_leaves_under_faults(tmp_path_factory:
     SlotStateStore.create(path, SignState.initial()).close()
     ops = FlakyFlush()
     signer = CountingSigner(SEED)
-    chain = ChainContext(CHAIN, signer, FileGuard(CHAIN, SlotStateStore(path, ops=ops)))
-    handler = RequestHandler(chain, Dialect.V0_38, chain_id=CHAIN)
+    handler = handler_over(FileGuard(CHAIN, SlotStateStore(path, ops=ops)), signer)
+    guard = handler.keyholder.guard(CHAIN)
     key = VerifyKey(signer.public_key())
     released: dict[tuple[int, int, int], bytes] = {}
     last_hrs = (0, 0, 0)
@@ -196,7 +202,7 @@ def test_nothing_unverified_or_conflicting_leaves_under_faults(tmp_path_factory:
             if not block:
                 vote.ClearField("block_id")  # a nil vote
             response = ask(handler, codec.SignVoteRequest(vote=vote, chain_id=CHAIN))
-            state = chain.guard.current()
+            state = guard.current()
             assert (state.height, state.round, state.step) >= last_hrs
             last_hrs = (state.height, state.round, state.step)
             if state.signature:
@@ -213,4 +219,4 @@ def test_nothing_unverified_or_conflicting_leaves_under_faults(tmp_path_factory:
             payload = canonical_view(sign_bytes, step).without_timestamp
             assert released.setdefault((height, round_, step), payload) == payload, "double sign released"
     finally:
-        chain.guard.close()
+        guard.close()

@@ -1,5 +1,5 @@
-"""Metrics: what ``Metrics.observe`` counts, the hooks ``attach_chain`` installs on a real guard and audit log, and
-the HTTP server (``/metrics``, ``/health``) scraped over a real socket."""
+"""Metrics: what ``Metrics.observe`` counts, what it times behind the real front and key holder (provider, state
+save, audit write), and the HTTP server (``/metrics``, ``/health``) scraped over a real socket."""
 
 from __future__ import annotations
 
@@ -19,8 +19,12 @@ from pykms.errors import ConfigError, TransientProviderError
 from pykms.guard.file_guard import FileGuard
 from pykms.guard.state import SignState
 from pykms.guard.store import JsonStateStore
-from pykms.handler import ChainContext, SignEvent
-from pykms.metrics import METRIC_NAMES, Metrics, MetricsServer, storage_problems
+from pykms.handler import RequestHandler, SignEvent
+from pykms.harness.simulator import PREVOTE, make_vote
+from pykms.keyholder.local import LocalKeyHolder
+from pykms.metrics import METRIC_NAMES, Metrics, MetricsServer
+from pykms.privval import codec
+from pykms.privval.codec import Dialect
 from pykms.providers.softsign import SoftsignSigner
 
 CHAIN = "metrics-chain"
@@ -29,8 +33,9 @@ CHAIN = "metrics-chain"
 def event(height: int, kind: str, step: int, outcome: str = "signed", reason: str = "") -> SignEvent:
     signed = outcome in ("signed", "reused")
     return SignEvent(
-        CHAIN, kind, height, 0, step, b"\xab" * 32, b"sb", b"s" * 64 if signed else None, outcome, reason, 0.0003
-    )
+        CHAIN, kind, height, 0, step, b"\xab" * 32, b"sb", b"s" * 64 if signed else None, outcome, reason, 0.0003,
+        failure={"refused": "refused", "error": "state"}.get(outcome, ""),
+    )  # fmt: skip
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -82,46 +87,60 @@ def test_metric_names_match_the_registry() -> None:
     assert exposed - {n for n in exposed if n.endswith("_created")} == METRIC_NAMES
 
 
+class Flaky(SoftsignSigner):
+    """A real softsign key whose device can go away."""
+
+    broken = False
+
+    def sign(self, message: bytes) -> bytes:
+        if self.broken:
+            raise TransientProviderError("device gone")
+        return super().sign(message)
+
+
 @pytest.fixture
-def chain(tmp_path: Path) -> Iterator[ChainContext]:
+def front(tmp_path: Path) -> Iterator[tuple[RequestHandler, Metrics, Flaky, AuditLog]]:
     store = JsonStateStore.create(tmp_path / "state.json", SignState.initial())
-    guard = FileGuard(CHAIN, store)
-    ctx = ChainContext(CHAIN, SoftsignSigner.from_seed(hashlib.sha256(b"metrics").digest()), guard)
-    yield ctx
-    guard.close()
-
-
-def test_attach_chain_times_provider_state_and_audit(chain: ChainContext, tmp_path: Path) -> None:
-    m = Metrics()
+    signer = Flaky.from_seed(hashlib.sha256(b"metrics").digest())
     audit = AuditLog(tmp_path / "audit.log", CHAIN)
-    m.attach_chain(chain, audit)
-    assert m.observe in chain.observers and chain.metrics is m
+    keyholder = LocalKeyHolder()
+    keyholder.add(CHAIN, signer, FileGuard(CHAIN, store), audit)
+    m = Metrics()
+    m.attach_chain(CHAIN, provider=signer.provider, backend=keyholder.guard(CHAIN).backend, audit=audit)
+    handler = RequestHandler(keyholder, keyholder.chains()[CHAIN], Dialect.V0_38, chain_id=CHAIN, observers=[m])
+    yield handler, m, signer, audit
+    keyholder.close()
+
+
+def sign_prevote(handler: RequestHandler, height: int) -> None:
+    vote = make_vote(height, 0, PREVOTE, "b", timestamp=(1_700_000_000, 0))
+    request = codec.encode_request(Dialect.V0_38, codec.SignVoteRequest(vote=vote, chain_id=CHAIN))
+    handler.handle(request, lambda _reply: None)
+
+
+def test_front_events_time_provider_state_and_audit(front: tuple[RequestHandler, Metrics, Flaky, AuditLog]) -> None:
+    handler, m, signer, _audit = front
     for h in (1, 2):
-        chain.guard.check_and_sign(h, 0, 2, f"sign bytes {h}".encode(), chain.sign)
-    chain.guard.check_and_sign(2, 0, 2, b"sign bytes 2", chain.sign)  # a repeat: no sign, no save
-    audit.record(event(1, "prevote", 2))
-    audit.close()
-
-    def broken(_message: bytes) -> bytes:
-        raise TransientProviderError("device gone")
-
-    chain.signer = type("Broken", (), {"provider": "softsign", "sign": staticmethod(broken)})()
-    with pytest.raises(TransientProviderError):
-        chain.sign(b"x")
+        sign_prevote(handler, h)
+    sign_prevote(handler, 2)  # a repeat: no sign, no save
+    signer.broken = True
+    sign_prevote(handler, 3)
     text = m.render().decode()
     assert value(text, "pykms_state_persist_seconds_count", chain_id=CHAIN, backend="file") == 2
-    assert value(text, "pykms_state_persist_seconds_count", chain_id=CHAIN, backend="audit") == 1
+    assert value(text, "pykms_state_persist_seconds_count", chain_id=CHAIN, backend="audit") == 4
     assert value(text, "pykms_provider_sign_seconds_count", provider="softsign") == 2
     assert value(text, "pykms_provider_errors_total", provider="softsign", error="TransientProviderError") == 1
+    assert value(text, "pykms_signatures_total", chain_id=CHAIN, type="prevote", outcome="reused") == 1
 
 
-def test_storage_problems(chain: ChainContext, tmp_path: Path) -> None:
-    audit = AuditLog(tmp_path / "audit.log", CHAIN)
-    assert storage_problems(chain, audit) == []
-    chain.persist_error = "disk full"
+def test_health_reports_storage_problems(front: tuple[RequestHandler, Metrics, Flaky, AuditLog]) -> None:
+    handler, _m, _signer, audit = front
+    keyholder = handler.keyholder
+    assert keyholder.health() == {CHAIN: "ok"}
     audit.close()
-    problems = storage_problems(chain, audit)
-    assert problems == ["state not writable: disk full", "audit log closed"]
+    sign_prevote(handler, 1)  # the record cannot be written: the signature is withheld
+    assert keyholder.health()[CHAIN].startswith("state not writable: ")
+    assert keyholder.health()[CHAIN].endswith("; audit log closed")
 
 
 def get(url: str) -> tuple[int, str, bytes]:

@@ -37,6 +37,8 @@ class GuardBackend(Protocol):
     """One chain's double-sign state and its durable storage."""
 
     chain_id: str
+    #: What kind of storage this is, for the metrics' labels: "file" or "postgres".
+    backend: str
 
     def check_and_sign(self, height: int, round_: int, step: int, sign_bytes: bytes, sign: SignFn) -> GuardOutcome:
         """Decide, sign, persist, return. Raises DoubleSignError (refused, nothing signed, state unchanged),

@@ -8,9 +8,6 @@ height/round/step again later cannot make a double sign.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 from pykms.guard.backend import GuardOutcome, SignFn
 from pykms.guard.decide import ReuseSignature, decide
 from pykms.guard.state import SignState
@@ -22,13 +19,13 @@ __all__ = ["FileGuard"]
 class FileGuard:
     """One chain's guard over a local ``StateStore``. Callers serialise calls (the chain lock)."""
 
+    #: The metrics' label for this kind of state storage.
+    backend = "file"
+
     def __init__(self, chain_id: str, store: StateStore) -> None:
         self.chain_id = chain_id
         self.store = store
         self.state = store.load()
-        #: Observability hook: called with the seconds each durable save took, for the metrics'
-        #: pykms_state_persist_seconds; None (the default) costs nothing.
-        self.on_persist: Callable[[float], None] | None = None
 
     def check_and_sign(self, height: int, round_: int, step: int, sign_bytes: bytes, sign: SignFn) -> GuardOutcome:
         decision = decide(self.state, height, round_, step, sign_bytes)
@@ -36,10 +33,7 @@ class FileGuard:
             return GuardOutcome(decision.signature, decision.timestamp, fresh=False)
         signature = sign(sign_bytes)
         new_state = SignState(height=height, round=round_, step=step, signature=signature, sign_bytes=sign_bytes)
-        started = time.perf_counter()
         self.store.save(new_state)  # raises PersistError: the signature is dropped with the exception
-        if self.on_persist is not None:
-            self.on_persist(time.perf_counter() - started)
         self.state = new_state
         return GuardOutcome(signature, None, fresh=True)
 

@@ -531,6 +531,9 @@ class PostgresGuard:
     lock); separate instances (threads, processes, hosts) are serialised by the row lock.
     """
 
+    #: The metrics' label for this kind of state storage.
+    backend = "postgres"
+
     def __init__(self, dsn: str, chain_id: str, *, timeout_ms: int = 2000, instance: str | None = None) -> None:
         if timeout_ms <= 0:
             raise ConfigError("timeout_ms must be positive", key="guard.timeout_ms")

@@ -8,9 +8,8 @@ before the reply, fdatasync every 100 ms). Each signs ``n`` prevote/precommit re
 SecretConnection, every signature verified (``pykms.harness.bench.run_sequence``, the code behind
 ``pykms-signer-harness bench``). Prints p50/p99 per variant over all rounds and the p50 overhead against no audit.
 
-The signer is ``pykms start``'s own code path (load_config, Runtime.build, run_forever) in a child process; the
-audit sync mode is applied by rebuilding the chain's AuditLog, so the bench runs whether or not the config
-loader knows the ``audit_sync`` key yet.
+The signer is ``pykms start``'s own code path (load_config, Runtime.build, run_forever) in a child process, the
+audit sync mode written into its config (``audit_sync``).
 """
 
 from __future__ import annotations
@@ -34,8 +33,7 @@ VARIANTS = ("none", "always", "batch")
 
 
 def serve(config: Path, sync: str) -> int:
-    """The child: ``pykms start`` with the chain's audit log in the given sync mode."""
-    from pykms.audit import AuditLog
+    """The child: ``pykms start`` (the sync mode is in the config)."""
     from pykms.config import load_config
     from pykms.logconfig import configure_logging
     from pykms.runtime import Runtime
@@ -43,13 +41,6 @@ def serve(config: Path, sync: str) -> int:
     configure_logging("json")
     runtime = Runtime(load_config(config))
     runtime.build()
-    for chain_id, old in list(runtime.audit_logs.items()):
-        chain = runtime.chains[chain_id]
-        chain.durable_observers.remove(old.record)
-        old.close()
-        new = AuditLog(old.path, chain_id, sync=sync)  # type: ignore[arg-type]
-        chain.durable_observers.append(new.record)
-        runtime._closers.append(new.close)
     return runtime.run_forever()
 
 
@@ -58,7 +49,10 @@ def one_run(home: Path, variant: str, n: int, state_format: str) -> list[float]:
     config = write_demo_home(home, sim.listen(), chain_id=CHAIN, state_format=state_format)
     if variant != "none":
         text = config.read_text()
-        text = text.replace("[[providers.softsign]]", f'audit_log = "{home / "audit.log"}"\n\n[[providers.softsign]]')
+        text = text.replace(
+            "[[providers.softsign]]",
+            f'audit_log = "{home / "audit.log"}"\naudit_sync = "{variant}"\n\n[[providers.softsign]]',
+        )
         config.write_text(text)
     with open(home / "pykms.log", "ab") as log:
         proc = subprocess.Popen(
@@ -96,8 +90,9 @@ def inproc(directory: Path, n: int, state_format: str) -> None:
     from pykms.guard.file_guard import FileGuard
     from pykms.guard.state import SignState
     from pykms.guard.store import JsonStateStore, SlotStateStore
-    from pykms.handler import ChainContext, RequestHandler
+    from pykms.handler import RequestHandler
     from pykms.harness.simulator import PRECOMMIT, PREVOTE, make_vote
+    from pykms.keyholder.local import LocalKeyHolder
     from pykms.privval import codec
     from pykms.providers.softsign import SoftsignSigner
 
@@ -108,12 +103,13 @@ def inproc(directory: Path, n: int, state_format: str) -> None:
         home = directory / f"inproc-{variant}"
         home.mkdir()
         store = store_cls.create(home / "state", SignState.initial())
-        chain = ChainContext(CHAIN, SoftsignSigner.from_seed(hashlib.sha256(b"b").digest()), FileGuard(CHAIN, store))
+        log = None
         if variant != "none":
             log = AuditLog(home / "audit.log", CHAIN, sync=variant)  # type: ignore[arg-type]
-            chain.durable_observers.append(log.record)
             logs.append(log)
-        handlers[variant] = RequestHandler(chain, Dialect.V0_38, chain_id=CHAIN)
+        keyholder = LocalKeyHolder()
+        keyholder.add(CHAIN, SoftsignSigner.from_seed(hashlib.sha256(b"b").digest()), FileGuard(CHAIN, store), log)
+        handlers[variant] = RequestHandler(keyholder, keyholder.chains()[CHAIN], Dialect.V0_38, chain_id=CHAIN)
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     sink: list[bytes] = []
     for i in range(n + 100):

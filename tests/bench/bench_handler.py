@@ -25,8 +25,9 @@ from nacl.signing import SigningKey
 from pykms.guard.file_guard import FileGuard
 from pykms.guard.state import SignState
 from pykms.guard.store import FileOps, SlotStateStore
-from pykms.handler import ChainContext, RequestHandler
+from pykms.handler import LogObserver, Observer, RequestHandler
 from pykms.harness.simulator import PREVOTE, make_vote
+from pykms.keyholder.local import LocalKeyHolder
 from pykms.logconfig import configure_logging, flush_logs, get_logger
 from pykms.privval import codec
 from pykms.privval.codec import Dialect, MessageReader, delimit
@@ -61,19 +62,22 @@ def _body(frame_data: bytes) -> bytes:
     return bodies[0]
 
 
-def _handler_path(path: Path, n: int, *, logged: bool, alone: bool) -> tuple[float, float]:
+def _handler_path(path: Path, n: int, *, logged: bool) -> tuple[float, float]:
     """CPU and wall µs per request of sealed requests in, sealed replies out, through a real RequestHandler."""
     SlotStateStore.create(path, SignState.initial()).close()
-    chain = ChainContext(
+    keyholder = LocalKeyHolder()
+    keyholder.add(
         CHAIN, SoftsignSigner.from_seed(os.urandom(32)), FileGuard(CHAIN, SlotStateStore(path, ops=_NoFlush()))
     )
     log = None
+    observers: list[Observer] = []
     if logged:
         configure_logging("json", stream=open(os.devnull, "w"), background=True)  # open for the process
         log = get_logger("pykms.session", chain_id=CHAIN, validator="tcp://127.0.0.1:26659")
-    handler = RequestHandler(chain, Dialect.V0_38, chain_id=CHAIN, log=log)
-    if not alone:
-        chain.activity.enter()  # another request "in flight": the handler verifies inline
+        observers.append(LogObserver(log))
+    handler = RequestHandler(
+        keyholder, keyholder.chains()[CHAIN], Dialect.V0_38, chain_id=CHAIN, observers=observers, log=log
+    )
     k1, k2 = os.urandom(32), os.urandom(32)
     node, signer_side = FrameCodec(k1, k2), FrameCodec(k2, k1)
     reader = MessageReader(codec.MAX_REQUEST_BYTES)
@@ -103,7 +107,7 @@ def _handler_path(path: Path, n: int, *, logged: bool, alone: bool) -> tuple[flo
 
     figures = _cpu_us(n, request)
     flush_logs()
-    chain.close()
+    keyholder.close()
     # Every reply is a signed vote (nothing refused, nothing lost): the figures are of the real path.
     replies = [codec.decode_response(Dialect.V0_38, _body(node.open(f))) for f in sent]
     assert len(replies) == 3 * n and not any(r.error for r in replies)  # type: ignore[union-attr]
@@ -133,12 +137,8 @@ def main() -> None:
     )
 
     with tempfile.TemporaryDirectory() as d:
-        for label, logged, alone in (
-            ("handler path, verify inline (busy process)", False, False),
-            ("  + its JSON log line", True, False),
-            ("handler path, verify on the side thread (alone) + log", True, True),
-        ):
-            rows.append((label, *_handler_path(Path(d) / f"{len(rows)}.slots", n, logged=logged, alone=alone)))
+        for label, logged in (("handler path (front + key holder)", False), ("  + its JSON log line", True)):
+            rows.append((label, *_handler_path(Path(d) / f"{len(rows)}.slots", n, logged=logged)))
 
     width = max(len(name) for name, _, _ in rows)
     print(f"{'per request'.ljust(width)}  CPU µs   wall µs")

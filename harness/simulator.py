@@ -25,7 +25,8 @@ from typing import Any
 
 from nacl.signing import SigningKey
 
-from pykms.errors import HarnessError, ProtocolError
+from pykms.errors import ConnectionLost, HarnessError, ProtocolError
+from pykms.errors import LinkTimeout as CoreLinkTimeout
 from pykms.privval import codec
 from pykms.privval.codec import Dialect, MessageReader
 from pykms.proto.tendermint.types import types_pb2
@@ -192,8 +193,8 @@ class SignerLink:
         """Bytes on the stream as they are (for hostile-input tests)."""
         try:
             self.stream.send(data)
-        except OSError as exc:
-            raise LinkClosed(f"cannot write to the signer: {exc.strerror or exc}") from None
+        except (OSError, ConnectionLost) as exc:
+            raise LinkClosed(f"cannot write to the signer: {exc}") from None
 
     def recv_body(self, timeout: float | None = None) -> bytes:
         """The next complete message body from the signer."""
@@ -206,10 +207,10 @@ class SignerLink:
                     set_kernel_timeouts(self.sock, wait)
                     self._timeout_set = wait
                 data = self.stream.recv()
-            except TimeoutError:
+            except (TimeoutError, CoreLinkTimeout):
                 raise LinkTimeout(f"the signer did not answer within {wait:g} s") from None
-            except OSError as exc:
-                raise LinkClosed(f"cannot read from the signer: {exc.strerror or exc}") from None
+            except (OSError, ConnectionLost) as exc:
+                raise LinkClosed(f"cannot read from the signer: {exc}") from None
             if not data:
                 self.reader.eof()  # DecodeError if the signer hung up in the middle of a message
                 raise LinkClosed("the signer closed the connection")

@@ -11,6 +11,8 @@ exactly one family and the CLI maps it to an exit code in one place::
     │   ├── HandshakeError          SecretConnection handshake refused (low-order key, bad challenge, ...)
     │   │   └── PeerIdMismatch      the peer's node ID is not the pinned one
     │   ├── FrameError              AEAD failure, oversize frame, nonce exhaustion: the connection is poisoned
+    │   ├── ConnectionLost          the link failed (reset, broken pipe) under a blocking stream
+    │   │   └── LinkTimeout         nothing read, or a write not taken, within the link's deadline
     │   └── DecodeError             bad varint, oversize message, garbage protobuf, unknown oneof case
     ├── SigningRefused              the request is valid but must not be signed (answered RemoteSignerError)
     │   ├── ChainIdMismatch
@@ -38,6 +40,7 @@ __all__ = [
     "ChainIdMismatch",
     "ConfigError",
     "ConflictError",
+    "ConnectionLost",
     "DecodeError",
     "DoubleSignError",
     "FatalProviderError",
@@ -48,6 +51,7 @@ __all__ = [
     "InvalidRequest",
     "KeyFileError",
     "KmsError",
+    "LinkTimeout",
     "PeerIdMismatch",
     "PersistError",
     "ProtocolError",
@@ -104,6 +108,14 @@ class PeerIdMismatch(HandshakeError):
 
 class FrameError(ProtocolError):
     """A sealed frame failed to open, declared a bad length, or the nonce would wrap. Poisons the link."""
+
+
+class ConnectionLost(ProtocolError):
+    """The transport failed (reset, broken pipe, any socket error); the connection is gone."""
+
+
+class LinkTimeout(ConnectionLost):
+    """The peer sent nothing, or did not take a write, within the link's deadline."""
 
 
 class DecodeError(ProtocolError):

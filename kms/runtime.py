@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pykms.config import KmsConfig, ValidatorConfig
-from pykms.errors import ConfigError, KmsError, ProtocolError
+from pykms.errors import ConfigError, KmsError, LinkTimeout, ProtocolError
 from pykms.extensions import ExtensionPlan, plan_extensions
 from pykms.handler import LogObserver, Observer, RequestHandler
 from pykms.keyholder.api import ChainKey
@@ -194,7 +194,7 @@ class _Session:
         def reply(body: bytes) -> None:
             try:
                 send(delimit(body), REPLY_WRITE_TIMEOUT_S)
-            except TimeoutError:
+            except LinkTimeout:
                 raise ProtocolError(
                     f"the validator did not take its reply within {REPLY_WRITE_TIMEOUT_S:g} s; closing the connection"
                 ) from None
@@ -204,7 +204,7 @@ class _Session:
         while not stop.is_set():
             try:
                 data = stream.recv()
-            except TimeoutError:
+            except LinkTimeout:
                 raise ProtocolError(f"no request for {self.idle_timeout:.0f} s; the link is considered dead") from None
             if not data:
                 raise ProtocolError("the validator closed the connection")

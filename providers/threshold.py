@@ -33,7 +33,14 @@ from typing import TYPE_CHECKING, Any
 
 from nacl.signing import SigningKey
 
-from pykms.errors import FatalProviderError, KmsError, ThresholdError, TransientProviderError
+from pykms.errors import (
+    ConnectionLost,
+    FatalProviderError,
+    KmsError,
+    LinkTimeout,
+    ThresholdError,
+    TransientProviderError,
+)
 from pykms.providers.signer import verify_or_raise
 from pykms.secretconn.sync import BlockingSecretStream, secret_connection_sync
 from pykms.threshold import frost
@@ -105,9 +112,9 @@ class CosignerClient:
                     if answer is None:
                         raise ConnectionError("the cosigner closed the connection")
                     return answer
-                except ConnectionError as exc:
+                except (ConnectionError, ConnectionLost) as exc:
                     self.close_locked()
-                    if not (reused and attempt == 1):
+                    if isinstance(exc, LinkTimeout) or not (reused and attempt == 1):
                         raise TransientProviderError(f"cosigner {self.addr.addr}: {exc}") from None
                 except (OSError, KmsError) as exc:
                     self.close_locked()

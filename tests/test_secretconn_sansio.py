@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from pykms.errors import FrameError, HandshakeError
+from pykms.errors import ConnectionLost, FrameError, HandshakeError, LinkTimeout
 from pykms.secretconn.core import SEALED_FRAME_SIZE, FrameCodec, Handshake, challenge_of, derive_keys
 from pykms.secretconn.sync import (
     BlockingPlainStream,
@@ -135,10 +135,10 @@ def test_blocking_stream_write_failure_poisons() -> None:
     for _ in range(100):  # the first writes may still land in the socket buffer
         try:
             sa.send(bytes(4096))
-        except OSError as exc:  # the threaded runtime maps OSError itself
+        except ConnectionLost as exc:  # the stream maps the socket's OSError to the project's error
             caught = exc
             break
-    assert isinstance(caught, OSError)
+    assert isinstance(caught, ConnectionLost) and not isinstance(caught, OSError)
     with pytest.raises(FrameError, match="write failed"):
         sa.send(b"x")
     sa.close()
@@ -146,7 +146,7 @@ def test_blocking_stream_write_failure_poisons() -> None:
 
 def test_plain_stream_with_kernel_timeouts() -> None:
     """The runtime's sockets: blocking, with SO_RCVTIMEO in place of CPython's poll-before-every-call
-    timeout; an expired wait is still a TimeoutError (the session's "link is considered dead"), and loses nothing."""
+    timeout; an expired wait is a LinkTimeout (the session's "link is considered dead"), and loses nothing."""
     a, b = socket.socketpair()
     with a, b:
         set_kernel_timeouts(b, 0.2)
@@ -155,7 +155,7 @@ def test_plain_stream_with_kernel_timeouts() -> None:
         a.sendall(b"ping")
         assert stream.recv() == b"ping"
         started = time.monotonic()
-        with pytest.raises(TimeoutError):
+        with pytest.raises(LinkTimeout):
             stream.recv()
         assert 0.15 <= time.monotonic() - started < 2.0
         a.sendall(b"after")
@@ -168,7 +168,7 @@ def test_secret_stream_with_kernel_timeouts() -> None:
         set_kernel_timeouts(sa.sock, 0.2)
         sb.send(b"request")
         assert sa.recv() == b"request"
-        with pytest.raises(TimeoutError):
+        with pytest.raises(LinkTimeout):
             sa.recv()
         sb.send(b"next")  # a timeout between frames loses nothing
         assert sa.recv() == b"next"

@@ -1,7 +1,8 @@
 """SecretConnection over a blocking socket: the signer's production path (kms/runtime.py) and the simulator's.
 
 A thin adapter over the sans-IO ``pykms.secretconn.core``: it moves bytes between the socket and the state
-machines and enforces the handshake deadline. Socket errors and timeouts are mapped to pykms errors here.
+machines and enforces the handshake deadline. Socket errors and timeouts are mapped to pykms errors here: the
+streams raise ConnectionLost (LinkTimeout for a deadline) and the handshake HandshakeError, never OSError.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 
 from nacl.signing import SigningKey
 
-from pykms.errors import FrameError, HandshakeError
+from pykms.errors import ConnectionLost, FrameError, HandshakeError, LinkTimeout
 from pykms.secretconn.core import SEALED_FRAME_SIZE, FrameCodec, Handshake, node_id
 
 __all__ = [
@@ -32,7 +33,7 @@ def set_kernel_timeouts(sock: socket.socket, seconds: float) -> None:
 
     CPython polls before every call on a socket with a Python-level timeout: poll + recv and poll + send, two
     more system calls (and GIL hand-offs) per request than needed. With the kernel's timeouts an
-    expired wait raises BlockingIOError, which the streams below turn into TimeoutError.
+    expired wait raises BlockingIOError, which the streams below turn into LinkTimeout.
     """
     sock.settimeout(None)
     timeval = struct.pack("@ll", int(seconds), int(seconds % 1 * 1_000_000))
@@ -45,9 +46,21 @@ def sendall_within(sock: socket.socket, data: bytes, timeout: float | None) -> N
 
     The kernel's SO_SNDTIMEO restarts after every partial write, so a peer that opens its receive window a few
     bytes at a time could hold a plain ``sendall`` for ever; here the deadline covers the whole reply. Raises
-    TimeoutError when it passes (part of ``data`` may have been written: the stream is then unusable).
+    LinkTimeout when it passes (part of ``data`` may have been written: the stream is then unusable),
+    ConnectionLost when the socket fails.
     The common case is one non-blocking ``send`` that takes everything: no extra system call.
     """
+    try:
+        _send_within(sock, data, timeout)
+    except BlockingIOError:  # SO_SNDTIMEO expired
+        raise LinkTimeout(f"the peer did not take {len(data)} bytes in time") from None
+    except TimeoutError as exc:
+        raise LinkTimeout(str(exc)) from None
+    except OSError as exc:
+        raise ConnectionLost(f"cannot write to the peer: {exc.strerror or exc}") from None
+
+
+def _send_within(sock: socket.socket, data: bytes, timeout: float | None) -> None:
     if timeout is None:
         sock.sendall(data)
         return
@@ -73,8 +86,10 @@ def sendall_within(sock: socket.socket, data: bytes, timeout: float | None) -> N
 def _recv(sock: socket.socket) -> bytes:
     try:
         return sock.recv(65536)
-    except BlockingIOError:  # SO_RCVTIMEO expired (set_kernel_timeouts): the same as a Python-level timeout
-        raise TimeoutError("no data before the socket's receive timeout") from None
+    except (BlockingIOError, TimeoutError):  # SO_RCVTIMEO expired (set_kernel_timeouts), or a Python timeout
+        raise LinkTimeout("no data before the socket's receive timeout") from None
+    except OSError as exc:
+        raise ConnectionLost(f"cannot read from the peer: {exc.strerror or exc}") from None
 
 
 class BlockingPlainStream:
@@ -112,14 +127,14 @@ class BlockingSecretStream:
         frames = self.codec.seal(data)
         try:
             sendall_within(self.sock, frames, timeout)
-        except OSError:
+        except ConnectionLost:
             self.codec.poison("write failed")
             raise
 
     def recv(self) -> bytes:
         """The data of the next frame(s); b"" when the peer closed the connection cleanly between frames.
 
-        A socket timeout propagates as TimeoutError; a partial frame stays buffered for the next call.
+        A socket timeout raises LinkTimeout; a partial frame stays buffered for the next call.
         """
         if self._plain:
             data, self._plain = self._plain, b""

@@ -81,6 +81,8 @@ class LedgerSigner:
     """An Ed25519 key held by the Tendermint validator app on a Ledger."""
 
     provider = "ledger"
+    #: The Tendermint app signs only votes and proposals, never vote-extension sign bytes.
+    signs_extensions = False
 
     def __init__(self, transport: str = "hid", addr: str | None = None, *, extensions_disabled: bool = False) -> None:
         self.transport = transport

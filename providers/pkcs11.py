@@ -613,6 +613,7 @@ class Pkcs11Signer:
     """An Ed25519 consensus key on a PKCS#11 token (implements pykms.providers.signer.Signer)."""
 
     provider = PROVIDER
+    signs_extensions = True
 
     def __init__(
         self, token: Pkcs11Token, *, label: str | None = None, key_id: bytes | None = None, owns_token: bool = False

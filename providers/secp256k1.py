@@ -71,6 +71,7 @@ class Secp256k1Signer:
     """A secp256k1 key in a file (``pykms.providers.signer.Signer``; ``key_type`` tells the handler)."""
 
     provider = "softsign"
+    signs_extensions = True
     key_type = "secp256k1"
 
     def __init__(self, scalar: bytes) -> None:

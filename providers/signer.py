@@ -23,6 +23,8 @@ class Signer(Protocol):
 
     #: Short backend name for logs and metrics: "softsign", "yubihsm", "ledger", "pkcs11".
     provider: str
+    #: Whether this key can sign vote-extension sign bytes (False behind a Ledger); the runtime plans with it.
+    signs_extensions: bool
 
     def public_key(self) -> bytes:
         """The raw 32-byte Ed25519 public key."""

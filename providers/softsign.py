@@ -165,6 +165,7 @@ class SoftsignSigner:
     """An Ed25519 key held in process memory (the ``softsign`` provider)."""
 
     provider = "softsign"
+    signs_extensions = True
 
     def __init__(self, key: SigningKey | _Expanded, *, source: str = "memory") -> None:
         self._key: SigningKey | _Expanded | None = key

@@ -144,6 +144,7 @@ class _Round:
 
 class ThresholdSigner:
     provider = "threshold"
+    signs_extensions = True
 
     def __init__(
         self,

@@ -256,6 +256,7 @@ class YubihsmSigner:
     """An Ed25519 key held in a YubiHSM2 (``pykms.providers.signer.Signer``)."""
 
     provider = "yubihsm"
+    signs_extensions = True
 
     def __init__(
         self,

@@ -118,7 +118,7 @@ class LocalKeyHolder:
         key = ChainKey(
             signer.public_key(),
             getattr(signer, "key_type", "ed25519"),
-            signs_extensions=bool(getattr(signer, "signs_extensions", True)),
+            signs_extensions=signer.signs_extensions,
         )
         if signer not in self._signers:
             self._signers.append(signer)

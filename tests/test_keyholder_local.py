@@ -158,3 +158,17 @@ def test_untrusted_state_stops_the_chain(home: Path) -> None:
             kh.sign(CHAIN, vote(1))
     finally:
         kh.close()
+
+
+def test_only_project_errors_escape_a_backend_bug(holder: LocalKeyHolder, home: Path) -> None:
+    """A guard that fails with a foreign exception (a bug): the caller gets a ProviderError, nothing signed."""
+    guard = holder.guard(CHAIN)
+
+    def broken(*_args: object) -> object:
+        raise RuntimeError("bug in a backend")
+
+    before = state_bytes(home)
+    guard.check_and_sign = broken  # type: ignore[method-assign]
+    with pytest.raises(ProviderError, match="internal error"):
+        holder.sign(CHAIN, vote(3))
+    assert state_bytes(home) == before

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 from nacl.signing import SigningKey
 
-from pykms.errors import KmsError
+from pykms.errors import KmsError, LinkTimeout
 from pykms.privval import codec
 from pykms.privval.codec import Dialect, MessageReader
 from pykms.privval.signbytes import (
@@ -171,7 +171,7 @@ class TestSigner:
         while not self._stop.is_set():
             try:
                 data = stream.recv()
-            except TimeoutError:
+            except LinkTimeout:
                 continue
             if not data:
                 return

@@ -102,7 +102,7 @@ class ChainConfig:
     id: str
     key_format: KeyFormat
     state_file: Path | None = None
-    state_format: Literal["json", "slots"] = "json"
+    state_format: Literal["auto", "json", "slots"] = "auto"
     #: None: follow the validator's protocol_version (v0.38 signs every non-nil precommit's extension).
     sign_extensions: bool | None = None
     audit_log: Path | None = None
@@ -590,7 +590,7 @@ def _chain(ctx: _Ctx, data: object, key: str) -> ChainConfig:
             "(run `pykms state import` with the node's priv_validator_state.json, which sets the guard to that "
             "state; or, only for a key that has never signed, `pykms state init`, which starts it at height 0)",
         )
-    state_format = cast(Literal["json", "slots"], t.choice("state_format", ("json", "slots")) or "json")
+    state_format = cast(Literal["auto", "json", "slots"], t.choice("state_format", ("auto", "json", "slots")) or "auto")
     audit_log = t.path("audit_log")
     audit_sync = cast(Literal["batch", "always"], t.choice("audit_sync", ("batch", "always")) or "batch")
     audit_rotate_bytes = t.int_("audit_rotate_bytes", lo=4096, hi=2**40)

@@ -11,7 +11,7 @@ Example::
     [[chain]]
     id = "cosmoshub-4"
     state_file = "state/cosmoshub-4_cosigner_state.json"
-    state_format = "slots"                     # optional; "json" (CometBFT's format) by default
+    state_format = "json"                      # optional; by default an existing file keeps its format, new is slots
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class CosignerChain:
     id: str
     state_file: Path
     #: As in tmkms.toml's [[chain]]: CometBFT's JSON (default) or the two-slot file (one fdatasync per share).
-    state_format: Literal["json", "slots"] = "json"
+    state_format: Literal["auto", "json", "slots"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def parse_cosigner_config(data: Mapping[str, Any], path: Path) -> CosignerConfig
         c = _Table(ctx, raw, f"chain[{i}]", ("id", "state_file", "state_format"))
         chain_id = c.req_str("id", 'add id = "<chain-id>"')
         state_file = c.path("state_file", required=True)
-        state_format = cast(Literal["json", "slots"], c.choice("state_format", ("json", "slots")) or "json")
+        state_format = cast(Literal["auto", "json", "slots"], c.choice("state_format", ("auto", "json", "slots")) or "auto")
         assert state_file is not None
         c.done()
         if any(chain.id == chain_id for chain in chains):

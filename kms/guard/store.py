@@ -365,7 +365,8 @@ class JsonStateStore(_FileStore):
         if data.startswith(SLOTS_MAGIC):
             raise StateCorrupt(
                 f'{self.path}: this is a pykms slots file, not CometBFT JSON; set state_format = "slots" '
-                "for this chain (or remove state_format: the file's own format is then used), or convert it with `pykms state import …`"
+                "for this chain (or remove state_format: the file's own format is then used), "
+                "or convert it with `pykms state import …`"
             )
         return from_cometbft_json(data, str(self.path))
 
@@ -501,7 +502,8 @@ class SlotStateStore(_FileStore):
             if fmt is not None:
                 raise StateCorrupt(
                     f'{self.path}: this is a {fmt} JSON state file, not a slots file; set state_format = "json" '
-                    "for this chain (or remove state_format: the file's own format is then used), or convert it with `pykms state import …`"
+                    "for this chain (or remove state_format: the file's own format is then used), "
+                    "or convert it with `pykms state import …`"
                 )
         seq, state = decode_slots_file(data, str(self.path))
         self._seq = seq

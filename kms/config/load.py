@@ -98,7 +98,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> KmsConfig:
             raise ctx.error(
                 f"{mine[1]}.chain_ids",
                 f"chain {chain.id!r} has a consensus key in {len(mine)} provider entries ({', '.join(mine)})",
-                "keep exactly one key per chain",
+                f"keep exactly one key per chain: remove {chain.id!r} from the chain_ids of all but one of them",
             )
         kept.append(chain)
     return KmsConfig(

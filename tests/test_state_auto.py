@@ -155,3 +155,25 @@ def test_configured_chain_opens_its_file_in_the_files_format(tmp_path: Path) -> 
     with pytest.raises(StateCorrupt, match='set state_format = "slots"'):
         open_store(config, config.chains[0]).load()
     shutil.rmtree(tmp_path / "kms")
+
+
+def test_cosigner_chains_default_to_auto(tmp_path: Path) -> None:
+    """``pykms cosigner init``: a new chain's state is slots, an existing JSON one is kept; both then open."""
+    from pykms.threshold.config import load_cosigner_config
+
+    old, new = tmp_path / "old.json", tmp_path / "state" / "new"
+    create_state_file(old, SignState(9, 0, 0), fmt="json")
+    config_path = tmp_path / "cosigner.toml"
+    config_path.write_text(
+        'listen_addr = "tcp://127.0.0.1:27001"\nshare_file = "share.json"\nsecret_key = "id.key"\n'
+        f'allowed_signers = ["{"ab" * 20}"]\n\n'
+        f'[[chain]]\nid = "old-1"\nstate_file = "{old}"\n\n[[chain]]\nid = "new-1"\nstate_file = "{new}"\n'
+    )
+    result = _pykms("cosigner", "init", "-c", str(config_path), "--height", "5")
+    assert result.returncode == 0, result.stderr
+    assert new.read_bytes().startswith(SLOTS_MAGIC)
+    assert json.loads(old.read_bytes())["height"] == "9"
+    for chain in load_cosigner_config(config_path).chains:
+        assert chain.state_format == "auto"
+        with open_state_store(chain.state_file, chain.state_format) as store:
+            assert store.load().height == (9 if chain.id == "old-1" else 5)

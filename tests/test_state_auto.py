@@ -177,3 +177,17 @@ def test_cosigner_chains_default_to_auto(tmp_path: Path) -> None:
         assert chain.state_format == "auto"
         with open_state_store(chain.state_file, chain.state_format) as store:
             assert store.load().height == (9 if chain.id == "old-1" else 5)
+
+
+def test_pykms_init_then_state_init_makes_slots_and_state_show_prints_json(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert _pykms("init", str(home), "--chain-id", "init-1").returncode == 0
+    config = home / "tmkms.toml"
+    assert "state_format" not in config.read_text()
+    result = _pykms("state", "init", "-c", str(config), "--chain", "init-1")
+    assert result.returncode == 0, result.stderr
+    chain = load_config(config).chains[0]
+    assert chain.state_file is not None and chain.state_file.read_bytes().startswith(SLOTS_MAGIC)
+    shown = _pykms("state", "show", "-c", str(config), "--chain", "init-1")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["height"] == "0"

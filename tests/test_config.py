@@ -66,7 +66,7 @@ def test_tmkms_softsign_example_loads_unchanged() -> None:
     assert chain.key_format == KeyFormat("bech32", "cosmospub", "cosmosvalconspub")
     assert chain.sign_extensions is False
     assert chain.state_file == FIXTURES / "state" / "cosmoshub_priv_validator_state.json"
-    assert chain.state_format == "json"
+    assert chain.state_format == "auto"  # unset: the file keeps its own format, new state is slots
     (validator,) = config.validators
     assert validator.chain_id == "cosmoshub-3"
     assert validator.protocol_version == "v0.38"
@@ -165,7 +165,7 @@ def test_example_documents_every_key() -> None:
 def test_defaults(tmp_path: Path) -> None:
     config = load_text(tmp_path, BASE)
     chain = config.chains[0]  # type: ignore[attr-defined]
-    assert (chain.state_file, chain.state_format, chain.sign_extensions, chain.audit_log) == (None, "json", None, None)
+    assert (chain.state_file, chain.state_format, chain.sign_extensions, chain.audit_log) == (None, "auto", None, None)
     validator = config.validators[0]  # type: ignore[attr-defined]
     assert (validator.protocol_version, validator.reconnect, validator.max_height) == ("v0.38", True, None)
     assert config.providers.softsign[0].key_type == "consensus"  # type: ignore[attr-defined]

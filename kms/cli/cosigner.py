@@ -42,7 +42,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_start(args: argparse.Namespace) -> int:
     from pykms.errors import StateMissing
-    from pykms.guard.store import JsonStateStore, SlotStateStore, StateStore
+    from pykms.guard.store import StateStore, open_state_store
     from pykms.logconfig import configure_logging, flush_logs
     from pykms.secretconn.identity import load_identity
     from pykms.threshold.config import load_cosigner_config
@@ -58,8 +58,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     try:
         for chain in config.chains:
             try:
-                store_cls = SlotStateStore if chain.state_format == "slots" else JsonStateStore
-                stores[chain.id] = store_cls(chain.state_file)
+                stores[chain.id] = open_state_store(chain.state_file, chain.state_format)
             except StateMissing:
                 raise StateMissing(
                     f"{chain.state_file}: no state file for chain {chain.id!r} (fix: pykms cosigner init -c "

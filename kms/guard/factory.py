@@ -7,7 +7,7 @@ from pathlib import Path
 from pykms.config import ChainConfig, KmsConfig
 from pykms.errors import ConfigError
 from pykms.guard.backend import GuardBackend
-from pykms.guard.store import JsonStateStore, SlotStateStore, StateStore
+from pykms.guard.store import StateStore, open_state_store
 from pykms.paths import AmbiguousPath, resolve_relative
 
 __all__ = ["default_state_path", "open_guard", "open_store"]
@@ -33,11 +33,8 @@ def default_state_path(config: KmsConfig, chain: ChainConfig) -> Path:
 
 
 def open_store(config: KmsConfig, chain: ChainConfig) -> StateStore:
-
-    path = default_state_path(config, chain)
-    if chain.state_format == "slots":
-        return SlotStateStore(path)
-    return JsonStateStore(path)
+    """The chain's file store: its configured format, or with ``auto`` the file's own (new state: slots)."""
+    return open_state_store(default_state_path(config, chain), chain.state_format)
 
 
 def open_guard(config: KmsConfig, chain: ChainConfig) -> GuardBackend:

@@ -44,7 +44,9 @@ __all__ = [
     "StateStore",
     "create_state_file",
     "decode_slots_file",
+    "open_state_store",
     "read_state_file",
+    "resolve_store_format",
     "state_was_here",
 ]
 
@@ -363,7 +365,8 @@ class JsonStateStore(_FileStore):
         if data.startswith(SLOTS_MAGIC):
             raise StateCorrupt(
                 f'{self.path}: this is a pykms slots file, not CometBFT JSON; set state_format = "slots" '
-                "for this chain, or convert it with `pykms state import …`"
+                "for this chain (or remove state_format: the file's own format is then used), "
+                "or convert it with `pykms state import …`"
             )
         return from_cometbft_json(data, str(self.path))
 
@@ -499,7 +502,8 @@ class SlotStateStore(_FileStore):
             if fmt is not None:
                 raise StateCorrupt(
                     f'{self.path}: this is a {fmt} JSON state file, not a slots file; set state_format = "json" '
-                    "for this chain, or convert it with `pykms state import …`"
+                    "for this chain (or remove state_format: the file's own format is then used), "
+                    "or convert it with `pykms state import …`"
                 )
         seq, state = decode_slots_file(data, str(self.path))
         self._seq = seq
@@ -526,18 +530,42 @@ class SlotStateStore(_FileStore):
         return to_cometbft_json(self.load())
 
 
+def resolve_store_format(path: Path | str, fmt: str) -> str:
+    """``auto`` made concrete: an existing file keeps its own format (slots if it starts with the slots magic,
+    else JSON, CometBFT's or tmkms's), a file that does not exist yet is made as slots (one flush per signature).
+    ``json`` and ``slots`` are returned as given: the store then refuses a file of the other format."""
+    if fmt not in ("auto", "json", "slots"):
+        raise StateError(f'{path}: unknown state format {fmt!r} (expected "auto", "json" or "slots")')
+    if fmt != "auto":
+        return fmt
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SLOTS_MAGIC))
+    except FileNotFoundError:
+        return "slots"
+    except OSError as exc:
+        raise StateError(f"{path}: cannot read the state file ({_reason(exc)})") from None
+    return "slots" if head == SLOTS_MAGIC else "json"
+
+
+def open_state_store(path: Path | str, fmt: str = "auto") -> StateStore:
+    """Open the state at ``path`` in format ``auto``, ``json`` or ``slots`` (see ``resolve_store_format``)."""
+    if resolve_store_format(path, fmt) == "slots":
+        return SlotStateStore(path)
+    return JsonStateStore(path)
+
+
 def create_state_file(
     path: Path | str, state: SignState, *, fmt: str = "json", ops: FileOps | None = None, overwrite: bool = False
 ) -> Path | None:
-    """Create (or, with ``overwrite``, atomically replace) a state file in format ``json`` or ``slots``; returns
-    where the replaced file was kept (None when there was none).
+    """Create (or, with ``overwrite``, atomically replace) a state file in format ``auto``, ``json`` or ``slots``
+    (``auto``: a replaced file keeps its format, a new one is slots); returns where the replaced file was kept
+    (None when there was none).
 
     Takes the file's lock, so it refuses (StateLocked) while a running pykms holds the state. With ``overwrite``
     it also replaces a corrupt file, which opening a store on it would refuse.
     """
-    if fmt not in ("json", "slots"):
-        raise StateError(f'{path}: unknown state format {fmt!r} (expected "json" or "slots")')
-    cls: type[_FileStore] = SlotStateStore if fmt == "slots" else JsonStateStore
+    cls: type[_FileStore] = SlotStateStore if resolve_store_format(path, fmt) == "slots" else JsonStateStore
     store = cls.create(path, state, ops=ops, overwrite=overwrite)
     store.close()
     return store.kept

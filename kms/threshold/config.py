@@ -11,7 +11,7 @@ Example::
     [[chain]]
     id = "cosmoshub-4"
     state_file = "state/cosmoshub-4_cosigner_state.json"
-    state_format = "slots"                     # optional; "json" (CometBFT's format) by default
+    state_format = "json"                      # optional; by default an existing file keeps its format, new is slots
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from pykms.config import _PEER_ID_RE, ValidatorAddr, _Ctx, _Table, parse_addr
+from pykms.config.addr import PEER_ID_RE, ValidatorAddr, parse_addr
+from pykms.config.reader import Ctx, Table
 from pykms.errors import ConfigError
 
 __all__ = ["CosignerChain", "CosignerConfig", "load_cosigner_config", "parse_cosigner_config"]
@@ -33,7 +34,7 @@ class CosignerChain:
     id: str
     state_file: Path
     #: As in tmkms.toml's [[chain]]: CometBFT's JSON (default) or the two-slot file (one fdatasync per share).
-    state_format: Literal["json", "slots"] = "json"
+    state_format: Literal["auto", "json", "slots"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,8 @@ class CosignerConfig:
 
 
 def parse_cosigner_config(data: Mapping[str, Any], path: Path) -> CosignerConfig:
-    ctx = _Ctx(path)
-    top = _Table(ctx, dict(data), "", ("listen_addr", "share_file", "secret_key", "allowed_signers", "chain"))
+    ctx = Ctx(path)
+    top = Table(ctx, dict(data), "", ("listen_addr", "share_file", "secret_key", "allowed_signers", "chain"))
     listen = top.req_str("listen_addr", 'add listen_addr = "tcp://127.0.0.1:27001"')
     try:
         addr = parse_addr(listen)
@@ -67,15 +68,17 @@ def parse_cosigner_config(data: Mapping[str, Any], path: Path) -> CosignerConfig
         raise ctx.error("allowed_signers", "missing or empty: a cosigner serves only pinned signers", fix)
     allowed: list[str] = []
     for i, item in enumerate(raw_allowed):
-        if not isinstance(item, str) or not _PEER_ID_RE.fullmatch(item):
+        if not isinstance(item, str) or not PEER_ID_RE.fullmatch(item):
             raise ctx.error(f"allowed_signers[{i}]", f"{item!r} is not a 40-hex node ID", fix)
         allowed.append(item.lower())
     chains: list[CosignerChain] = []
     for i, raw in enumerate(raw_chains):
-        c = _Table(ctx, raw, f"chain[{i}]", ("id", "state_file", "state_format"))
+        c = Table(ctx, raw, f"chain[{i}]", ("id", "state_file", "state_format"))
         chain_id = c.req_str("id", 'add id = "<chain-id>"')
         state_file = c.path("state_file", required=True)
-        state_format = cast(Literal["json", "slots"], c.choice("state_format", ("json", "slots")) or "json")
+        state_format = cast(
+            Literal["auto", "json", "slots"], c.choice("state_format", ("auto", "json", "slots")) or "auto"
+        )
         assert state_file is not None
         c.done()
         if any(chain.id == chain_id for chain in chains):
@@ -130,9 +133,9 @@ class ThresholdConfig:
     retry_after_ms: int = DEFAULT_RETRY_AFTER_MS
 
 
-def parse_threshold_provider(ctx: _Ctx, data: object, key: str) -> ThresholdConfig:
+def parse_threshold_provider(ctx: Ctx, data: object, key: str) -> ThresholdConfig:
     known = ("chain_ids", "threshold", "group_file", "secret_key", "cosigners", "timeout_ms", "retry_after_ms")
-    t = _Table(ctx, data, key, known)
+    t = Table(ctx, data, key, known)
     chain_ids = t.chain_ids()
     threshold = t.int_("threshold", lo=2, hi=255, required=True, fix="add threshold = <t> (as given to split)")
     group_file = t.path("group_file", required=True)
@@ -143,7 +146,7 @@ def parse_threshold_provider(ctx: _Ctx, data: object, key: str) -> ThresholdConf
     fix = 'add cosigners = [{ addr = "tcp://<cosigner node id>@host:port" }, ...] (one per share)'
     for i, raw in enumerate(t.table_list("cosigners")):
         ckey = f"{t.sub('cosigners')}[{i}]"
-        c = _Table(ctx, raw, ckey, ("addr",))
+        c = Table(ctx, raw, ckey, ("addr",))
         addr = c.req_str("addr", fix)
         c.done()
         try:

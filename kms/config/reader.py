@@ -1,0 +1,212 @@
+"""Typed reading of one TOML table: every error names the file, the dotted key and the fix.
+
+``Table`` pops the keys it knows, checks their types and finally (``done``) refuses whatever is left, with a
+"did you mean" for typos: like tmkms's ``#[serde(deny_unknown_fields)]``, a misspelt key is an error.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import TypeVar
+
+from pykms.errors import ConfigError
+from pykms.paths import AmbiguousPath, resolve_relative
+
+__all__ = [
+    "HEX_RE",
+    "MAX_CHAIN_ID_LEN",
+    "Ctx",
+    "Table",
+    "check_chain_id",
+    "did_you_mean",
+    "no_clear_secret",
+    "type_name",
+]
+
+#: CometBFT MaxChainIDLen (types/genesis.go).
+MAX_CHAIN_ID_LEN = 50
+HEX_RE = re.compile(r"(?:[0-9a-fA-F]{2})+")
+
+T = TypeVar("T")
+
+#: Keys whose values are secrets or lead to one (passwords, PINs, DSNs, seeds, and their _file/_env forms).
+_SECRET_KEY_RE = re.compile(r"pass|pin|dsn|seed|secret|mnemonic|token|private|credential", re.IGNORECASE)
+
+
+def _shown(key: str, value: object) -> str:
+    """How an error may quote ``value`` of ``key``: never the value of a secret-bearing key, whatever the error."""
+    if _SECRET_KEY_RE.search(key.rsplit(".", 1)[-1]):
+        return "(value not shown: the key holds a secret)"
+    return repr(value)
+
+
+def type_name(value: object) -> str:
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
+
+
+class Ctx:
+    """Per-file context: where errors point and where relative paths resolve."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.base = path.parent
+        self.warnings: list[str] = []
+        #: Dotted name, as written, of each kept YubiHSM key (account keys before it are dropped).
+        self.key_names: dict[int, str] = {}
+
+    def error(self, key: str, message: str, fix: str | None = None) -> ConfigError:
+        return ConfigError(message, file=str(self.path), key=key, fix=fix)
+
+    def warn(self, key: str, message: str) -> None:
+        self.warnings.append(f"{self.path}: key `{key}`: {message}")
+
+    def resolve(self, value: str) -> Path:
+        """tmkms's working directory or pykms's config folder (pykms.paths); AmbiguousPath if they disagree."""
+        return resolve_relative(value, self.base)
+
+
+class Table:
+    """Pops known keys off one TOML table; ``done()`` refuses the rest with a did-you-mean."""
+
+    def __init__(self, ctx: Ctx, data: object, key: str, known: tuple[str, ...]) -> None:
+        if not isinstance(data, dict):
+            raise ctx.error(key, f"expected a table, found {type_name(data)}")
+        self.ctx = ctx
+        self.data = dict(data)
+        self.key = key
+        self.known = known
+
+    def sub(self, name: str) -> str:
+        return f"{self.key}.{name}" if self.key else name
+
+    def has(self, name: str) -> bool:
+        return name in self.data
+
+    def _take(self, name: str, kind: type[T], what: str, required: bool, fix: str | None) -> T | None:
+        if name not in self.data:
+            if required:
+                raise self.ctx.error(self.sub(name), "missing", fix or f"add {name} = <{what}>")
+            return None
+        value = self.data.pop(name)
+        # bool is an int subclass in Python; TOML keeps them apart, and so do we.
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.ctx.error(
+                self.sub(name),
+                f"expected {what}, found {type_name(value)} {_shown(name, value)}",
+                fix or f"set {name} to {what}",
+            )
+        return value
+
+    def str_(self, name: str, *, required: bool = False, fix: str | None = None) -> str | None:
+        value = self._take(name, str, "a string", required, fix)
+        if value is not None and not value:
+            raise self.ctx.error(self.sub(name), "must not be empty", fix)
+        return value
+
+    def req_str(self, name: str, fix: str | None = None) -> str:
+        value = self.str_(name, required=True, fix=fix)
+        assert value is not None
+        return value
+
+    def bool_(self, name: str) -> bool | None:
+        return self._take(name, bool, "true or false", False, None)
+
+    def int_(self, name: str, *, lo: int, hi: int, required: bool = False, fix: str | None = None) -> int | None:
+        value = self._take(name, int, "an integer", required, fix)
+        if value is not None and not lo <= value <= hi:
+            raise self.ctx.error(
+                self.sub(name), f"{_shown(name, value)} is out of range", fix or f"use a value in {lo}..{hi}"
+            )
+        return value
+
+    def choice(self, name: str, choices: tuple[str, ...], *, required: bool = False) -> str | None:
+        fix = "use one of " + ", ".join(choices)
+        value = self._take(name, str, "a string", required, fix)
+        if value is not None and value not in choices:
+            raise self.ctx.error(
+                self.sub(name), f"unknown value {_shown(name, value)}{did_you_mean(value, choices)}", fix
+            )
+        return value
+
+    def path(self, name: str, *, required: bool = False) -> Path | None:
+        value = self.str_(name, required=required, fix=f'add {name} = "/path/to/file"')
+        if value is None:
+            return None
+        try:
+            return self.ctx.resolve(value)
+        except AmbiguousPath as exc:
+            raise self.ctx.error(
+                self.sub(name), str(exc), f"write the absolute path of the one you mean, e.g. {exc.cwd_path}"
+            ) from None
+
+    def raw(self, name: str) -> object:
+        return self.data.pop(name, None)
+
+    def table_list(self, name: str) -> list[object]:
+        """An array of tables (``[[x]]`` or ``x = [{...}]``); absent means empty."""
+        if name not in self.data:
+            return []
+        value = self.data.pop(name)
+        if not isinstance(value, list):
+            raise self.ctx.error(
+                self.sub(name), f"expected an array of tables, found {type_name(value)}", f"write [[{name}]]"
+            )
+        return value
+
+    def chain_ids(self, name: str = "chain_ids") -> tuple[str, ...]:
+        fix = f'add {name} = ["<chain-id>"]'
+        value = self._take(name, list, "an array of chain ids", True, fix)
+        assert value is not None
+        if not value:
+            raise self.ctx.error(self.sub(name), "must name at least one chain", fix)
+        seen: list[str] = []
+        for index, item in enumerate(value):
+            key = f"{self.sub(name)}[{index}]"
+            if not isinstance(item, str):
+                raise self.ctx.error(
+                    key, f"expected a string, found {type_name(item)} {item!r}", 'quote it: "<chain-id>"'
+                )
+            check_chain_id(self.ctx, key, item)
+            if item in seen:
+                raise self.ctx.error(key, f"chain {item!r} is listed twice", "list each chain once")
+            seen.append(item)
+        return tuple(seen)
+
+    def done(self) -> None:
+        for name in self.data:
+            hint = did_you_mean(name, self.known)
+            fix = f"remove it{hint and ' or correct the spelling'}; known keys here: {', '.join(self.known)}"
+            raise self.ctx.error(self.sub(name), f"unknown key{hint}", fix)
+
+
+def did_you_mean(word: str, choices: tuple[str, ...] | list[str]) -> str:
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean `{match[0]}`?)" if match else ""
+
+
+def check_chain_id(ctx: Ctx, key: str, chain_id: str) -> None:
+    if not chain_id or len(chain_id) > MAX_CHAIN_ID_LEN or any(c.isspace() or not c.isprintable() for c in chain_id):
+        raise ctx.error(
+            key,
+            f"invalid chain id {chain_id!r}",
+            f"a chain id is 1 to {MAX_CHAIN_ID_LEN} printable characters without spaces (CometBFT MaxChainIDLen)",
+        )
+
+
+def no_clear_secret(ctx: Ctx, t: Table, name: str, file_key: str, env_key: str) -> None:
+    """Refuse a secret written in clear in the config file: it belongs in a 0600 file or the environment."""
+    if t.has(name):
+        raise ctx.error(
+            t.sub(name),
+            "secrets are never written in the config file",
+            f"put it in a 0600 file and set {file_key} = <path>, or set {env_key} = <environment variable name>",
+        )

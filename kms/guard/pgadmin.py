@@ -33,11 +33,11 @@ from pykms.errors import (
     ConflictError,
     KmsError,
     PersistError,
-    SigningRefused,
     StateCorrupt,
     StateError,
     StateMissing,
 )
+from pykms.guard.decide import refuse_older_import
 from pykms.guard.state import SignState
 from pykms.keyfiles import read_secret_file
 
@@ -376,13 +376,7 @@ def write_state(
                         f"round {current.round} step {current.step}); `pykms state init` would reset the guard "
                         f"below it, so this key could sign again what it signed before; refusing ({force_does})"
                     )
-                if (state.height, state.round, state.step) < (current.height, current.round, current.step):
-                    raise SigningRefused(
-                        f"postgres guard {target}: the imported state (height {state.height} round "
-                        f"{state.round} step {state.step}) is older than the current one (height {current.height} "
-                        f"round {current.round} step {current.step}); refusing to weaken the double-sign guard "
-                        f"({force_does}, and lowers the guard to the imported state)"
-                    )
+                refuse_older_import(f"postgres guard {target}", current, state, force_does)
             kept = None
             if keep is not None:
                 names = ("height", "round", "step", "signature", "sign_bytes")

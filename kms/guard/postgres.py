@@ -190,9 +190,6 @@ class PostgresGuard:
         self._state: SignState | None = None
         self._watchdog = _Watchdog()
         self._log = get_logger("pykms.guard.postgres", chain_id=chain_id, db=self._target)
-        #: Counters for metrics: calls that could not reach a durable outcome, and reconnections.
-        self.unavailable_total = 0
-        self.reconnects_total = 0
         #: Called with the seconds of each durable write (BEGIN ... COMMIT of a fresh signature), for metrics.
         self.on_persist: Callable[[float], None] | None = None
         try:
@@ -229,7 +226,6 @@ class PostgresGuard:
             conn.close()
             raise
         conn.add_notice_handler(self._on_notice)
-        self.reconnects_total += 1
         self._conn = conn
         self._log.info("guard_db_connected")
         return conn, False
@@ -269,7 +265,6 @@ class PostgresGuard:
                 self._log.info("guard_db_reconnecting")
                 return self._attempt(height, round_, step, sign_bytes, sign, deadline, first=False)
         except PersistError as exc:
-            self.unavailable_total += 1
             self._log.warning("guard_db_unavailable", reason=str(exc), height=height, round=round_, step=step)
             raise
 

@@ -521,10 +521,6 @@ class SlotStateStore(_FileStore):
             ) from None
         self._seq = seq
 
-    def export_json(self) -> bytes:
-        """The current state as CometBFT's priv_validator_state.json (``pykms state show`` / export)."""
-        return to_cometbft_json(self.load())
-
 
 def create_state_file(
     path: Path | str, state: SignState, *, fmt: str = "json", ops: FileOps | None = None, overwrite: bool = False

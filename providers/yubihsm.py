@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pykms.errors import ConfigError, FatalProviderError, ProviderError, TransientProviderError
+from pykms.httpreply import send_reply
 from pykms.providers.signer import verify_or_raise
 
 if TYPE_CHECKING:
@@ -468,31 +469,24 @@ class ConnectorServer:
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
-            def _send(self, status: int, body: bytes, content_type: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
             def do_GET(self) -> None:
                 if self.path.split("?")[0] != "/connector/status":
-                    self._send(404, b"not found\n", "text/plain")
+                    send_reply(self, 404, b"not found\n", "text/plain")
                     return
                 body = f"status=OK\nserial=*\nversion=pykms\naddress=\nport={server.port}\n"
-                self._send(200, body.encode(), "text/plain")
+                send_reply(self, 200, body.encode(), "text/plain")
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 frame = self.rfile.read(min(length, 4096))
                 if self.path != "/connector/api":
-                    self._send(404, b"not found\n", "text/plain")
+                    send_reply(self, 404, b"not found\n", "text/plain")
                     return
                 try:
                     reply = server.forward(frame)
                 except Exception:
-                    self._send(502, b"device unreachable\n", "text/plain")
+                    send_reply(self, 502, b"device unreachable\n", "text/plain")
                     return
-                self._send(200, reply, "application/octet-stream")
+                send_reply(self, 200, reply, "application/octet-stream")
 
         return Handler

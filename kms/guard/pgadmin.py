@@ -125,9 +125,8 @@ CREATE TRIGGER pykms_no_regression BEFORE UPDATE ON pykms_sign_state
 MIGRATIONS: Final[tuple[tuple[int, str], ...]] = ((1, _SCHEMA_V1),)
 SCHEMA_VERSION: Final = MIGRATIONS[-1][0]
 
-_SELECT_FOR_UPDATE: Final = (
-    "SELECT height, round, step, signature, sign_bytes FROM pykms_sign_state WHERE chain_id = %s FOR UPDATE"
-)
+_SELECT_ROW: Final = "SELECT height, round, step, signature, sign_bytes FROM pykms_sign_state WHERE chain_id = %s"
+_SELECT_FOR_UPDATE: Final = _SELECT_ROW + " FOR UPDATE"
 _UPDATE_SIGNED: Final = (
     "UPDATE pykms_sign_state SET height = %s, round = %s, step = %s, signature = %s, sign_bytes = %s, "
     "updated_at = now(), updated_by = %s WHERE chain_id = %s"
@@ -316,10 +315,7 @@ def read_state(dsn: str, chain_id: str, *, timeout_ms: int = 10_000) -> SignStat
     conn = connect(dsn, timeout_ms=timeout_ms, application_name="pykms-state")
     try:
         _check_schema(conn, dsn)
-        row = conn.execute(
-            "SELECT height, round, step, signature, sign_bytes FROM pykms_sign_state WHERE chain_id = %s",
-            (chain_id,),
-        ).fetchone()
+        row = conn.execute(_SELECT_ROW, (chain_id,)).fetchone()
     except psycopg.Error as exc:
         raise _map_error(exc, "reading the state", dsn, timeout_ms) from None
     finally:

@@ -65,6 +65,7 @@ from pykms.guard.decide import ReuseSignature, decide
 from pykms.guard.pgadmin import (
     _ME,
     _SELECT_FOR_UPDATE,
+    _SELECT_ROW,
     _STATEMENT_SLACK_MS,
     _UPDATE_REUSED,
     _UPDATE_SIGNED,
@@ -241,10 +242,7 @@ class PostgresGuard:
     def _read_current(self) -> SignState:
         conn, _ = self._connection()
         try:
-            row = conn.execute(
-                "SELECT height, round, step, signature, sign_bytes FROM pykms_sign_state WHERE chain_id = %s",
-                (self.chain_id,),
-            ).fetchone()
+            row = conn.execute(_SELECT_ROW, (self.chain_id,)).fetchone()
         except psycopg.Error as exc:
             self._drop()
             raise _map_error(exc, "reading the state", self._dsn, self.timeout_ms) from None

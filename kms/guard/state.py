@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pykms.errors import StateCorrupt
+from pykms.privval.signbytes import STEP_PRECOMMIT, STEP_PREVOTE, STEP_PROPOSAL
 
 __all__ = [
     "INIT_FIX",
@@ -50,11 +51,9 @@ __all__ = [
     "to_cometbft_json",
 ]
 
-#: CometBFT step numbers (privval/file.go stepNone/stepPropose/stepPrevote/stepPrecommit).
+#: CometBFT's stepNone (privval/file.go): nothing signed yet at this height/round. The other steps are defined
+#: once, beside the sign bytes, and re-exported here.
 STEP_NONE = 0
-STEP_PROPOSAL = 1
-STEP_PREVOTE = 2
-STEP_PRECOMMIT = 3
 
 #: Height is an int64 and round an int32 in CometBFT (FilePVLastSignState); we refuse negatives.
 MAX_HEIGHT = 2**63 - 1

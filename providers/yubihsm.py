@@ -413,7 +413,6 @@ class ConnectorServer:
                 key="providers.yubihsm.connector_server.laddr",
                 fix='write e.g. laddr = "tcp://127.0.0.1:12345"',
             )
-        self.device_url = device_url
         self._backend = _make_backend(device_url)
         self._lock = threading.Lock()
         try:

@@ -285,7 +285,6 @@ class YubihsmSigner:
         self._session: Any = None
         self._key: Any = None
         self._public_key: bytes | None = None
-        self.reconnects = 0
         with self._lock:
             self._connect()
 
@@ -317,7 +316,6 @@ class YubihsmSigner:
                 try:
                     if self._session is None:
                         self._connect()
-                        self.reconnects += 1
                     signature = self._sign_once(message)
                     verify_or_raise(self.public_key(), message, signature, self.provider)
                     return signature

@@ -17,23 +17,17 @@ def order_files(paths: Sequence[Path]) -> list[Path]:
     """Chain order: for each log, its rotated files (``NAME.<12-digit seq>``) by seq, then ``NAME`` itself.
 
     So ``pykms audit verify audit.log*`` works whatever order the shell expands the pattern in. Other names keep
-    the order given.
+    the order given (the sort is stable), and logs keep the order in which they first appear.
     """
 
-    def key(item: tuple[int, Path]) -> tuple[str, float, int]:
-        index, path = item
+    def base_and_seq(path: Path) -> tuple[str, float]:
         match = _ROTATED.match(path.name)
-        if match:
-            return (str(path.with_name(match["base"])), int(match["seq"]), index)
-        return (str(path), float("inf"), index)
+        return (str(path.with_name(match["base"])), int(match["seq"])) if match else (str(path), float("inf"))
 
     first_seen: dict[str, int] = {}
-    for index, path in enumerate(paths):
-        match = _ROTATED.match(path.name)
-        base = str(path.with_name(match["base"])) if match else str(path)
-        first_seen.setdefault(base, index)
-    items = sorted(enumerate(paths), key=lambda item: (first_seen[key(item)[0]], key(item)[1], key(item)[2]))
-    return [path for _, path in items]
+    for path in paths:
+        first_seen.setdefault(base_and_seq(path)[0], len(first_seen))
+    return sorted(paths, key=lambda path: (first_seen[base_and_seq(path)[0]], base_and_seq(path)[1]))
 
 
 @dataclass

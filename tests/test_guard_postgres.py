@@ -35,7 +35,8 @@ from pykms.errors import (
     StateMissing,
     TransientProviderError,
 )
-from pykms.guard.postgres import SCHEMA_VERSION, PostgresGuard, dsn_from_config, init_db, read_state, write_state
+from pykms.guard.pgadmin import SCHEMA_VERSION, dsn_from_config, init_db, read_state, write_state
+from pykms.guard.postgres import PostgresGuard
 from pykms.guard.state import SignState
 from tests.pg import PgServer, pg_dsn, pg_server  # noqa: F401  (fixtures)
 from tests.pg_worker import KEY_SEED, requests

@@ -68,14 +68,14 @@ IMPORT_FIX = (
 
 #: A WARNING during COMMIT means its outcome is not what we asked for (syncrep.c: "canceling wait for synchronous
 #: replication ... The transaction has already committed locally, but might not have been replicated").
-_WARNING: Final = "WARNING"
+COMMIT_WARNING: Final = "WARNING"
 
 #: Extra time the client-side watchdog allows beyond the server-side timeouts, so that in the ordinary case the
 #: server cancels cleanly (the connection survives) before the watchdog has to cut the socket.
 WATCHDOG_GRACE_S: Final = 0.5
 
 #: statement_timeout is set this much above lock_timeout so that waiting for the row reports as a lock wait.
-_STATEMENT_SLACK_MS: Final = 100
+STATEMENT_SLACK_MS: Final = 100
 
 #: pg_advisory_xact_lock key serialising concurrent `init-db` runs (any constant: "pykms" in ASCII).
 _MIGRATION_LOCK: Final = 0x70796B6D73
@@ -125,13 +125,13 @@ CREATE TRIGGER pykms_no_regression BEFORE UPDATE ON pykms_sign_state
 MIGRATIONS: Final[tuple[tuple[int, str], ...]] = ((1, _SCHEMA_V1),)
 SCHEMA_VERSION: Final = MIGRATIONS[-1][0]
 
-_SELECT_ROW: Final = "SELECT height, round, step, signature, sign_bytes FROM pykms_sign_state WHERE chain_id = %s"
-_SELECT_FOR_UPDATE: Final = _SELECT_ROW + " FOR UPDATE"
-_UPDATE_SIGNED: Final = (
+SELECT_ROW: Final = "SELECT height, round, step, signature, sign_bytes FROM pykms_sign_state WHERE chain_id = %s"
+SELECT_FOR_UPDATE: Final = SELECT_ROW + " FOR UPDATE"
+UPDATE_SIGNED: Final = (
     "UPDATE pykms_sign_state SET height = %s, round = %s, step = %s, signature = %s, sign_bytes = %s, "
     "updated_at = now(), updated_by = %s WHERE chain_id = %s"
 )
-_UPDATE_REUSED: Final = "UPDATE pykms_sign_state SET reused_at = now() WHERE chain_id = %s"
+UPDATE_REUSED: Final = "UPDATE pykms_sign_state SET reused_at = now() WHERE chain_id = %s"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -187,7 +187,7 @@ def _scrub(text: str, dsn: str) -> str:
     return " ".join(text.split())
 
 
-def _map_error(exc: psycopg.Error, doing: str, dsn: str, timeout_ms: int) -> KmsError:
+def map_error(exc: psycopg.Error, doing: str, dsn: str, timeout_ms: int) -> KmsError:
     """The one place where psycopg's exceptions become pykms's: fail closed with the reason, never the secret."""
     reason = _scrub(str(exc), dsn) or type(exc).__name__
     target = redacted_target(dsn)
@@ -231,7 +231,7 @@ def connect(dsn: str, *, timeout_ms: int, application_name: str = "pykms") -> ps
             tcp_user_timeout=timeout_ms + int(WATCHDOG_GRACE_S * 1000),
         )
     except psycopg.Error as exc:
-        raise _map_error(exc, "connecting", dsn, timeout_ms) from None
+        raise map_error(exc, "connecting", dsn, timeout_ms) from None
     try:
         # An instance frozen while holding the row lock must not stall the others for long: the server aborts
         # its transaction (and the lock) once it has been idle for longer than any honest call can take.
@@ -247,7 +247,7 @@ def connect(dsn: str, *, timeout_ms: int, application_name: str = "pykms") -> ps
             conn.execute("SET synchronous_commit = on")
     except psycopg.Error as exc:
         conn.close()
-        raise _map_error(exc, "setting up the session", dsn, timeout_ms) from None
+        raise map_error(exc, "setting up the session", dsn, timeout_ms) from None
     return conn
 
 
@@ -285,12 +285,12 @@ def init_db(dsn: str, *, timeout_ms: int = 10_000) -> tuple[int, int]:
                     conn.execute("INSERT INTO pykms_schema_version (version) VALUES (%s)", (version,))
         return before, SCHEMA_VERSION
     except psycopg.Error as exc:
-        raise _map_error(exc, "migrating the schema", dsn, timeout_ms) from None
+        raise map_error(exc, "migrating the schema", dsn, timeout_ms) from None
     finally:
         conn.close()
 
 
-def _check_schema(conn: psycopg.Connection[Any], dsn: str) -> None:
+def check_schema(conn: psycopg.Connection[Any], dsn: str) -> None:
     version = schema_version(conn)
     if version == 0:
         raise StateMissing(f"postgres guard {redacted_target(dsn)}: the pykms schema is missing; {INIT_DB_FIX}")
@@ -301,7 +301,7 @@ def _check_schema(conn: psycopg.Connection[Any], dsn: str) -> None:
         )
 
 
-def _row_state(row: tuple[Any, ...], chain_id: str, dsn: str) -> SignState:
+def row_state(row: tuple[Any, ...], chain_id: str, dsn: str) -> SignState:
     try:
         return SignState(int(row[0]), int(row[1]), int(row[2]), bytes(row[3]), bytes(row[4]))
     except (TypeError, ValueError) as exc:
@@ -314,15 +314,15 @@ def read_state(dsn: str, chain_id: str, *, timeout_ms: int = 10_000) -> SignStat
     """The chain's committed state (for ``pykms state show``); StateMissing when there is none."""
     conn = connect(dsn, timeout_ms=timeout_ms, application_name="pykms-state")
     try:
-        _check_schema(conn, dsn)
-        row = conn.execute(_SELECT_ROW, (chain_id,)).fetchone()
+        check_schema(conn, dsn)
+        row = conn.execute(SELECT_ROW, (chain_id,)).fetchone()
     except psycopg.Error as exc:
-        raise _map_error(exc, "reading the state", dsn, timeout_ms) from None
+        raise map_error(exc, "reading the state", dsn, timeout_ms) from None
     finally:
         conn.close()
     if row is None:
         raise StateMissing(f"postgres guard {redacted_target(dsn)}: no state for chain {chain_id!r}; {IMPORT_FIX}")
-    return _row_state(row, chain_id, dsn)
+    return row_state(row, chain_id, dsn)
 
 
 def write_state(
@@ -343,20 +343,20 @@ def write_state(
     conn = connect(dsn, timeout_ms=timeout_ms, application_name="pykms-state")
     target = redacted_target(dsn)
     try:
-        _check_schema(conn, dsn)
+        check_schema(conn, dsn)
         with conn.transaction():
             conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(timeout_ms)))
-            row = conn.execute(_SELECT_FOR_UPDATE, (chain_id,)).fetchone()
+            row = conn.execute(SELECT_FOR_UPDATE, (chain_id,)).fetchone()
             if row is None:
                 conn.execute(
                     "INSERT INTO pykms_sign_state (chain_id, height, round, step, signature, sign_bytes, updated_by)"
                     " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                    (chain_id, state.height, state.round, state.step, state.signature, state.sign_bytes, _ME),
+                    (chain_id, state.height, state.round, state.step, state.signature, state.sign_bytes, INSTANCE),
                 )
                 return None
             force_does = "--force replaces it and keeps the old row in a file beside the configuration"
             try:
-                current: SignState | None = _row_state(row, chain_id, dsn)
+                current: SignState | None = row_state(row, chain_id, dsn)
             except StateCorrupt as exc:
                 if not force:
                     raise StateCorrupt(
@@ -379,10 +379,10 @@ def write_state(
                 kept = keep({"chain_id": chain_id, **{n: _plain(v) for n, v in zip(names, row, strict=False)}})
             if force:
                 conn.execute("SET LOCAL pykms.allow_regression = 'on'")
-            conn.execute(_UPDATE_SIGNED, (*_state_args(state), "import:" + _ME, chain_id))
+            conn.execute(UPDATE_SIGNED, (*state_args(state), "import:" + INSTANCE, chain_id))
             return kept
     except psycopg.Error as exc:
-        raise _map_error(exc, "writing the state", dsn, timeout_ms) from None
+        raise map_error(exc, "writing the state", dsn, timeout_ms) from None
     finally:
         conn.close()
 
@@ -392,9 +392,9 @@ def _plain(value: Any) -> Any:
     return bytes(value).hex() if isinstance(value, bytes | bytearray | memoryview) else value
 
 
-def _state_args(state: SignState) -> tuple[int, int, int, bytes, bytes]:
+def state_args(state: SignState) -> tuple[int, int, int, bytes, bytes]:
     return (state.height, state.round, state.step, state.signature, state.sign_bytes)
 
 
 #: Who wrote a row, for operators reading the table: host and process.
-_ME: Final = f"{socket.gethostname()}:{os.getpid()}"
+INSTANCE: Final = f"{socket.gethostname()}:{os.getpid()}"

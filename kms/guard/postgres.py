@@ -63,44 +63,27 @@ from pykms.errors import ConfigError, KmsError, PersistError, StateError, StateM
 from pykms.guard.backend import GuardOutcome, SignFn
 from pykms.guard.decide import ReuseSignature, decide
 from pykms.guard.pgadmin import (
-    _ME,
-    _SELECT_FOR_UPDATE,
-    _SELECT_ROW,
-    _STATEMENT_SLACK_MS,
-    _UPDATE_REUSED,
-    _UPDATE_SIGNED,
-    _WARNING,
+    COMMIT_WARNING,
     IMPORT_FIX,
-    MIGRATIONS,
-    SCHEMA_VERSION,
+    INSTANCE,
+    SELECT_FOR_UPDATE,
+    SELECT_ROW,
+    STATEMENT_SLACK_MS,
+    UPDATE_REUSED,
+    UPDATE_SIGNED,
     WATCHDOG_GRACE_S,
-    _check_schema,
-    _map_error,
-    _row_state,
-    _state_args,
+    check_schema,
     connect,
     dsn_from_config,
-    init_db,
-    read_state,
+    map_error,
     redacted_target,
-    schema_version,
-    write_state,
+    row_state,
+    state_args,
 )
 from pykms.guard.state import SignState
 from pykms.logconfig import get_logger
 
-__all__ = [
-    "MIGRATIONS",
-    "SCHEMA_VERSION",
-    "PostgresGuard",
-    "connect",
-    "dsn_from_config",
-    "init_db",
-    "read_state",
-    "redacted_target",
-    "schema_version",
-    "write_state",
-]
+__all__ = ["PostgresGuard"]
 
 # ----------------------------------------------------------------------------------------------------------------
 # Watchdog
@@ -184,7 +167,7 @@ class PostgresGuard:
         self.timeout_ms = timeout_ms
         self._dsn = dsn
         self._target = redacted_target(dsn)
-        self._instance = instance or _ME
+        self._instance = instance or INSTANCE
         self._conn: psycopg.Connection[Any] | None = None
         #: (severity, message) of the notices received during the current COMMIT.
         self._notices: list[tuple[str, str]] = []
@@ -219,10 +202,10 @@ class PostgresGuard:
         self._drop()
         conn = connect(self._dsn, timeout_ms=self.timeout_ms, application_name=f"pykms/{self.chain_id}"[:63])
         try:
-            _check_schema(conn, self._dsn)
+            check_schema(conn, self._dsn)
         except psycopg.Error as exc:
             conn.close()
-            raise _map_error(exc, "checking the schema", self._dsn, self.timeout_ms) from None
+            raise map_error(exc, "checking the schema", self._dsn, self.timeout_ms) from None
         except KmsError:
             conn.close()
             raise
@@ -242,13 +225,13 @@ class PostgresGuard:
     def _read_current(self) -> SignState:
         conn, _ = self._connection()
         try:
-            row = conn.execute(_SELECT_ROW, (self.chain_id,)).fetchone()
+            row = conn.execute(SELECT_ROW, (self.chain_id,)).fetchone()
         except psycopg.Error as exc:
             self._drop()
-            raise _map_error(exc, "reading the state", self._dsn, self.timeout_ms) from None
+            raise map_error(exc, "reading the state", self._dsn, self.timeout_ms) from None
         if row is None:
             raise StateMissing(f"postgres guard {self._target}: no state for chain {self.chain_id!r}; {IMPORT_FIX}")
-        return _row_state(row, self.chain_id, self._dsn)
+        return row_state(row, self.chain_id, self._dsn)
 
     # -- GuardBackend ---------------------------------------------------------------------------------------------
 
@@ -284,20 +267,20 @@ class PostgresGuard:
                     sql.SQL(
                         "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = {0}; "
                         "SET LOCAL statement_timeout = {1}"
-                    ).format(sql.Literal(remaining_ms), sql.Literal(remaining_ms + _STATEMENT_SLACK_MS))
+                    ).format(sql.Literal(remaining_ms), sql.Literal(remaining_ms + STATEMENT_SLACK_MS))
                 )
-                row = conn.execute(_SELECT_FOR_UPDATE, (self.chain_id,)).fetchone()
+                row = conn.execute(SELECT_FOR_UPDATE, (self.chain_id,)).fetchone()
                 if row is None:
                     raise StateMissing(
                         f"postgres guard {self._target}: no state for chain {self.chain_id!r}; {IMPORT_FIX}"
                     )
-                state = _row_state(row, self.chain_id, self._dsn)
+                state = row_state(row, self.chain_id, self._dsn)
                 self._state = state
                 doing = "deciding"
                 decision = decide(state, height, round_, step, sign_bytes)  # refusals roll back below
                 if isinstance(decision, ReuseSignature):
                     doing = "recording the reuse"
-                    conn.execute(_UPDATE_REUSED, (self.chain_id,))
+                    conn.execute(UPDATE_REUSED, (self.chain_id,))
                     committing = True
                     self._commit(conn)
                     return GuardOutcome(decision.signature, decision.timestamp, fresh=False)
@@ -306,7 +289,7 @@ class PostgresGuard:
                 new_state = SignState(height, round_, step, signature, sign_bytes)
                 doing = "writing the state"
                 written = time.perf_counter()
-                conn.execute(_UPDATE_SIGNED, (*_state_args(new_state), self._instance, self.chain_id))
+                conn.execute(UPDATE_SIGNED, (*state_args(new_state), self._instance, self.chain_id))
                 committing = True
                 self._commit(conn)
                 self._state = new_state
@@ -340,7 +323,7 @@ class PostgresGuard:
                     ) from None
                 if first and reused and broken and doing == "locking the chain's row":
                     raise _StaleConnection() from None
-                raise _map_error(exc, doing, self._dsn, self.timeout_ms) from None
+                raise map_error(exc, doing, self._dsn, self.timeout_ms) from None
             except BaseException:
                 # A refusal, a corrupt row, a signer failure, an interrupt: end the transaction, free the row.
                 self._rollback_quietly(conn)
@@ -354,7 +337,7 @@ class PostgresGuard:
         """COMMIT, and succeed only on a clean success: a WARNING means it is not what we asked for."""
         self._notices.clear()
         conn.execute("COMMIT")
-        warnings = [message for severity, message in self._notices if severity == _WARNING]
+        warnings = [message for severity, message in self._notices if severity == COMMIT_WARNING]
         if warnings:
             raise _CommitUnknown("; ".join(warnings))
         status = conn.pgconn.transaction_status

@@ -24,6 +24,7 @@ from typing import Any
 
 from pykms.harness.yubihsm_sim.device import MAX_FRAME, Device
 from pykms.httpreply import send_reply
+from pykms.keyfiles import fsync_dir
 
 __all__ = ["Faults", "SimServer", "main"]
 
@@ -100,11 +101,7 @@ class SimServer:
         finally:
             os.close(fd)
         os.replace(tmp, self.state_file)
-        dir_fd = os.open(self.state_file.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(self.state_file.parent)
 
     def start(self) -> SimServer:
         """Serve in a daemon thread (for tests and embedding)."""

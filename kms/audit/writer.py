@@ -26,6 +26,7 @@ from pykms.audit.record import (
     _split_tail,
 )
 from pykms.handler import SignEvent
+from pykms.keyfiles import fsync_dir
 
 
 def _data_end(f: Any) -> int:
@@ -42,14 +43,6 @@ def _data_end(f: Any) -> int:
         end = start
     f.seek(0)
     return 0
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class AuditLog:
@@ -126,7 +119,7 @@ class AuditLog:
             # Keep the damaged file as evidence and continue the chain in a new file that names the fragment.
             rotated = self._rotated_name()
             os.rename(self.path, rotated)
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
             self._start_file(previous_file=rotated.name, torn=torn)
             return
         self._fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
@@ -154,7 +147,7 @@ class AuditLog:
             fields["torn_bytes"] = len(torn)
         self._append(fields, sync=False)
         os.fsync(self._fd)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
 
     def _rotated_name(self) -> Path:
         """``NAME.<seq of the file's first record, 12 digits>``: names sort in chain order."""

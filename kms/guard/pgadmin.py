@@ -310,19 +310,25 @@ def row_state(row: tuple[Any, ...], chain_id: str, dsn: str) -> SignState:
         ) from None
 
 
+def fetch_state(conn: psycopg.Connection[Any], chain_id: str, dsn: str, *, for_update: bool = False) -> SignState:
+    """The chain's row (locked with ``for_update``); StateMissing naming the fix when there is none. psycopg's
+    errors pass through: each caller maps them with what it was doing."""
+    row = conn.execute(SELECT_FOR_UPDATE if for_update else SELECT_ROW, (chain_id,)).fetchone()
+    if row is None:
+        raise StateMissing(f"postgres guard {redacted_target(dsn)}: no state for chain {chain_id!r}; {IMPORT_FIX}")
+    return row_state(row, chain_id, dsn)
+
+
 def read_state(dsn: str, chain_id: str, *, timeout_ms: int = 10_000) -> SignState:
     """The chain's committed state (for ``pykms state show``); StateMissing when there is none."""
     conn = connect(dsn, timeout_ms=timeout_ms, application_name="pykms-state")
     try:
         check_schema(conn, dsn)
-        row = conn.execute(SELECT_ROW, (chain_id,)).fetchone()
+        return fetch_state(conn, chain_id, dsn)
     except psycopg.Error as exc:
         raise map_error(exc, "reading the state", dsn, timeout_ms) from None
     finally:
         conn.close()
-    if row is None:
-        raise StateMissing(f"postgres guard {redacted_target(dsn)}: no state for chain {chain_id!r}; {IMPORT_FIX}")
-    return row_state(row, chain_id, dsn)
 
 
 def write_state(

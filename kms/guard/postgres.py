@@ -59,15 +59,12 @@ import psycopg.errors
 from psycopg import sql
 
 from pykms.config import GuardConfig
-from pykms.errors import ConfigError, KmsError, PersistError, StateError, StateMissing
+from pykms.errors import ConfigError, KmsError, PersistError, StateError
 from pykms.guard.backend import GuardOutcome, SignFn
 from pykms.guard.decide import ReuseSignature, decide
 from pykms.guard.pgadmin import (
     COMMIT_WARNING,
-    IMPORT_FIX,
     INSTANCE,
-    SELECT_FOR_UPDATE,
-    SELECT_ROW,
     STATEMENT_SLACK_MS,
     UPDATE_REUSED,
     UPDATE_SIGNED,
@@ -75,9 +72,9 @@ from pykms.guard.pgadmin import (
     check_schema,
     connect,
     dsn_from_config,
+    fetch_state,
     map_error,
     redacted_target,
-    row_state,
     state_args,
 )
 from pykms.guard.state import SignState
@@ -225,13 +222,10 @@ class PostgresGuard:
     def _read_current(self) -> SignState:
         conn, _ = self._connection()
         try:
-            row = conn.execute(SELECT_ROW, (self.chain_id,)).fetchone()
+            return fetch_state(conn, self.chain_id, self._dsn)
         except psycopg.Error as exc:
             self._drop()
             raise map_error(exc, "reading the state", self._dsn, self.timeout_ms) from None
-        if row is None:
-            raise StateMissing(f"postgres guard {self._target}: no state for chain {self.chain_id!r}; {IMPORT_FIX}")
-        return row_state(row, self.chain_id, self._dsn)
 
     # -- GuardBackend ---------------------------------------------------------------------------------------------
 
@@ -269,12 +263,7 @@ class PostgresGuard:
                         "SET LOCAL statement_timeout = {1}"
                     ).format(sql.Literal(remaining_ms), sql.Literal(remaining_ms + STATEMENT_SLACK_MS))
                 )
-                row = conn.execute(SELECT_FOR_UPDATE, (self.chain_id,)).fetchone()
-                if row is None:
-                    raise StateMissing(
-                        f"postgres guard {self._target}: no state for chain {self.chain_id!r}; {IMPORT_FIX}"
-                    )
-                state = row_state(row, self.chain_id, self._dsn)
+                state = fetch_state(conn, self.chain_id, self._dsn, for_update=True)
                 self._state = state
                 doing = "deciding"
                 decision = decide(state, height, round_, step, sign_bytes)  # refusals roll back below

@@ -36,6 +36,7 @@ from pykms.privval.codec import SignedProposalResponse, SignedVoteResponse
 from pykms.privval.signbytes import proposal_sign_bytes, vote_extension_sign_bytes, vote_sign_bytes
 
 __all__ = [
+    "EXIT_OTHER",
     "BenchResult",
     "CpuUse",
     "IdealSlotFile",
@@ -49,6 +50,7 @@ __all__ = [
     "process_cpu",
     "run_sequence",
     "summarize",
+    "verify_signature",
 ]
 
 
@@ -264,7 +266,9 @@ def run_sequence(
                 resp = link.sign_proposal(msg)
                 latencies.append(time.perf_counter() - start)
                 _check(resp, SignedProposalResponse, kind, height)
-                _verify(verify, proposal_sign_bytes(chain_id, msg), bytes(resp.proposal.signature), kind, height)
+                verify_signature(
+                    verify, proposal_sign_bytes(chain_id, msg), bytes(resp.proposal.signature), kind, height
+                )
                 continue
             vote_type = PREVOTE if kind == "prevote" else PRECOMMIT
             ext = f"ext-{height}".encode() if (extensions and vote_type == PRECOMMIT) else b""
@@ -273,10 +277,10 @@ def run_sequence(
             resp = link.sign_vote(msg)
             latencies.append(time.perf_counter() - start)
             _check(resp, SignedVoteResponse, kind, height)
-            _verify(verify, vote_sign_bytes(chain_id, msg), bytes(resp.vote.signature), kind, height)
+            verify_signature(verify, vote_sign_bytes(chain_id, msg), bytes(resp.vote.signature), kind, height)
             if extensions and vote_type == PRECOMMIT:
                 ext_sig = bytes(resp.vote.extension_signature)
-                _verify(verify, vote_extension_sign_bytes(chain_id, msg), ext_sig, f"{kind} extension", height)
+                verify_signature(verify, vote_extension_sign_bytes(chain_id, msg), ext_sig, f"{kind} extension", height)
         height += 1
     return latencies
 
@@ -292,7 +296,8 @@ def _check(resp: Any, kind: type, what: str, height: int) -> None:
         raise HarnessError(f"{what} at height {height}: got a {type(resp).__name__}", EXIT_OTHER)
 
 
-def _verify(key: VerifyKey, message: bytes, signature: bytes, what: str, height: int) -> None:
+def verify_signature(key: VerifyKey, message: bytes, signature: bytes, what: str, height: int) -> None:
+    """A signature that does not verify over the request's own sign bytes ends the run (exit code 7)."""
     try:
         key.verify(message, signature)
     except (BadSignatureError, ValueError, TypeError):

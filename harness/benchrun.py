@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -40,33 +39,17 @@ from pykms.harness.bench import (
     run_sequence,
     summarize,
 )
-from pykms.harness.demo import write_demo_home, write_multichain_home
+from pykms.harness.demo import start_pykms, stop_pykms, write_demo_home, write_multichain_home
 from pykms.harness.load import format_concurrent, run_concurrent
 from pykms.harness.simulator import PREVOTE, ValidatorSimulator, make_vote
 from pykms.privval.codec import Dialect
 from pykms.privval.signbytes import vote_sign_bytes
 
 
-def start_kms(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "pykms.cli.main", "start", "-c", str(config), "--log-format", "json"],
-            stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-
-
-def stop_kms(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
 def single(home: Path, n: int, state_format: str, extensions: bool) -> dict[str, float]:
     sim = ValidatorSimulator("tcp://127.0.0.1:0", chain_id="bench-1", dialect=Dialect.V0_38)
     config = write_demo_home(home, sim.listen(), chain_id="bench-1", state_format=state_format)
-    proc = start_kms(config, home / "pykms.log")
+    proc = start_pykms(config, home / "pykms.log")
     try:
         link = sim.accept(timeout=20)
         pub = link.pubkey().pub_key
@@ -79,7 +62,7 @@ def single(home: Path, n: int, state_format: str, extensions: bool) -> dict[str,
         cpu = cpu_per_request(cpu_before, process_cpu(proc.pid), n)
         link.close()
     finally:
-        stop_kms(proc)
+        stop_pykms(proc)
         sim.close()
     result = summarize(lat, fsync_s, sign_s, wall, measure_ideal_signer(home, min(n, 3000)))
     print(f"\n== single chain, state_format={state_format}, prevote+precommit"
@@ -97,7 +80,7 @@ def concurrent(home: Path, chains: int, sentries: int, seconds: float, workers: 
 
     def start(bound: dict[str, list[str]]) -> int:
         config = write_multichain_home(home, bound, state_format="slots")
-        procs.append(start_kms(config, home / "pykms.log"))
+        procs.append(start_pykms(config, home / "pykms.log"))
         return procs[0].pid
 
     listen = {f"bench-{c}": ["tcp://127.0.0.1:0"] * sentries for c in range(chains)}
@@ -105,7 +88,7 @@ def concurrent(home: Path, chains: int, sentries: int, seconds: float, workers: 
         result = run_concurrent(listen, seconds, on_listening=start, block_ms=block_ms, workers=workers)
     finally:
         for proc in procs:
-            stop_kms(proc)
+            stop_pykms(proc)
     print(f"\n== {format_concurrent(result)}")
     if result.signer_cpu is not None:
         per_request = result.signer_cpu["user_us"] + result.signer_cpu["sys_us"] + result.load_cpu_us
@@ -285,7 +268,7 @@ def startup(home: Path) -> dict[str, float]:
     sim = ValidatorSimulator("tcp://127.0.0.1:0", chain_id="bench-start", dialect=Dialect.V0_38)
     config = write_demo_home(home, sim.listen(), chain_id="bench-start", state_format="slots")
     t0 = time.perf_counter()
-    proc = start_kms(config, home / "pykms.log")
+    proc = start_pykms(config, home / "pykms.log")
     try:
         link = sim.accept(timeout=20)
         t_connect = time.perf_counter() - t0
@@ -296,7 +279,7 @@ def startup(home: Path) -> dict[str, float]:
         t_first = time.perf_counter() - t0
         link.close()
     finally:
-        stop_kms(proc)
+        stop_pykms(proc)
         sim.close()
     print(f"\n== start-up: connected after {t_connect * 1e3:.0f} ms, first verified signature after "
           f"{t_first * 1e3:.0f} ms")  # fmt: skip

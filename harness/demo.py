@@ -26,7 +26,7 @@ from pykms.harness.simulator import AcceptTimeout, SignerLink, ValidatorSimulato
 from pykms.privval import codec
 from pykms.privval.codec import Dialect
 
-__all__ = ["add_sentries", "main", "write_demo_home", "write_multichain_home"]
+__all__ = ["add_sentries", "main", "start_pykms", "stop_pykms", "write_demo_home", "write_multichain_home"]
 
 CHAIN_ID = "pykms-demo-1"
 #: How long pykms may take to start and dial in (imports, key and state loading, handshake).
@@ -117,7 +117,19 @@ def _accept(sim: ValidatorSimulator, proc: subprocess.Popen[bytes]) -> SignerLin
                 raise DemoError(f"pykms did not connect within {CONNECT_DEADLINE_S:g} s") from None
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> int:
+def start_pykms(config: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """``pykms start`` in a child process, its JSON log lines appended to ``log_path``."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "pykms.cli.main", "start", "-c", str(config), "--log-format", "json"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
+
+
+def stop_pykms(proc: subprocess.Popen[bytes]) -> int:
+    """SIGTERM, then SIGKILL after ``STOP_DEADLINE_S``; the exit code (negative: the signal)."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
     try:
@@ -147,13 +159,7 @@ def run_demo(home: Path, votes: int) -> None:
         addr = sim.listen()
         config = write_demo_home(home, addr)
         print(f"validator simulator listening on {addr} (chain {CHAIN_ID}, protocol v0.38)", flush=True)
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "pykms.cli.main", "start", "-c", str(config), "--log-format", "json"],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=dict(os.environ, PYTHONUNBUFFERED="1"),
-            )
+        proc = start_pykms(config, log_path)
         link = _accept(sim, proc)
         resp = link.pubkey()
         if not isinstance(resp, codec.PubKeyResponse) or resp.error is not None:
@@ -171,12 +177,12 @@ def run_demo(home: Path, votes: int) -> None:
         link.close()
     except BaseException:
         if proc is not None:
-            _stop(proc)
+            stop_pykms(proc)
             print(f"pykms log (last lines):\n{_tail(log_path)}", file=sys.stderr)
         raise
     finally:
         sim.close()
-    code = _stop(proc)
+    code = stop_pykms(proc)
     if code != 0:
         print(f"pykms log (last lines):\n{_tail(log_path)}", file=sys.stderr)
         raise DemoError(f"pykms stopped with exit code {code} (expected 0 after SIGTERM)")

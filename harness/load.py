@@ -23,18 +23,23 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from pykms.errors import HarnessError
-from pykms.harness.bench import CpuUse, cpu_per_request, format_cpu, percentile, process_cpu
+from pykms.harness.bench import (
+    EXIT_OTHER,
+    CpuUse,
+    cpu_per_request,
+    format_cpu,
+    percentile,
+    process_cpu,
+    verify_signature,
+)
 from pykms.harness.simulator import PRECOMMIT, PREVOTE, ValidatorSimulator, make_vote
 from pykms.privval.codec import Dialect
 from pykms.privval.signbytes import vote_sign_bytes
 
 __all__ = ["ConcurrentResult", "format_concurrent", "run_concurrent", "starved_chains"]
-
-EXIT_OTHER = 7
 
 
 @dataclass(frozen=True)
@@ -159,13 +164,7 @@ def _drive(
     # Verified after the run: a node checks its votes on its own machine, not on the cores that these simulated
     # sentries share with the signer here.
     for cid, vote, signature in signed_all:
-        try:
-            keys[cid].verify(vote_sign_bytes(cid, vote), signature)
-        except BadSignatureError:
-            raise HarnessError(
-                f"chain {cid}, height {vote.height}: the signature does not verify over the request's sign bytes",
-                EXIT_OTHER,
-            ) from None
+        verify_signature(keys[cid], vote_sign_bytes(cid, vote), signature, f"chain {cid}: vote", vote.height)
     return latencies, per_chain, refused, window
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pykms.errors import KeyFileError
 
-__all__ = ["check_private", "read_secret_file", "write_secret_file"]
+__all__ = ["check_private", "fsync_dir", "read_secret_file", "write_secret_file"]
 
 
 def check_private(path: Path) -> None:
@@ -60,8 +60,13 @@ def write_secret_file(path: Path, data: bytes, *, overwrite: bool = False) -> No
         os.fsync(fd)
     finally:
         os.close(fd)
-    dir_fd = os.open(path.parent if str(path.parent) else Path("."), os.O_RDONLY)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a create, rename or unlink in ``directory`` durable (the entry lives in the directory, not the file)."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(dir_fd)
+        os.fsync(fd)
     finally:
-        os.close(dir_fd)
+        os.close(fd)

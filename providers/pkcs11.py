@@ -50,7 +50,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EC_PARAMS_ED25519",
-    "EC_PARAMS_ED25519_OID",
     "KeyInfo",
     "Pkcs11Signer",
     "Pkcs11Token",
@@ -68,8 +67,6 @@ PROVIDER = "pkcs11"
 
 #: DER PrintableString "edwards25519": PKCS#11 3.0 section 2.3.5 (curve name form), what SoftHSM2 2.6 writes.
 EC_PARAMS_ED25519 = b"\x13\x0cedwards25519"
-#: DER OID 1.3.101.112 (id-Ed25519, RFC 8410 section 3): the other CKA_EC_PARAMS form tokens accept.
-EC_PARAMS_ED25519_OID = b"\x06\x03\x2b\x65\x70"
 
 #: Message signed once when a signer opens, to prove the public key object matches the private key.
 _PROBE_MESSAGE = b"pykms pkcs11 key check"

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pykms.errors import ConfigError, FatalProviderError, ProviderError, TransientProviderError
+from pykms.httpreply import send_reply
 from pykms.providers.signer import verify_or_raise
 
 if TYPE_CHECKING:
@@ -285,7 +286,6 @@ class YubihsmSigner:
         self._session: Any = None
         self._key: Any = None
         self._public_key: bytes | None = None
-        self.reconnects = 0
         with self._lock:
             self._connect()
 
@@ -317,7 +317,6 @@ class YubihsmSigner:
                 try:
                     if self._session is None:
                         self._connect()
-                        self.reconnects += 1
                     signature = self._sign_once(message)
                     verify_or_raise(self.public_key(), message, signature, self.provider)
                     return signature
@@ -413,7 +412,6 @@ class ConnectorServer:
                 key="providers.yubihsm.connector_server.laddr",
                 fix='write e.g. laddr = "tcp://127.0.0.1:12345"',
             )
-        self.device_url = device_url
         self._backend = _make_backend(device_url)
         self._lock = threading.Lock()
         try:
@@ -469,31 +467,24 @@ class ConnectorServer:
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
-            def _send(self, status: int, body: bytes, content_type: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
             def do_GET(self) -> None:
                 if self.path.split("?")[0] != "/connector/status":
-                    self._send(404, b"not found\n", "text/plain")
+                    send_reply(self, 404, b"not found\n", "text/plain")
                     return
                 body = f"status=OK\nserial=*\nversion=pykms\naddress=\nport={server.port}\n"
-                self._send(200, body.encode(), "text/plain")
+                send_reply(self, 200, body.encode(), "text/plain")
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 frame = self.rfile.read(min(length, 4096))
                 if self.path != "/connector/api":
-                    self._send(404, b"not found\n", "text/plain")
+                    send_reply(self, 404, b"not found\n", "text/plain")
                     return
                 try:
                     reply = server.forward(frame)
                 except Exception:
-                    self._send(502, b"device unreachable\n", "text/plain")
+                    send_reply(self, 502, b"device unreachable\n", "text/plain")
                     return
-                self._send(200, reply, "application/octet-stream")
+                send_reply(self, 200, reply, "application/octet-stream")
 
         return Handler

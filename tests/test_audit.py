@@ -372,3 +372,14 @@ def test_parse_time() -> None:
     assert parse_time("2026-11-22T19:00:00.123456789Z") % 10**9 == 123456789
     with pytest.raises(ValueError, match="RFC 3339"):
         parse_time("tomorrow")
+
+
+def test_order_files_sorts_each_log_by_sequence_whatever_the_given_order() -> None:
+    a = [Path(f"a.log.{seq:012d}") for seq in (0, 7, 40)] + [Path("a.log")]
+    b = [Path("d/b.log.000000000003"), Path("d/b.log")]
+    other = Path("notes.txt")
+    for shuffled in ([*reversed(a), other, *reversed(b)], [b[1], a[2], other, a[0], b[0], a[3], a[1]]):
+        ordered = order_files(shuffled)
+        assert sorted(ordered) == sorted(shuffled)  # nothing lost or added
+        assert [p for p in ordered if p.name.startswith("a.log")] == a
+        assert [p for p in ordered if p.name.startswith("b.log")] == b

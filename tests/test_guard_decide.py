@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from test_guard_support import CHAIN, TS, block_id, fake_signature, proposal_bytes, sign_bytes, vote_bytes
 
-from pykms.errors import ConflictError, DoubleSignError, InvalidRequest, RegressionError
-from pykms.guard.decide import SIGN_FRESH, ReuseSignature, SignFresh, decide
+from pykms.errors import ConflictError, DoubleSignError, InvalidRequest, RegressionError, SigningRefused
+from pykms.guard.decide import SIGN_FRESH, ReuseSignature, SignFresh, decide, refuse_older_import
 from pykms.guard.state import SignState
 from pykms.privval.signbytes import vote_sign_bytes
 from pykms.proto.tendermint.types import types_pb2
@@ -206,3 +208,19 @@ def test_undecodable_request_bytes_at_same_hrs_are_invalid() -> None:
 def test_decisions_have_short_reprs() -> None:
     assert "…" in repr(ReuseSignature(b"\x01" * 64, None))
     assert len(repr(ReuseSignature(b"\x01" * 64, None))) < 60
+
+
+_HRS = st.tuples(st.integers(0, 5), st.integers(0, 3), st.integers(0, 3))
+
+
+@given(current=_HRS, imported=_HRS)
+def test_an_import_never_moves_the_guard_backwards(
+    current: tuple[int, int, int], imported: tuple[int, int, int]
+) -> None:
+    """The rule every state import shares: refused exactly when (height, round, step) goes down."""
+    args = ("where", SignState(*current), SignState(*imported), "--force would do it")
+    if imported < current:
+        with pytest.raises(SigningRefused, match=r"^where: the imported state .*--force would do it"):
+            refuse_older_import(*args)
+    else:
+        refuse_older_import(*args)

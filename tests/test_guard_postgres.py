@@ -35,7 +35,8 @@ from pykms.errors import (
     StateMissing,
     TransientProviderError,
 )
-from pykms.guard.postgres import SCHEMA_VERSION, PostgresGuard, dsn_from_config, init_db, read_state, write_state
+from pykms.guard.pgadmin import SCHEMA_VERSION, dsn_from_config, init_db, read_state, write_state
+from pykms.guard.postgres import PostgresGuard
 from pykms.guard.state import SignState
 from tests.pg import PgServer, pg_dsn, pg_server  # noqa: F401  (fixtures)
 from tests.pg_worker import KEY_SEED, requests
@@ -302,7 +303,6 @@ def test_row_lock_held_elsewhere_times_out_without_signing(pg_dsn: str) -> None:
         assert time.monotonic() - started < 2
         holder.rollback()
         assert guard.check_and_sign(1, 0, 1, sign_bytes(1, 0, 1, 1), sign).fresh  # same connection, still usable
-        assert guard.unavailable_total == 1
     finally:
         holder.close()
         guard.close()
@@ -397,9 +397,7 @@ def test_connection_lost_while_idle_is_replaced_within_the_same_call(pg_dsn: str
             admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'pykms/%'"
             )
-        before = guard.reconnects_total
         assert guard.check_and_sign(1, 0, 2, sign_bytes(1, 0, 2, 1), sign).fresh  # no error reaches the node
-        assert guard.reconnects_total == before + 1 and guard.unavailable_total == 0
     finally:
         guard.close()
 

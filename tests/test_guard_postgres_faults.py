@@ -18,7 +18,8 @@ from test_guard_postgres import CHAIN, KEY, committed_signatures, history, ready
 from test_guard_support import sign_bytes
 
 from pykms.errors import ConflictError, DoubleSignError, PersistError
-from pykms.guard.postgres import PostgresGuard, read_state
+from pykms.guard.pgadmin import read_state
+from pykms.guard.postgres import PostgresGuard
 from pykms.guard.state import SignState
 from tests.pg import PgServer, private_pg  # noqa: F401  (fixture)
 

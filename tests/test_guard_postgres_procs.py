@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from test_guard_postgres import CHAIN, committed_signatures, history, ready
 
-from pykms.guard.postgres import read_state
+from pykms.guard.pgadmin import read_state
 from tests.pg import pg_dsn, pg_server  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]

@@ -15,7 +15,7 @@ import pytest
 from test_guard_support import fake_signature, sign_bytes
 
 from pykms.errors import PersistError, StateCorrupt, StateError, StateLocked, StateMissing
-from pykms.guard.state import SignState, from_cometbft_json, to_cometbft_json
+from pykms.guard.state import SignState, from_cometbft_json
 from pykms.guard.store import (
     BLOCK,
     SLOTS_FILE_SIZE,
@@ -205,11 +205,6 @@ def test_read_state_file_and_create_state_file(tmp_path: Path, fmt: str) -> None
         create_state_file(tmp_path / "x", state(1), fmt="yaml")
 
 
-def test_slot_export_json(tmp_path: Path) -> None:
-    with SlotStateStore.create(tmp_path / "s", state(6, 2, 3)) as store:
-        assert store.export_json() == to_cometbft_json(state(6, 2, 3))
-
-
 @pytest.mark.parametrize("cls", STORES)
 def test_lock_excludes_a_second_store_in_this_process(tmp_path: Path, cls: Store) -> None:
     path = tmp_path / "s"
@@ -375,8 +370,6 @@ def test_slots_file_decoding_refuses_unknown_version_and_ambiguous_slots(tmp_pat
         decode_slots_file(both_wrong, "x")
 
 
-def test_read_any_state_file(tmp_path: Path) -> None:
-    from pykms.guard.state import read_any_state_file
-
+def test_read_state_file_reads_slots(tmp_path: Path) -> None:
     create_state_file(tmp_path / "s", state(12), fmt="slots")
-    assert read_any_state_file(tmp_path / "s") == state(12)
+    assert read_state_file(tmp_path / "s") == ("slots", state(12))

@@ -137,7 +137,7 @@ def test_lost_sessions_are_reestablished(sim: SimServer, clock: Clock) -> None:
     VerifyKey(pub).verify(b"a", signer.sign(b"a"))
     clock.t += 31  # the device's idle timeout
     VerifyKey(pub).verify(b"b", signer.sign(b"b"))
-    assert signer.reconnects == 2
+    assert sim.device.session_count == 1  # each lost session replaced by one new one, none left open
     sim.device.factory_reset()  # the key is gone now: that is fatal, not retried forever
     with pytest.raises(FatalProviderError):
         signer.sign(b"c")
@@ -165,7 +165,6 @@ def test_connector_outage_pauses_then_resumes(sim: SimServer, fault: str) -> Non
     worker.join(10)
     assert not errors
     VerifyKey(pub).verify(b"during outage", results[0])
-    assert signer.reconnects >= 1
 
 
 @pytest.mark.slow

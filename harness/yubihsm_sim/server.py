@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from pykms.harness.yubihsm_sim.device import MAX_FRAME, Device
+from pykms.httpreply import send_reply
+from pykms.keyfiles import fsync_dir
 
 __all__ = ["Faults", "SimServer", "main"]
 
@@ -99,11 +101,7 @@ class SimServer:
         finally:
             os.close(fd)
         os.replace(tmp, self.state_file)
-        dir_fd = os.open(self.state_file.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_dir(self.state_file.parent)
 
     def start(self) -> SimServer:
         """Serve in a daemon thread (for tests and embedding)."""
@@ -152,18 +150,11 @@ def _handler_for(sim: SimServer) -> type[BaseHTTPRequestHandler]:
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
 
-        def _send(self, status: int, body: bytes, content_type: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
         def do_GET(self) -> None:
             if self._drop():
                 return
             if self.path.split("?")[0] != "/connector/status":
-                self._send(404, b"not found\n", "text/plain")
+                send_reply(self, 404, b"not found\n", "text/plain")
                 return
             status = "NO_DEVICE" if sim.faults.http_500 else "OK"
             host, port = str(sim.httpd.server_address[0]), sim.port
@@ -171,12 +162,12 @@ def _handler_for(sim: SimServer) -> type[BaseHTTPRequestHandler]:
                 f"status={status}\nserial={sim.device.serial}\nversion={CONNECTOR_VERSION}\n"
                 f"pid={os.getpid()}\naddress={host}\nport={port}\n"
             )
-            self._send(200, text.encode(), "text/plain")
+            send_reply(self, 200, text.encode(), "text/plain")
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             if length > MAX_FRAME + 16:
-                self._send(413, b"frame too long\n", "text/plain")
+                send_reply(self, 413, b"frame too long\n", "text/plain")
                 return
             body = self.rfile.read(length)
             if self.path == "/sim/faults":
@@ -185,16 +176,16 @@ def _handler_for(sim: SimServer) -> type[BaseHTTPRequestHandler]:
             if self._drop():
                 return
             if self.path != "/connector/api":
-                self._send(404, b"not found\n", "text/plain")
+                send_reply(self, 404, b"not found\n", "text/plain")
                 return
             if sim.faults.http_500:
-                self._send(500, b"device unavailable\n", "text/plain")
+                send_reply(self, 500, b"device unavailable\n", "text/plain")
                 return
             if sim.faults.drop_replies:
                 sim.transceive(body)
                 self._hang_up()
                 return
-            self._send(200, sim.transceive(body), "application/octet-stream")
+            send_reply(self, 200, sim.transceive(body), "application/octet-stream")
 
         def _set_faults(self, body: bytes) -> None:
             try:
@@ -205,9 +196,9 @@ def _handler_for(sim: SimServer) -> type[BaseHTTPRequestHandler]:
                 if wanted.get("expire_sessions"):
                     sim.expire_sessions()
             except (ValueError, AttributeError):
-                self._send(400, b"expected a JSON object\n", "text/plain")
+                send_reply(self, 400, b"expected a JSON object\n", "text/plain")
                 return
-            self._send(200, b"ok\n", "text/plain")
+            send_reply(self, 200, b"ok\n", "text/plain")
 
     return Handler
 

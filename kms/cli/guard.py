@@ -45,7 +45,7 @@ def _postgres_cfg(config: KmsConfig) -> GuardConfig:
 
 def cmd_init_db(args: argparse.Namespace) -> int:
     from pykms.config import load_config
-    from pykms.guard.postgres import dsn_from_config, init_db, redacted_target
+    from pykms.guard.pgadmin import dsn_from_config, init_db, redacted_target
 
     config = load_config(args.config)
     dsn = dsn_from_config(_postgres_cfg(config))
@@ -60,7 +60,7 @@ def cmd_init_db(args: argparse.Namespace) -> int:
 
 def show_state(cfg: KmsConfig, chain_id: str) -> SignState:
     """The chain's committed state in PostgreSQL; StateMissing when the chain has no row."""
-    from pykms.guard.postgres import dsn_from_config, read_state
+    from pykms.guard.pgadmin import dsn_from_config, read_state
 
     guard = _postgres_cfg(cfg)
     return read_state(dsn_from_config(guard), chain_id, timeout_ms=max(guard.timeout_ms, 10_000))
@@ -74,7 +74,7 @@ def import_state(cfg: KmsConfig, chain_id: str, state: SignState, force: bool, r
     import json
     import time
 
-    from pykms.guard.postgres import dsn_from_config, write_state
+    from pykms.guard.pgadmin import dsn_from_config, write_state
     from pykms.keyfiles import write_secret_file
 
     def keep(row: dict[str, object]) -> str:

@@ -52,11 +52,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from pykms.errors import ConflictError, InvalidRequest, KmsError, RegressionError
+from pykms.errors import ConflictError, InvalidRequest, KmsError, RegressionError, SigningRefused
 from pykms.guard.state import MAX_HEIGHT, MAX_ROUND, STEP_NAMES, STEP_NONE, STEP_PRECOMMIT, STEP_PROPOSAL, SignState
 from pykms.privval.signbytes import CanonicalView, canonical_view
 
-__all__ = ["SIGN_FRESH", "Decision", "ReuseSignature", "SignFresh", "decide"]
+__all__ = ["SIGN_FRESH", "Decision", "ReuseSignature", "SignFresh", "decide", "refuse_older_import"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,3 +205,17 @@ def decide(state: SignState, height: int, round: int, step: int, sign_bytes: byt
     cr = _cmp(round, state.round) if ch == _EQ else _ANY
     cs = _cmp(step, state.step) if cr == _EQ else _ANY
     return _TRANSITIONS[(ch, cr, cs)](state, height, round, step, sign_bytes)
+
+
+def refuse_older_import(where: str, current: SignState, imported: SignState, force_does: str) -> None:
+    """The rule of every state import: never move the guard backwards (SigningRefused), unless forced.
+
+    A state older than the current one would let the key sign again what it has signed; ``force_does`` tells the
+    operator what ``--force`` would do instead.
+    """
+    if (imported.height, imported.round, imported.step) < (current.height, current.round, current.step):
+        raise SigningRefused(
+            f"{where}: the imported state (height {imported.height} round {imported.round} step {imported.step}) "
+            f"is older than the current one (height {current.height} round {current.round} step {current.step}); "
+            f"refusing to weaken the double-sign guard ({force_does}, and lowers the guard to the imported state)"
+        )

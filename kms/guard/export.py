@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from pykms.errors import StateError
 from pykms.guard.state import STEP_NONE, STEP_PROPOSAL, SignState, to_cometbft_json
+from pykms.keyfiles import fsync_dir
 from pykms.privval.signbytes import canonical_view
 from pykms.proto.tendermint.types import canonical_pb2
 
@@ -89,11 +90,7 @@ def write_export(path: Path, data: bytes, *, protect: Path | None = None) -> Non
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(path.parent)
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -46,415 +46,41 @@ the same height/round/step, unless the transaction set ``pykms.allow_regression`
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from pathlib import Path
-from typing import Any, Final
+from typing import Any
+
+import psycopg
+import psycopg.errors
+from psycopg import sql
 
 from pykms.config import GuardConfig
-from pykms.errors import ConfigError
-
-try:
-    import psycopg
-    import psycopg.errors
-    from psycopg import sql
-    from psycopg.conninfo import conninfo_to_dict
-except ImportError:  # pragma: no cover - an install without the extra
-    raise ConfigError(
-        "the postgres guard needs psycopg 3, which is not installed",
-        key="guard.backend",
-        fix="pip install 'pykms[postgres]'",
-    ) from None
-
-from pykms.errors import (
-    ConflictError,
-    KmsError,
-    PersistError,
-    SigningRefused,
-    StateCorrupt,
-    StateError,
-    StateMissing,
-)
+from pykms.errors import ConfigError, KmsError, PersistError, StateError
 from pykms.guard.backend import GuardOutcome, SignFn
 from pykms.guard.decide import ReuseSignature, decide
+from pykms.guard.pgadmin import (
+    COMMIT_WARNING,
+    INSTANCE,
+    STATEMENT_SLACK_MS,
+    UPDATE_REUSED,
+    UPDATE_SIGNED,
+    WATCHDOG_GRACE_S,
+    check_schema,
+    connect,
+    dsn_from_config,
+    fetch_state,
+    map_error,
+    redacted_target,
+    state_args,
+)
 from pykms.guard.state import SignState
-from pykms.keyfiles import read_secret_file
 from pykms.logconfig import get_logger
 
-__all__ = [
-    "MIGRATIONS",
-    "SCHEMA_VERSION",
-    "PostgresGuard",
-    "connect",
-    "dsn_from_config",
-    "init_db",
-    "read_state",
-    "redacted_target",
-    "schema_version",
-    "write_state",
-]
-
-#: Fix text for a database without our schema.
-INIT_DB_FIX = (
-    "run `pykms guard init-db -c <tmkms.toml>` once against this database (it creates or migrates the schema and "
-    "never changes a chain's state)"
-)
-#: Fix text for a chain without a row.
-IMPORT_FIX = (
-    "import the node's or tmkms's state with `pykms state import -c <tmkms.toml> --chain <id> <file>` (the guard "
-    "then refuses everything up to that height/round/step), or, only for a key that has never signed on this "
-    "chain, `pykms state init -c <tmkms.toml> --chain <id>` (it starts the guard at height 0: a key that has "
-    "signed could then sign a conflicting vote)"
-)
-
-#: A WARNING during COMMIT means its outcome is not what we asked for (syncrep.c: "canceling wait for synchronous
-#: replication ... The transaction has already committed locally, but might not have been replicated").
-_WARNING: Final = "WARNING"
-
-#: Extra time the client-side watchdog allows beyond the server-side timeouts, so that in the ordinary case the
-#: server cancels cleanly (the connection survives) before the watchdog has to cut the socket.
-WATCHDOG_GRACE_S: Final = 0.5
-
-#: statement_timeout is set this much above lock_timeout so that waiting for the row reports as a lock wait.
-_STATEMENT_SLACK_MS: Final = 100
-
-#: pg_advisory_xact_lock key serialising concurrent `init-db` runs (any constant: "pykms" in ASCII).
-_MIGRATION_LOCK: Final = 0x70796B6D73
-
-_SCHEMA_V1: Final = r"""
-CREATE TABLE pykms_sign_state (
-    chain_id    text        PRIMARY KEY CHECK (length(chain_id) BETWEEN 1 AND 50),
-    height      bigint      NOT NULL CHECK (height >= 0),
-    round       integer     NOT NULL CHECK (round >= 0),
-    step        smallint    NOT NULL CHECK (step BETWEEN 0 AND 3),
-    signature   bytea       NOT NULL DEFAULT '\x',
-    sign_bytes  bytea       NOT NULL DEFAULT '\x',
-    updated_at  timestamptz NOT NULL DEFAULT now(),
-    updated_by  text        NOT NULL DEFAULT '',
-    reused_at   timestamptz,
-    -- FilePV panics on sign bytes without their signature (privval/file.go); so does the database.
-    CONSTRAINT sign_bytes_need_signature CHECK (length(sign_bytes) = 0 OR length(signature) > 0)
-);
-
-CREATE FUNCTION pykms_no_regression() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF coalesce(current_setting('pykms.allow_regression', true), '') = 'on' THEN
-        RETURN NEW;
-    END IF;
-    IF (NEW.height, NEW.round, NEW.step) < (OLD.height, OLD.round, OLD.step) THEN
-        RAISE EXCEPTION 'pykms guard: regression of chain % from %/%/% to %/%/%', OLD.chain_id,
-            OLD.height, OLD.round, OLD.step, NEW.height, NEW.round, NEW.step
-            USING ERRCODE = 'PK001';
-    END IF;
-    IF (NEW.height, NEW.round, NEW.step) = (OLD.height, OLD.round, OLD.step)
-            AND length(OLD.sign_bytes) > 0
-            AND (NEW.sign_bytes IS DISTINCT FROM OLD.sign_bytes OR NEW.signature IS DISTINCT FROM OLD.signature)
-    THEN
-        RAISE EXCEPTION 'pykms guard: conflicting payload for chain % at %/%/%', OLD.chain_id,
-            OLD.height, OLD.round, OLD.step
-            USING ERRCODE = 'PK002';
-    END IF;
-    RETURN NEW;
-END
-$$;
-
-CREATE TRIGGER pykms_no_regression BEFORE UPDATE ON pykms_sign_state
-    FOR EACH ROW EXECUTE FUNCTION pykms_no_regression();
-"""
-
-#: (version, DDL) applied in order by init_db, each in the transaction that records it in pykms_schema_version.
-MIGRATIONS: Final[tuple[tuple[int, str], ...]] = ((1, _SCHEMA_V1),)
-SCHEMA_VERSION: Final = MIGRATIONS[-1][0]
-
-_SELECT_FOR_UPDATE: Final = (
-    "SELECT height, round, step, signature, sign_bytes FROM pykms_sign_state WHERE chain_id = %s FOR UPDATE"
-)
-_UPDATE_SIGNED: Final = (
-    "UPDATE pykms_sign_state SET height = %s, round = %s, step = %s, signature = %s, sign_bytes = %s, "
-    "updated_at = now(), updated_by = %s WHERE chain_id = %s"
-)
-_UPDATE_REUSED: Final = "UPDATE pykms_sign_state SET reused_at = now() WHERE chain_id = %s"
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# DSN and errors
-
-
-def dsn_from_config(cfg: GuardConfig) -> str:
-    """The DSN from ``dsn_file`` (a 0600 file, first line) or the ``dsn_env`` variable; never from the config."""
-    if cfg.dsn_file is not None:
-        text = read_secret_file(Path(cfg.dsn_file)).decode("utf-8", "replace").strip()
-        source = str(cfg.dsn_file)
-    elif cfg.dsn_env is not None:
-        text = os.environ.get(cfg.dsn_env, "").strip()
-        source = f"${cfg.dsn_env}"
-    else:
-        raise ConfigError(
-            "the postgres guard needs a DSN", key="guard.dsn_file", fix='add dsn_file = "secrets/guard.dsn"'
-        )
-    if not text:
-        raise ConfigError(f"{source} is empty", key="guard", fix="put a libpq connection string in it")
-    try:
-        conninfo_to_dict(text)
-    except psycopg.ProgrammingError:
-        # The parser's message may quote the string: name only where it came from.
-        raise ConfigError(
-            f"{source} is not a valid libpq connection string",
-            key="guard",
-            fix="write e.g. host=db1 dbname=pykms user=pykms password=… or a postgresql:// URI",
-        ) from None
-    return text
-
-
-def redacted_target(dsn: str) -> str:
-    """``user@host:port/dbname`` for messages: never the password."""
-    try:
-        info = conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:
-        return "<invalid dsn>"
-    host = str(info.get("host") or info.get("hostaddr") or "localhost")
-    return f"{info.get('user', '')}@{host}:{info.get('port', 5432)}/{info.get('dbname', '')}"
-
-
-def _scrub(text: str, dsn: str) -> str:
-    """Remove the DSN's password (and the DSN itself) from a message, in case a driver echoes it."""
-    try:
-        password = str(conninfo_to_dict(dsn).get("password") or "")
-    except psycopg.ProgrammingError:
-        password = ""
-    if dsn:
-        text = text.replace(dsn, "<dsn>")
-    if password:
-        text = text.replace(password, "***")
-    return " ".join(text.split())
-
-
-def _map_error(exc: psycopg.Error, doing: str, dsn: str, timeout_ms: int) -> KmsError:
-    """The one place where psycopg's exceptions become pykms's: fail closed with the reason, never the secret."""
-    reason = _scrub(str(exc), dsn) or type(exc).__name__
-    target = redacted_target(dsn)
-    if isinstance(exc, psycopg.errors.UndefinedTable):
-        return StateMissing(f"postgres guard {target}: the pykms schema is missing; {INIT_DB_FIX}")
-    if isinstance(exc, psycopg.errors.LockNotAvailable):
-        return PersistError(
-            f"postgres guard {target}: the chain's row stayed locked for {timeout_ms} ms while {doing} "
-            "(another instance is holding it); nothing signed"
-        )
-    if isinstance(exc, psycopg.errors.QueryCanceled):
-        return PersistError(f"postgres guard {target}: {doing} took longer than {timeout_ms} ms; nothing signed")
-    if exc.sqlstate in ("PK001", "PK002"):
-        return ConflictError(f"postgres guard {target}: the database refused the update: {reason}")
-    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
-        return PersistError(f"postgres guard {target}: database unavailable while {doing}: {reason}")
-    return PersistError(f"postgres guard {target}: {doing} failed ({exc.sqlstate or type(exc).__name__}): {reason}")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Connections and schema
-
-
-def connect(dsn: str, *, timeout_ms: int, application_name: str = "pykms") -> psycopg.Connection[Any]:
-    """An autocommit connection (transactions are explicit) with client and server timeouts set.
-
-    Raises PersistError when the server cannot be reached within the budget.
-    """
-    try:
-        conn = psycopg.connect(
-            dsn,
-            autocommit=True,
-            # libpq rounds anything below 2 s up to 2 s; psycopg enforces it around the whole connect.
-            connect_timeout=max(2, math.ceil(timeout_ms / 1000)),
-            application_name=application_name,
-            keepalives=1,
-            keepalives_idle=max(1, math.ceil(timeout_ms / 1000)),
-            keepalives_interval=1,
-            keepalives_count=3,
-            # Unacknowledged writes to a vanished peer fail after this many ms instead of TCP's minutes.
-            tcp_user_timeout=timeout_ms + int(WATCHDOG_GRACE_S * 1000),
-        )
-    except psycopg.Error as exc:
-        raise _map_error(exc, "connecting", dsn, timeout_ms) from None
-    try:
-        # An instance frozen while holding the row lock must not stall the others for long: the server aborts
-        # its transaction (and the lock) once it has been idle for longer than any honest call can take.
-        conn.execute(
-            sql.SQL("SET idle_in_transaction_session_timeout = {}").format(
-                sql.Literal(timeout_ms + int(WATCHDOG_GRACE_S * 1000) + 1000)
-            )
-        )
-        # A weaker synchronous_commit (off, local, remote_write) could lose a committed row on a crash or a
-        # failover; "on" waits for the local flush and, when synchronous standbys are configured, their flush.
-        setting = conn.execute("SHOW synchronous_commit").fetchone()
-        if setting is None or setting[0] not in ("on", "remote_apply"):
-            conn.execute("SET synchronous_commit = on")
-    except psycopg.Error as exc:
-        conn.close()
-        raise _map_error(exc, "setting up the session", dsn, timeout_ms) from None
-    return conn
-
-
-def schema_version(conn: psycopg.Connection[Any]) -> int:
-    """The applied schema version, 0 when pykms's schema is absent."""
-    row = conn.execute("SELECT to_regclass('pykms_schema_version') IS NOT NULL").fetchone()
-    if row is None or not row[0]:
-        return 0
-    row = conn.execute("SELECT coalesce(max(version), 0) FROM pykms_schema_version").fetchone()
-    return int(row[0]) if row is not None else 0
-
-
-def init_db(dsn: str, *, timeout_ms: int = 10_000) -> tuple[int, int]:
-    """Create or migrate the schema; idempotent and safe to run from several hosts at once.
-
-    Returns (version before, version after). Raises StateError when the database is newer than this pykms.
-    """
-    conn = connect(dsn, timeout_ms=timeout_ms, application_name="pykms-init-db")
-    try:
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS pykms_schema_version ("
-                " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            before = schema_version(conn)
-            if before > SCHEMA_VERSION:
-                raise StateError(
-                    f"postgres guard {redacted_target(dsn)}: schema version {before} is newer than this pykms "
-                    f"supports ({SCHEMA_VERSION}); upgrade pykms"
-                )
-            for version, ddl in MIGRATIONS:
-                if version > before:
-                    conn.execute(ddl)
-                    conn.execute("INSERT INTO pykms_schema_version (version) VALUES (%s)", (version,))
-        return before, SCHEMA_VERSION
-    except psycopg.Error as exc:
-        raise _map_error(exc, "migrating the schema", dsn, timeout_ms) from None
-    finally:
-        conn.close()
-
-
-def _check_schema(conn: psycopg.Connection[Any], dsn: str) -> None:
-    version = schema_version(conn)
-    if version == 0:
-        raise StateMissing(f"postgres guard {redacted_target(dsn)}: the pykms schema is missing; {INIT_DB_FIX}")
-    if version != SCHEMA_VERSION:
-        fix = INIT_DB_FIX if version < SCHEMA_VERSION else "upgrade pykms on every instance"
-        raise StateError(
-            f"postgres guard {redacted_target(dsn)}: schema version {version}, this pykms needs {SCHEMA_VERSION}; {fix}"
-        )
-
-
-def _row_state(row: tuple[Any, ...], chain_id: str, dsn: str) -> SignState:
-    try:
-        return SignState(int(row[0]), int(row[1]), int(row[2]), bytes(row[3]), bytes(row[4]))
-    except (TypeError, ValueError) as exc:
-        raise StateCorrupt(
-            f"postgres guard {redacted_target(dsn)}: the row of chain {chain_id!r} is invalid ({exc})"
-        ) from None
-
-
-def read_state(dsn: str, chain_id: str, *, timeout_ms: int = 10_000) -> SignState:
-    """The chain's committed state (for ``pykms state show``); StateMissing when there is none."""
-    conn = connect(dsn, timeout_ms=timeout_ms, application_name="pykms-state")
-    try:
-        _check_schema(conn, dsn)
-        row = conn.execute(
-            "SELECT height, round, step, signature, sign_bytes FROM pykms_sign_state WHERE chain_id = %s",
-            (chain_id,),
-        ).fetchone()
-    except psycopg.Error as exc:
-        raise _map_error(exc, "reading the state", dsn, timeout_ms) from None
-    finally:
-        conn.close()
-    if row is None:
-        raise StateMissing(f"postgres guard {redacted_target(dsn)}: no state for chain {chain_id!r}; {IMPORT_FIX}")
-    return _row_state(row, chain_id, dsn)
-
-
-def write_state(
-    dsn: str,
-    chain_id: str,
-    state: SignState,
-    *,
-    force: bool,
-    replace: bool = True,
-    keep: Callable[[dict[str, Any]], str] | None = None,
-    timeout_ms: int = 10_000,
-) -> str | None:
-    """Insert or replace the chain's row (``pykms state import|init``), under the row lock so that no signing
-    transaction interleaves. The file guard's rules: unless ``force``, refuse an existing row that cannot be read,
-    any existing row when not ``replace`` (init), and a move backwards (SigningRefused). A row that is replaced is
-    first handed to ``keep`` (which stores it and says where), inside the transaction, so it is never lost.
-    """
-    conn = connect(dsn, timeout_ms=timeout_ms, application_name="pykms-state")
-    target = redacted_target(dsn)
-    try:
-        _check_schema(conn, dsn)
-        with conn.transaction():
-            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(timeout_ms)))
-            row = conn.execute(_SELECT_FOR_UPDATE, (chain_id,)).fetchone()
-            if row is None:
-                conn.execute(
-                    "INSERT INTO pykms_sign_state (chain_id, height, round, step, signature, sign_bytes, updated_by)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                    (chain_id, state.height, state.round, state.step, state.signature, state.sign_bytes, _ME),
-                )
-                return None
-            force_does = "--force replaces it and keeps the old row in a file beside the configuration"
-            try:
-                current: SignState | None = _row_state(row, chain_id, dsn)
-            except StateCorrupt as exc:
-                if not force:
-                    raise StateCorrupt(
-                        f"{exc}; refusing to replace it: pykms cannot tell what this key has already signed. "
-                        "Import a state known to be at least as recent as anything this key signed with "
-                        f"`pykms state import --force` ({force_does})"
-                    ) from None
-                current = None
-            if current is not None and not force:
-                if not replace:
-                    raise StateError(
-                        f"postgres guard {target}: chain {chain_id!r} already has a state (height {current.height} "
-                        f"round {current.round} step {current.step}); `pykms state init` would reset the guard "
-                        f"below it, so this key could sign again what it signed before; refusing ({force_does})"
-                    )
-                if (state.height, state.round, state.step) < (current.height, current.round, current.step):
-                    raise SigningRefused(
-                        f"postgres guard {target}: the imported state (height {state.height} round "
-                        f"{state.round} step {state.step}) is older than the current one (height {current.height} "
-                        f"round {current.round} step {current.step}); refusing to weaken the double-sign guard "
-                        f"({force_does}, and lowers the guard to the imported state)"
-                    )
-            kept = None
-            if keep is not None:
-                names = ("height", "round", "step", "signature", "sign_bytes")
-                kept = keep({"chain_id": chain_id, **{n: _plain(v) for n, v in zip(names, row, strict=False)}})
-            if force:
-                conn.execute("SET LOCAL pykms.allow_regression = 'on'")
-            conn.execute(_UPDATE_SIGNED, (*_state_args(state), "import:" + _ME, chain_id))
-            return kept
-    except psycopg.Error as exc:
-        raise _map_error(exc, "writing the state", dsn, timeout_ms) from None
-    finally:
-        conn.close()
-
-
-def _plain(value: Any) -> Any:
-    """A row value as JSON can hold it (bytes as hex)."""
-    return bytes(value).hex() if isinstance(value, bytes | bytearray | memoryview) else value
-
-
-def _state_args(state: SignState) -> tuple[int, int, int, bytes, bytes]:
-    return (state.height, state.round, state.step, state.signature, state.sign_bytes)
-
-
-#: Who wrote a row, for operators reading the table: host and process.
-_ME: Final = f"{socket.gethostname()}:{os.getpid()}"
-
+__all__ = ["PostgresGuard"]
 
 # ----------------------------------------------------------------------------------------------------------------
 # Watchdog
@@ -541,16 +167,13 @@ class PostgresGuard:
         self.timeout_ms = timeout_ms
         self._dsn = dsn
         self._target = redacted_target(dsn)
-        self._instance = instance or _ME
+        self._instance = instance or INSTANCE
         self._conn: psycopg.Connection[Any] | None = None
         #: (severity, message) of the notices received during the current COMMIT.
         self._notices: list[tuple[str, str]] = []
         self._state: SignState | None = None
         self._watchdog = _Watchdog()
         self._log = get_logger("pykms.guard.postgres", chain_id=chain_id, db=self._target)
-        #: Counters for metrics: calls that could not reach a durable outcome, and reconnections.
-        self.unavailable_total = 0
-        self.reconnects_total = 0
         #: Called with the seconds of each durable write (BEGIN ... COMMIT of a fresh signature), for metrics.
         self.on_persist: Callable[[float], None] | None = None
         try:
@@ -579,15 +202,14 @@ class PostgresGuard:
         self._drop()
         conn = connect(self._dsn, timeout_ms=self.timeout_ms, application_name=f"pykms/{self.chain_id}"[:63])
         try:
-            _check_schema(conn, self._dsn)
+            check_schema(conn, self._dsn)
         except psycopg.Error as exc:
             conn.close()
-            raise _map_error(exc, "checking the schema", self._dsn, self.timeout_ms) from None
+            raise map_error(exc, "checking the schema", self._dsn, self.timeout_ms) from None
         except KmsError:
             conn.close()
             raise
         conn.add_notice_handler(self._on_notice)
-        self.reconnects_total += 1
         self._conn = conn
         self._log.info("guard_db_connected")
         return conn, False
@@ -603,16 +225,10 @@ class PostgresGuard:
     def _read_current(self) -> SignState:
         conn, _ = self._connection()
         try:
-            row = conn.execute(
-                "SELECT height, round, step, signature, sign_bytes FROM pykms_sign_state WHERE chain_id = %s",
-                (self.chain_id,),
-            ).fetchone()
+            return fetch_state(conn, self.chain_id, self._dsn)
         except psycopg.Error as exc:
             self._drop()
-            raise _map_error(exc, "reading the state", self._dsn, self.timeout_ms) from None
-        if row is None:
-            raise StateMissing(f"postgres guard {self._target}: no state for chain {self.chain_id!r}; {IMPORT_FIX}")
-        return _row_state(row, self.chain_id, self._dsn)
+            raise map_error(exc, "reading the state", self._dsn, self.timeout_ms) from None
 
     # -- GuardBackend ---------------------------------------------------------------------------------------------
 
@@ -627,7 +243,6 @@ class PostgresGuard:
                 self._log.info("guard_db_reconnecting")
                 return self._attempt(height, round_, step, sign_bytes, sign, deadline, first=False)
         except PersistError as exc:
-            self.unavailable_total += 1
             self._log.warning("guard_db_unavailable", reason=str(exc), height=height, round=round_, step=step)
             raise
 
@@ -649,20 +264,15 @@ class PostgresGuard:
                     sql.SQL(
                         "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = {0}; "
                         "SET LOCAL statement_timeout = {1}"
-                    ).format(sql.Literal(remaining_ms), sql.Literal(remaining_ms + _STATEMENT_SLACK_MS))
+                    ).format(sql.Literal(remaining_ms), sql.Literal(remaining_ms + STATEMENT_SLACK_MS))
                 )
-                row = conn.execute(_SELECT_FOR_UPDATE, (self.chain_id,)).fetchone()
-                if row is None:
-                    raise StateMissing(
-                        f"postgres guard {self._target}: no state for chain {self.chain_id!r}; {IMPORT_FIX}"
-                    )
-                state = _row_state(row, self.chain_id, self._dsn)
+                state = fetch_state(conn, self.chain_id, self._dsn, for_update=True)
                 self._state = state
                 doing = "deciding"
                 decision = decide(state, height, round_, step, sign_bytes)  # refusals roll back below
                 if isinstance(decision, ReuseSignature):
                     doing = "recording the reuse"
-                    conn.execute(_UPDATE_REUSED, (self.chain_id,))
+                    conn.execute(UPDATE_REUSED, (self.chain_id,))
                     committing = True
                     self._commit(conn)
                     return GuardOutcome(decision.signature, decision.timestamp, fresh=False)
@@ -671,7 +281,7 @@ class PostgresGuard:
                 new_state = SignState(height, round_, step, signature, sign_bytes)
                 doing = "writing the state"
                 written = time.perf_counter()
-                conn.execute(_UPDATE_SIGNED, (*_state_args(new_state), self._instance, self.chain_id))
+                conn.execute(UPDATE_SIGNED, (*state_args(new_state), self._instance, self.chain_id))
                 committing = True
                 self._commit(conn)
                 self._state = new_state
@@ -705,7 +315,7 @@ class PostgresGuard:
                     ) from None
                 if first and reused and broken and doing == "locking the chain's row":
                     raise _StaleConnection() from None
-                raise _map_error(exc, doing, self._dsn, self.timeout_ms) from None
+                raise map_error(exc, doing, self._dsn, self.timeout_ms) from None
             except BaseException:
                 # A refusal, a corrupt row, a signer failure, an interrupt: end the transaction, free the row.
                 self._rollback_quietly(conn)
@@ -719,7 +329,7 @@ class PostgresGuard:
         """COMMIT, and succeed only on a clean success: a WARNING means it is not what we asked for."""
         self._notices.clear()
         conn.execute("COMMIT")
-        warnings = [message for severity, message in self._notices if severity == _WARNING]
+        warnings = [message for severity, message in self._notices if severity == COMMIT_WARNING]
         if warnings:
             raise _CommitUnknown("; ".join(warnings))
         status = conn.pgconn.transaction_status

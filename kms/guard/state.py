@@ -25,7 +25,6 @@ import binascii
 import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 from pykms.errors import StateCorrupt
@@ -48,12 +47,11 @@ __all__ = [
     "from_cometbft_json",
     "from_tmkms_json",
     "parse_json_state",
-    "read_any_state_file",
     "state_to_json",
     "to_cometbft_json",
 ]
 
-#: CometBFT step numbers (privval/file.go stepNone/stepPropose/stepPrevote/stepPrecommit).
+#: CometBFT step numbers (privval/file.go stepNone/stepPropose/stepPrevote/stepPrecommit), defined here once.
 STEP_NONE = 0
 STEP_PROPOSAL = 1
 STEP_PREVOTE = 2
@@ -280,10 +278,3 @@ def parse_json_state(data: bytes, source: str) -> tuple[StateFormat, SignState]:
 def state_to_json(state: SignState) -> str:
     """``to_cometbft_json`` as text with a final newline, for ``pykms state show``."""
     return to_cometbft_json(state).decode("ascii") + "\n"
-
-
-def read_any_state_file(path: Path | str) -> SignState:
-    """The state in a CometBFT, tmkms or slots file, read without taking its lock (for show and import)."""
-    from pykms.guard.store import read_state_file  # the store imports this module
-
-    return read_state_file(path)[1]

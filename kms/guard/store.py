@@ -525,10 +525,6 @@ class SlotStateStore(_FileStore):
             ) from None
         self._seq = seq
 
-    def export_json(self) -> bytes:
-        """The current state as CometBFT's priv_validator_state.json (``pykms state show`` / export)."""
-        return to_cometbft_json(self.load())
-
 
 def resolve_store_format(path: Path | str, fmt: str) -> str:
     """``auto`` made concrete: an existing file keeps its own format (slots if it starts with the slots magic,

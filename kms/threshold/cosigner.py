@@ -141,10 +141,6 @@ class Cosigner:
         with self._lock:
             return dict(self._states)
 
-    def pending_sessions(self) -> int:
-        with self._lock:
-            return len(self._pending)
-
     def close(self) -> None:
         with self._lock:
             self._pending.clear()

@@ -35,7 +35,8 @@ from nacl.signing import SigningKey
 
 from pykms.errors import DoubleSignError
 from pykms.guard.file_guard import FileGuard
-from pykms.guard.postgres import PostgresGuard, init_db, write_state
+from pykms.guard.pgadmin import init_db, write_state
+from pykms.guard.postgres import PostgresGuard
 from pykms.guard.state import SignState
 from pykms.guard.store import JsonStateStore, SlotStateStore, create_state_file
 from tests.test_guard_support import vote_bytes

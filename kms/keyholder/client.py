@@ -29,6 +29,17 @@ def parse_unix_addr(addr: str) -> Path:
     return Path(addr[len(prefix) :])
 
 
+def _idle_and_open(sock: socket.socket) -> bool:
+    """Whether a connection between requests is still open: it has nothing to read (no EOF, no stray bytes)."""
+    try:
+        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False  # EOF or bytes nobody asked for
+
+
 class RemoteKeyHolder:
     """A KeyHolder reached over a UNIX socket path, or over one already-connected socket (e.g. a socketpair)."""
 
@@ -106,6 +117,9 @@ class RemoteKeyHolder:
                 reply = self._exchange(self._shared, request)
         else:
             sock = getattr(self._local, "sock", None)
+            if sock is not None and not _idle_and_open(sock):
+                self._drop(sock)  # the key holder restarted since this thread's last request
+                sock = None
             if sock is None:
                 sock = self._local.sock = self._connect()
             reply = self._exchange(sock, request)

@@ -86,7 +86,7 @@ def test_socketpair_round_trip_and_errors() -> None:
 
 
 def test_unix_socket_is_private_and_serves_threads_in_parallel(served: tuple[Served, Path]) -> None:
-    s, path = served
+    _s, path = served
     assert path.stat().st_mode & 0o777 == 0o600
     assert path.parent.stat().st_mode & 0o777 == 0o700
     client = RemoteKeyHolder(path)
@@ -215,7 +215,7 @@ def test_server_killed_mid_request_gives_an_error_then_reconnects(tmp_path: Path
     def slow() -> None:
         try:
             outcome.append(client.sign("chain-a", b"SLOW" + height(2)))
-        except BaseException as exc:  # noqa: BLE001 - the test inspects exactly what escaped
+        except BaseException as exc:  # the test inspects exactly what escaped
             outcome.append(exc)
 
     t = threading.Thread(target=slow)

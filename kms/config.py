@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
 from pykms.errors import ConfigError
+from pykms.keyholder.settings import KeyholderSettings, parse_keyholder
 from pykms.paths import AmbiguousPath, resolve_relative
 
 __all__ = [
@@ -269,6 +270,7 @@ class KmsConfig:
     metrics: MetricsConfig | None = None
     #: Things accepted but worth telling the operator (clear-text password, ignored tmkms features).
     warnings: tuple[str, ...] = ()
+    keyholder: KeyholderSettings = field(default_factory=KeyholderSettings)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -909,12 +911,13 @@ def _key_owners(providers: ProvidersConfig, ledger_keys: list[str], key_names: d
 def parse_config(data: Mapping[str, Any], path: Path) -> KmsConfig:
     """Validate a parsed tmkms.toml (the pure core of ``load_config``); ``path`` is for messages and paths."""
     ctx = _Ctx(path)
-    top = _Table(ctx, dict(data), "", ("chain", "validator", "providers", "guard", "metrics"))
+    top = _Table(ctx, dict(data), "", ("chain", "validator", "providers", "guard", "metrics", "keyholder"))
     chains = [_chain(ctx, item, f"chain[{i}]") for i, item in enumerate(top.table_list("chain"))]
     validators = [_validator(ctx, item, f"validator[{i}]") for i, item in enumerate(top.table_list("validator"))]
     providers = _providers(ctx, top.raw("providers") or {})
     guard = _guard(ctx, top.raw("guard"), "guard") if top.has("guard") else None
     metrics = _metrics(ctx, top.raw("metrics"), "metrics") if top.has("metrics") else None
+    keyholder = parse_keyholder(top.raw("keyholder"), path)
     top.done()
 
     chain_ids: list[str] = []
@@ -967,6 +970,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> KmsConfig:
         guard=guard,
         metrics=metrics,
         warnings=tuple(ctx.warnings),
+        keyholder=keyholder,
     )
 
 

@@ -10,6 +10,7 @@ Run as a script it serves on a UNIX socket path: ``python keyholder_peer.py PATH
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -67,7 +68,12 @@ def main() -> None:
     path, seed = Path(sys.argv[1]), bytes.fromhex(sys.argv[2])
     server = KeyHolderServer(DictKeyHolder(seed), log=lambda *a, **k: print(a, k, file=sys.stderr, flush=True))
     listener = listen_unix(path)
-    print("ready", flush=True)
+    if "--ready-fd" in sys.argv:  # as the supervisor starts pykms keyholder serve
+        fd = int(sys.argv[sys.argv.index("--ready-fd") + 1])
+        os.write(fd, b"ready\n")
+        os.close(fd)
+    else:
+        print("ready", flush=True)
     server.serve_forever(listener)
 
 

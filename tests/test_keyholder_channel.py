@@ -102,6 +102,10 @@ def test_unix_socket_is_private_and_serves_threads_in_parallel(served: tuple[Ser
         t.join(10)
     assert len(results) == 8
     assert len(client._all) >= 2  # one connection per calling thread
+    t0 = time.monotonic()  # a thread's second request reuses its open connection without waiting on it
+    for h in range(200, 220):
+        client.sign("chain-a", height(h))
+    assert time.monotonic() - t0 < 5
     client.close()
 
 

@@ -8,6 +8,7 @@ request reconnects, waiting up to ``reconnect_s`` for a restarted key holder.
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 import time
@@ -30,14 +31,15 @@ def parse_unix_addr(addr: str) -> Path:
 
 
 def _idle_and_open(sock: socket.socket) -> bool:
-    """Whether a connection between requests is still open: it has nothing to read (no EOF, no stray bytes)."""
+    """Whether a connection between requests is still open: nothing to read (no EOF, no stray bytes).
+
+    select with a zero timeout, not recv(MSG_DONTWAIT): a socket with a timeout waits for readability first.
+    """
     try:
-        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-    except BlockingIOError:
-        return True
-    except OSError:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
         return False
-    return False  # EOF or bytes nobody asked for
+    return not readable
 
 
 class RemoteKeyHolder:

@@ -234,13 +234,16 @@ def test_server_killed_mid_request_gives_an_error_then_reconnects(tmp_path: Path
     restarted: list[subprocess.Popen[str]] = []
     threading.Timer(0.5, lambda: restarted.append(_start_peer(path))).start()
     t0 = time.monotonic()
-    signed = client.sign("chain-b", height(7))
-    print(f"reconnected after {time.monotonic() - t0:.2f} s")
-    VERIFY.verify(height(7), signed.signature)
-    client.close()
-    for p in restarted:
-        p.kill()
-        p.wait()
+    try:
+        signed = client.sign("chain-b", height(7))
+        print(f"reconnected after {time.monotonic() - t0:.2f} s")
+        VERIFY.verify(height(7), signed.signature)
+    finally:
+        client.close()
+        time.sleep(0.1 if restarted else 1.0)  # the timer may still be starting it
+        for p in restarted:
+            p.kill()
+            p.wait()
 
 
 def test_no_key_holder_is_a_project_error_within_the_bound(tmp_path: Path) -> None:

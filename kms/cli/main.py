@@ -50,7 +50,7 @@ EXIT_CODES: dict[type[KmsError], int] = {
 
 #: Command groups, each a module with ``register(subparsers)``. Optional ones (a provider whose library is not
 #: installed) are skipped with a note in ``pykms --help`` rather than breaking every command.
-_GROUPS = ("core", "softsign", "yubihsm", "ledger", "pkcs11", "guard", "audit", "threshold", "cosigner")
+_GROUPS = ("core", "softsign", "yubihsm", "ledger", "pkcs11", "guard", "audit", "threshold", "cosigner", "keyholder")
 
 
 def exit_code_for(exc: KmsError) -> int:

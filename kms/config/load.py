@@ -17,11 +17,12 @@ from pykms.config.providers import PROVIDERS
 from pykms.config.reader import Ctx, Table, did_you_mean
 from pykms.config.sections import parse_chain, parse_guard, parse_metrics, parse_validator
 from pykms.errors import ConfigError
+from pykms.keyholder.settings import parse_keyholder
 
 __all__ = ["find_config_path", "load_config", "parse_config"]
 
 #: The top-level tables; each new section (e.g. ``[keyholder]``) is read in ``parse_config`` and named here.
-SECTIONS = ("chain", "validator", "providers", "guard", "metrics")
+SECTIONS = ("chain", "validator", "providers", "guard", "metrics", "keyholder")
 
 
 def _providers(ctx: Ctx, data: object) -> tuple[ProvidersConfig, list[tuple[str, str]]]:
@@ -58,6 +59,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> KmsConfig:
     providers, owners = _providers(ctx, top.raw("providers") or {})
     guard = parse_guard(ctx, top.raw("guard"), "guard") if top.has("guard") else None
     metrics = parse_metrics(ctx, top.raw("metrics"), "metrics") if top.has("metrics") else None
+    keyholder = parse_keyholder(top.raw("keyholder"), path)
     top.done()
 
     chain_ids: list[str] = []
@@ -109,6 +111,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> KmsConfig:
         guard=guard,
         metrics=metrics,
         warnings=tuple(ctx.warnings),
+        keyholder=keyholder,
     )
 
 

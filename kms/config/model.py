@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pykms.config.addr import ValidatorAddr, parse_addr
+from pykms.keyholder.settings import KeyholderSettings
 
 #: Same environment variable and file name as tmkms (src/config.rs CONFIG_ENV_VAR / CONFIG_FILE_NAME).
 CONFIG_ENV_VAR = "TMKMS_CONFIG_FILE"
@@ -180,3 +181,4 @@ class KmsConfig:
     metrics: MetricsConfig | None = None
     #: Things accepted but worth telling the operator (clear-text password, ignored tmkms features).
     warnings: tuple[str, ...] = ()
+    keyholder: KeyholderSettings = field(default_factory=KeyholderSettings)

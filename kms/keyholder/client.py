@@ -1,0 +1,163 @@
+"""``RemoteKeyHolder``: the KeyHolder protocol spoken to a key holder in another process.
+
+One connection per calling thread, so the key holder serves two chains' sessions in parallel. A request whose
+connection breaks raises TransientProviderError (the node is told "unable to sign"; nothing was returned, so no
+signature can be released that the key holder did not make durable); that connection is dropped and the next
+request reconnects, waiting up to ``reconnect_s`` for a restarted key holder.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import threading
+import time
+from pathlib import Path
+
+from pykms.errors import KmsError, ProtocolError, TransientProviderError
+from pykms.keyholder import wire
+from pykms.keyholder.api import ChainKey, Signed
+from pykms.keyholder.server import recv_frame, send_frame
+
+__all__ = ["RemoteKeyHolder", "parse_unix_addr"]
+
+
+def parse_unix_addr(addr: str) -> Path:
+    """``unix:///run/pykms/keyholder.sock`` -> the path; ValueError for anything else."""
+    prefix = "unix://"
+    if not addr.startswith(prefix) or not addr[len(prefix) :].startswith("/"):
+        raise ValueError(f"{addr!r} is not unix:///absolute/path")
+    return Path(addr[len(prefix) :])
+
+
+def _idle_and_open(sock: socket.socket) -> bool:
+    """Whether a connection between requests is still open: nothing to read (no EOF, no stray bytes).
+
+    select with a zero timeout, not recv(MSG_DONTWAIT): a socket with a timeout waits for readability first.
+    """
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return not readable
+
+
+class RemoteKeyHolder:
+    """A KeyHolder reached over a UNIX socket path, or over one already-connected socket (e.g. a socketpair)."""
+
+    def __init__(
+        self,
+        path: Path | str | None = None,
+        *,
+        sock: socket.socket | None = None,
+        reconnect_s: float = 5.0,
+        timeout_s: float = 30.0,
+    ) -> None:
+        if (path is None) == (sock is None):
+            raise ValueError("give the key holder's socket path or one connected socket")
+        self.path = Path(path) if path is not None else None
+        self.reconnect_s = reconnect_s
+        self.timeout_s = timeout_s
+        self._local = threading.local()
+        self._shared = sock  # one socket for every thread: requests are serialised by _shared_lock
+        self._shared_lock = threading.Lock()
+        self._all: set[socket.socket] = set()
+        self._all_lock = threading.Lock()
+        self._closed = False
+
+    # -- connections --------------------------------------------------------------------------------------------
+
+    def _connect(self) -> socket.socket:
+        assert self.path is not None
+        deadline = time.monotonic() + self.reconnect_s
+        delay = 0.01
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(self.timeout_s)
+                sock.connect(str(self.path))
+            except OSError as exc:
+                sock.close()
+                if self._closed or time.monotonic() >= deadline:
+                    raise TransientProviderError(
+                        f"the key holder at {self.path} is unreachable ({type(exc).__name__})"
+                    ) from None
+                time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+                delay = min(delay * 2, 0.25)
+                continue
+            with self._all_lock:
+                self._all.add(sock)
+            return sock
+
+    def _drop(self, sock: socket.socket) -> None:
+        with self._all_lock:
+            self._all.discard(sock)
+        sock.close()
+        if getattr(self._local, "sock", None) is sock:
+            self._local.sock = None
+
+    def _exchange(self, sock: socket.socket, request: wire.Message) -> wire.Message:
+        try:
+            send_frame(sock, request)
+            reply = recv_frame(sock)
+        except KmsError as exc:  # an answer we cannot read: the stream is out of step, drop it
+            self._drop(sock)
+            raise TransientProviderError(f"the key holder's answer was refused: {exc}") from None
+        except OSError as exc:
+            self._drop(sock)
+            raise TransientProviderError(f"the key holder went away mid-request ({type(exc).__name__})") from None
+        if reply is None:
+            self._drop(sock)
+            raise TransientProviderError("the key holder went away mid-request")
+        return reply
+
+    def _request(self, request: wire.Message) -> wire.Message:
+        if self._closed:
+            raise TransientProviderError("the key holder client is closed")
+        if self._shared is not None:
+            with self._shared_lock:
+                reply = self._exchange(self._shared, request)
+        else:
+            sock = getattr(self._local, "sock", None)
+            if sock is not None and not _idle_and_open(sock):
+                self._drop(sock)  # the key holder restarted since this thread's last request
+                sock = None
+            if sock is None:
+                sock = self._local.sock = self._connect()
+            reply = self._exchange(sock, request)
+        if isinstance(reply, wire.ErrorReply):
+            raise wire.raise_error(reply)
+        return reply
+
+    def _wrong(self, reply: wire.Message) -> ProtocolError:
+        return ProtocolError(f"the key holder answered {type(reply).__name__}")
+
+    # -- KeyHolder ----------------------------------------------------------------------------------------------
+
+    def chains(self) -> dict[str, ChainKey]:
+        reply = self._request(wire.ChainsRequest())
+        if not isinstance(reply, wire.ChainsReply):
+            raise TransientProviderError(str(self._wrong(reply)))
+        return reply.chains
+
+    def health(self) -> dict[str, str]:
+        reply = self._request(wire.HealthRequest())
+        if not isinstance(reply, wire.HealthReply):
+            raise TransientProviderError(str(self._wrong(reply)))
+        return reply.health
+
+    def sign(self, chain_id: str, sign_bytes: bytes, extension_sign_bytes: bytes = b"") -> Signed:
+        reply = self._request(wire.SignRequest(chain_id, sign_bytes, extension_sign_bytes))
+        if not isinstance(reply, Signed):
+            raise TransientProviderError(str(self._wrong(reply)))
+        return reply
+
+    def close(self) -> None:
+        """Close every connection (the key holder's keys stay with it)."""
+        self._closed = True
+        with self._all_lock:
+            socks, self._all = list(self._all), set()
+        for sock in socks:
+            sock.close()
+        if self._shared is not None:
+            self._shared.close()

@@ -14,6 +14,7 @@ from nacl.signing import SigningKey
 
 from pykms.errors import FrameError, HandshakeError, PeerIdMismatch
 from pykms.secretconn.core import (
+    _NONCE,
     LOW_ORDER_POINTS,
     SEALED_FRAME_SIZE,
     FrameCodec,
@@ -22,7 +23,6 @@ from pykms.secretconn.core import (
     derive_keys,
     node_id,
 )
-from pykms.secretconn.core import _NONCE
 from pykms.secretconn.sync import BlockingSecretStream, secret_connection_sync
 
 GOLDEN = Path(__file__).resolve().parent / "vectors" / "secretconn_hkdf_golden.txt"

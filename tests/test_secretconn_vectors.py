@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from merlin_transcripts.strobe import Strobe128
 
 from pykms.errors import PeerIdMismatch
-from pykms.secretconn.core import HKDF_INFO, FrameCodec, Handshake, _NONCE, check_peer_id, node_id
+from pykms.secretconn.core import _NONCE, HKDF_INFO, FrameCodec, Handshake, check_peer_id, node_id
 from pykms.secretconn.merlin import Transcript
 
 GOLDEN = Path(__file__).resolve().parent / "vectors" / "secretconn_hkdf_golden.txt"

@@ -3,7 +3,8 @@
     python tests/bench/bench_secretconn.py [--seconds 1.0]
 
 Handshake time with both sides in one process (sans-IO in memory, blocking sockets over a socketpair);
-seal+open per KiB and per small message (a ~100-byte privval request), in microseconds, best of 5 runs; and a blocking request/reply round trip over loopback TCP (both ends in this process).
+seal+open per KiB and per small message (a ~100-byte privval request), in microseconds, best of 5 runs; and a
+blocking request/reply round trip over loopback TCP (both ends in this process).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from pykms.errors import FrameError, ProtocolError
-from pykms.secretconn.core import DATA_MAX_SIZE, SEALED_FRAME_SIZE, FrameCodec, _NONCE
+from pykms.secretconn.core import _NONCE, DATA_MAX_SIZE, SEALED_FRAME_SIZE, FrameCodec
 
 __all__ = ["TestOneInput"]
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nacl.signing import SigningKey
 from prometheus_client.parser import text_string_to_metric_families
 
 from pykms.audit import AuditLog
@@ -126,7 +127,7 @@ class Flaky(SoftsignSigner):
 @pytest.fixture
 def front(tmp_path: Path) -> Iterator[tuple[RequestHandler, Metrics, Flaky, AuditLog]]:
     store = JsonStateStore.create(tmp_path / "state.json", SignState.initial())
-    signer = Flaky.from_seed(hashlib.sha256(b"metrics").digest())
+    signer = Flaky(SigningKey(hashlib.sha256(b"metrics").digest()))
     audit = AuditLog(tmp_path / "audit.log", CHAIN)
     keyholder = LocalKeyHolder()
     keyholder.add(CHAIN, signer, FileGuard(CHAIN, store), audit)

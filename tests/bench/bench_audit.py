@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from nacl.signing import SigningKey
+
 from pykms.harness.bench import measure_floor, percentile, run_sequence
 from pykms.harness.demo import write_demo_home
 from pykms.harness.simulator import ValidatorSimulator
@@ -108,7 +110,7 @@ def inproc(directory: Path, n: int, state_format: str) -> None:
             log = AuditLog(home / "audit.log", CHAIN, sync=variant)  # type: ignore[arg-type]
             logs.append(log)
         keyholder = LocalKeyHolder()
-        keyholder.add(CHAIN, SoftsignSigner.from_seed(hashlib.sha256(b"b").digest()), FileGuard(CHAIN, store), log)
+        keyholder.add(CHAIN, SoftsignSigner(SigningKey(hashlib.sha256(b"b").digest())), FileGuard(CHAIN, store), log)
         handlers[variant] = RequestHandler(keyholder, keyholder.chains()[CHAIN], Dialect.V0_38, chain_id=CHAIN)
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     sink: list[bytes] = []

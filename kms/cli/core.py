@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pykms import __version__
-from pykms.errors import ConfigError, KmsError, StateError
+from pykms.errors import ConfigError, StateError
 from pykms.networks import NETWORKS
 
 __all__ = ["register"]
@@ -299,5 +299,3 @@ def _refuse_replacing(path: Path, state: Any, command: str) -> None:
         )
     refuse_older_import(str(path), current, state, _FORCE_DOES)
 
-
-_ = KmsError  # re-exported for handlers that raise it

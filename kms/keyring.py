@@ -2,7 +2,8 @@
 
 Display formats follow tmkms ``src/keyring/format.rs`` and tendermint-rs ``PublicKey::to_bech32``
 (docs/protocol.md §3.5): bech32 of the Amino-prefixed key with the chain's consensus prefix, uppercase hex, or
-Cosmos protobuf JSON; plus base64 and the validator address (SHA-256(pub)[0:20]) in hex or bech32.
+Cosmos protobuf JSON; plus base64 and the validator address (SHA-256(pub)[0:20]) in hex. A 33-byte secp256k1
+key is shown the same ways, as tmkms shows an account key (bech32 with the chain's account_key_prefix).
 """
 
 from __future__ import annotations
@@ -78,53 +79,39 @@ def consensus_address(public_key: bytes) -> bytes:
     return hashlib.sha256(public_key).digest()[:20]
 
 
-def format_public_key(public_key: bytes, key_format: KeyFormat | str) -> str:
-    """Display an Ed25519 consensus key the way the chain's ``key_format`` asks (as ``tmkms`` prints it).
-
-    ``key_format`` is a chain's KeyFormat or one of ``"hex"``, ``"base64"``, ``"cosmos-json"``,
-    ``"address"`` (uppercase hex validator address).
-    """
-    kind = key_format.type if isinstance(key_format, KeyFormat) else key_format
-    if len(public_key) == 33 and kind != "address":
-        return _format_secp256k1(public_key, key_format)
-    if len(public_key) != 32:
-        raise KmsError(f"an Ed25519 public key is 32 bytes, found {len(public_key)}")
-    if kind == "bech32":
-        prefix = key_format.consensus_key_prefix if isinstance(key_format, KeyFormat) else None
-        if not prefix:
-            raise ConfigError("bech32 needs a consensus_key_prefix", key="chain.key_format.consensus_key_prefix")
-        return bech32_encode(prefix, AMINO_ED25519_PUBKEY_PREFIX + public_key)
-    if kind == "hex":
-        return public_key.hex().upper()
-    if kind == "base64":
-        return base64.b64encode(public_key).decode()
-    if kind == "cosmos-json":
-        doc = {"@type": ED25519_TYPE_URL, "key": base64.b64encode(public_key).decode()}
-        return json.dumps(doc, separators=(",", ":"))
-    if kind == "address":
-        return consensus_address(public_key).hex().upper()
-    raise ConfigError(f"unknown key format {kind!r}", key="chain.key_format.type", fix="use bech32, cosmos-json or hex")
-
-
 #: Amino prefix of PubKeySecp256k1 (cometbft crypto/secp256k1 "tendermint/PubKeySecp256k1": eb5ae987, length
 #: 0x21) and the protobuf Any type URL (cosmos-sdk crypto/keys/secp256k1).
 AMINO_SECP256K1_PUBKEY_PREFIX = bytes.fromhex("eb5ae98721")
 SECP256K1_TYPE_URL = "/cosmos.crypto.secp256k1.PubKey"
+#: Per key length: its Amino prefix, its protobuf Any type URL, and the KeyFormat field with its bech32 prefix.
+_KEY_TYPES = {
+    32: (AMINO_ED25519_PUBKEY_PREFIX, ED25519_TYPE_URL, "consensus_key_prefix"),
+    33: (AMINO_SECP256K1_PUBKEY_PREFIX, SECP256K1_TYPE_URL, "account_key_prefix"),
+}
 
 
-def _format_secp256k1(public_key: bytes, key_format: KeyFormat | str) -> str:
-    """A secp256k1 key as tmkms shows an account key: bech32 with the chain's account_key_prefix."""
+def format_public_key(public_key: bytes, key_format: KeyFormat | str) -> str:
+    """Display a consensus key the way the chain's ``key_format`` asks (as ``tmkms`` prints it).
+
+    ``key_format`` is a chain's KeyFormat or one of ``"hex"``, ``"base64"``, ``"cosmos-json"``,
+    ``"address"`` (uppercase hex validator address, Ed25519 keys only).
+    """
     kind = key_format.type if isinstance(key_format, KeyFormat) else key_format
+    if len(public_key) not in _KEY_TYPES or (kind == "address" and len(public_key) != 32):
+        raise KmsError(f"an Ed25519 public key is 32 bytes, found {len(public_key)}")
+    amino_prefix, type_url, prefix_field = _KEY_TYPES[len(public_key)]
     if kind == "bech32":
-        prefix = key_format.account_key_prefix if isinstance(key_format, KeyFormat) else None
+        prefix = getattr(key_format, prefix_field) if isinstance(key_format, KeyFormat) else None
         if not prefix:
-            raise ConfigError("bech32 needs an account_key_prefix", key="chain.key_format.account_key_prefix")
-        return bech32_encode(prefix, AMINO_SECP256K1_PUBKEY_PREFIX + public_key)
+            raise ConfigError(f"bech32 needs the {prefix_field}", key=f"chain.key_format.{prefix_field}")
+        return bech32_encode(prefix, amino_prefix + public_key)
     if kind == "hex":
         return public_key.hex().upper()
     if kind == "base64":
         return base64.b64encode(public_key).decode()
     if kind == "cosmos-json":
-        doc = {"@type": SECP256K1_TYPE_URL, "key": base64.b64encode(public_key).decode()}
+        doc = {"@type": type_url, "key": base64.b64encode(public_key).decode()}
         return json.dumps(doc, separators=(",", ":"))
+    if kind == "address":
+        return consensus_address(public_key).hex().upper()
     raise ConfigError(f"unknown key format {kind!r}", key="chain.key_format.type", fix="use bech32, cosmos-json or hex")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -61,6 +62,15 @@ def test_v10_account_key_bech32_encoder() -> None:
     pub = bytes.fromhex("02A1633CAFCC01EBFB6D78E39F687A1F0995C62FC95F51EAD10A02EE0BE551B5DC")
     expected = "cosmospub1addwnpepq2skx090esq7h7md0r3e76r6ruyet330e904r6k3pgpwuzl92x6actrt4uq"
     assert bech32_encode("cosmospub", bytes.fromhex("eb5ae98721") + pub) == expected
+    # ... and the display of a 33-byte key takes that prefix and the account_key_prefix
+    assert format_public_key(pub, COSMOS) == expected
+    doc = {"@type": "/cosmos.crypto.secp256k1.PubKey", "key": base64.b64encode(pub).decode()}
+    assert json.loads(format_public_key(pub, "cosmos-json")) == doc
+    assert format_public_key(pub, "hex") == pub.hex().upper()
+    with pytest.raises(ConfigError, match="account_key_prefix"):
+        format_public_key(pub, KeyFormat("bech32", None, "cosmosvalconspub"))
+    with pytest.raises(KmsError, match="32 bytes"):
+        format_public_key(pub, "address")
 
 
 def test_d2_consensus_address() -> None:

@@ -298,4 +298,3 @@ def _refuse_replacing(path: Path, state: Any, command: str) -> None:
             f"before; refusing ({_FORCE_DOES})"
         )
     refuse_older_import(str(path), current, state, _FORCE_DOES)
-

@@ -196,4 +196,3 @@ def secret_connection_sync(
     stream.remote_pubkey = hs.remote_pubkey
     stream.remote_id = hs.remote_id
     return stream
-

@@ -42,16 +42,6 @@ from pykms.config.reader import (
 )
 from pykms.errors import ConfigError
 
-__all__ = [
-    "find_config_path",
-    "load_config",
-    "parse_chain",
-    "parse_config",
-    "parse_guard",
-    "parse_metrics",
-    "parse_validator",
-]
-
 #: Amino-era values older tmkms releases accepted (tmkms v0.10-v0.14 src/config/validator.rs).
 _AMINO_PROTOCOL_VERSIONS = ("v0.33", "legacy")
 

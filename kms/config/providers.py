@@ -30,8 +30,6 @@ from pykms.config.reader import HEX_RE, Ctx, Table, check_host_port, no_clear_se
 if TYPE_CHECKING:
     from pykms.providers.signer import Signer
 
-__all__ = ["PROVIDERS", "ProviderSection"]
-
 #: (chain ids, the signer holding their key) as built from one provider entry.
 Built = list[tuple[tuple[str, ...], "Signer"]]
 

@@ -18,23 +18,6 @@ from typing import Literal, TypeVar
 from pykms.errors import ConfigError
 from pykms.paths import AmbiguousPath, resolve_relative
 
-__all__ = [
-    "HEX_RE",
-    "MAX_CHAIN_ID_LEN",
-    "PEER_ID_RE",
-    "AddrError",
-    "Ctx",
-    "Table",
-    "ValidatorAddr",
-    "check_chain_id",
-    "check_host_port",
-    "did_you_mean",
-    "no_clear_secret",
-    "parse_addr",
-    "parse_addr_text",
-    "type_name",
-]
-
 #: CometBFT MaxChainIDLen (types/genesis.go).
 MAX_CHAIN_ID_LEN = 50
 HEX_RE = re.compile(r"(?:[0-9a-fA-F]{2})+")

@@ -1,8 +1,9 @@
-"""Chain id -> signer, and how a chain displays its consensus key.
+"""How a chain displays its consensus key.
 
 Display formats follow tmkms ``src/keyring/format.rs`` and tendermint-rs ``PublicKey::to_bech32``
 (docs/protocol.md §3.5): bech32 of the Amino-prefixed key with the chain's consensus prefix, uppercase hex, or
-Cosmos protobuf JSON; plus base64 and the validator address (SHA-256(pub)[0:20]) in hex or bech32.
+Cosmos protobuf JSON; plus base64 and the validator address (SHA-256(pub)[0:20]) in hex. A 33-byte secp256k1
+key is shown the same ways, as tmkms shows an account key (bech32 with the chain's account_key_prefix).
 """
 
 from __future__ import annotations
@@ -10,19 +11,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from pykms.config import KeyFormat
 from pykms.errors import ConfigError, KmsError
-from pykms.providers.signer import Signer
 
 __all__ = [
     "AMINO_ED25519_PUBKEY_PREFIX",
-    "Keyring",
-    "bech32_decode",
     "bech32_encode",
     "consensus_address",
-    "consensus_address_bech32",
     "format_public_key",
 ]
 
@@ -35,9 +32,6 @@ ED25519_TYPE_URL = "/cosmos.crypto.ed25519.PubKey"
 # BIP-173: data alphabet, generator constants; bech32 (not bech32m) checksum constant 1.
 _CHARSET = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
 _GENERATOR = (0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)
-#: BIP-173's 90-character limit is for addresses; Cosmos encodes longer strings (tendermint-rs/subtle-encoding
-#: do not enforce it), so only decode checks a limit, and a generous one.
-_MAX_DECODE_LEN = 1023
 
 
 def _polymod(values: Sequence[int]) -> int:
@@ -55,22 +49,18 @@ def _hrp_expand(hrp: str) -> list[int]:
     return [ord(c) >> 5 for c in hrp] + [0] + [ord(c) & 31 for c in hrp]
 
 
-def _convert_bits(data: bytes | Sequence[int], from_bits: int, to_bits: int, pad: bool) -> list[int]:
-    acc = 0
-    bits = 0
+def _to_words(data: bytes) -> list[int]:
+    """8-bit bytes as 5-bit words, the last one zero-padded (BIP-173 convertbits with padding)."""
+    acc = bits = 0
     out: list[int] = []
-    maxv = (1 << to_bits) - 1
     for value in data:
-        acc = (acc << from_bits) | value
-        bits += from_bits
-        while bits >= to_bits:
-            bits -= to_bits
-            out.append((acc >> bits) & maxv)
-    if pad:
-        if bits:
-            out.append((acc << (to_bits - bits)) & maxv)
-    elif bits >= from_bits or (acc << (to_bits - bits)) & maxv:
-        raise ValueError("non-zero padding")
+        acc = (acc << 8) | value
+        bits += 8
+        while bits >= 5:
+            bits -= 5
+            out.append((acc >> bits) & 31)
+    if bits:
+        out.append((acc << (5 - bits)) & 31)
     return out
 
 
@@ -78,30 +68,10 @@ def bech32_encode(hrp: str, data: bytes) -> str:
     """BIP-173 bech32 of ``data`` (8-bit bytes) under the human-readable part ``hrp``."""
     if not hrp or any(not 33 <= ord(c) <= 126 for c in hrp) or hrp.lower() != hrp:
         raise ValueError(f"invalid bech32 prefix {hrp!r}")
-    words = _convert_bits(data, 8, 5, pad=True)
+    words = _to_words(data)
     polymod = _polymod([*_hrp_expand(hrp), *words, 0, 0, 0, 0, 0, 0]) ^ 1
     checksum = [(polymod >> 5 * (5 - i)) & 31 for i in range(6)]
     return hrp + "1" + "".join(_CHARSET[w] for w in words + checksum)
-
-
-def bech32_decode(text: str) -> tuple[str, bytes]:
-    """Inverse of ``bech32_encode``; raises ValueError on a bad checksum, mixed case or bad characters."""
-    if len(text) > _MAX_DECODE_LEN or (text.lower() != text and text.upper() != text):
-        raise ValueError("invalid bech32 string")
-    text = text.lower()
-    pos = text.rfind("1")
-    if pos < 1 or pos + 7 > len(text):
-        raise ValueError("invalid bech32 separator position")
-    hrp = text[:pos]
-    if any(not 33 <= ord(c) <= 126 for c in hrp):
-        raise ValueError("invalid bech32 prefix")
-    try:
-        words = [_CHARSET.index(c) for c in text[pos + 1 :]]
-    except ValueError:
-        raise ValueError("invalid bech32 character") from None
-    if _polymod([*_hrp_expand(hrp), *words]) != 1:
-        raise ValueError("bech32 checksum mismatch")
-    return hrp, bytes(_convert_bits(words[:-6], 5, 8, pad=False))
 
 
 def consensus_address(public_key: bytes) -> bytes:
@@ -109,101 +79,39 @@ def consensus_address(public_key: bytes) -> bytes:
     return hashlib.sha256(public_key).digest()[:20]
 
 
-def consensus_address_bech32(public_key: bytes, prefix: str = "cosmosvalcons") -> str:
-    """The bech32 consensus address (``cosmosvalcons1…`` on the Cosmos Hub)."""
-    return bech32_encode(prefix, consensus_address(public_key))
-
-
-def format_public_key(public_key: bytes, key_format: KeyFormat | str) -> str:
-    """Display an Ed25519 consensus key the way the chain's ``key_format`` asks (as ``tmkms`` prints it).
-
-    ``key_format`` is a chain's KeyFormat or one of ``"hex"``, ``"base64"``, ``"cosmos-json"``,
-    ``"address"`` (uppercase hex validator address).
-    """
-    kind = key_format.type if isinstance(key_format, KeyFormat) else key_format
-    if len(public_key) == 33 and kind != "address":
-        return _format_secp256k1(public_key, key_format)
-    if len(public_key) != 32:
-        raise KmsError(f"an Ed25519 public key is 32 bytes, found {len(public_key)}")
-    if kind == "bech32":
-        prefix = key_format.consensus_key_prefix if isinstance(key_format, KeyFormat) else None
-        if not prefix:
-            raise ConfigError("bech32 needs a consensus_key_prefix", key="chain.key_format.consensus_key_prefix")
-        return bech32_encode(prefix, AMINO_ED25519_PUBKEY_PREFIX + public_key)
-    if kind == "hex":
-        return public_key.hex().upper()
-    if kind == "base64":
-        return base64.b64encode(public_key).decode()
-    if kind == "cosmos-json":
-        doc = {"@type": ED25519_TYPE_URL, "key": base64.b64encode(public_key).decode()}
-        return json.dumps(doc, separators=(",", ":"))
-    if kind == "address":
-        return consensus_address(public_key).hex().upper()
-    raise ConfigError(f"unknown key format {kind!r}", key="chain.key_format.type", fix="use bech32, cosmos-json or hex")
-
-
 #: Amino prefix of PubKeySecp256k1 (cometbft crypto/secp256k1 "tendermint/PubKeySecp256k1": eb5ae987, length
 #: 0x21) and the protobuf Any type URL (cosmos-sdk crypto/keys/secp256k1).
 AMINO_SECP256K1_PUBKEY_PREFIX = bytes.fromhex("eb5ae98721")
 SECP256K1_TYPE_URL = "/cosmos.crypto.secp256k1.PubKey"
+#: Per key length: its Amino prefix, its protobuf Any type URL, and the KeyFormat field with its bech32 prefix.
+_KEY_TYPES = {
+    32: (AMINO_ED25519_PUBKEY_PREFIX, ED25519_TYPE_URL, "consensus_key_prefix"),
+    33: (AMINO_SECP256K1_PUBKEY_PREFIX, SECP256K1_TYPE_URL, "account_key_prefix"),
+}
 
 
-def _format_secp256k1(public_key: bytes, key_format: KeyFormat | str) -> str:
-    """A secp256k1 key as tmkms shows an account key: bech32 with the chain's account_key_prefix."""
+def format_public_key(public_key: bytes, key_format: KeyFormat | str) -> str:
+    """Display a consensus key the way the chain's ``key_format`` asks (as ``tmkms`` prints it).
+
+    ``key_format`` is a chain's KeyFormat or one of ``"hex"``, ``"base64"``, ``"cosmos-json"``,
+    ``"address"`` (uppercase hex validator address, Ed25519 keys only).
+    """
     kind = key_format.type if isinstance(key_format, KeyFormat) else key_format
+    if len(public_key) not in _KEY_TYPES or (kind == "address" and len(public_key) != 32):
+        raise KmsError(f"an Ed25519 public key is 32 bytes, found {len(public_key)}")
+    amino_prefix, type_url, prefix_field = _KEY_TYPES[len(public_key)]
     if kind == "bech32":
-        prefix = key_format.account_key_prefix if isinstance(key_format, KeyFormat) else None
+        prefix = getattr(key_format, prefix_field) if isinstance(key_format, KeyFormat) else None
         if not prefix:
-            raise ConfigError("bech32 needs an account_key_prefix", key="chain.key_format.account_key_prefix")
-        return bech32_encode(prefix, AMINO_SECP256K1_PUBKEY_PREFIX + public_key)
+            raise ConfigError(f"bech32 needs the {prefix_field}", key=f"chain.key_format.{prefix_field}")
+        return bech32_encode(prefix, amino_prefix + public_key)
     if kind == "hex":
         return public_key.hex().upper()
     if kind == "base64":
         return base64.b64encode(public_key).decode()
     if kind == "cosmos-json":
-        doc = {"@type": SECP256K1_TYPE_URL, "key": base64.b64encode(public_key).decode()}
+        doc = {"@type": type_url, "key": base64.b64encode(public_key).decode()}
         return json.dumps(doc, separators=(",", ":"))
+    if kind == "address":
+        return consensus_address(public_key).hex().upper()
     raise ConfigError(f"unknown key format {kind!r}", key="chain.key_format.type", fix="use bech32, cosmos-json or hex")
-
-
-class Keyring:
-    """Which signer holds the consensus key of each chain."""
-
-    def __init__(self) -> None:
-        self._signers: dict[str, Signer] = {}
-
-    def add(self, chain_id: str, signer: Signer) -> None:
-        if chain_id in self._signers:
-            raise ConfigError(
-                f"chain {chain_id!r} already has a key ({self._signers[chain_id].provider})",
-                key="providers",
-                fix="keep exactly one key provider entry per chain",
-            )
-        self._signers[chain_id] = signer
-
-    def get(self, chain_id: str) -> Signer:
-        try:
-            return self._signers[chain_id]
-        except KeyError:
-            known = ", ".join(sorted(self._signers)) or "none"
-            raise ConfigError(
-                f"no consensus key for chain {chain_id!r} (keys are loaded for: {known})",
-                fix=f'add chain_ids = ["{chain_id}"] to one [[providers.*]] entry',
-            ) from None
-
-    def __contains__(self, chain_id: object) -> bool:
-        return chain_id in self._signers
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._signers)
-
-    def __len__(self) -> int:
-        return len(self._signers)
-
-    def close(self) -> None:
-        """Close every signer once (one signer may serve several chains)."""
-        seen: set[int] = set()
-        for signer in self._signers.values():
-            if id(signer) not in seen:
-                seen.add(id(signer))
-                signer.close()

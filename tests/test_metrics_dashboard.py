@@ -8,7 +8,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pykms.metrics import METRIC_NAMES, Metrics
+from test_metrics import METRIC_NAMES
+
+from pykms.metrics import Metrics
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "config" / "grafana-dashboard.json"
 

@@ -14,6 +14,7 @@ from nacl.signing import SigningKey
 
 from pykms.errors import FrameError, HandshakeError, PeerIdMismatch
 from pykms.secretconn.core import (
+    _NONCE,
     LOW_ORDER_POINTS,
     SEALED_FRAME_SIZE,
     FrameCodec,
@@ -22,7 +23,6 @@ from pykms.secretconn.core import (
     derive_keys,
     node_id,
 )
-from pykms.secretconn.core import nonce_bytes as _nonce
 from pykms.secretconn.sync import BlockingSecretStream, secret_connection_sync
 
 GOLDEN = Path(__file__).resolve().parent / "vectors" / "secretconn_hkdf_golden.txt"
@@ -67,7 +67,7 @@ def test_v2_nonces() -> None:
     for increments, expected in [(1, "000000000100000000000000"), (2, "000000000200000000000000"),
                                  (511, "00000000ff01000000000000"), (512, "000000000002000000000000"),
                                  (513, "000000000102000000000000"), (1024, "000000000004000000000000")]:  # fmt: skip
-        assert _nonce(increments).hex() == expected
+        assert _NONCE.pack(increments).hex() == expected
 
 
 def test_nonce_never_wraps() -> None:
@@ -303,7 +303,7 @@ def test_declared_length_above_1024_poisons() -> None:
     stream_a, stream_b = _established()
     # Seal a frame by hand whose length field says 1025.
     plain = (1025).to_bytes(4, "little") + bytes(1024)
-    sealed = stream_a.codec._send.encrypt(_nonce(stream_a.codec.send_nonce), plain, None)
+    sealed = stream_a.codec._send.encrypt(_NONCE.pack(stream_a.codec.send_nonce), plain, None)
     with pytest.raises(FrameError, match="more than 1024"):
         stream_b.codec.open(sealed)
     stream_a.close()
@@ -330,48 +330,3 @@ def test_wrong_key_type_and_bad_challenge_signature() -> None:
         body = auth.SerializeToString()
         with pytest.raises(HandshakeError, match=match):
             honest.receive_data(evil.codec.seal(bytes([len(body)]) + body))
-
-
-def test_asyncio_adapter_both_roles() -> None:
-    import asyncio
-
-    from pykms.secretconn.aio import secret_connection
-
-    async def main() -> None:
-        key_a, key_b = SigningKey.generate(), SigningKey.generate()
-        accepted: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-
-        async def on_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            stream = await secret_connection(reader, writer, key_b, timeout=2)
-            message = await stream.recv()
-            while len(message) < 3000:
-                message += await stream.recv()
-            await stream.send(message[::-1])
-            accepted.set_result(stream.remote_id)
-            await stream.close()
-
-        server = await asyncio.start_server(on_conn, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        stream = await secret_connection(
-            reader, writer, key_a, timeout=2, expected_peer_id=node_id(bytes(key_b.verify_key))
-        )
-        payload = bytes(range(256)) * 11 + b"x" * 184
-        await stream.send(payload)
-        back = b""
-        while len(back) < len(payload):
-            back += await stream.recv()
-        assert back == payload[::-1]
-        assert await accepted == node_id(bytes(key_a.verify_key))
-        await stream.close()
-        server.close()
-        await server.wait_closed()
-        # a stalled peer: the handshake times out with a HandshakeError
-        stall = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
-        reader, writer = await asyncio.open_connection("127.0.0.1", stall.sockets[0].getsockname()[1])
-        with pytest.raises(HandshakeError, match="timed out"):
-            await secret_connection(reader, writer, key_a, timeout=0.2)
-        writer.close()
-        stall.close()
-
-    asyncio.run(main())

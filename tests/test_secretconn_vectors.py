@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from merlin_transcripts.strobe import Strobe128
 
 from pykms.errors import PeerIdMismatch
-from pykms.secretconn.core import HKDF_INFO, FrameCodec, Handshake, check_peer_id, node_id, nonce_bytes
+from pykms.secretconn.core import _NONCE, HKDF_INFO, FrameCodec, Handshake, check_peer_id, node_id
 from pykms.secretconn.merlin import Transcript
 
 GOLDEN = Path(__file__).resolve().parent / "vectors" / "secretconn_hkdf_golden.txt"
@@ -39,8 +39,8 @@ def test_v2_nonce_checkpoints_by_increment() -> None:
         1023: "000000000004000000000000",
     }
     for i, want in expected.items():
-        assert nonce_bytes(i + 1).hex() == want
-    assert nonce_bytes(2**64 - 1).hex() == "00000000" + "ff" * 8
+        assert _NONCE.pack(i + 1).hex() == want
+    assert _NONCE.pack(2**64 - 1).hex() == "00000000" + "ff" * 8
 
 
 def test_v3_node_id_and_sort() -> None:

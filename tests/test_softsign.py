@@ -108,7 +108,7 @@ def test_v11_keys_in_every_format(
 
 
 def test_d2_signatures() -> None:
-    signer = SoftsignSigner.from_seed(D2_KEY_SEED)
+    signer = SoftsignSigner(SigningKey(D2_KEY_SEED))
     assert isinstance(signer, Signer)
     assert signer.provider == "softsign"
     for sign_bytes, signature in D2:
@@ -203,7 +203,7 @@ def test_errors_and_repr_never_show_key_bytes(tmp_path: Path) -> None:
         messages.append(str(info.value))
         assert info.value.__cause__ is None
         assert info.value.__context__ is None or info.value.__suppress_context__, "no chained foreign error"
-    signer = SoftsignSigner.from_seed(seed)
+    signer = SoftsignSigner(SigningKey(seed))
     messages.append(repr(signer))
     assert signer.public_key().hex().upper() in repr(signer)
     for message in messages:
@@ -229,7 +229,7 @@ def test_close_and_from_config(tmp_path: Path) -> None:
 
 def test_a_bad_signature_never_leaves(monkeypatch: pytest.MonkeyPatch) -> None:
     """verify_or_raise sits on the signing path: a corrupted signature raises instead of being returned."""
-    signer = SoftsignSigner.from_seed(D2_KEY_SEED)
+    signer = SoftsignSigner(SigningKey(D2_KEY_SEED))
 
     class FaultyKey:  # a key whose signatures come back with one bit flipped (a faulty device or memory)
         def sign(self, message: bytes) -> bytes:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pykms import __version__
-from pykms.errors import ConfigError, KmsError, SigningRefused, StateError
+from pykms.errors import ConfigError, StateError
 from pykms.networks import NETWORKS
 
 __all__ = ["register"]
@@ -278,6 +278,7 @@ def _write_state(args: argparse.Namespace, state: Any, *, command: str) -> int:
 
 def _refuse_replacing(path: Path, state: Any, command: str) -> None:
     """Raise unless ``state`` may replace the existing state at ``path`` without --force."""
+    from pykms.guard.decide import refuse_older_import
     from pykms.guard.store import read_state_file
 
     try:
@@ -296,13 +297,4 @@ def _refuse_replacing(path: Path, state: Any, command: str) -> None:
             "`pykms state init` would reset the guard below it, so this key could sign again what it signed "
             f"before; refusing ({_FORCE_DOES})"
         )
-    if (state.height, state.round, state.step) < (current.height, current.round, current.step):
-        raise SigningRefused(
-            f"{path}: the imported state (height {state.height} round {state.round} step {state.step}) "
-            f"is older than the current one (height {current.height} round {current.round} "
-            f"step {current.step}); refusing to weaken the double-sign guard ({_FORCE_DOES}, and lowers the "
-            "guard to the imported state)"
-        )
-
-
-_ = KmsError  # re-exported for handlers that raise it
+    refuse_older_import(str(path), current, state, _FORCE_DOES)

@@ -8,9 +8,9 @@ error names the file, the dotted key (``validator[0].protocol_version``) and the
 for typos.
 
 Where things live: ``model`` (the frozen dataclasses the rest of pykms reads), ``reader`` (typed reading of one
-table, errors with file/key/fix), ``addr`` (validator addresses), ``sections`` (chain, validator, guard,
-metrics), ``providers`` (the ``[[providers.X]]`` table: parse, keys, build) and ``load`` (the whole file, the
-checks across sections, the I/O edge). This package re-exports the public names.
+table and of addresses, errors with file/key/fix), ``providers`` (the ``[[providers.X]]`` table: parse, keys,
+build) and ``load`` (the other sections, the whole file, the checks across sections, the I/O edge). This package
+re-exports the public names.
 
 Relative paths: tmkms resolves them against the working directory, pykms against the config file's folder;
 a path found at only one of the two is taken from there, one found at both with different contents is refused
@@ -19,7 +19,6 @@ with both named (pykms.paths).
 
 from __future__ import annotations
 
-from pykms.config.addr import ValidatorAddr, parse_addr
 from pykms.config.load import find_config_path, load_config, parse_config
 from pykms.config.model import (
     CONFIG_ENV_VAR,
@@ -42,6 +41,7 @@ from pykms.config.model import (
     YubihsmConnectorServer,
     YubihsmKey,
 )
+from pykms.config.reader import ValidatorAddr, parse_addr
 
 __all__ = [
     "CONFIG_ENV_VAR",

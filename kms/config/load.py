@@ -1,7 +1,9 @@
-"""Reading a whole tmkms.toml: the sections in order, then the checks across them, then the I/O edge.
+"""Reading a whole tmkms.toml: each top-level section, then the checks across them, then the I/O edge.
 
 ``parse_config(data, path)`` is a pure function over the dict tomllib produced; ``load_config`` finds and reads
-the file. "One key per chain" is checked here, once, naming both provider entries.
+the file. "One key per chain" is checked here, once, naming both provider entries. A new section (e.g.
+``[keyholder]``) gets a ``parse_<name>(ctx, data, key)`` like those below, a field on ``KmsConfig`` (model.py) and
+one entry in ``SECTIONS``; the ``[[providers.X]]`` tables are read through ``pykms.config.providers``.
 """
 
 from __future__ import annotations
@@ -10,18 +12,205 @@ import os
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
-from pykms.config.model import CONFIG_ENV_VAR, CONFIG_FILE_NAME, ChainConfig, KmsConfig, ProvidersConfig
+from pykms.config.model import (
+    CONFIG_ENV_VAR,
+    CONFIG_FILE_NAME,
+    DEFAULT_GUARD_TIMEOUT_MS,
+    DEFAULT_PROTOCOL_VERSION,
+    PROTOCOL_VERSIONS,
+    ChainConfig,
+    GuardConfig,
+    KeyFormat,
+    KmsConfig,
+    MetricsConfig,
+    ProtocolVersion,
+    ProvidersConfig,
+    ValidatorConfig,
+)
 from pykms.config.providers import PROVIDERS
-from pykms.config.reader import Ctx, Table, did_you_mean
-from pykms.config.sections import parse_chain, parse_guard, parse_metrics, parse_validator
+from pykms.config.reader import (
+    AddrError,
+    Ctx,
+    Table,
+    check_chain_id,
+    check_host_port,
+    did_you_mean,
+    no_clear_secret,
+    parse_addr_text,
+)
 from pykms.errors import ConfigError
 from pykms.keyholder.settings import parse_keyholder
 
-__all__ = ["find_config_path", "load_config", "parse_config"]
+#: Amino-era values older tmkms releases accepted (tmkms v0.10-v0.14 src/config/validator.rs).
+_AMINO_PROTOCOL_VERSIONS = ("v0.33", "legacy")
 
-#: The top-level tables; each new section (e.g. ``[keyholder]``) is read in ``parse_config`` and named here.
+
+def parse_key_format(ctx: Ctx, data: object, key: str) -> KeyFormat:
+    if isinstance(data, str):
+        # Not tmkms syntax, but an obvious shorthand for the two formats that take no options.
+        if data in ("hex", "cosmos-json"):
+            return KeyFormat(type=cast(Any, data))
+        raise ctx.error(
+            key,
+            f"expected a table, found {data!r}",
+            'write key_format = { type = "bech32", account_key_prefix = "cosmospub", '
+            'consensus_key_prefix = "cosmosvalconspub" } or { type = "hex" }',
+        )
+    kind = Table(ctx, data, key, ("type",)).choice("type", ("bech32", "cosmos-json", "hex"), required=True)
+    if kind == "bech32":
+        t = Table(ctx, data, key, ("type", "account_key_prefix", "consensus_key_prefix"))
+        t.raw("type")
+        account = t.req_str("account_key_prefix", 'add account_key_prefix = "cosmospub"')
+        consensus = t.req_str("consensus_key_prefix", 'add consensus_key_prefix = "cosmosvalconspub"')
+        for name, prefix in (("account_key_prefix", account), ("consensus_key_prefix", consensus)):
+            if not all(33 <= ord(c) <= 126 for c in prefix) or prefix.lower() != prefix:
+                raise ctx.error(f"{key}.{name}", f"{prefix!r} is not a valid bech32 prefix", "use lowercase ASCII")
+        t.done()
+        return KeyFormat(type="bech32", account_key_prefix=account, consensus_key_prefix=consensus)
+    # tmkms's CosmosJson and Hex variants carry no fields and serde ignores extra ones: guides (Neutron's)
+    # write { type = "cosmos-json", account_key_prefix = ..., consensus_key_prefix = ... }; accepted, unused.
+    t = Table(ctx, data, key, ("type", "account_key_prefix", "consensus_key_prefix"))
+    for name in ("type", "account_key_prefix", "consensus_key_prefix"):
+        t.raw(name)
+    t.done()
+    return KeyFormat(type=cast(Any, kind))
+
+
+_CHAIN_KEYS = (
+    "id", "key_format", "sign_extensions", "state_file", "state_hook", "state_format", "audit_log", "audit_sync",
+    "audit_rotate_bytes",
+)  # fmt: skip
+
+
+def parse_chain(ctx: Ctx, data: object, key: str) -> ChainConfig:
+    t = Table(ctx, data, key, _CHAIN_KEYS)
+    chain_id = t.req_str("id", 'add id = "<chain-id>"')
+    check_chain_id(ctx, t.sub("id"), chain_id)
+    if not t.has("key_format"):
+        raise ctx.error(
+            t.sub("key_format"),
+            "missing",
+            'add key_format = { type = "bech32", account_key_prefix = "cosmospub", '
+            'consensus_key_prefix = "cosmosvalconspub" } (or { type = "hex" })',
+        )
+    key_format = parse_key_format(ctx, t.raw("key_format"), t.sub("key_format"))
+    sign_extensions = t.bool_("sign_extensions")
+    state_file = t.path("state_file")
+    if t.has("state_hook"):
+        hook = Table(ctx, t.raw("state_hook"), t.sub("state_hook"), ("cmd", "timeout_secs", "fail_closed"))
+        hook.raw("cmd")
+        hook.int_("timeout_secs", lo=0, hi=2**32)
+        hook.bool_("fail_closed")
+        hook.done()
+        ctx.warn(
+            t.sub("state_hook"),
+            "ignored: pykms never guesses a starting height; it refuses to start without a state "
+            "(run `pykms state import` with the node's priv_validator_state.json, which sets the guard to that "
+            "state; or, only for a key that has never signed, `pykms state init`, which starts it at height 0)",
+        )
+    state_format = cast(Literal["auto", "json", "slots"], t.choice("state_format", ("auto", "json", "slots")) or "auto")
+    audit_log = t.path("audit_log")
+    audit_sync = cast(Literal["batch", "always"], t.choice("audit_sync", ("batch", "always")) or "batch")
+    audit_rotate_bytes = t.int_("audit_rotate_bytes", lo=4096, hi=2**40)
+    t.done()
+    return ChainConfig(
+        id=chain_id,
+        key_format=key_format,
+        state_file=state_file,
+        state_format=state_format,
+        sign_extensions=sign_extensions,
+        audit_log=audit_log,
+        audit_sync=audit_sync,
+        audit_rotate_bytes=audit_rotate_bytes,
+    )
+
+
+_VALIDATOR_KEYS = ("addr", "chain_id", "reconnect", "timeout", "secret_key", "max_height", "protocol_version")
+
+
+def parse_validator(ctx: Ctx, data: object, key: str) -> ValidatorConfig:
+    t = Table(ctx, data, key, _VALIDATOR_KEYS)
+    addr_text = t.req_str("addr", 'add addr = "tcp://NODE_ID@host:port" (the node\'s priv_validator_laddr)')
+    try:
+        addr = parse_addr_text(addr_text, ctx.base)
+    except AddrError as exc:
+        raise ctx.error(t.sub("addr"), exc.message, exc.fix) from None
+    chain_id = t.req_str("chain_id", 'add chain_id = "<chain-id>"')
+    reconnect = t.bool_("reconnect")
+    timeout = t.int_("timeout", lo=1, hi=65535)  # tmkms: Option<u16> seconds
+    secret_key = t.path("secret_key")
+    max_height: int | None = None
+    if t.has("max_height"):
+        raw = t.raw("max_height")
+        # tmkms's own example writes max_height = "500000" (a string); the tendermint Height type takes both.
+        if isinstance(raw, str) and raw.isdigit():
+            max_height = int(raw)
+        elif isinstance(raw, int) and not isinstance(raw, bool):
+            max_height = raw
+        else:
+            raise ctx.error(t.sub("max_height"), f"expected a height, found {raw!r}", "write max_height = 500000")
+        if not 1 <= max_height < 2**63:
+            raise ctx.error(t.sub("max_height"), f"{max_height} is out of range", "use a height in 1..2^63-1")
+    version = DEFAULT_PROTOCOL_VERSION
+    if t.has("protocol_version"):
+        raw = t.raw("protocol_version")
+        fix = "use one of " + ", ".join(PROTOCOL_VERSIONS) + " (the CometBFT version of the node)"
+        if raw in _AMINO_PROTOCOL_VERSIONS:
+            raise ctx.error(t.sub("protocol_version"), f"{raw!r} (Amino-era Tendermint) is not supported", fix)
+        if not isinstance(raw, str) or raw not in PROTOCOL_VERSIONS:
+            hint = did_you_mean(raw, PROTOCOL_VERSIONS) if isinstance(raw, str) else ""
+            raise ctx.error(t.sub("protocol_version"), f"unknown protocol version {raw!r}{hint}", fix)
+        version = cast(ProtocolVersion, raw)
+    t.done()
+    if addr.scheme == "tcp" and secret_key is None:
+        raise ctx.error(
+            t.sub("secret_key"),
+            "missing: a tcp:// validator needs the SecretConnection identity key",
+            'add secret_key = "secrets/kms-identity.key" (created by `pykms init`)',
+        )
+    if addr.scheme == "unix" and addr.path is not None:
+        addr_text = str(addr)
+    return ValidatorConfig(
+        addr=addr_text,
+        chain_id=chain_id,
+        secret_key=secret_key,
+        protocol_version=version,
+        reconnect=True if reconnect is None else reconnect,
+        max_height=max_height,
+        timeout=timeout,
+    )
+
+
+def parse_guard(ctx: Ctx, data: object, key: str) -> GuardConfig:
+    t = Table(ctx, data, key, ("backend", "dsn_file", "dsn_env", "timeout_ms"))
+    no_clear_secret(ctx, t, "dsn", "dsn_file", "dsn_env")
+    backend = cast(Literal["file", "postgres"], t.choice("backend", ("file", "postgres")) or "file")
+    dsn_file = t.path("dsn_file")
+    dsn_env = t.str_("dsn_env")
+    timeout_ms = t.int_("timeout_ms", lo=1, hi=60_000)
+    t.done()
+    if backend == "postgres" and (dsn_file is None) == (dsn_env is None):
+        raise ctx.error(
+            t.sub("dsn_file"),
+            "the postgres backend needs exactly one of dsn_file and dsn_env",
+            'add dsn_file = "secrets/guard.dsn" (a 0600 file) or dsn_env = "PYKMS_GUARD_DSN"',
+        )
+    return GuardConfig(
+        backend=backend, dsn_file=dsn_file, dsn_env=dsn_env, timeout_ms=timeout_ms or DEFAULT_GUARD_TIMEOUT_MS
+    )
+
+
+def parse_metrics(ctx: Ctx, data: object, key: str) -> MetricsConfig:
+    t = Table(ctx, data, key, ("addr",))
+    addr = t.req_str("addr", 'add addr = "127.0.0.1:9102"')
+    check_host_port(ctx, t.sub("addr"), addr)
+    t.done()
+    return MetricsConfig(addr=addr)
+
+
+#: The top-level tables; each is read in ``parse_config`` and named here.
 SECTIONS = ("chain", "validator", "providers", "guard", "metrics", "keyholder")
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pykms.config.addr import ValidatorAddr, parse_addr
+from pykms.config.reader import ValidatorAddr, parse_addr
 from pykms.keyholder.settings import KeyholderSettings
 
 #: Same environment variable and file name as tmkms (src/config.rs CONFIG_ENV_VAR / CONFIG_FILE_NAME).

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from pykms.config.addr import check_host_port
 from pykms.config.model import (
     DEFAULT_YUBIHSM_USB_TIMEOUT_MS,
     LedgerConfig,
@@ -26,12 +25,10 @@ from pykms.config.model import (
     YubihsmConnectorServer,
     YubihsmKey,
 )
-from pykms.config.reader import HEX_RE, Ctx, Table, no_clear_secret
+from pykms.config.reader import HEX_RE, Ctx, Table, check_host_port, no_clear_secret
 
 if TYPE_CHECKING:
     from pykms.providers.signer import Signer
-
-__all__ = ["PROVIDERS", "ProviderSection"]
 
 #: (chain ids, the signer holding their key) as built from one provider entry.
 Built = list[tuple[tuple[str, ...], "Signer"]]

@@ -174,8 +174,6 @@ class PostgresGuard:
         self._state: SignState | None = None
         self._watchdog = _Watchdog()
         self._log = get_logger("pykms.guard.postgres", chain_id=chain_id, db=self._target)
-        #: Called with the seconds of each durable write (BEGIN ... COMMIT of a fresh signature), for metrics.
-        self.on_persist: Callable[[float], None] | None = None
         try:
             self._state = self._read_current()
         except PersistError as exc:
@@ -280,13 +278,10 @@ class PostgresGuard:
                 signature = sign(sign_bytes)
                 new_state = SignState(height, round_, step, signature, sign_bytes)
                 doing = "writing the state"
-                written = time.perf_counter()
                 conn.execute(UPDATE_SIGNED, (*state_args(new_state), self._instance, self.chain_id))
                 committing = True
                 self._commit(conn)
                 self._state = new_state
-                if self.on_persist is not None:
-                    self.on_persist(time.perf_counter() - written)
                 return GuardOutcome(signature, None, fresh=True)
             except _CommitUnknown as exc:
                 self._drop()

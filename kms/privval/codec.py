@@ -70,7 +70,6 @@ __all__ = [
     "encode_ping_response",
     "encode_pubkey_response",
     "encode_request",
-    "encode_sign_bytes_response",
     "encode_signed_proposal",
     "encode_signed_vote",
 ]
@@ -347,11 +346,6 @@ class MessageReader:
         self._need: int | None = None  # body length once the prefix has been read (prefix already dropped)
         self._error: DecodeError | None = None
 
-    @property
-    def buffered(self) -> int:
-        """Bytes held that do not yet form a complete message (0 at a message boundary)."""
-        return len(self._buf)
-
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         """Add stream bytes; return the bodies they complete, in order (possibly none)."""
         if self._error is not None:
@@ -522,14 +516,6 @@ _PING_RESPONSE: Final = b"\x42\x00"  # Message{ping_response (8): {}}: the same 
 def encode_ping_response() -> bytes:
     """PingResponse; identical in every dialect."""
     return _PING_RESPONSE
-
-
-def encode_sign_bytes_response(signature: bytes) -> bytes:
-    """SignBytesResponse (v1.0 only)."""
-    msg = v1_privval.Message()
-    msg.sign_bytes_response.signature = signature
-    msg.sign_bytes_response.SetInParent()
-    return _serialize(msg)
 
 
 def encode_error(dialect: Dialect, request: Request, code: int, description: str) -> bytes:

@@ -8,8 +8,8 @@ From then on a write is cut into 1,024-byte chunks, each sealed in a 1,028-byte 
 padding) under a 64-bit little-endian counter nonce; a read opens exactly 1,044 bytes. Frames carry a byte stream,
 not messages. Any failure poisons the object: every later call raises.
 
-Nothing here touches a socket or a clock: the adapters (``pykms.secretconn.sync`` for blocking sockets,
-``pykms.secretconn.aio`` for asyncio) move the bytes and enforce the timeouts. The ephemeral secret is injectable
+Nothing here touches a socket or a clock: the adapter (``pykms.secretconn.sync``, over blocking sockets) moves
+the bytes and enforces the timeouts. The ephemeral secret is injectable
 so tests reproduce test vector D1 byte for byte. The protocol is symmetric: the same object serves both roles.
 """
 
@@ -44,7 +44,6 @@ __all__ = [
     "check_peer_id",
     "derive_keys",
     "node_id",
-    "nonce_bytes",
 ]
 
 # Framing (cometbft secret_connection.go: dataLenSize 4, dataMaxSize 1024, totalFrameSize 1028, aeadSizeOverhead 16).
@@ -56,6 +55,7 @@ SEALED_FRAME_SIZE = TOTAL_FRAME_SIZE + 16
 #: sealing with it and before the write, so no frame under it ever travels; tendermint-rs refuses it too. We
 #: refuse to seal or open under it: the nonce never wraps and never repeats.
 MAX_NONCE = 2**64 - 1
+#: 12-byte ChaCha20-Poly1305 nonce: 4 zero bytes then the 64-bit counter, little-endian (test vector V2).
 _NONCE = struct.Struct("<4xQ")
 _ZEROS = bytes(DATA_MAX_SIZE)
 #: The ephemeral-key message: google.protobuf.BytesValue{1: 32 bytes}, length-delimited = 22 0a 20 || key.
@@ -110,11 +110,6 @@ def check_peer_id(expected: str, actual: str) -> None:
     got = actual.strip().lower().encode("utf-8", "replace")
     if not compare_digest(want, got):
         raise PeerIdMismatch(f"peer ID {actual.lower()} is not the pinned {expected.strip().lower()}")
-
-
-def nonce_bytes(counter: int) -> bytes:
-    """12-byte ChaCha20-Poly1305 nonce: 4 zero bytes then the 64-bit counter, little-endian (test vector V2)."""
-    return _NONCE.pack(counter)
 
 
 class FrameCodec:

@@ -16,12 +16,11 @@ import time
 from nacl.signing import SigningKey
 
 from pykms.errors import ConnectionLost, FrameError, HandshakeError, LinkTimeout
-from pykms.secretconn.core import SEALED_FRAME_SIZE, FrameCodec, Handshake, node_id
+from pykms.secretconn.core import FrameCodec, Handshake
 
 __all__ = [
     "BlockingPlainStream",
     "BlockingSecretStream",
-    "node_id",
     "secret_connection_sync",
     "sendall_within",
     "set_kernel_timeouts",
@@ -197,6 +196,3 @@ def secret_connection_sync(
     stream.remote_pubkey = hs.remote_pubkey
     stream.remote_id = hs.remote_id
     return stream
-
-
-_ = SEALED_FRAME_SIZE

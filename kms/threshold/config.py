@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from pykms.config.addr import PEER_ID_RE, ValidatorAddr, parse_addr
-from pykms.config.reader import Ctx, Table
+from pykms.config.reader import PEER_ID_RE, Ctx, Table, ValidatorAddr, parse_addr
 from pykms.errors import ConfigError
 
 __all__ = ["CosignerChain", "CosignerConfig", "load_cosigner_config", "parse_cosigner_config"]

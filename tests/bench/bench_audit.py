@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from nacl.signing import SigningKey
+
 from pykms.harness.bench import measure_floor, percentile, run_sequence
 from pykms.harness.demo import write_demo_home
 from pykms.harness.simulator import ValidatorSimulator
@@ -98,7 +100,7 @@ def inproc(directory: Path, n: int, state_format: str) -> None:
 
     store_cls = JsonStateStore if state_format == "json" else SlotStateStore
     handlers = {}
-    logs = []
+    keyholders = []
     for variant in VARIANTS:
         home = directory / f"inproc-{variant}"
         home.mkdir()
@@ -106,9 +108,9 @@ def inproc(directory: Path, n: int, state_format: str) -> None:
         log = None
         if variant != "none":
             log = AuditLog(home / "audit.log", CHAIN, sync=variant)  # type: ignore[arg-type]
-            logs.append(log)
         keyholder = LocalKeyHolder()
-        keyholder.add(CHAIN, SoftsignSigner.from_seed(hashlib.sha256(b"b").digest()), FileGuard(CHAIN, store), log)
+        keyholders.append(keyholder)
+        keyholder.add(CHAIN, SoftsignSigner(SigningKey(hashlib.sha256(b"b").digest())), FileGuard(CHAIN, store), log)
         handlers[variant] = RequestHandler(keyholder, keyholder.chains()[CHAIN], Dialect.V0_38, chain_id=CHAIN)
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     sink: list[bytes] = []
@@ -123,10 +125,8 @@ def inproc(directory: Path, n: int, state_format: str) -> None:
             if i >= 100:  # warm-up
                 times[variant].append(time.perf_counter() - started)
         sink.clear()
-    for log in logs:
-        log.close()
-    for handler in handlers.values():
-        handler.chain.guard.close()
+    for keyholder in keyholders:
+        keyholder.close()  # its guard, audit log and signer
     base = percentile(sorted(times["none"]), 50)
     print(f"in-process handler (decode, sign, state_format={state_format}, audit), {n} requests per variant:")
     for variant in VARIANTS:

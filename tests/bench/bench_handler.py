@@ -67,7 +67,7 @@ def _handler_path(path: Path, n: int, *, logged: bool) -> tuple[float, float]:
     SlotStateStore.create(path, SignState.initial()).close()
     keyholder = LocalKeyHolder()
     keyholder.add(
-        CHAIN, SoftsignSigner.from_seed(os.urandom(32)), FileGuard(CHAIN, SlotStateStore(path, ops=_NoFlush()))
+        CHAIN, SoftsignSigner(SigningKey(os.urandom(32))), FileGuard(CHAIN, SlotStateStore(path, ops=_NoFlush()))
     )
     log = None
     observers: list[Observer] = []

@@ -2,15 +2,14 @@
 
     python tests/bench/bench_secretconn.py [--seconds 1.0]
 
-Handshake time with both sides in one process (sans-IO in memory, asyncio over loopback TCP, blocking sockets
-over a socketpair); seal+open per KiB and per small message (a ~100-byte privval request), in microseconds,
-best of 5 runs; and a blocking request/reply round trip over loopback TCP (both ends in this process).
+Handshake time with both sides in one process (sans-IO in memory, blocking sockets over a socketpair);
+seal+open per KiB and per small message (a ~100-byte privval request), in microseconds, best of 5 runs; and a
+blocking request/reply round trip over loopback TCP (both ends in this process).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import socket
 import statistics
@@ -20,7 +19,6 @@ from collections.abc import Callable
 
 from nacl.signing import SigningKey
 
-from pykms.secretconn.aio import secret_connection
 from pykms.secretconn.core import FrameCodec, Handshake
 from pykms.secretconn.sync import secret_connection_sync
 
@@ -52,26 +50,6 @@ def _sans_io_handshake() -> None:
         if wa:
             b.receive_data(wa)
         wa, wb = a.data_to_send(), b.data_to_send()
-
-
-async def _asyncio_handshakes(count: int) -> list[float]:
-    times: list[float] = []
-
-    async def on_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await secret_connection(reader, writer, KEY_B)
-        writer.close()
-
-    server = await asyncio.start_server(on_conn, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    for _ in range(count):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        start = time.perf_counter()
-        await secret_connection(reader, writer, KEY_A)
-        times.append((time.perf_counter() - start) * 1e3)
-        writer.close()
-    server.close()
-    await server.wait_closed()
-    return times
 
 
 def _sync_handshakes(count: int) -> list[float]:
@@ -135,9 +113,6 @@ def main() -> None:
     print("SecretConnection benchmark (both sides in this process)")
     hs_us = _best_us(_sans_io_handshake, args.seconds)
     print(f"  handshake, sans-IO in memory (both sides):     {hs_us / 1e3:8.2f} ms")
-    aio = asyncio.run(_asyncio_handshakes(30))
-    print(f"  handshake, asyncio over loopback TCP:          {statistics.median(aio):8.2f} ms median, "
-          f"{max(aio):.2f} ms max (30 runs)")  # fmt: skip
     sync = _sync_handshakes(30)
     print(f"  handshake, blocking sockets (socketpair):      {statistics.median(sync):8.2f} ms median, "
           f"{max(sync):.2f} ms max (30 runs)")  # fmt: skip

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from pykms.errors import FrameError, ProtocolError
-from pykms.secretconn.core import DATA_MAX_SIZE, SEALED_FRAME_SIZE, FrameCodec, nonce_bytes
+from pykms.secretconn.core import _NONCE, DATA_MAX_SIZE, SEALED_FRAME_SIZE, FrameCodec
 
 __all__ = ["TestOneInput"]
 
@@ -70,7 +70,7 @@ def TestOneInput(data: bytes) -> None:  # atheris's required name
     if mode == 3:  # a frame sealed with the right key whose length field is chosen by the input
         length = int.from_bytes(body[:4].ljust(4, b"\0"), "little")
         plain = length.to_bytes(4, "little") + body[4:].ljust(DATA_MAX_SIZE, b"\0")[:DATA_MAX_SIZE]
-        frame = tx._send.encrypt(nonce_bytes(0), plain, None)
+        frame = tx._send.encrypt(_NONCE.pack(0), plain, None)
         try:
             got = rx.feed(frame)
         except FrameError:

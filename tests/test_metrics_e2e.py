@@ -46,6 +46,18 @@ def get(url: str) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
+def scrape_settled(
+    base: str, requests: int, timeout: float = 5.0
+) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Scrape until the request count reaches ``requests`` (or the timeout): the observers run after the reply."""
+    deadline = time.monotonic() + timeout
+    while True:
+        m = scrape(base)
+        if total(m, "pykms_request_seconds_count") >= requests or time.monotonic() > deadline:
+            return m
+        time.sleep(0.02)
+
+
 def scrape(base: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     status, body = get(base + "/metrics")
     assert status == 200
@@ -116,7 +128,8 @@ def test_metrics_health_and_audit_against_a_signing_run(tmp_path: Path) -> None:
         sign("precommit", 5, "other")  # a double sign
         sign("prevote", 6, "b6", chain_id="someone-else")  # the wrong chain
 
-        m = scrape(base)
+        # Metrics are observed just after each reply, so a scrape may come a moment before the last observation.
+        m = scrape_settled(base, requests=19)
         assert val(m, "pykms_signatures_total", chain_id=CHAIN, type="proposal", outcome="signed") == 5
         assert val(m, "pykms_signatures_total", chain_id=CHAIN, type="prevote", outcome="signed") == 5
         assert val(m, "pykms_signatures_total", chain_id=CHAIN, type="precommit", outcome="signed") == 5
@@ -152,7 +165,7 @@ def test_metrics_health_and_audit_against_a_signing_run(tmp_path: Path) -> None:
         health_until(base, 200)
         sign("prevote", 6, "b6")
         sign("precommit", 6, "b6")
-        m = scrape(base)
+        m = scrape_settled(base, requests=21)
         assert val(m, "pykms_reconnects_total", chain_id=CHAIN, validator=addr) >= 1
         assert val(m, "pykms_validator_connected", chain_id=CHAIN, validator=addr) == 1
         assert total(m, "pykms_signatures_total", chain_id=CHAIN) == sum(received.values()) == 18

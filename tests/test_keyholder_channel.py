@@ -92,8 +92,8 @@ def test_unix_socket_is_private_and_serves_threads_in_parallel(served: tuple[Ser
     client = RemoteKeyHolder(path)
     results: dict[int, bytes] = {}
 
-    def work(i: int) -> None:
-        results[i] = client.sign("chain-a" if i % 2 else "chain-b", height(100 + i)).signature
+    def work(i: int) -> None:  # four threads per chain, all asking for the same height: one fresh, three reused
+        results[i] = client.sign("chain-a" if i % 2 else "chain-b", height(100)).signature
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
     for t in threads:
@@ -101,6 +101,7 @@ def test_unix_socket_is_private_and_serves_threads_in_parallel(served: tuple[Ser
     for t in threads:
         t.join(10)
     assert len(results) == 8
+    assert len({results[i] for i in range(1, 8, 2)}) == 1 and len({results[i] for i in range(0, 8, 2)}) == 1
     assert len(client._all) >= 2  # one connection per calling thread
     t0 = time.monotonic()  # a thread's second request reuses its open connection without waiting on it
     for h in range(200, 220):

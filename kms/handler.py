@@ -27,6 +27,7 @@ from pykms.errors import (
 )
 from pykms.guard.state import STEP_NAMES
 from pykms.keyholder.api import ChainKey, KeyHolder, Signed
+from pykms.logconfig import info_line
 from pykms.privval import codec
 from pykms.privval.codec import Dialect
 from pykms.privval.signbytes import proposal_sign_bytes, step_of, vote_extension_sign_bytes, vote_sign_bytes
@@ -73,8 +74,8 @@ class LogObserver:
     def observe(self, event: SignEvent) -> None:
         block = event.block_id[:6].hex() or "nil"
         if not event.failure:
-            self.log.info(
-                f"{event.kind}_signed" if event.outcome == "signed" else f"{event.kind}_resigned",
+            info_line(
+                self.log, f"{event.kind}_signed" if event.outcome == "signed" else f"{event.kind}_resigned",
                 height=event.height, round=event.round, step=event.step, block=block,
                 ms=round(event.duration_s * 1000, 3), extension=event.extension,
             )  # fmt: skip

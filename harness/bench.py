@@ -43,6 +43,7 @@ __all__ = [
     "cpu_per_request",
     "format_cpu",
     "format_result",
+    "format_targets",
     "lower_floor",
     "measure_floor",
     "measure_ideal_signer",
@@ -353,3 +354,36 @@ def format_result(result: BenchResult, *, as_json: bool = False) -> str:
         f"  (p50/floor {r.ideal_p50_ms / r.floor_ms:.2f}  p99/floor {r.ideal_p99_ms / r.floor_ms:.2f}:"
         " the best this machine allows)"
     )
+
+
+#: The signing path's targets, on the single-chain run of the default config with vote extensions: latency
+#: against the ideal signer of the same run (``measure_ideal_signer``), CPU per request of the whole process.
+TARGET_P50_RATIO = 1.5
+TARGET_P99_RATIO = 2.0
+TARGET_CPU_US = 250.0
+
+
+def _verdict(value: float, bound: float, unit: str) -> str:
+    if value <= bound:
+        return f"met (target {bound:g}{unit})"
+    missed = f"{value - bound:.2f}" if unit == "x" else f"{value - bound:.0f}"
+    return f"MISSED by {missed}{unit} (target {bound:g}{unit})"
+
+
+def format_targets(result: BenchResult, cpu: dict[str, float] | None) -> str:
+    """The targets, plainly: each figure, its bound, and met or missed by how much."""
+    lines = ["targets (default config, single chain, vote extensions):"]
+    if result.ideal_p50_ms is None or result.ideal_p99_ms is None:
+        lines.append("  latency: n/a (no ideal signer measured)")
+    else:
+        p50, p99 = result.p50_ms / result.ideal_p50_ms, result.p99_ms / result.ideal_p99_ms
+        lines.append(f"  p50 {result.p50_ms:.3f} ms / ideal {result.ideal_p50_ms:.3f} ms = {p50:.2f}x  "
+                     f"{_verdict(p50, TARGET_P50_RATIO, 'x')}")  # fmt: skip
+        lines.append(f"  p99 {result.p99_ms:.3f} ms / ideal {result.ideal_p99_ms:.3f} ms = {p99:.2f}x  "
+                     f"{_verdict(p99, TARGET_P99_RATIO, 'x')}")  # fmt: skip
+    if cpu is None:
+        lines.append("  CPU per request: n/a (no /proc)")
+    else:
+        total = cpu["user_us"] + cpu["sys_us"]
+        lines.append(f"  CPU per request {total:.0f} µs  {_verdict(total, TARGET_CPU_US, ' µs')}")
+    return "\n".join(lines)

@@ -36,8 +36,10 @@ STOP_DEADLINE_S = 15.0
 
 
 def write_demo_home(home: Path, listen_addr: str, *, chain_id: str = CHAIN_ID, protocol_version: str = "v0.38",
-                    state_format: str = "json") -> Path:  # fmt: skip
-    """Create key, identity, state and tmkms.toml for one chain served to ``listen_addr``; returns the config."""
+                    state_format: str | None = None) -> Path:  # fmt: skip
+    """Create key, identity, state and tmkms.toml for one chain served to ``listen_addr``; returns the config.
+
+    ``state_format`` None: the default config (no ``state_format`` line: auto, a new state is slots)."""
     from pykms.guard.state import SignState
     from pykms.guard.store import create_state_file
     from pykms.keyfiles import write_secret_file
@@ -52,15 +54,15 @@ def write_demo_home(home: Path, listen_addr: str, *, chain_id: str = CHAIN_ID, p
     # kms-identity.key: base64 of a 32-byte Ed25519 seed, as tmkms writes it (docs/protocol.md §3.4).
     write_secret_file(secrets / "kms-identity.key", base64.b64encode(os.urandom(32)))
     state_file = state / f"{chain_id}_priv_validator_state.json"
-    create_state_file(state_file, SignState(0, 0, 0, b"", b""), fmt=state_format)
+    create_state_file(state_file, SignState(0, 0, 0, b"", b""), fmt=state_format or "auto")
+    format_line = "" if state_format is None else f'state_format = "{state_format}"\n'
     config = home / "tmkms.toml"
     config.write_text(
         f"""[[chain]]
 id = "{chain_id}"
 key_format = {{ type = "bech32", account_key_prefix = "cosmospub", consensus_key_prefix = "cosmosvalconspub" }}
 state_file = "{state_file}"
-state_format = "{state_format}"
-
+{format_line}
 [[providers.softsign]]
 chain_ids = ["{chain_id}"]
 key_type = "consensus"
@@ -86,7 +88,7 @@ def add_sentries(config_text: str, addrs: list[str]) -> str:
 
 
 def write_multichain_home(
-    home: Path, listen: dict[str, list[str]], *, state_format: str = "slots", protocol_version: str = "v0.38"
+    home: Path, listen: dict[str, list[str]], *, state_format: str | None = None, protocol_version: str = "v0.38"
 ) -> Path:
     """One tmkms.toml for several chains (chain id -> one address per sentry), each with its own key and state,
     as a demo home per chain under ``home``; returns the config (the benchmarks' and tests' signer set-up)."""

@@ -27,6 +27,7 @@ from pykms.errors import (
 )
 from pykms.guard.state import STEP_NAMES
 from pykms.keyholder.api import ChainKey, KeyHolder, Signed
+from pykms.logconfig import info_line
 from pykms.privval import codec
 from pykms.privval.codec import Dialect
 from pykms.privval.signbytes import proposal_sign_bytes, step_of, vote_extension_sign_bytes, vote_sign_bytes
@@ -73,8 +74,8 @@ class LogObserver:
     def observe(self, event: SignEvent) -> None:
         block = event.block_id[:6].hex() or "nil"
         if not event.failure:
-            self.log.info(
-                f"{event.kind}_signed" if event.outcome == "signed" else f"{event.kind}_resigned",
+            info_line(
+                self.log, f"{event.kind}_signed" if event.outcome == "signed" else f"{event.kind}_resigned",
                 height=event.height, round=event.round, step=event.step, block=block,
                 ms=round(event.duration_s * 1000, 3), extension=event.extension,
             )  # fmt: skip
@@ -170,25 +171,25 @@ class RequestHandler:
             signed = self.keyholder.sign(self.chain_id, sign_bytes, extension_bytes)
             response = self._signed_response(request, signed)
         except (SigningRefused, StateError, ProviderError) as exc:
-            event = SignEvent(
-                self.chain_id, kind, height, round_, step, block_hash, sign_bytes, None,
-                "refused" if isinstance(exc, SigningRefused) else "error", type(exc).__name__,
-                time.perf_counter() - started, _failure(exc), str(exc),
-            )  # fmt: skip
+            answered = time.perf_counter()
             try:
                 reply(self._error_response(request, exc))
-            finally:
-                self._observe(event)
+            finally:  # the event (for the log line, metrics) is made after the reply: nothing waits for it
+                self._observe(SignEvent(
+                    self.chain_id, kind, height, round_, step, block_hash, sign_bytes, None,
+                    "refused" if isinstance(exc, SigningRefused) else "error", type(exc).__name__,
+                    answered - started, _failure(exc), str(exc),
+                ))  # fmt: skip
             return
-        event = SignEvent(
-            self.chain_id, kind, height, round_, step, block_hash, sign_bytes, signed.signature,
-            "signed" if signed.fresh else "reused", "", time.perf_counter() - started,
-            sign_s=signed.sign_s, persist_s=signed.persist_s, extension=bool(signed.extension_signature),
-        )  # fmt: skip
+        answered = time.perf_counter()
         try:
             reply(response)
         finally:
-            self._observe(event)
+            self._observe(SignEvent(
+                self.chain_id, kind, height, round_, step, block_hash, sign_bytes, signed.signature,
+                "signed" if signed.fresh else "reused", "", answered - started,
+                sign_s=signed.sign_s, persist_s=signed.persist_s, extension=bool(signed.extension_signature),
+            ))  # fmt: skip
 
     # Requests ------------------------------------------------------------------------------------------
 

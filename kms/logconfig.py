@@ -4,10 +4,11 @@ Event names are stable snake_case (``vote_signed``, ``double_sign_refused``, ``v
 operators can alert on them. Context (chain id, validator address) is bound per connection.
 
 ``pykms start`` writes through a ``BackgroundLineWriter`` (``background=True``): a signing thread renders its line
-and queues it; one writer thread writes what has gathered every few milliseconds in one write(2). With a lock and
+and queues it; one writer thread writes what has gathered every ~10 ms in one write(2). With a lock and
 a write per line (structlog's PrintLogger), 40 sentries signing at once queued on the log's lock. Lines
-reach the output within ~2 ms and in order; on exit the queue is drained; a SIGKILL can lose the last ~2 ms of
-lines (the audit log, written before each reply, is the durable record).
+reach the output within ~10 ms and in order; on exit the queue is drained; a SIGKILL can lose the last ~10 ms of
+lines (the audit log, written before each reply, is the durable record). The line of every signing request is
+rendered by ``info_line``, without structlog's processor chain.
 
 Redaction is a last line of defence: no code path logs key material on purpose, but any event field whose name
 suggests a secret is replaced, and any bytes value longer than a signature is shortened, so a mistake cannot
@@ -17,6 +18,7 @@ print a key.
 from __future__ import annotations
 
 import atexit
+import datetime
 import json
 import logging
 import queue
@@ -28,7 +30,15 @@ from typing import Any, Literal
 
 import structlog
 
-__all__ = ["BackgroundLineWriter", "LogFormat", "configure_logging", "flush_logs", "get_logger", "redact_secrets"]
+__all__ = [
+    "BackgroundLineWriter",
+    "LogFormat",
+    "configure_logging",
+    "flush_logs",
+    "get_logger",
+    "info_line",
+    "redact_secrets",
+]
 
 LogFormat = Literal["console", "json", "auto"]
 
@@ -74,7 +84,7 @@ class BackgroundLineWriter:
     share one write(2) and one wake-up; a caller never waits for the output (one queue put, no lock).
     """
 
-    BATCH_S = 0.002
+    BATCH_S = 0.01
     #: Lines held at most while the output is stuck (a stalled journald, a full pipe): beyond, new lines are
     #: dropped and counted — signing never waits for the log, and memory stays bounded (~30 MB).
     MAX_QUEUED = 100_000
@@ -143,6 +153,8 @@ class BackgroundLineWriter:
 
 
 _writer: BackgroundLineWriter | None = None
+#: The JSON lines go through the background writer: ``info_line`` may render them itself.
+_direct_json = False
 
 
 def configure_logging(
@@ -151,7 +163,7 @@ def configure_logging(
     """Set up structlog and the stdlib root logger (libraries log through it) to one output stream.
 
     ``background``: write through a ``BackgroundLineWriter`` (the daemon; see the module doc)."""
-    global _writer
+    global _writer, _direct_json
     out = stream if stream is not None else sys.stderr
     writer: BackgroundLineWriter | None = None
     if background:
@@ -167,6 +179,7 @@ def configure_logging(
         if fmt == "console"
         else structlog.processors.JSONRenderer()
     )
+    _direct_json = fmt == "json" and writer is not None
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -194,3 +207,20 @@ def flush_logs() -> None:
 def get_logger(name: str = "pykms", **context: Any) -> Any:
     """A bound structlog logger with ``context`` attached to every event."""
     return structlog.get_logger(name).bind(**context)
+
+
+def info_line(log: Any, event: str, **fields: Any) -> None:
+    """``log.info(event, **fields)`` for the one line of every signing request: the same JSON line as the
+    processor chain above (bound context, fields, event, level, UTC timestamp; secrets redacted), rendered
+    directly. structlog's chain cost ~30 µs of CPU per line, a tenth of a request's; this costs a third of it.
+    Anything else (console format, a foreground writer, context variables bound) takes structlog's path."""
+    writer = _writer
+    if not _direct_json or writer is None or structlog.contextvars.get_contextvars():
+        log.info(event, **fields)
+        return
+    line = dict(structlog.get_context(log))
+    line.update(fields)
+    line["event"] = event
+    line["level"] = "info"
+    line["timestamp"] = datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
+    writer.msg(json.dumps(redact_secrets(None, "info", line)))

@@ -23,6 +23,7 @@ from pykms.harness.bench import (
     cpu_per_request,
     format_cpu,
     format_result,
+    format_targets,
     lower_floor,
     measure_floor,
     measure_ideal_signer,
@@ -59,6 +60,20 @@ def test_summarize_and_format() -> None:
     assert BenchResult(**json.loads(format_result(result, as_json=True))) == result
     with pytest.raises(HarnessError):
         summarize([], 0.001, 0.0001, 1.0)
+
+
+def test_format_targets_says_met_or_missed_by_how_much() -> None:
+    """The targets' verdicts come from the figures: 1.5 x and 2 x the ideal signer, 250 µs of CPU."""
+    result = summarize([0.0003] * 50 + [0.0006] * 50, 0.0001, 0.00002, 1.0, ideal=[0.0002] * 98 + [0.0004] * 2)
+    text = format_targets(result, {"user_us": 200.0, "sys_us": 80.0, "switches": 3.0})
+    assert "p50 0.300 ms / ideal 0.200 ms = 1.50x  met (target 1.5x)" in text
+    assert "p99 0.600 ms / ideal 0.400 ms = 1.50x  met (target 2x)" in text
+    assert "CPU per request 280 µs  MISSED by 30 µs (target 250 µs)" in text
+    slow = summarize([0.0004] * 100, 0.0001, 0.00002, 1.0, ideal=[0.0002] * 100)
+    text = format_targets(slow, {"user_us": 150.0, "sys_us": 50.0, "switches": 3.0})
+    assert "= 2.00x  MISSED by 0.50x (target 1.5x)" in text and "= 2.00x  met (target 2x)" in text
+    assert "CPU per request 200 µs  met (target 250 µs)" in text
+    assert "n/a" in format_targets(summarize([0.001], 0.0001, 0.00002, 1.0), None)
 
 
 def test_lower_floor_keeps_the_lower_median_of_each_part() -> None:

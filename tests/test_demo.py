@@ -43,3 +43,20 @@ def test_demo_fails_non_zero_when_pykms_refuses_to_start(
     assert "demo: FAILED: pykms exited with code" in err
     assert "chmod 600" in err  # the pykms log tail is shown
     assert homes and not homes[0].exists()
+
+
+def test_demo_home_is_the_default_config_unless_a_state_format_is_asked(tmp_path: Path) -> None:
+    """No state_format line by default (auto: the new state is a slot file, as an operator's default config
+    makes it); an explicit format is written and honoured."""
+    from pykms.config import load_config
+    from pykms.guard.store import resolve_store_format
+
+    default = demo.write_demo_home(tmp_path / "default", "tcp://127.0.0.1:1")
+    assert "state_format" not in default.read_text()
+    chain = load_config(default).chains[0]
+    assert chain.state_format == "auto" and resolve_store_format(chain.state_file, "auto") == "slots"
+
+    explicit = demo.write_demo_home(tmp_path / "json", "tcp://127.0.0.1:1", state_format="json")
+    assert 'state_format = "json"' in explicit.read_text()
+    chain = load_config(explicit).chains[0]
+    assert chain.state_format == "json" and resolve_store_format(chain.state_file, "auto") == "json"

@@ -10,7 +10,7 @@ import time
 
 import structlog
 
-from pykms.logconfig import BackgroundLineWriter, configure_logging, flush_logs, get_logger, redact_secrets
+from pykms.logconfig import BackgroundLineWriter, configure_logging, flush_logs, get_logger, info_line, redact_secrets
 
 
 class CountingOut(io.StringIO):
@@ -122,3 +122,41 @@ def test_a_stuck_output_drops_lines_beyond_the_bound_and_says_how_many() -> None
     assert kept == [f"line {i}" for i in range(len(kept))] and 49 <= len(kept) <= 51
     notice = json.loads(lines[-1])
     assert notice["event"] == "log_lines_dropped" and notice["count"] == 200 - len(kept)
+
+
+def test_info_line_writes_the_line_structlog_would_with_redaction_and_falls_back_elsewhere() -> None:
+    """The signing line's direct renderer: same keys in the same order, same values, secrets redacted; with the
+    console format or context variables bound it goes through structlog (which knows them)."""
+    out = io.StringIO()
+    fields = {"height": 5, "round": 0, "step": 3, "block": "89a1a98e709f", "ms": 0.42, "extension": True}
+    try:
+        configure_logging("json", stream=out, background=True)
+        log = get_logger("pykms.session", chain_id="c", validator="tcp://127.0.0.1:1")
+        log.info("precommit_signed", **fields, seed_hex="00" * 32, sig=b"\x01" * 64, note="naïve")
+        direct_only = log.bind()
+        direct_only.info = _not_structlog  # the direct renderer must not take structlog's path here
+        info_line(direct_only, "precommit_signed", **fields, seed_hex="00" * 32, sig=b"\x01" * 64, note="naïve")
+        flush_logs()
+        via_structlog, direct = (json.loads(line) for line in out.getvalue().splitlines()[-2:])
+        assert direct.pop("timestamp").endswith("Z") and via_structlog.pop("timestamp").endswith("Z")
+        assert list(direct.items()) == list(via_structlog.items())
+        assert direct["seed_hex"] == "[redacted]" and direct["sig"] == "01" * 8 + "…" and direct["level"] == "info"
+        assert out.getvalue().splitlines()[-1].count("\\u2026") == 1  # the same escaping as structlog's JSON
+
+        with structlog.contextvars.bound_contextvars(request_id="r1"):
+            info_line(log, "prevote_signed", height=6)
+        flush_logs()
+        assert json.loads(out.getvalue().splitlines()[-1])["request_id"] == "r1"
+
+        console = io.StringIO()
+        configure_logging("console", stream=console, background=True)
+        info_line(get_logger("pykms.session", chain_id="c"), "prevote_signed", height=7)
+        flush_logs()
+        assert "prevote_signed" in console.getvalue() and not console.getvalue().lstrip().startswith("{")
+    finally:
+        configure_logging("json", stream=io.StringIO())
+        structlog.reset_defaults()
+
+
+def _not_structlog(*_args: object, **_kwargs: object) -> None:
+    raise AssertionError("info_line went through structlog's processor chain")

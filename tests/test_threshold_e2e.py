@@ -347,6 +347,11 @@ def test_cosigner_refuses_unpinned_signers_and_survives_garbage(tmp_path: Path) 
                 bad.close_locked()
         assert good.call({"op": "status"}, time.monotonic() + 5)["ok"] is True
         assert group.alive(0)
-        log = group.logs[0].read_text()
+        deadline = time.monotonic() + 5  # the log writer flushes in batches: give the last line a moment
+        while True:
+            log = group.logs[0].read_text()
+            if log.count("signer_connection_closed") >= 3 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert "signer_refused" in log and log.count("signer_connection_closed") >= 3
         good.close()

@@ -30,9 +30,12 @@ __all__ = [
     "ADDR_ENV",
     "Child",
     "Supervisor",
+    "config_key_files",
     "front_identity",
     "readable_by",
+    "run_split",
     "split_commands",
+    "wants_split",
 ]
 
 #: Set in the front's environment: the key holder's socket path (``unix:///...``); the front then holds no key.
@@ -74,6 +77,15 @@ def front_identity(user: str, key_files: Iterable[Path], config_path: Path) -> t
             f"user {user!r} is root", file=str(config_path), key="keyholder.front_user", fix='use e.g. "nobody"'
         )
     gids = {entry.pw_gid, *os.getgrouplist(user, entry.pw_gid)}
+    python = Path(os.path.realpath(sys.executable))
+    if not readable_by(python, entry.pw_uid, gids):
+        raise ConfigError(
+            f"the front user {user!r} cannot run this Python ({python})",
+            file=str(config_path),
+            key="keyholder.front_user",
+            fix="install pykms with a Python every user can run (e.g. under /usr or /opt), or run pykms start as "
+            "an unprivileged user",
+        )
     warnings = [
         f"{path}: readable by the front user {user!r}: a compromised front could read this key "
         f"(fix: chown root {path} && chmod 600 {path}, or a directory it cannot enter)"
@@ -83,13 +95,33 @@ def front_identity(user: str, key_files: Iterable[Path], config_path: Path) -> t
     return entry.pw_uid, entry.pw_gid, warnings
 
 
-def split_commands(config_path: Path, socket_path: Path, front_uid: int | None) -> tuple[list[str], list[str]]:
-    """The key holder's and the front's command lines (fresh interpreters of this Python)."""
+def split_commands(
+    config_path: Path, socket_path: Path, front_uid: int | None, args: Sequence[str] = ()
+) -> tuple[list[str], list[str]]:
+    """The key holder's and the front's command lines (fresh interpreters of this Python); ``args`` (logging
+    options) go to both."""
     base = [sys.executable, "-m", "pykms.cli.main"]
-    holder = [*base, "keyholder", "serve", "-c", str(config_path), "--listen", f"unix://{socket_path}"]
+    holder = [*base, "keyholder", "serve", "-c", str(config_path), "--listen", f"unix://{socket_path}", *args]
     if front_uid is not None:
         holder += ["--allowed-uid", str(front_uid)]
-    return holder, [*base, "start", "-c", str(config_path)]
+    return holder, [*base, "start", "-c", str(config_path), *args]
+
+
+def wants_split(config: Any) -> bool:
+    """Whether ``pykms start`` supervises a key holder and a front: isolation "process", no external key holder,
+    and not already the front (``PYKMS_KEYHOLDER_ADDR`` set)."""
+    settings = config.keyholder
+    return settings.isolation == "process" and settings.addr is None and not os.environ.get(ADDR_ENV)
+
+
+def config_key_files(config: Any) -> list[Path]:
+    """The files that hold or unlock a consensus key (the front user must not read them)."""
+    paths: list[Path] = []
+    for entry in getattr(config.providers, "softsign", ()):
+        paths += [p for p in (getattr(entry, "path", None), getattr(entry, "password_file", None)) if p]
+    for entry in getattr(config.providers, "pkcs11", ()):
+        paths += [p for p in (getattr(entry, "user_pin_file", None),) if p]
+    return paths
 
 
 @dataclass
@@ -192,17 +224,28 @@ def _terminate(child: Child, grace_s: float = 10.0) -> None:
         child.proc.wait()
 
 
-def run_split(config: Any, *, key_files: Sequence[Path] = (), log: Callable[..., Any] | None = None) -> int:
+def run_split(
+    config: Any,
+    *,
+    key_files: Sequence[Path] | None = None,
+    log: Callable[..., Any] | None = None,
+    args: Sequence[str] = (),
+) -> int:
     """``pykms start`` with ``[keyholder] isolation = "process"`` and no external ``addr``."""
+    if log is None:
+        from pykms.logconfig import get_logger
+
+        log = get_logger("pykms.supervisor").warning
     settings = config.keyholder
     front_uid = front_gid = None
     if os.getuid() == 0:
-        front_uid, front_gid, warnings = front_identity(settings.front_user, key_files, config.path)
+        files = config_key_files(config) if key_files is None else key_files
+        front_uid, front_gid, warnings = front_identity(settings.front_user, files, config.path)
         for warning in warnings:
-            (log or print)(warning)
+            log("front_user_reads_key", warning=warning)
     run_dir = Path(tempfile.mkdtemp(prefix="pykms-keyholder-"))  # 0700, this process's
     socket_path = run_dir / "keyholder.sock"
-    holder_argv, front_argv = split_commands(Path(config.path).absolute(), socket_path, front_uid)
+    holder_argv, front_argv = split_commands(Path(config.path).absolute(), socket_path, front_uid, args)
     env = {k: v for k, v in os.environ.items() if k != ADDR_ENV}
     supervisor = Supervisor(
         Child("keyholder", holder_argv, env, wait_ready=True),

@@ -94,6 +94,23 @@ def test_front_user_must_not_read_the_key_files() -> None:
         shutil.rmtree(top)
 
 
+@pytest.mark.skipif(os.getuid() != 0, reason="needs a second user (nobody) and files of root")
+def test_front_user_must_reach_the_python_it_runs(tmp_path: Path) -> None:
+    top = Path(tempfile.mkdtemp())
+    try:
+        os.chmod(top, 0o755)
+        python = top / "python3"
+        python.write_bytes(b"#!")
+        os.chmod(python, 0o755)
+        process.check_front_python("nobody", TOML, python)  # reachable: no error
+        os.chmod(top, 0o700)  # like a pyenv under /root
+        with pytest.raises(ConfigError, match="cannot run this Python") as err:
+            process.check_front_python("nobody", TOML, python)
+        assert err.value.key == "keyholder.front_user" and err.value.file == str(TOML)
+    finally:
+        shutil.rmtree(top)
+
+
 def _wait(predicate: object, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

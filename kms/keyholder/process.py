@@ -30,6 +30,7 @@ __all__ = [
     "ADDR_ENV",
     "Child",
     "Supervisor",
+    "check_front_python",
     "config_key_files",
     "front_identity",
     "readable_by",
@@ -77,7 +78,21 @@ def front_identity(user: str, key_files: Iterable[Path], config_path: Path) -> t
             f"user {user!r} is root", file=str(config_path), key="keyholder.front_user", fix='use e.g. "nobody"'
         )
     gids = {entry.pw_gid, *os.getgrouplist(user, entry.pw_gid)}
-    python = Path(os.path.realpath(sys.executable))
+    warnings = [
+        f"{path}: readable by the front user {user!r}: a compromised front could read this key "
+        f"(fix: chown root {path} && chmod 600 {path}, or a directory it cannot enter)"
+        for path in key_files
+        if Path(path).exists() and readable_by(Path(path), entry.pw_uid, gids)
+    ]
+    return entry.pw_uid, entry.pw_gid, warnings
+
+
+def check_front_python(user: str, config_path: Path, python: Path | None = None) -> None:
+    """ConfigError unless ``user`` can reach and read the interpreter the front is exec'd with (a pyenv under
+    /root, say, is out of its reach: better said at start than as a restart loop)."""
+    entry = pwd.getpwnam(user)
+    gids = {entry.pw_gid, *os.getgrouplist(user, entry.pw_gid)}
+    python = Path(os.path.realpath(python or sys.executable))
     if not readable_by(python, entry.pw_uid, gids):
         raise ConfigError(
             f"the front user {user!r} cannot run this Python ({python})",
@@ -86,13 +101,6 @@ def front_identity(user: str, key_files: Iterable[Path], config_path: Path) -> t
             fix="install pykms with a Python every user can run (e.g. under /usr or /opt), or run pykms start as "
             "an unprivileged user",
         )
-    warnings = [
-        f"{path}: readable by the front user {user!r}: a compromised front could read this key "
-        f"(fix: chown root {path} && chmod 600 {path}, or a directory it cannot enter)"
-        for path in key_files
-        if Path(path).exists() and readable_by(Path(path), entry.pw_uid, gids)
-    ]
-    return entry.pw_uid, entry.pw_gid, warnings
 
 
 def split_commands(
@@ -241,6 +249,7 @@ def run_split(
     if os.getuid() == 0:
         files = config_key_files(config) if key_files is None else key_files
         front_uid, front_gid, warnings = front_identity(settings.front_user, files, config.path)
+        check_front_python(settings.front_user, config.path)
         for warning in warnings:
             log("front_user_reads_key", warning=warning)
     run_dir = Path(tempfile.mkdtemp(prefix="pykms-keyholder-"))  # 0700, this process's

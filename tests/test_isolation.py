@@ -305,3 +305,11 @@ def test_sigkill_of_either_process_costs_signatures_never_safety(
     state = json.loads(_state(home))
     assert int(state["height"]) >= max(released)
     assert max(int(str(h)) for h in records) == int(state["height"])  # state and audit log agree on the last one
+
+
+def test_sigkill_of_the_supervisor_takes_both_children(split: tuple[KmsProcess, ValidatorSimulator, Path]) -> None:
+    kms, sim, _home = split
+    accept(sim, kms).close()
+    holder, front = _split_pids(kms)
+    kms.kill()  # no orphaned key holder may keep the keys, nor a front keep dialling
+    _wait_for(lambda: not Path(f"/proc/{holder}").exists() and not Path(f"/proc/{front}").exists(), timeout=10)

@@ -111,8 +111,9 @@ def cmd_start(args: argparse.Namespace) -> int:
     configure_logging(args.log_format, verbose=args.verbose, background=True)
     try:
         config = _load(args)
-        from pykms.keyholder.process import wants_split
+        from pykms.keyholder.process import die_with_supervisor, wants_split
 
+        die_with_supervisor()  # the front of a split: goes when its supervisor goes
         if wants_split(config):  # keys in a process of their own: supervise it and a key-less front
             from pykms.keyholder.process import run_split
 

@@ -28,10 +28,12 @@ from pykms.errors import ConfigError
 
 __all__ = [
     "ADDR_ENV",
+    "SUPERVISOR_ENV",
     "Child",
     "Supervisor",
     "check_front_python",
     "config_key_files",
+    "die_with_supervisor",
     "front_identity",
     "readable_by",
     "run_split",
@@ -41,6 +43,11 @@ __all__ = [
 
 #: Set in the front's environment: the key holder's socket path (``unix:///...``); the front then holds no key.
 ADDR_ENV = "PYKMS_KEYHOLDER_ADDR"
+
+#: Set in both children's environment: the supervisor's pid. A child whose supervisor dies (even by SIGKILL) is
+#: killed with it, so that no orphaned key holder or front outlives the ``pykms start`` an operator sees.
+SUPERVISOR_ENV = "PYKMS_SUPERVISOR_PID"
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 #: Restart backoff: doubles from the first to the last after each death within ``STABLE_S`` of its start.
 BACKOFF_S = (0.1, 5.0)
@@ -101,6 +108,19 @@ def check_front_python(user: str, config_path: Path, python: Path | None = None)
             fix="install pykms with a Python every user can run (e.g. under /usr or /opt), or run pykms start as "
             "an unprivileged user",
         )
+
+
+def die_with_supervisor() -> None:
+    """In a supervised child: SIGKILL when the supervisor dies (PR_SET_PDEATHSIG), and exit now if it already has."""
+    pid = os.environ.get(SUPERVISOR_ENV)
+    if not pid or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != int(pid):  # the supervisor died before the line above
+        os._exit(1)
 
 
 def split_commands(
@@ -256,6 +276,7 @@ def run_split(
     socket_path = run_dir / "keyholder.sock"
     holder_argv, front_argv = split_commands(Path(config.path).absolute(), socket_path, front_uid, args)
     env = {k: v for k, v in os.environ.items() if k != ADDR_ENV}
+    env[SUPERVISOR_ENV] = str(os.getpid())
     supervisor = Supervisor(
         Child("keyholder", holder_argv, env, wait_ready=True),
         Child("front", front_argv, {**env, ADDR_ENV: f"unix://{socket_path}"}, front_uid, front_gid),

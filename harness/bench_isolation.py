@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pykms.harness.bench import percentile, process_cpu, run_sequence
-from pykms.harness.demo import start_pykms, stop_pykms, write_demo_home, write_multichain_home
+from pykms.harness.demo import stop_pykms, write_demo_home, write_multichain_home
 from pykms.harness.load import format_concurrent, run_concurrent
 from pykms.harness.simulator import ValidatorSimulator
 from pykms.privval.codec import Dialect
@@ -37,6 +38,16 @@ def set_mode(config: Path, mode: str) -> Path:
     with open(config, "a") as out:
         out.write(f'\n[keyholder]\nisolation = "{mode}"\n')
     return config
+
+
+def start_pykms(config: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """``pykms start`` as the demo starts it; as root inside an unprivileged user namespace (both modes alike),
+    so that the split's front runs as the same user instead of ``front_user``, who may not reach this Python."""
+    argv = [sys.executable, "-m", "pykms.cli.main", "start", "-c", str(config), "--log-format", "json"]
+    if os.getuid() == 0:
+        argv = ["unshare", "--user", *argv]
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
 
 def _tree(pid: int) -> list[int]:

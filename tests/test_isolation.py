@@ -13,6 +13,8 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +32,7 @@ from pykms.keyholder.api import Signed
 from pykms.keyholder.local import LocalKeyHolder
 from pykms.keyholder.server import KeyHolderServer, listen_unix, recv_frame, send_frame
 from pykms.privval.signbytes import vote_extension_sign_bytes, vote_sign_bytes
-from tests.e2e import KmsProcess, accept, set_isolation, verify
+from tests.e2e import KmsProcess, accept, register_log, set_isolation, verify
 from tests.memscan import scan_process
 from tests.secret_forms import harvest_key_files
 
@@ -313,3 +315,38 @@ def test_sigkill_of_the_supervisor_takes_both_children(split: tuple[KmsProcess, 
     holder, front = _split_pids(kms)
     kms.kill()  # no orphaned key holder may keep the keys, nor a front keep dialling
     _wait_for(lambda: not Path(f"/proc/{holder}").exists() and not Path(f"/proc/{front}").exists(), timeout=10)
+
+
+def test_an_external_key_holder_serves_the_front_and_is_waited_for(tmp_path: Path) -> None:
+    """``[keyholder] addr``: a key holder run on its own (``pykms keyholder serve``), down and up again."""
+    sim = ValidatorSimulator("tcp://127.0.0.1:0", chain_id=CHAIN)
+    home = tmp_path / "kms"
+    config = write_demo_home(home, sim.listen(), chain_id=CHAIN)
+    sock = tmp_path / "kh" / "keyholder.sock"
+    config.write_text(config.read_text() + f'\n[keyholder]\naddr = "unix://{sock}"\n')
+    serve = [sys.executable, "-m", "pykms.cli.main", "keyholder", "serve", "-c", str(config)]
+    serve += ["--listen", f"unix://{sock}"]
+    register_log(tmp_path / "keyholder.log")
+    log = open(tmp_path / "keyholder.log", "ab")
+    holder = subprocess.Popen(serve, stdout=log, stderr=subprocess.STDOUT)
+    kms = KmsProcess(config, tmp_path / "pykms.log")
+    kms.start()
+    try:
+        link = accept(sim, kms, timeout=40)
+        pub = bytes(link.pubkey().pub_key)
+        resp = link.sign_vote(make_vote(1, 0, PRECOMMIT, "b1"))
+        assert resp.error is None and verify(pub, vote_sign_bytes(CHAIN, resp.vote), bytes(resp.vote.signature))
+        holder.kill()
+        holder.wait()
+        started = time.monotonic()
+        down = link.sign_vote(make_vote(2, 0, PRECOMMIT, "b2"))
+        assert down.error is not None and time.monotonic() - started < 5  # "unable to sign", at once
+        holder = subprocess.Popen(serve, stdout=log, stderr=subprocess.STDOUT)
+        _wait_for(lambda: link.sign_vote(make_vote(3, 0, PRECOMMIT, "b3")).error is None)
+        link.close()
+    finally:
+        kms.stop()
+        holder.terminate()
+        holder.wait()
+        log.close()
+        sim.close()

@@ -148,3 +148,13 @@ def test_supervisor_restarts_either_child_and_stops_both(tmp_path: Path, monkeyp
         runner.join(30)
     assert not runner.is_alive() and not holder.alive() and not front.alive()
     assert front.proc is not None and front.proc.returncode == -15  # SIGTERM, not a kill
+
+
+def test_a_front_that_cannot_start_does_not_leave_the_key_holder_behind(tmp_path: Path) -> None:
+    sock = tmp_path / "run" / "kh.sock"
+    env = {**os.environ, "PYTHONPATH": str(PEER.parent.parent)}
+    holder = process.Child("keyholder", [sys.executable, str(PEER), str(sock), SEED.hex()], env, wait_ready=True)
+    front = process.Child("front", [str(tmp_path / "no-such-interpreter")], env)
+    with pytest.raises(FileNotFoundError):
+        process.Supervisor(holder, front, log=lambda e, **k: None).run()
+    assert holder.proc is not None and not holder.alive() and holder.proc.returncode == -15

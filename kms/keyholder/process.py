@@ -229,8 +229,8 @@ class Supervisor:
         self.keyholder.start()
         if not self.keyholder.alive():
             self._log("keyholder_start_failed", exit_code=self.keyholder.proc and self.keyholder.proc.returncode)
-        self.front.start()
         try:
+            self.front.start()  # inside: a front that cannot be started must not leave the key holder behind
             while not self._stop.wait(0.1):
                 for child in (self.keyholder, self.front):
                     if not child.alive() and not self._stop.is_set():

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import random
 import signal
 import socket
@@ -33,7 +34,7 @@ from pykms.config import KmsConfig, ValidatorConfig
 from pykms.errors import ConfigError, KmsError, LinkTimeout, ProtocolError
 from pykms.extensions import ExtensionPlan, plan_extensions
 from pykms.handler import LogObserver, Observer, RequestHandler
-from pykms.keyholder.api import ChainKey
+from pykms.keyholder.api import ChainKey, KeyHolder
 from pykms.logconfig import get_logger
 from pykms.privval.codec import MAX_REQUEST_BYTES, Dialect, MessageReader, delimit
 from pykms.providers.signer import Signer
@@ -42,7 +43,7 @@ from pykms.secretconn.sync import BlockingPlainStream, set_kernel_timeouts
 if TYPE_CHECKING:
     from pykms.keyholder.local import LocalKeyHolder
 
-__all__ = ["Backoff", "Runtime", "SyncStream"]
+__all__ = ["Backoff", "Runtime", "SyncStream", "open_keyholder"]
 
 #: A link that completes no message for this long is dead: the node pings every ~3.3 s (docs/protocol.md §2.1),
 #: so 20 s is six missed pings. Also bounds how long a slow-loris peer can hold a connection.
@@ -54,6 +55,11 @@ HANDSHAKE_TIMEOUT_S = 5.0
 #: reply after a few seconds anyway, and a peer that does not read must not keep the session thread (or, with
 #: it, anything shared) for longer. Over it, the connection is closed.
 REPLY_WRITE_TIMEOUT_S = 2.0
+#: How long one request waits for a key holder that went away to come back: the supervisor restarts it within
+#: about a second, and the node must get "unable to sign" well inside its own deadline rather than a hang.
+KEYHOLDER_RECONNECT_S = 1.0
+#: How long a starting front waits for its key holder's first answer (the supervisor starts it after "ready").
+KEYHOLDER_START_S = 30.0
 
 
 class SyncStream(Protocol):
@@ -238,7 +244,7 @@ class Runtime:
         self.config = config
         self.log = get_logger("pykms")
         self.stop_event = threading.Event()
-        self.keyholder: LocalKeyHolder | None = None
+        self.keyholder: KeyHolder | None = None
         #: The chains served (chain id -> its key), as the key holder reports them.
         self.chains: dict[str, ChainKey] = {}
         self.sessions: list[_Session] = []
@@ -253,12 +259,14 @@ class Runtime:
 
     def build(self, signers: dict[str, Signer] | None = None) -> None:
         """Open keys and guard state (the key holder); a chain whose state cannot be trusted is stopped."""
-        from pykms.keyholder.local import LocalKeyHolder
-
-        keyholder = self.keyholder = LocalKeyHolder(self.config, signers)
+        keyholder = self.keyholder = open_keyholder(self.config, signers)
         self._closers.append(keyholder.close)
-        self.failed_chains = keyholder.stopped
-        self.chains = keyholder.chains()
+        self.chains = _first_chains(keyholder)
+        self.failed_chains = {
+            chain_id: why.removeprefix("stopped: ")
+            for chain_id, why in keyholder.health().items()
+            if chain_id not in self.chains
+        }
         self._setup_metrics()
         for index, validator in enumerate(self.config.validators):
             key = self.chains.get(validator.chain_id)
@@ -278,8 +286,8 @@ class Runtime:
         """tmkms's protocol_version x sign_extensions for this validator (pykms.extensions); refusals name the file."""
         chain_cfg = next(c for c in self.config.chains if c.id == validator.chain_id)
         wanted = chain_cfg.sign_extensions
-        assert self.keyholder is not None
-        if getattr(self.keyholder.signer(validator.chain_id), "extensions_disabled", False):
+        local = self.local_keyholder
+        if local is not None and getattr(local.signer(validator.chain_id), "extensions_disabled", False):
             wanted = False  # [[providers.ledger]] extensions_disabled = true: the pykms spelling of the same
         return plan_extensions(
             validator.protocol_version,
@@ -295,14 +303,16 @@ class Runtime:
         from pykms.metrics import Metrics, MetricsServer
 
         metrics = self.metrics = Metrics()
-        keyholder = self.keyholder
-        assert keyholder is not None
+        local = self.local_keyholder
         for chain_id in self.chains:
+            if local is None:  # the provider, guard and audit log live in the key holder's process
+                metrics.attach_chain(chain_id, provider="keyholder", backend="keyholder")
+                continue
             metrics.attach_chain(
                 chain_id,
-                provider=keyholder.signer(chain_id).provider,
-                backend=keyholder.guard(chain_id).backend,
-                audit=keyholder.audit_log(chain_id),
+                provider=local.signer(chain_id).provider,
+                backend=local.guard(chain_id).backend,
+                audit=local.audit_log(chain_id),
             )
 
         def on_event(event: str, session: _Session) -> None:
@@ -321,7 +331,10 @@ class Runtime:
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Healthy while every configured chain has a live validator connection and a writable state."""
         details: dict[str, Any] = {}
-        keyholder_health = self.keyholder.health() if self.keyholder is not None else {}
+        try:
+            keyholder_health = self.keyholder.health() if self.keyholder is not None else {}
+        except KmsError as exc:  # a key holder in another process that is down or restarting
+            keyholder_health = {chain.id: f"key holder unreachable: {exc}" for chain in self.config.chains}
         for chain_cfg in self.config.chains:
             problems = []
             sessions = [s for s in self.sessions if s.cfg.chain_id == chain_cfg.id]
@@ -331,6 +344,13 @@ class Runtime:
                 problems.append(held)
             details[chain_cfg.id] = "; ".join(problems) or "ok"
         return all(v == "ok" for v in details.values()), details
+
+    @property
+    def local_keyholder(self) -> LocalKeyHolder | None:
+        """The key holder when it lives in this process (``isolation = "none"``), for its metrics hooks."""
+        from pykms.keyholder.local import LocalKeyHolder
+
+        return self.keyholder if isinstance(self.keyholder, LocalKeyHolder) else None
 
     def identity_for(self, cfg: ValidatorConfig) -> Any:
         from pykms.secretconn.identity import load_identity
@@ -412,3 +432,35 @@ class Runtime:
             self.close()
         self.log.info("pykms_stopped")
         return 0
+
+
+def open_keyholder(config: KmsConfig, signers: dict[str, Signer] | None = None) -> KeyHolder:
+    """The front's key holder: the supervisor's (``PYKMS_KEYHOLDER_ADDR``), an external one (``[keyholder] addr``),
+    or the keys in this process (``isolation = "none"``). A remote one is only connected to: no key is loaded here."""
+    from pykms.keyholder.client import RemoteKeyHolder, parse_unix_addr
+    from pykms.keyholder.process import ADDR_ENV
+
+    addr = os.environ.get(ADDR_ENV)
+    if addr:
+        try:
+            path = parse_unix_addr(addr)
+        except ValueError as exc:
+            raise ConfigError(str(exc), key=ADDR_ENV, fix="unset it, or give unix:///absolute/path.sock") from None
+        return RemoteKeyHolder(path, reconnect_s=KEYHOLDER_RECONNECT_S)
+    if config.keyholder.addr is not None:
+        return RemoteKeyHolder(config.keyholder.addr, reconnect_s=KEYHOLDER_RECONNECT_S)
+    from pykms.keyholder.local import LocalKeyHolder
+
+    return LocalKeyHolder(config, signers)
+
+
+def _first_chains(keyholder: KeyHolder, wait_s: float = KEYHOLDER_START_S) -> dict[str, ChainKey]:
+    """The chains served, waiting a while for a key holder that is still starting."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return keyholder.chains()
+        except KmsError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)

@@ -75,3 +75,13 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     )
     for hit in hits[:50]:
         terminalreporter.write_line(f"  KEY MATERIAL IN {hit}", red=True)
+
+
+@pytest.fixture
+def isolation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``[keyholder] isolation`` for the e2e homes of this test (parametrize with indirect=True; default "none")."""
+    from tests.e2e import ISOLATION_ENV
+
+    mode: str = getattr(request, "param", "none")
+    monkeypatch.setenv(ISOLATION_ENV, mode)
+    return mode

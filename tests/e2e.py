@@ -34,8 +34,13 @@ class KmsProcess:
         LOGS.append(self.log_path)
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.extra_env)
         log = open(self.log_path, "ab")
+        argv = [sys.executable, "-m", "pykms.cli.main", "start", "-c", str(self.config), "--log-format", "json"]
+        if os.getuid() == 0 and 'isolation = "process"' in self.config.read_text():
+            # As root the front would run as an unprivileged user, and this machine's Python lives where no such
+            # user can run it: an unprivileged user namespace makes the whole of pykms one ordinary user instead.
+            argv = ["unshare", "--user", *argv]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pykms.cli.main", "start", "-c", str(self.config), "--log-format", "json"],
+            argv,
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -83,6 +88,25 @@ def _remember_secrets(home: Path) -> None:
             continue
 
 
+#: ``PYKMS_TEST_ISOLATION=process`` (or ``none``): every home written here gets ``[keyholder] isolation`` set to it,
+#: so the e2e suites run against the split key holder/front as well as the single process.
+ISOLATION_ENV = "PYKMS_TEST_ISOLATION"
+
+
+def isolation() -> str | None:
+    """The isolation mode the e2e homes are written with (None: the configured default)."""
+    return os.environ.get(ISOLATION_ENV) or None
+
+
+def set_isolation(config: Path, mode: str | None = None) -> Path:
+    """Append ``[keyholder] isolation = mode`` (default: $PYKMS_TEST_ISOLATION; nothing when unset) to ``config``."""
+    mode = mode or isolation()
+    if mode:
+        with open(config, "a") as out:
+            out.write(f'\n[keyholder]\nisolation = "{mode}"\n')
+    return config
+
+
 def write_multi_home(
     home: Path, chains: dict[str, list[str]], *, state_format: str = "slots", protocol_version: str = "v0.38"
 ) -> Path:
@@ -92,7 +116,7 @@ def write_multi_home(
     config = write_multichain_home(home, chains, state_format=state_format, protocol_version=protocol_version)
     for chain_id in chains:
         _remember_secrets(home / chain_id)
-    return config
+    return set_isolation(config)
 
 
 def write_home(
@@ -118,7 +142,7 @@ def write_home(
     if extra_validator:
         text = text.replace("reconnect = true\n", "reconnect = true\n" + extra_validator + "\n")
     config.write_text(text)
-    return config
+    return set_isolation(config)
 
 
 @contextlib.contextmanager

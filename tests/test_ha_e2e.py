@@ -21,7 +21,7 @@ from pykms.harness.simulator import PREVOTE, ValidatorSimulator, make_vote
 from pykms.keyfiles import write_secret_file
 from pykms.privval.codec import Dialect
 from pykms.privval.signbytes import vote_sign_bytes
-from tests.e2e import KmsProcess, accept, verify
+from tests.e2e import KmsProcess, accept, set_isolation, verify
 from tests.pg import pg_dsn, pg_server  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -48,13 +48,14 @@ def _home(tmp_path: Path, dsn: str) -> tuple[Path, list[ValidatorSimulator], lis
             f'[guard]\nbackend = "postgres"\ndsn_file = "{dsn_file}"\n'
         )
         sims.append(sim)
-        configs.append(config)
+        configs.append(set_isolation(config))
     assert pykms_main(["guard", "init-db", "-c", str(configs[0])]) == 0
     assert pykms_main(["state", "init", "-c", str(configs[0]), "--chain", CHAIN]) == 0
     return tmp_path, sims, configs
 
 
-def test_two_instances_share_one_guard(tmp_path: Path, pg_dsn: str) -> None:
+@pytest.mark.parametrize("isolation", ["none", "process"], indirect=True)
+def test_two_instances_share_one_guard(tmp_path: Path, pg_dsn: str, isolation: str) -> None:
     _, sims, configs = _home(tmp_path, pg_dsn)
     kms = [KmsProcess(configs[i], tmp_path / f"pykms-{i}.log") for i in range(2)]
     for k in kms:

@@ -33,7 +33,8 @@ def _peak_rss_kib(pid: int) -> int:
 
 
 @pytest.mark.slow
-def test_hostile_validator_does_not_hurt_the_other_chain(tmp_path: Path) -> None:
+@pytest.mark.parametrize("isolation", ["none", "process"], indirect=True)
+def test_hostile_validator_does_not_hurt_the_other_chain(tmp_path: Path, isolation: str) -> None:
     victim = ValidatorSimulator("tcp://127.0.0.1:0", chain_id="victim")
     good = ValidatorSimulator("tcp://127.0.0.1:0", chain_id="good")
     config = write_multi_home(tmp_path / "kms", {"victim": [victim.listen()], "good": [good.listen()]})

@@ -94,6 +94,23 @@ def test_front_user_must_not_read_the_key_files() -> None:
         shutil.rmtree(top)
 
 
+@pytest.mark.skipif(os.getuid() != 0, reason="needs a second user (nobody) and files of root")
+def test_front_user_must_reach_the_python_it_runs(tmp_path: Path) -> None:
+    top = Path(tempfile.mkdtemp())
+    try:
+        os.chmod(top, 0o755)
+        python = top / "python3"
+        python.write_bytes(b"#!")
+        os.chmod(python, 0o755)
+        process.check_front_python("nobody", TOML, python)  # reachable: no error
+        os.chmod(top, 0o700)  # like a pyenv under /root
+        with pytest.raises(ConfigError, match="cannot run this Python") as err:
+            process.check_front_python("nobody", TOML, python)
+        assert err.value.key == "keyholder.front_user" and err.value.file == str(TOML)
+    finally:
+        shutil.rmtree(top)
+
+
 def _wait(predicate: object, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -131,3 +148,13 @@ def test_supervisor_restarts_either_child_and_stops_both(tmp_path: Path, monkeyp
         runner.join(30)
     assert not runner.is_alive() and not holder.alive() and not front.alive()
     assert front.proc is not None and front.proc.returncode == -15  # SIGTERM, not a kill
+
+
+def test_a_front_that_cannot_start_does_not_leave_the_key_holder_behind(tmp_path: Path) -> None:
+    sock = tmp_path / "run" / "kh.sock"
+    env = {**os.environ, "PYTHONPATH": str(PEER.parent.parent)}
+    holder = process.Child("keyholder", [sys.executable, str(PEER), str(sock), SEED.hex()], env, wait_ready=True)
+    front = process.Child("front", [str(tmp_path / "no-such-interpreter")], env)
+    with pytest.raises(FileNotFoundError):
+        process.Supervisor(holder, front, log=lambda e, **k: None).run()
+    assert holder.proc is not None and not holder.alive() and holder.proc.returncode == -15

@@ -30,10 +30,17 @@ def _run(harness: HarnessProcess, kms: KmsProcess) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize(
-    ("transport", "suite", "version"),
-    [("tcp", "full", "v0.38"), ("tcp", "full", "v1.0"), ("tcp", "full", "v0.34"), ("unix", "basic", "v0.38")],
+    ("transport", "suite", "version", "isolation"),
+    [
+        ("tcp", "full", "v0.38", "none"),
+        ("tcp", "full", "v1.0", "none"),
+        ("tcp", "full", "v0.34", "none"),
+        ("unix", "basic", "v0.38", "none"),
+        ("tcp", "full", "v0.38", "process"),  # the same suite against the key holder and the front split in two
+    ],
+    indirect=["isolation"],
 )
-def test_harness_passes_against_pykms(tmp_path: Path, transport: str, suite: str, version: str) -> None:
+def test_harness_passes_against_pykms(tmp_path: Path, transport: str, suite: str, version: str, isolation: str) -> None:
     tmhome = write_tmhome(tmp_path / "tmhome")
     addr = "tcp://127.0.0.1:0" if transport == "tcp" else f"unix://{tmp_path}/harness.sock"
     harness = HarnessProcess(["run", "--addr", addr, "--tmhome", str(tmhome), "--suite", suite,

@@ -111,11 +111,23 @@ def cmd_start(args: argparse.Namespace) -> int:
     configure_logging(args.log_format, verbose=args.verbose, background=True)
     try:
         config = _load(args)
+        from pykms.keyholder.process import die_with_supervisor, wants_split
+
+        die_with_supervisor()  # the front of a split: goes when its supervisor goes
+        if wants_split(config):  # keys in a process of their own: supervise it and a key-less front
+            from pykms.keyholder.process import run_split
+
+            return run_split(config, args=_start_args(args))
         runtime = Runtime(config)
         runtime.build()
         return runtime.run_forever()
     finally:
         flush_logs()
+
+
+def _start_args(args: argparse.Namespace) -> list[str]:
+    """The logging options of ``pykms start``, passed on to the key holder and the front."""
+    return ["--log-format", args.log_format, *(["-v"] if args.verbose else [])]
 
 
 def cmd_init(args: argparse.Namespace) -> int:

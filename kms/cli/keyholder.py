@@ -40,9 +40,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from pykms.config import load_config
     from pykms.keyholder.client import parse_unix_addr
     from pykms.keyholder.local import LocalKeyHolder
+    from pykms.keyholder.process import die_with_supervisor
     from pykms.keyholder.server import KeyHolderServer, default_allowed_uids, listen_unix
     from pykms.logconfig import configure_logging, flush_logs, get_logger
 
+    die_with_supervisor()
     configure_logging(args.log_format, verbose=args.verbose, background=True)
     try:
         path = parse_unix_addr(args.listen)

@@ -18,6 +18,7 @@ from pykms.errors import KmsError, ProtocolError, TransientProviderError
 from pykms.keyholder import wire
 from pykms.keyholder.api import ChainKey, Signed
 from pykms.keyholder.server import recv_frame, send_frame
+from pykms.secretconn.sync import set_kernel_timeouts
 
 __all__ = ["RemoteKeyHolder", "parse_unix_addr"]
 
@@ -85,6 +86,7 @@ class RemoteKeyHolder:
                 time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
                 delay = min(delay * 2, 0.25)
                 continue
+            set_kernel_timeouts(sock, self.timeout_s)  # no poll before every recv and send, as a Python timeout has
             with self._all_lock:
                 self._all.add(sock)
             return sock

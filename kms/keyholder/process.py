@@ -28,15 +28,26 @@ from pykms.errors import ConfigError
 
 __all__ = [
     "ADDR_ENV",
+    "SUPERVISOR_ENV",
     "Child",
     "Supervisor",
+    "check_front_python",
+    "config_key_files",
+    "die_with_supervisor",
     "front_identity",
     "readable_by",
+    "run_split",
     "split_commands",
+    "wants_split",
 ]
 
 #: Set in the front's environment: the key holder's socket path (``unix:///...``); the front then holds no key.
 ADDR_ENV = "PYKMS_KEYHOLDER_ADDR"
+
+#: Set in both children's environment: the supervisor's pid. A child whose supervisor dies (even by SIGKILL) is
+#: killed with it, so that no orphaned key holder or front outlives the ``pykms start`` an operator sees.
+SUPERVISOR_ENV = "PYKMS_SUPERVISOR_PID"
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 #: Restart backoff: doubles from the first to the last after each death within ``STABLE_S`` of its start.
 BACKOFF_S = (0.1, 5.0)
@@ -83,13 +94,62 @@ def front_identity(user: str, key_files: Iterable[Path], config_path: Path) -> t
     return entry.pw_uid, entry.pw_gid, warnings
 
 
-def split_commands(config_path: Path, socket_path: Path, front_uid: int | None) -> tuple[list[str], list[str]]:
-    """The key holder's and the front's command lines (fresh interpreters of this Python)."""
+def check_front_python(user: str, config_path: Path, python: Path | None = None) -> None:
+    """ConfigError unless ``user`` can reach and read the interpreter the front is exec'd with (a pyenv under
+    /root, say, is out of its reach: better said at start than as a restart loop)."""
+    entry = pwd.getpwnam(user)
+    gids = {entry.pw_gid, *os.getgrouplist(user, entry.pw_gid)}
+    python = Path(os.path.realpath(python or sys.executable))
+    if not readable_by(python, entry.pw_uid, gids):
+        raise ConfigError(
+            f"the front user {user!r} cannot run this Python ({python})",
+            file=str(config_path),
+            key="keyholder.front_user",
+            fix="install pykms with a Python every user can run (e.g. under /usr or /opt), or run pykms start as "
+            "an unprivileged user",
+        )
+
+
+def die_with_supervisor() -> None:
+    """In a supervised child: SIGKILL when the supervisor dies (PR_SET_PDEATHSIG), and exit now if it already has."""
+    pid = os.environ.get(SUPERVISOR_ENV)
+    if not pid or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != int(pid):  # the supervisor died before the line above
+        os._exit(1)
+
+
+def split_commands(
+    config_path: Path, socket_path: Path, front_uid: int | None, args: Sequence[str] = ()
+) -> tuple[list[str], list[str]]:
+    """The key holder's and the front's command lines (fresh interpreters of this Python); ``args`` (logging
+    options) go to both."""
     base = [sys.executable, "-m", "pykms.cli.main"]
-    holder = [*base, "keyholder", "serve", "-c", str(config_path), "--listen", f"unix://{socket_path}"]
+    holder = [*base, "keyholder", "serve", "-c", str(config_path), "--listen", f"unix://{socket_path}", *args]
     if front_uid is not None:
         holder += ["--allowed-uid", str(front_uid)]
-    return holder, [*base, "start", "-c", str(config_path)]
+    return holder, [*base, "start", "-c", str(config_path), *args]
+
+
+def wants_split(config: Any) -> bool:
+    """Whether ``pykms start`` supervises a key holder and a front: isolation "process", no external key holder,
+    and not already the front (``PYKMS_KEYHOLDER_ADDR`` set)."""
+    settings = config.keyholder
+    return settings.isolation == "process" and settings.addr is None and not os.environ.get(ADDR_ENV)
+
+
+def config_key_files(config: Any) -> list[Path]:
+    """The files that hold or unlock a consensus key (the front user must not read them)."""
+    paths: list[Path] = []
+    for entry in getattr(config.providers, "softsign", ()):
+        paths += [p for p in (getattr(entry, "path", None), getattr(entry, "password_file", None)) if p]
+    for entry in getattr(config.providers, "pkcs11", ()):
+        paths += [p for p in (getattr(entry, "user_pin_file", None),) if p]
+    return paths
 
 
 @dataclass
@@ -169,8 +229,8 @@ class Supervisor:
         self.keyholder.start()
         if not self.keyholder.alive():
             self._log("keyholder_start_failed", exit_code=self.keyholder.proc and self.keyholder.proc.returncode)
-        self.front.start()
         try:
+            self.front.start()  # inside: a front that cannot be started must not leave the key holder behind
             while not self._stop.wait(0.1):
                 for child in (self.keyholder, self.front):
                     if not child.alive() and not self._stop.is_set():
@@ -192,18 +252,31 @@ def _terminate(child: Child, grace_s: float = 10.0) -> None:
         child.proc.wait()
 
 
-def run_split(config: Any, *, key_files: Sequence[Path] = (), log: Callable[..., Any] | None = None) -> int:
+def run_split(
+    config: Any,
+    *,
+    key_files: Sequence[Path] | None = None,
+    log: Callable[..., Any] | None = None,
+    args: Sequence[str] = (),
+) -> int:
     """``pykms start`` with ``[keyholder] isolation = "process"`` and no external ``addr``."""
+    if log is None:
+        from pykms.logconfig import get_logger
+
+        log = get_logger("pykms.supervisor").warning
     settings = config.keyholder
     front_uid = front_gid = None
     if os.getuid() == 0:
-        front_uid, front_gid, warnings = front_identity(settings.front_user, key_files, config.path)
+        files = config_key_files(config) if key_files is None else key_files
+        front_uid, front_gid, warnings = front_identity(settings.front_user, files, config.path)
+        check_front_python(settings.front_user, config.path)
         for warning in warnings:
-            (log or print)(warning)
+            log("front_user_reads_key", warning=warning)
     run_dir = Path(tempfile.mkdtemp(prefix="pykms-keyholder-"))  # 0700, this process's
     socket_path = run_dir / "keyholder.sock"
-    holder_argv, front_argv = split_commands(Path(config.path).absolute(), socket_path, front_uid)
+    holder_argv, front_argv = split_commands(Path(config.path).absolute(), socket_path, front_uid, args)
     env = {k: v for k, v in os.environ.items() if k != ADDR_ENV}
+    env[SUPERVISOR_ENV] = str(os.getpid())
     supervisor = Supervisor(
         Child("keyholder", holder_argv, env, wait_ready=True),
         Child("front", front_argv, {**env, ADDR_ENV: f"unix://{socket_path}"}, front_uid, front_gid),

@@ -21,6 +21,7 @@ from typing import Any
 from pykms.errors import ConfigError, FrameError, KmsError, ProtocolError
 from pykms.keyholder import wire
 from pykms.keyholder.api import KeyHolder
+from pykms.secretconn.sync import set_kernel_timeouts
 
 __all__ = ["KeyHolderServer", "default_allowed_uids", "listen_unix", "peer_uid", "recv_frame", "send_frame"]
 
@@ -56,9 +57,18 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def recv_frame(sock: socket.socket) -> wire.Message | None:
-    """One message, or None on a clean end of stream between frames. FrameError/DecodeError for bad input."""
-    first = sock.recv(4)
+def recv_frame(sock: socket.socket, *, wait_idle: bool = False) -> wire.Message | None:
+    """One message, or None on a clean end of stream between frames. FrameError/DecodeError for bad input.
+
+    With ``wait_idle``, a receive timeout before the first byte of a frame is waited out (a peer may stay idle
+    between requests as long as it likes); inside a frame it raises (BlockingIOError, an OSError)."""
+    while True:
+        try:
+            first = sock.recv(4)
+            break
+        except BlockingIOError:
+            if not wait_idle:
+                raise
     if not first:
         return None
     prefix = first if len(first) == 4 else first + _recv_exact(sock, 4 - len(first))
@@ -154,14 +164,13 @@ class KeyHolderServer:
             if uid not in self.allowed_uids:
                 self._log("keyholder_peer_refused", uid=uid, allowed=sorted(self.allowed_uids))
                 return
-            sock.settimeout(None)
+            # The kernel's timeouts, set once: a Python-level timeout would cost a poll before every recv and send.
+            set_kernel_timeouts(sock, IO_TIMEOUT_S)
             while not self._stop.is_set():
-                request = recv_frame(sock)  # waits for the next request as long as the peer stays
+                request = recv_frame(sock, wait_idle=True)  # waits for the next request as long as the peer stays
                 if request is None:
                     return
-                sock.settimeout(IO_TIMEOUT_S)
                 send_frame(sock, self._answer(request))
-                sock.settimeout(None)
         except (FrameError, ProtocolError) as exc:
             self._log("keyholder_peer_dropped", reason=str(exc))
         except (OSError, ConnectionError) as exc:

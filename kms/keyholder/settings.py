@@ -23,7 +23,7 @@ __all__ = ["ISOLATION_MODES", "KeyholderSettings", "parse_keyholder"]
 
 ISOLATION_MODES = ("process", "none")
 _KEYS = ("isolation", "addr", "front_user", "allowed_uids")
-#: "none" while the split is being wired in; flipped to "process" once its latency budget is measured.
+#: "none": the split's extra hop measured above its 80 µs p50 budget (docs/threat-model.md, "What it costs").
 DEFAULT_ISOLATION = "none"
 DEFAULT_FRONT_USER = "nobody"
 

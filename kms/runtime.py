@@ -1,10 +1,10 @@
-"""The daemon: one thread per ``[[validator]]`` connection, one lock per chain, clean shutdown.
+"""The daemon's front: one thread per ``[[validator]]`` connection, a key holder for the keys, clean shutdown.
 
 Why threads and not asyncio here: a validator connection is a strict request/response loop whose every step
 (read, decrypt, decide, sign, fsync, reply) is either a blocking syscall that releases the GIL or a short
 computation. Blocking sockets in a thread per connection avoid an event-loop wake-up and two executor hand-offs
-per request, which is most of the overhead left once the state costs a single flush. The harness and
-the tests use the asyncio adapter of ``pykms.secretconn`` instead.
+per request, which is most of the overhead left once the state costs a single flush. The chain's lock lives in
+the key holder (``pykms.keyholder``), which serialises every connection to one chain.
 
 Lifecycle of a session: dial (TCP or unix socket) -> SecretConnection handshake on TCP (pin the peer ID when
 configured) -> serve requests until the link drops, idles out or sends something we refuse -> back off with

@@ -25,6 +25,7 @@ import pytest
 
 from pykms import errors
 from pykms.config import load_config
+from pykms.guard.store import read_state_file
 from pykms.harness.demo import write_demo_home
 from pykms.harness.simulator import PRECOMMIT, PREVOTE, ValidatorSimulator, make_vote
 from pykms.keyholder import wire
@@ -304,9 +305,9 @@ def test_sigkill_of_either_process_costs_signatures_never_safety(
     records = {r["height"]: r for r in _audit(home) if r.get("outcome") == "signed"}
     for h in released:
         assert int(str(records[h]["height"])) == h, f"height {h} released without its durable record"
-    state = json.loads(_state(home))
-    assert int(state["height"]) >= max(released)
-    assert max(int(str(h)) for h in records) == int(state["height"])  # state and audit log agree on the last one
+    _fmt, state = read_state_file(home / "state" / f"{CHAIN}_priv_validator_state.json")  # slots or JSON
+    assert state.height >= max(released)
+    assert max(int(str(h)) for h in records) == state.height  # state and audit log agree on the last one
 
 
 def test_sigkill_of_the_supervisor_takes_both_children(split: tuple[KmsProcess, ValidatorSimulator, Path]) -> None:

@@ -95,6 +95,41 @@ def test_front_user_must_not_read_the_key_files() -> None:
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs a second user (nobody) and files of root")
+def test_front_user_must_read_the_config_and_the_identity_key_and_the_fixes_work() -> None:
+    from pykms.config import load_config
+    from pykms.harness.demo import write_demo_home
+    from pykms.secretconn.identity import load_identity
+
+    top = Path(tempfile.mkdtemp())
+    try:
+        os.chmod(top, 0o755)
+        path = write_demo_home(top / "home", "tcp://127.0.0.1:26659")
+        for directory in (top / "home", top / "home" / "secrets"):
+            os.chmod(directory, 0o755)  # reachable, so that each refusal is about the file itself
+        os.chmod(path, 0o600)
+        config = load_config(path)
+        identity = config.validators[0].secret_key
+        assert identity is not None and identity.stat().st_mode & 0o777 == 0o600
+        with pytest.raises(ConfigError, match="cannot read") as err:
+            process.check_front_reads("nobody", config)
+        assert err.value.key == "keyholder.front_user" and str(path) in str(err.value)
+        # The fix it names, word for word: the config becomes group-readable by the front user's group.
+        fix = str(err.value.fix)
+        assert fix.startswith(f"chgrp 65534 {path} && chmod g+r {path}")
+        os.chown(path, 0, 65534)
+        os.chmod(path, 0o640)
+        with pytest.raises(ConfigError, match="cannot read") as err:
+            process.check_front_reads("nobody", config)
+        assert err.value.key == "validator[0].secret_key" and str(identity) in str(err.value)
+        assert str(err.value.fix).startswith(f"chown nobody {identity} (it stays 0600)")
+        os.chown(identity, 65534, -1)
+        process.check_front_reads("nobody", config)  # now the front can start
+        load_identity(identity)  # and the key file still passes pykms's own permission check
+    finally:
+        shutil.rmtree(top)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs a second user (nobody) and files of root")
 def test_front_user_must_reach_the_python_it_runs(tmp_path: Path) -> None:
     top = Path(tempfile.mkdtemp())
     try:

@@ -149,7 +149,35 @@ def config_key_files(config: Any) -> list[Path]:
         paths += [p for p in (getattr(entry, "path", None), getattr(entry, "password_file", None)) if p]
     for entry in getattr(config.providers, "pkcs11", ()):
         paths += [p for p in (getattr(entry, "user_pin_file", None),) if p]
+    for entry in getattr(config.providers, "yubihsm", ()):
+        paths += [p for p in (getattr(entry.auth, "password_file", None),) if p]
     return paths
+
+
+def check_front_reads(user: str, config: Any) -> None:
+    """ConfigError unless ``user`` can read what the front needs: the config file and each validator's
+    SecretConnection identity key (better said at start than as a restart loop of a front that cannot open them)."""
+    entry = pwd.getpwnam(user)
+    gids = {entry.pw_gid, *os.getgrouplist(user, entry.pw_gid)}
+    needed = [(Path(config.path), "")]
+    needed += [
+        (Path(v.secret_key), f"validator[{i}].secret_key")
+        for i, v in enumerate(config.validators)
+        if v.secret_key is not None and v.parsed_addr.scheme == "tcp"
+    ]
+    for path, key in needed:
+        if readable_by(path.absolute(), entry.pw_uid, gids):
+            continue
+        if key:  # a secret file: pykms refuses it group-readable, so the front user must own it
+            fix = f"chown {user} {path} (it stays 0600), and let {user!r} enter the directories above it"
+        else:
+            fix = f"chgrp {entry.pw_gid} {path} && chmod g+r {path}, and let {user!r} enter the directories above it"
+        raise ConfigError(
+            f"the front user {user!r} cannot read {path}, which the front needs",
+            file=str(config.path),
+            key=key or "keyholder.front_user",
+            fix=fix + ", or name another front_user",
+        )
 
 
 @dataclass
@@ -270,6 +298,7 @@ def run_split(
         files = config_key_files(config) if key_files is None else key_files
         front_uid, front_gid, warnings = front_identity(settings.front_user, files, config.path)
         check_front_python(settings.front_user, config.path)
+        check_front_reads(settings.front_user, config)
         for warning in warnings:
             log("front_user_reads_key", warning=warning)
     run_dir = Path(tempfile.mkdtemp(prefix="pykms-keyholder-"))  # 0700, this process's

@@ -16,8 +16,6 @@ import pytest
 
 from pykms import audit
 from pykms.audit import (
-    PREALLOC_BYTES,
-    ZERO_HASH,
     AuditCorrupt,
     AuditError,
     AuditLog,
@@ -26,6 +24,7 @@ from pykms.audit import (
     summarize,
     verify_files,
 )
+from pykms.audit.record import PREALLOC_BYTES, ZERO_HASH
 from pykms.cli.main import main
 from pykms.guard.state import SignState
 from pykms.guard.store import JsonStateStore

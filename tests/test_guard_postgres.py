@@ -255,8 +255,7 @@ def test_fresh_reuse_and_refusals_are_durable_and_shared(pg_dsn: str) -> None:
         precommit = sign_bytes(3, 0, 3, 1)
         out = b.check_and_sign(3, 0, 3, precommit, sign)
         assert out.fresh
-        assert a.current() == SignState(3, 0, 2, first.signature, prevote)  # last state a saw
-        assert b.current() == SignState(3, 0, 3, out.signature, precommit)
+        assert read_state(pg_dsn, CHAIN) == SignState(3, 0, 3, out.signature, precommit)
     finally:
         a.close()
         b.close()
@@ -360,7 +359,6 @@ def test_no_database_at_start_is_not_fatal() -> None:
         server.stop()
         guard = PostgresGuard(dsn, CHAIN, timeout_ms=500)
         try:
-            assert guard.current() is None
             with pytest.raises(PersistError, match="database unavailable"):
                 guard.check_and_sign(1, 0, 1, sign_bytes(1, 0, 1, 1), sign)
             server.start()

@@ -96,7 +96,8 @@ def test_a_signature_that_does_not_verify_is_never_stored(tmp_path: Path) -> Non
     bad = ask(handler, vote_request(4, PREVOTE))
     assert bad.error is not None and GENERIC_PROVIDER_ERROR in bad.error.description
     assert not bad.vote.signature
-    assert handler.keyholder.guard(CHAIN).current().height == 3  # verified before the guard could store it
+    guard = handler.keyholder.guard(CHAIN)
+    assert isinstance(guard, FileGuard) and guard.state.height == 3  # verified before the guard could store it
     signer.faulty = False
     again = ask(handler, vote_request(4, PREVOTE))  # the retry signs afresh with the sound key
     assert again.error is None
@@ -178,8 +179,8 @@ def test_nothing_unverified_or_conflicting_leaves_under_faults(tmp_path_factory:
     SlotStateStore.create(path, SignState.initial()).close()
     ops = FlakyFlush()
     signer = CountingSigner(SEED)
-    handler = handler_over(FileGuard(CHAIN, SlotStateStore(path, ops=ops)), signer)
-    guard = handler.keyholder.guard(CHAIN)
+    guard = FileGuard(CHAIN, SlotStateStore(path, ops=ops))
+    handler = handler_over(guard, signer)
     key = VerifyKey(signer.public_key())
     released: dict[tuple[int, int, int], bytes] = {}
     last_hrs = (0, 0, 0)
@@ -202,7 +203,7 @@ def test_nothing_unverified_or_conflicting_leaves_under_faults(tmp_path_factory:
             if not block:
                 vote.ClearField("block_id")  # a nil vote
             response = ask(handler, codec.SignVoteRequest(vote=vote, chain_id=CHAIN))
-            state = guard.current()
+            state = guard.state
             assert (state.height, state.round, state.step) >= last_hrs
             last_hrs = (state.height, state.round, state.step)
             if state.signature:

@@ -154,7 +154,7 @@ def test_a_refusal_never_advances_pykms_state(sim: LedgerSimServer, tmp_path: Pa
         message = vote_sign_bytes(CHAIN, make_vote(20, 0, PREVOTE, b"A"))
         with pytest.raises(SigningRefused):
             guard.check_and_sign(20, 0, 2, message, signer.sign)
-        assert guard.current() == SignState.initial()
+        assert guard.state == SignState.initial()
         guard.close()
         assert JsonStateStore(path).load() == SignState.initial()
     finally:

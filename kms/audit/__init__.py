@@ -52,28 +52,15 @@ Readers ignore the zero padding after the last record; ``close``
 trims it.
 """
 
-from pykms.audit.record import (
-    DEFAULT_SYNC,
-    PREALLOC_BYTES,
-    ZERO_HASH,
-    AuditCorrupt,
-    AuditError,
-    SyncMode,
-    parse_time,
-)
-from pykms.audit.verify import AuditSummary, VerifyReport, order_files, summarize, verify_files
+from pykms.audit.record import AuditCorrupt, AuditError, SyncMode, parse_time
+from pykms.audit.verify import order_files, summarize, verify_files
 from pykms.audit.writer import AuditLog
 
 __all__ = [
-    "DEFAULT_SYNC",
-    "PREALLOC_BYTES",
-    "ZERO_HASH",
     "AuditCorrupt",
     "AuditError",
     "AuditLog",
-    "AuditSummary",
     "SyncMode",
-    "VerifyReport",
     "order_files",
     "parse_time",
     "summarize",

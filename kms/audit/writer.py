@@ -57,8 +57,6 @@ class AuditLog:
         rotate_bytes: int | None = None,
         on_write: Callable[[float], None] | None = None,
     ) -> None:
-        if sync not in ("always", "batch"):
-            raise ValueError(f"sync must be 'always' or 'batch', not {sync!r}")
         self.path = Path(path)
         self.chain_id = chain_id
         self.sync: SyncMode = sync
@@ -203,22 +201,16 @@ class AuditLog:
         Raises AuditError (the reply is then withheld)."""
         started = time.perf_counter()
         with self._lock:
-            self._check_open()
+            if self._fd < 0:
+                raise AuditError(f"{self.path}: the audit log is closed")
             try:
-                self._maybe_rotate()
+                if self.rotate_bytes is not None and self._tail >= self.rotate_bytes:
+                    self._rotate()
                 self._append(self._fields(event), sync=True)
             except OSError as exc:
                 raise AuditError(f"{self.path}: cannot write the audit record ({exc.strerror or exc})") from None
         if self.on_write is not None:
             self.on_write(time.perf_counter() - started)
-
-    def _check_open(self) -> None:
-        if self._fd < 0:
-            raise AuditError(f"{self.path}: the audit log is closed")
-
-    def _maybe_rotate(self) -> None:
-        if self.rotate_bytes is not None and self._tail >= self.rotate_bytes:
-            self._rotate()
 
     def _rotate(self) -> None:
         """Close this file (trimmed, synced) under its rotated name; the new file's open record continues it."""

@@ -45,10 +45,6 @@ class GuardBackend(Protocol):
         PersistError / StateError (not durable: the signature is withheld), ProviderError (signing failed)."""
         ...
 
-    def current(self) -> object:
-        """The last durable state (a ``pykms.guard.state.SignState``), for status and metrics."""
-        ...
-
     def close(self) -> None:
         """Release files, locks and connections."""
         ...

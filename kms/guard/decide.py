@@ -106,14 +106,6 @@ def _step_regression(state: SignState, height: int, round_: int, step: int, sign
     raise RegressionError(f"step regression at height {height} round {round_}. Got {step}, last step {state.step}")
 
 
-def _stored_view_block(state: SignState) -> tuple[bool, bytes | None]:
-    """(readable, block id) of the stored payload; an unreadable one is treated as conflicting with anything."""
-    try:
-        return True, canonical_view(state.sign_bytes, state.step).block_id
-    except KmsError:
-        return False, None
-
-
 def _request_view(sign_bytes: bytes, step: int) -> CanonicalView:
     """The request's view; sign bytes that do not decode for their step are an invalid request."""
     try:
@@ -162,12 +154,14 @@ def _later_step(state: SignState, height: int, round_: int, step: int, sign_byte
             f"cross-step conflict {where}: the state has no sign bytes for the last {STEP_NAMES[state.step]} "
             f"(imported state), so a {new_name} for block {_block_text(new_block)} cannot be shown to match it"
         )
-    readable, old_block = _stored_view_block(state)
-    if not readable:
+    try:
+        old_block = canonical_view(state.sign_bytes, state.step).block_id
+    except KmsError:
+        # An unreadable stored payload is treated as conflicting with any block.
         raise ConflictError(
             f"cross-step conflict {where}: the stored {STEP_NAMES[state.step]} payload cannot be decoded, "
             f"so a {new_name} for block {_block_text(new_block)} cannot be shown to match it"
-        )
+        ) from None
     if old_block is not None and old_block != new_block:
         raise ConflictError(
             f"cross-step conflict {where}: {new_name} for block {_block_text(new_block)} after a "

@@ -37,8 +37,5 @@ class FileGuard:
         self.state = new_state
         return GuardOutcome(signature, None, fresh=True)
 
-    def current(self) -> SignState:
-        return self.state
-
     def close(self) -> None:
         self.store.close()

@@ -171,11 +171,10 @@ class PostgresGuard:
         self._conn: psycopg.Connection[Any] | None = None
         #: (severity, message) of the notices received during the current COMMIT.
         self._notices: list[tuple[str, str]] = []
-        self._state: SignState | None = None
         self._watchdog = _Watchdog()
         self._log = get_logger("pykms.guard.postgres", chain_id=chain_id, db=self._target)
         try:
-            self._state = self._read_current()
+            self._check_row()
         except PersistError as exc:
             # Unreachable now is not a reason to stop for good: every request retries and fails closed meanwhile.
             self._log.warning("guard_db_unavailable", reason=str(exc))
@@ -220,10 +219,11 @@ class PostgresGuard:
             with suppress(psycopg.Error):
                 conn.close()
 
-    def _read_current(self) -> SignState:
+    def _check_row(self) -> None:
+        """Fail at start (StateError) when the schema or the chain's row is missing or unreadable."""
         conn, _ = self._connection()
         try:
-            return fetch_state(conn, self.chain_id, self._dsn)
+            fetch_state(conn, self.chain_id, self._dsn)
         except psycopg.Error as exc:
             self._drop()
             raise map_error(exc, "reading the state", self._dsn, self.timeout_ms) from None
@@ -265,7 +265,6 @@ class PostgresGuard:
                     ).format(sql.Literal(remaining_ms), sql.Literal(remaining_ms + STATEMENT_SLACK_MS))
                 )
                 state = fetch_state(conn, self.chain_id, self._dsn, for_update=True)
-                self._state = state
                 doing = "deciding"
                 decision = decide(state, height, round_, step, sign_bytes)  # refusals roll back below
                 if isinstance(decision, ReuseSignature):
@@ -281,7 +280,6 @@ class PostgresGuard:
                 conn.execute(UPDATE_SIGNED, (*state_args(new_state), self._instance, self.chain_id))
                 committing = True
                 self._commit(conn)
-                self._state = new_state
                 return GuardOutcome(signature, None, fresh=True)
             except _CommitUnknown as exc:
                 self._drop()
@@ -337,10 +335,6 @@ class PostgresGuard:
                 conn.execute("ROLLBACK")
         except psycopg.Error:
             self._drop()
-
-    def current(self) -> SignState | None:
-        """The state last read or written by this instance (None before the database was first reached)."""
-        return self._state
 
     def close(self) -> None:
         self._drop()

@@ -212,8 +212,7 @@ def from_cometbft_json(data: bytes, source: str) -> SignState:
     sign_bytes = b""
     raw_sb = obj.get("signbytes")
     if raw_sb is not None:
-        if not isinstance(raw_sb, str) or not re.fullmatch(r"(?:[0-9A-Fa-f]{2})*", raw_sb):
-            raise corrupt(source, "signbytes must be a hex string")
+        _check_hex(raw_sb, "signbytes", source)
         sign_bytes = bytes.fromhex(raw_sb)
     if sign_bytes and not signature:
         raise corrupt(source, "signbytes without a signature")

@@ -149,10 +149,20 @@ class _FileStore:
     #: Where ``create`` kept the file it replaced (None when there was none).
     kept: Path | None
 
-    def __init__(self, path: Path | str, *, ops: FileOps | None = None) -> None:
-        self._setup(Path(path), ops)
+    def __init__(
+        self, path: Path | str, *, ops: FileOps | None = None, new: SignState | None = None, overwrite: bool = False
+    ) -> None:
+        self.path = Path(path)
+        self._ops = ops if ops is not None else _DEFAULT_OPS
+        self._lock_fd: int | None = None
+        self._dir_fd: int | None = None
+        self._fd: int | None = None
+        self.kept = None
+        self._tmp = str(self.path.with_name(f".{self.path.name}.tmp"))
         try:
             self._acquire_lock()
+            if new is not None:
+                self._write_new(new, overwrite=overwrite)
             self._attach()
             self._mark_used()
         except BaseException:
@@ -167,17 +177,7 @@ class _FileStore:
         an existing file, under the lock, so a running pykms on it is refused with StateLocked first). A replaced
         file, readable or not, is first copied beside it (``kept``): a double-sign state is never lost.
         """
-        self = cls.__new__(cls)
-        self._setup(Path(path), ops)
-        try:
-            self._acquire_lock()
-            self._write_new(state, overwrite=overwrite)
-            self._attach()
-            self._mark_used()
-        except BaseException:
-            self.close()
-            raise
-        return self
+        return cls(path, ops=ops, new=state, overwrite=overwrite)
 
     def _write_new(self, state: SignState, *, overwrite: bool) -> None:
         if self._exists():
@@ -227,15 +227,6 @@ class _FileStore:
         raise PersistError(f"{self.path}: too many kept copies named {self.path.name}.replaced-{stamp}*")
 
     # -- shared machinery --------------------------------------------------------------------------------------
-
-    def _setup(self, path: Path, ops: FileOps | None) -> None:
-        self.path = path
-        self._ops = ops if ops is not None else _DEFAULT_OPS
-        self._lock_fd: int | None = None
-        self._dir_fd: int | None = None
-        self._fd: int | None = None
-        self.kept = None
-        self._tmp = str(path.with_name(f".{path.name}.tmp"))
 
     def _acquire_lock(self) -> None:
         lock_path = str(self.path) + ".lock"
@@ -319,7 +310,7 @@ class _FileStore:
     def close(self) -> None:
         """Close descriptors; closing the lock descriptor releases the flock. Idempotent."""
         for name in ("_fd", "_dir_fd", "_lock_fd"):
-            fd = getattr(self, name, None)
+            fd = getattr(self, name)
             if fd is not None:
                 setattr(self, name, None)
                 with contextlib.suppress(OSError):
@@ -544,11 +535,13 @@ def resolve_store_format(path: Path | str, fmt: str) -> str:
     return "slots" if head == SLOTS_MAGIC else "json"
 
 
+def _store_class(path: Path | str, fmt: str) -> type[JsonStateStore] | type[SlotStateStore]:
+    return SlotStateStore if resolve_store_format(path, fmt) == "slots" else JsonStateStore
+
+
 def open_state_store(path: Path | str, fmt: str = "auto") -> StateStore:
     """Open the state at ``path`` in format ``auto``, ``json`` or ``slots`` (see ``resolve_store_format``)."""
-    if resolve_store_format(path, fmt) == "slots":
-        return SlotStateStore(path)
-    return JsonStateStore(path)
+    return _store_class(path, fmt)(path)
 
 
 def create_state_file(
@@ -561,8 +554,7 @@ def create_state_file(
     Takes the file's lock, so it refuses (StateLocked) while a running pykms holds the state. With ``overwrite``
     it also replaces a corrupt file, which opening a store on it would refuse.
     """
-    cls: type[_FileStore] = SlotStateStore if resolve_store_format(path, fmt) == "slots" else JsonStateStore
-    store = cls.create(path, state, ops=ops, overwrite=overwrite)
+    store = _store_class(path, fmt).create(path, state, ops=ops, overwrite=overwrite)
     store.close()
     return store.kept
 

@@ -40,10 +40,10 @@ def open_store(config: KmsConfig, chain: ChainConfig) -> StateStore:
 def open_guard(config: KmsConfig, chain: ChainConfig) -> GuardBackend:
     """Raises StateError (missing, corrupt, locked) when the chain must not sign."""
     if config.guard is not None and config.guard.backend == "postgres":
+        from pykms.guard.pgadmin import dsn_from_config
         from pykms.guard.postgres import PostgresGuard
 
-        guard: GuardBackend = PostgresGuard.from_config(config.guard, chain.id)
-        return guard
+        return PostgresGuard(dsn_from_config(config.guard), chain.id, timeout_ms=config.guard.timeout_ms)
     from pykms.guard.file_guard import FileGuard
 
     return FileGuard(chain.id, open_store(config, chain))

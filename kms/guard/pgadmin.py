@@ -11,11 +11,12 @@ import math
 import os
 import socket
 from collections.abc import Callable
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any, Final
 
 from pykms.config import GuardConfig
-from pykms.errors import ConfigError
+from pykms.errors import ConfigError, ConflictError, KmsError, PersistError, StateCorrupt, StateError, StateMissing
 
 try:
     import psycopg
@@ -29,14 +30,6 @@ except ImportError:  # pragma: no cover - an install without the extra
         fix="pip install 'pykms[postgres]'",
     ) from None
 
-from pykms.errors import (
-    ConflictError,
-    KmsError,
-    PersistError,
-    StateCorrupt,
-    StateError,
-    StateMissing,
-)
 from pykms.guard.decide import refuse_older_import
 from pykms.guard.state import SignState
 from pykms.keyfiles import read_secret_file
@@ -65,6 +58,9 @@ IMPORT_FIX = (
     "chain, `pykms state init -c <tmkms.toml> --chain <id>` (it starts the guard at height 0: a key that has "
     "signed could then sign a conflicting vote)"
 )
+
+#: Who wrote a row, for operators reading the table: host and process.
+INSTANCE: Final = f"{socket.gethostname()}:{os.getpid()}"
 
 #: A WARNING during COMMIT means its outcome is not what we asked for (syncrep.c: "canceling wait for synchronous
 #: replication ... The transaction has already committed locally, but might not have been replicated").
@@ -357,7 +353,7 @@ def write_state(
                 conn.execute(
                     "INSERT INTO pykms_sign_state (chain_id, height, round, step, signature, sign_bytes, updated_by)"
                     " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                    (chain_id, state.height, state.round, state.step, state.signature, state.sign_bytes, INSTANCE),
+                    (chain_id, *astuple(state), INSTANCE),
                 )
                 return None
             force_does = "--force replaces it and keeps the old row in a file beside the configuration"
@@ -381,26 +377,15 @@ def write_state(
                 refuse_older_import(f"postgres guard {target}", current, state, force_does)
             kept = None
             if keep is not None:
+                # The row as JSON can hold it: bytes as hex.
                 names = ("height", "round", "step", "signature", "sign_bytes")
-                kept = keep({"chain_id": chain_id, **{n: _plain(v) for n, v in zip(names, row, strict=False)}})
+                values = [bytes(v).hex() if isinstance(v, bytes | bytearray | memoryview) else v for v in row]
+                kept = keep({"chain_id": chain_id, **dict(zip(names, values, strict=True))})
             if force:
                 conn.execute("SET LOCAL pykms.allow_regression = 'on'")
-            conn.execute(UPDATE_SIGNED, (*state_args(state), "import:" + INSTANCE, chain_id))
+            conn.execute(UPDATE_SIGNED, (*astuple(state), "import:" + INSTANCE, chain_id))
             return kept
     except psycopg.Error as exc:
         raise map_error(exc, "writing the state", dsn, timeout_ms) from None
     finally:
         conn.close()
-
-
-def _plain(value: Any) -> Any:
-    """A row value as JSON can hold it (bytes as hex)."""
-    return bytes(value).hex() if isinstance(value, bytes | bytearray | memoryview) else value
-
-
-def state_args(state: SignState) -> tuple[int, int, int, bytes, bytes]:
-    return (state.height, state.round, state.step, state.signature, state.sign_bytes)
-
-
-#: Who wrote a row, for operators reading the table: host and process.
-INSTANCE: Final = f"{socket.gethostname()}:{os.getpid()}"

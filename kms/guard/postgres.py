@@ -52,14 +52,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import astuple
 from typing import Any
 
 import psycopg
 import psycopg.errors
 from psycopg import sql
 
-from pykms.config import GuardConfig
-from pykms.errors import ConfigError, KmsError, PersistError, StateError
+from pykms.errors import KmsError, PersistError, StateError
 from pykms.guard.backend import GuardOutcome, SignFn
 from pykms.guard.decide import ReuseSignature, decide
 from pykms.guard.pgadmin import (
@@ -71,11 +71,9 @@ from pykms.guard.pgadmin import (
     WATCHDOG_GRACE_S,
     check_schema,
     connect,
-    dsn_from_config,
     fetch_state,
     map_error,
     redacted_target,
-    state_args,
 )
 from pykms.guard.state import SignState
 from pykms.logconfig import get_logger
@@ -160,14 +158,11 @@ class PostgresGuard:
     #: The metrics' label for this kind of state storage.
     backend = "postgres"
 
-    def __init__(self, dsn: str, chain_id: str, *, timeout_ms: int = 2000, instance: str | None = None) -> None:
-        if timeout_ms <= 0:
-            raise ConfigError("timeout_ms must be positive", key="guard.timeout_ms")
+    def __init__(self, dsn: str, chain_id: str, *, timeout_ms: int = 2000) -> None:
         self.chain_id = chain_id
         self.timeout_ms = timeout_ms
         self._dsn = dsn
         self._target = redacted_target(dsn)
-        self._instance = instance or INSTANCE
         self._conn: psycopg.Connection[Any] | None = None
         #: (severity, message) of the notices received during the current COMMIT.
         self._notices: list[tuple[str, str]] = []
@@ -181,10 +176,6 @@ class PostgresGuard:
         except StateError:
             self._watchdog.close()
             raise
-
-    @classmethod
-    def from_config(cls, cfg: GuardConfig, chain_id: str) -> PostgresGuard:
-        return cls(dsn_from_config(cfg), chain_id, timeout_ms=cfg.timeout_ms)
 
     def __repr__(self) -> str:
         return f"PostgresGuard(chain_id={self.chain_id!r}, db={self._target!r}, timeout_ms={self.timeout_ms})"
@@ -277,7 +268,7 @@ class PostgresGuard:
                 signature = sign(sign_bytes)
                 new_state = SignState(height, round_, step, signature, sign_bytes)
                 doing = "writing the state"
-                conn.execute(UPDATE_SIGNED, (*state_args(new_state), self._instance, self.chain_id))
+                conn.execute(UPDATE_SIGNED, (*astuple(new_state), INSTANCE, self.chain_id))
                 committing = True
                 self._commit(conn)
                 return GuardOutcome(signature, None, fresh=True)

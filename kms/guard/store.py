@@ -70,42 +70,19 @@ class StateStore(Protocol):
 class FileOps:
     """The OS calls the stores make, gathered so a test can fail any one of them. Default: the os module."""
 
-    def open(self, path: str, flags: int, mode: int = 0o600) -> int:
-        return os.open(path, flags, mode)
-
-    def close(self, fd: int) -> None:
-        os.close(fd)
-
-    def read(self, fd: int, size: int) -> bytes:
-        return os.read(fd, size)
-
-    def pread(self, fd: int, size: int, offset: int) -> bytes:
-        return os.pread(fd, size, offset)
-
-    def write(self, fd: int, data: bytes) -> int:
-        return os.write(fd, data)
-
-    def pwrite(self, fd: int, data: bytes, offset: int) -> int:
-        return os.pwrite(fd, data, offset)
-
-    def fsync(self, fd: int) -> None:
-        os.fsync(fd)
-
-    def fdatasync(self, fd: int) -> None:
-        # fdatasync is Linux-only in Python; fsync is the safe (slower) substitute elsewhere.
-        getattr(os, "fdatasync", os.fsync)(fd)
-
-    def fchmod(self, fd: int, mode: int) -> None:
-        os.fchmod(fd, mode)
-
-    def fstat(self, fd: int) -> os.stat_result:
-        return os.fstat(fd)
-
-    def rename(self, src: str, dst: str) -> None:
-        os.rename(src, dst)
-
-    def flock(self, fd: int, operation: int) -> None:
-        fcntl.flock(fd, operation)
+    open = staticmethod(os.open)
+    close = staticmethod(os.close)
+    read = staticmethod(os.read)
+    pread = staticmethod(os.pread)
+    write = staticmethod(os.write)
+    pwrite = staticmethod(os.pwrite)
+    fsync = staticmethod(os.fsync)
+    # fdatasync is Linux-only in Python; fsync is the safe (slower) substitute elsewhere.
+    fdatasync = staticmethod(getattr(os, "fdatasync", os.fsync))
+    fchmod = staticmethod(os.fchmod)
+    fstat = staticmethod(os.fstat)
+    rename = staticmethod(os.rename)
+    flock = staticmethod(fcntl.flock)
 
 
 _DEFAULT_OPS: Final = FileOps()

@@ -1,7 +1,7 @@
 """The double-sign guard in PostgreSQL: one row per chain, shared by any number of pykms instances.
 
-Theory of operation
--------------------
+Theory of operation (docs/ha-postgres.md has the operator's side)
+-----------------------------------------------------------------
 Every pykms instance serving a chain runs each signing request as one transaction on that chain's row::
 
     BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout/statement_timeout
@@ -14,34 +14,25 @@ The row lock serialises the instances: a second instance's SELECT ... FOR UPDATE
 COMMIT and then reads the committed row, so it reuses the very same signature (identical request) or refuses
 (conflicting one). A signature is returned only after COMMIT has reported success; nothing else counts.
 
-Why READ COMMITTED with FOR UPDATE and not SERIALIZABLE: the transaction reads one row and writes the same row
-under its exclusive row lock. Under READ COMMITTED a FOR UPDATE that waited re-reads the newest committed version
-of the row (PostgreSQL docs, "Read Committed Isolation Level"), which is exactly the state the decision needs.
-SERIALIZABLE or REPEATABLE READ would add no safety on a single locked row and would fail the waiter with a
-serialization error ("could not serialize access due to concurrent update") instead of letting it decide.
+READ COMMITTED, not SERIALIZABLE: a FOR UPDATE that waited re-reads the newest committed row (PostgreSQL docs,
+"Read Committed Isolation Level"), which is what the decision needs; SERIALIZABLE adds nothing on one locked row
+and would fail the waiter with a serialization error instead of letting it decide.
 
-Why the reuse path COMMITs a write: PostgreSQL makes a committed transaction visible to other sessions before a
-synchronous standby has acknowledged it. Returning a stored signature read from such a row, then losing the
-primary, would leave a signature out that the promoted standby does not know about. Committing a write on the
-reuse path makes this instance wait, under synchronous replication, until the WAL up to and including that row
-is on the standby (WAL is acknowledged in order).
+The reuse path COMMITs a write because PostgreSQL shows a committed row to other sessions before a synchronous
+standby has it: committing makes this instance wait, under synchronous replication, until the WAL up to the row
+it read is on the standby (WAL is acknowledged in order), so no stored signature leaves that a promoted standby
+would not know.
 
-Fail closed, never a signature without a committed state:
+Fail closed: an unreachable database, a lock or statement over its budget, a lost connection, or a COMMIT whose
+outcome is unknown (lost during COMMIT, or any WARNING during COMMIT, which is how PostgreSQL reports "canceling
+wait for synchronous replication") raise ``PersistError`` and the signature is dropped; the next request re-reads
+the row. ``timeout_ms`` bounds the call on the server (``lock_timeout``/``statement_timeout``) and on the client
+(a watchdog that shuts the socket down: a frozen host still acknowledges TCP keepalives). A missing schema or row
+is ``StateMissing`` naming ``pykms guard init-db`` / ``pykms state import``.
 
-- The database unreachable, a lock or statement over its budget, a lost connection: ``PersistError``, the
-  transaction is rolled back by the server, the signature (if one was made) is dropped.
-- COMMIT whose outcome is unknown (connection lost during COMMIT, or any WARNING during COMMIT, which is how
-  PostgreSQL reports "canceling wait for synchronous replication ... committed locally, but might not have been
-  replicated"): ``PersistError``. The next request re-reads the row and decides from what really landed.
-- The whole call is bounded by ``timeout_ms``: server side by ``lock_timeout``/``statement_timeout``, client side
-  by a watchdog that shuts the socket down when the server does not answer at all (a frozen host acknowledges
-  TCP keepalives, so only a client-side clock bounds it). ``idle_in_transaction_session_timeout`` frees the row
-  lock on the server when an instance freezes while holding it.
-- A missing schema or row: ``StateMissing`` naming ``pykms guard init-db`` / ``pykms state import``.
-
-A trigger on the row refuses any UPDATE that moves (height, round, step) backwards or changes the sign bytes at
-the same height/round/step, unless the transaction set ``pykms.allow_regression`` (``pykms state import
---force``). It is a second line of defence against a faulty or outdated client, not the decision itself.
+A trigger refuses any UPDATE that moves (height, round, step) backwards or changes the sign bytes at the same
+height/round/step, unless the transaction set ``pykms.allow_regression`` (``pykms state import --force``): a
+second line of defence against a faulty or outdated client, not the decision itself.
 """
 
 from __future__ import annotations

@@ -24,7 +24,8 @@ from pykms.audit import (
     summarize,
     verify_files,
 )
-from pykms.audit.record import PREALLOC_BYTES, ZERO_HASH
+from pykms.audit.record import ZERO_HASH
+from pykms.audit.writer import PREALLOC_BYTES
 from pykms.cli.main import main
 from pykms.guard.state import SignState
 from pykms.guard.store import JsonStateStore

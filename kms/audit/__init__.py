@@ -20,9 +20,9 @@ is signed again after a restart. Logs written by older versions may hold a ``sig
 count that pair as withheld.
 """
 
-from pykms.audit.record import AuditCorrupt, AuditError, SyncMode, parse_time
+from pykms.audit.record import AuditCorrupt, AuditError, parse_time
 from pykms.audit.verify import order_files, summarize, verify_files
-from pykms.audit.writer import AuditLog
+from pykms.audit.writer import AuditLog, SyncMode
 
 __all__ = [
     "AuditCorrupt",

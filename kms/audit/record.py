@@ -9,23 +9,11 @@ import hashlib
 import json
 import re
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 from pykms.errors import StateCorrupt, StateError
 
-SyncMode = Literal["always", "batch"]
-#: "batch": written before the reply, flushed within 100 ms; "always" costs one more device flush per signature
-#: (docs/observability.md has the figures behind this default).
-DEFAULT_SYNC: SyncMode = "batch"
 ZERO_HASH = "0" * 64
-#: Flush period of sync = "batch": bounds what a power loss can take from the log.
-BATCH_FLUSH_S = 0.1
-#: Preallocation step of sync = "always": 1 MiB is ~2000 records, so the zero-filling write (a few ms, once)
-#: is rare, and a closed log wastes nothing (close trims the padding).
-PREALLOC_BYTES = 1 << 20
-#: Enough of the tail to hold the last record: records are ~500 bytes (a 64-byte signature in base64 plus
-#: hashes); 64 KiB leaves room for long chain ids and reasons.
-_TAIL_READ = 64 * 1024
 _ROTATED = re.compile(r"^(?P<base>.+)\.(?P<seq>\d{12})$")
 
 

@@ -21,7 +21,7 @@ import os
 import struct
 import time
 from pathlib import Path
-from typing import Final, Protocol, Self
+from typing import Final, Self
 
 from pykms.errors import PersistError, StateCorrupt, StateError, StateLocked, StateMissing
 from pykms.guard.state import (
@@ -49,22 +49,6 @@ __all__ = [
     "resolve_store_format",
     "state_was_here",
 ]
-
-
-class StateStore(Protocol):
-    """Where one chain's last signed state lives."""
-
-    def load(self) -> SignState:
-        """The durable state. Raises StateMissing, StateCorrupt, StateError."""
-        ...
-
-    def save(self, state: SignState) -> None:
-        """Make ``state`` durable; returns only once it is on stable storage. Raises PersistError."""
-        ...
-
-    def close(self) -> None:
-        """Release descriptors and the lock. Idempotent."""
-        ...
 
 
 class FileOps:
@@ -120,8 +104,9 @@ def _read_all(ops: FileOps, fd: int, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-class _FileStore:
-    """What both file stores share: the lock, the atomic whole-file replace, open/close bookkeeping."""
+class StateStore:
+    """Where one chain's last signed state lives. Both file stores share the lock, the atomic whole-file replace
+    and the open/close bookkeeping here; each format fills in the hooks at the end."""
 
     #: Where ``create`` kept the file it replaced (None when there was none).
     kept: Path | None
@@ -304,6 +289,14 @@ class _FileStore:
 
     # -- per-format hooks --------------------------------------------------------------------------------------
 
+    def load(self) -> SignState:
+        """The durable state. Raises StateMissing, StateCorrupt, StateError."""
+        raise NotImplementedError
+
+    def save(self, state: SignState) -> None:
+        """Make ``state`` durable; returns only once it is on stable storage. Raises PersistError."""
+        raise NotImplementedError
+
     def _attach(self) -> None:
         raise NotImplementedError
 
@@ -311,7 +304,7 @@ class _FileStore:
         raise NotImplementedError
 
 
-class JsonStateStore(_FileStore):
+class JsonStateStore(StateStore):
     """CometBFT's ``priv_validator_state.json``, replaced atomically on every save (the default store).
 
     One save = open temp + write + fsync + close + rename + fsync(directory): the same cost as CometBFT's FilePV
@@ -422,7 +415,7 @@ def decode_slots_file(data: bytes, source: str) -> tuple[int, SignState]:
     return max(valid, key=lambda s: s[0])
 
 
-class SlotStateStore(_FileStore):
+class SlotStateStore(StateStore):
     """The fast store: a preallocated file of two checksummed slots, written in place alternately.
 
     Layout: block 0 is a header (magic, version, block size, checksum) written once at creation; blocks 1 and 2
@@ -512,7 +505,7 @@ def resolve_store_format(path: Path | str, fmt: str) -> str:
     return "slots" if head == SLOTS_MAGIC else "json"
 
 
-def _store_class(path: Path | str, fmt: str) -> type[JsonStateStore] | type[SlotStateStore]:
+def _store_class(path: Path | str, fmt: str) -> type[StateStore]:
     return SlotStateStore if resolve_store_format(path, fmt) == "slots" else JsonStateStore
 
 

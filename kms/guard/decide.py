@@ -52,7 +52,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from pykms.errors import ConflictError, InvalidRequest, KmsError, RegressionError, SigningRefused
+from pykms.errors import ConflictError, DecodeError, InvalidRequest, KmsError, RegressionError, SigningRefused
 from pykms.guard.state import MAX_HEIGHT, MAX_ROUND, STEP_NAMES, STEP_NONE, STEP_PRECOMMIT, STEP_PROPOSAL, SignState
 from pykms.privval.signbytes import CanonicalView, canonical_view
 
@@ -110,9 +110,7 @@ def _request_view(sign_bytes: bytes, step: int) -> CanonicalView:
     """The request's view; sign bytes that do not decode for their step are an invalid request."""
     try:
         return canonical_view(sign_bytes, step)
-    except InvalidRequest:
-        raise
-    except KmsError as exc:
+    except DecodeError as exc:
         raise InvalidRequest(f"sign bytes do not decode as a {STEP_NAMES[step]}: {exc}") from None
 
 

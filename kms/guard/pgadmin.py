@@ -62,16 +62,9 @@ IMPORT_FIX = (
 #: Who wrote a row, for operators reading the table: host and process.
 INSTANCE: Final = f"{socket.gethostname()}:{os.getpid()}"
 
-#: A WARNING during COMMIT means its outcome is not what we asked for (syncrep.c: "canceling wait for synchronous
-#: replication ... The transaction has already committed locally, but might not have been replicated").
-COMMIT_WARNING: Final = "WARNING"
-
 #: Extra time the client-side watchdog allows beyond the server-side timeouts, so that in the ordinary case the
 #: server cancels cleanly (the connection survives) before the watchdog has to cut the socket.
 WATCHDOG_GRACE_S: Final = 0.5
-
-#: statement_timeout is set this much above lock_timeout so that waiting for the row reports as a lock wait.
-STATEMENT_SLACK_MS: Final = 100
 
 #: pg_advisory_xact_lock key serialising concurrent `init-db` runs (any constant: "pykms" in ASCII).
 _MIGRATION_LOCK: Final = 0x70796B6D73
@@ -127,7 +120,6 @@ UPDATE_SIGNED: Final = (
     "UPDATE pykms_sign_state SET height = %s, round = %s, step = %s, signature = %s, sign_bytes = %s, "
     "updated_at = now(), updated_by = %s WHERE chain_id = %s"
 )
-UPDATE_REUSED: Final = "UPDATE pykms_sign_state SET reused_at = now() WHERE chain_id = %s"
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import astuple
-from typing import Any
+from typing import Any, Final
 
 import psycopg
 import psycopg.errors
@@ -54,10 +54,7 @@ from pykms.errors import KmsError, PersistError, StateError
 from pykms.guard.backend import GuardOutcome, SignFn
 from pykms.guard.decide import ReuseSignature, decide
 from pykms.guard.pgadmin import (
-    COMMIT_WARNING,
     INSTANCE,
-    STATEMENT_SLACK_MS,
-    UPDATE_REUSED,
     UPDATE_SIGNED,
     WATCHDOG_GRACE_S,
     check_schema,
@@ -70,6 +67,15 @@ from pykms.guard.state import SignState
 from pykms.logconfig import get_logger
 
 __all__ = ["PostgresGuard"]
+
+#: A WARNING during COMMIT means its outcome is not what we asked for (syncrep.c: "canceling wait for synchronous
+#: replication ... The transaction has already committed locally, but might not have been replicated").
+COMMIT_WARNING: Final = "WARNING"
+
+#: statement_timeout is set this much above lock_timeout so that waiting for the row reports as a lock wait.
+STATEMENT_SLACK_MS: Final = 100
+
+UPDATE_REUSED: Final = "UPDATE pykms_sign_state SET reused_at = now() WHERE chain_id = %s"
 
 # ----------------------------------------------------------------------------------------------------------------
 # Watchdog

@@ -130,10 +130,8 @@ def _same_hrs(state: SignState, height: int, round_: int, step: int, sign_bytes:
     raise ConflictError("conflicting data")
 
 
-def _block_text(block_id: bytes | None) -> str:
+def _block_text(block_id: bytes) -> str:
     """A short block hash prefix for messages; block_id is a serialized CanonicalBlockID (hash is field 1)."""
-    if block_id is None:
-        return "nil"
     if block_id[:2] == b"\x0a\x20":  # field 1, length 32: the block hash
         return block_id[2:8].hex().upper()
     return block_id[:8].hex().upper()

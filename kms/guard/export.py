@@ -1,4 +1,5 @@
-"""``pykms state export``: the double-sign state in the format the next signer reads (the way back).
+"""``pykms state export``: the double-sign state in the format the next signer reads (the way back; the
+operator's side is in docs/tmkms-migration.md).
 
 - ``cometbft``: the node's own ``priv_validator_state.json`` (pykms.guard.state.to_cometbft_json): FilePV reads
   height, round, step, signature and sign bytes, and refuses at the same height/round/step when the sign bytes
@@ -7,14 +8,12 @@
   ``{"height": "N", "round": "N", "step": N, "block_id": null | {"hash": HEX, "parts": {"total": N, "hash": HEX}}}``
   with tmkms's steps 0 proposal, 1 prevote, 2 precommit; height and round are strings, hashes UPPERCASE hex
   (cometbft-proto serde: BlockID.hash and PartSetHeader.hash hexstring, part_set_header renamed "parts", total a
-  number). tmkms compares only block IDs: the block ID of the last signature is taken from its sign bytes, so
-  tmkms refuses a different block (or nil) at that step and a different block at a later step of that round.
-  When pykms does not know the last payload (a state imported without sign bytes), the block ID written is
-  ``UNKNOWN_BLOCK`` — no real block — so tmkms refuses everything at that step and every block at a later step
-  of that round, as pykms itself does, rather than guess.
+  number). tmkms compares only block IDs, so the block ID of the last signature is taken from its sign bytes;
+  when the last payload is unknown (a state imported without sign bytes) ``UNKNOWN_BLOCK`` is written, so tmkms
+  refuses everything at that step and every block later in that round, as pykms does, rather than guess.
 
-Writing (``write_export``): a new file beside the target, 0600 from its creation, fsync, rename, fsync of the
-folder: the target is either the old file or the whole new one. The chain's own state file is never a target.
+``write_export`` replaces the target atomically and 0600 (new file, fsync, rename, fsync of the folder); the
+chain's own state file is never a target.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Durable storage of one chain's ``SignState``: the CometBFT JSON file (default) and the fast two-slot file.
+"""Durable storage of one chain's ``SignState``: the CometBFT JSON file and the two-slot file (new states' default).
 
 Contract of every store: ``save`` returns only once the new state is on stable storage, so the guard may release
 the signature it covers; if ``save`` raises (``PersistError``) the previous durable state is intact and the
@@ -305,7 +305,7 @@ class StateStore:
 
 
 class JsonStateStore(StateStore):
-    """CometBFT's ``priv_validator_state.json``, replaced atomically on every save (the default store).
+    """CometBFT's ``priv_validator_state.json``, replaced atomically on every save.
 
     One save = open temp + write + fsync + close + rename + fsync(directory): the same cost as CometBFT's FilePV
     (which, unlike us, skips the directory fsync), and the file stays interchangeable with a node's.

@@ -162,7 +162,8 @@ def test_write_failure_is_an_audit_error(tmp_path: Path) -> None:
 
 def test_on_write_reports_latency(tmp_path: Path) -> None:
     seen: list[float] = []
-    log = AuditLog(tmp_path / "audit.log", CHAIN, sync="always", on_write=seen.append)
+    log = AuditLog(tmp_path / "audit.log", CHAIN, sync="always")
+    log.on_write = seen.append
     log.record(event(1))
     log.record(event(2))
     log.close()

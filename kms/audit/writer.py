@@ -51,20 +51,14 @@ class AuditLog:
     """The append-only audit file of one chain. ``record`` is thread-safe; the handler calls it under its lock."""
 
     def __init__(
-        self,
-        path: Path,
-        chain_id: str,
-        *,
-        sync: SyncMode = DEFAULT_SYNC,
-        rotate_bytes: int | None = None,
-        on_write: Callable[[float], None] | None = None,
+        self, path: Path, chain_id: str, *, sync: SyncMode = DEFAULT_SYNC, rotate_bytes: int | None = None
     ) -> None:
         self.path = Path(path)
         self.chain_id = chain_id
         self.sync: SyncMode = sync
         self.rotate_bytes = rotate_bytes
         #: Called with the seconds each record took to write (and flush): the metrics' persistence latency.
-        self.on_write = on_write
+        self.on_write: Callable[[float], None] | None = None
         self._lock = threading.Lock()
         self._dirty = False
         self._stop = threading.Event()

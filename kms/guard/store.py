@@ -514,9 +514,7 @@ def open_state_store(path: Path | str, fmt: str = "auto") -> StateStore:
     return _store_class(path, fmt)(path)
 
 
-def create_state_file(
-    path: Path | str, state: SignState, *, fmt: str = "json", ops: FileOps | None = None, overwrite: bool = False
-) -> Path | None:
+def create_state_file(path: Path | str, state: SignState, *, fmt: str = "json", overwrite: bool = False) -> Path | None:
     """Create (or, with ``overwrite``, atomically replace) a state file in format ``auto``, ``json`` or ``slots``
     (``auto``: a replaced file keeps its format, a new one is slots); returns where the replaced file was kept
     (None when there was none).
@@ -524,7 +522,7 @@ def create_state_file(
     Takes the file's lock, so it refuses (StateLocked) while a running pykms holds the state. With ``overwrite``
     it also replaces a corrupt file, which opening a store on it would refuse.
     """
-    store = _store_class(path, fmt).create(path, state, ops=ops, overwrite=overwrite)
+    store = _store_class(path, fmt).create(path, state, overwrite=overwrite)
     store.close()
     return store.kept
 

@@ -15,7 +15,7 @@ import pytest
 from nacl.signing import SigningKey
 
 from pykms.audit import AuditError, AuditLog, SyncMode, summarize, verify_files
-from pykms.guard.file_guard import FileGuard
+from pykms.guard.backend import FileGuard
 from pykms.guard.state import SignState
 from pykms.guard.store import FileOps, JsonStateStore, read_state_file
 from pykms.handler import RequestHandler

@@ -15,8 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey, VerifyKey
 
-from pykms.guard.backend import GuardOutcome
-from pykms.guard.file_guard import FileGuard
+from pykms.guard.backend import FileGuard, GuardOutcome
 from pykms.guard.state import SignState
 from pykms.guard.store import FileOps, SlotStateStore
 from pykms.handler import RequestHandler

@@ -15,7 +15,7 @@ from nacl.signing import SigningKey
 
 from pykms.errors import ConfigError, FatalProviderError, SigningRefused, TransientProviderError
 from pykms.extensions import plan_extensions
-from pykms.guard.file_guard import FileGuard
+from pykms.guard.backend import FileGuard
 from pykms.guard.state import SignState
 from pykms.guard.store import JsonStateStore, create_state_file
 from pykms.harness.ledger_sim import SW, LedgerApp, LedgerSimServer, parse_sign_bytes

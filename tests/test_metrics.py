@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pykms.audit import AuditLog
 from pykms.errors import ConfigError, TransientProviderError
-from pykms.guard.file_guard import FileGuard
+from pykms.guard.backend import FileGuard
 from pykms.guard.state import SignState
 from pykms.guard.store import JsonStateStore
 from pykms.handler import RequestHandler, SignEvent

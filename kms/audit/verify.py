@@ -151,7 +151,6 @@ def verify_files(paths: Sequence[Path], *, state_signature: bytes | None = None)
                 "(that signature was then never released)"
             )
             report.file = str(paths[-1]) if paths else ""
-            report.line = 0
     return report
 
 

@@ -5,7 +5,7 @@ one call: decide (pure ``pykms.guard.decide.decide``), sign, persist durably, an
 calls it from a worker thread while it holds the chain's lock, and replies to the node only after it returns,
 so no signature ever leaves before the state that covers it is durable.
 
-Backends: the file store (``FileGuard``: CometBFT JSON or the two-slot store) and PostgreSQL
+Backends: the local state file (``FileGuard`` below: CometBFT JSON or the two-slot store) and PostgreSQL
 (``pykms.guard.postgres.PostgresGuard``: one row per chain, locked with SELECT ... FOR UPDATE across the decision,
 shared by several pykms instances).
 """
@@ -16,7 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["GuardBackend", "GuardOutcome", "SignFn"]
+from pykms.guard.decide import ReuseSignature, decide
+from pykms.guard.state import SignState
+from pykms.guard.store import StateStore
+
+__all__ = ["FileGuard", "GuardBackend", "GuardOutcome", "SignFn"]
 
 #: Signs sign bytes with the chain's consensus key; raises ProviderError on failure.
 SignFn = Callable[[bytes], bytes]
@@ -48,3 +52,33 @@ class GuardBackend(Protocol):
     def close(self) -> None:
         """Release files, locks and connections."""
         ...
+
+
+class FileGuard:
+    """One chain's guard over a local ``StateStore``. Callers serialise calls (the chain lock).
+
+    The state is kept in memory and written through the store on every fresh signature. If the save fails the
+    in-memory state is left as it was and the signature is dropped: it never left the process, so signing the
+    same height/round/step again later cannot make a double sign.
+    """
+
+    #: The metrics' label for this kind of state storage.
+    backend = "file"
+
+    def __init__(self, chain_id: str, store: StateStore) -> None:
+        self.chain_id = chain_id
+        self.store = store
+        self.state = store.load()
+
+    def check_and_sign(self, height: int, round_: int, step: int, sign_bytes: bytes, sign: SignFn) -> GuardOutcome:
+        decision = decide(self.state, height, round_, step, sign_bytes)
+        if isinstance(decision, ReuseSignature):
+            return GuardOutcome(decision.signature, decision.timestamp, fresh=False)
+        signature = sign(sign_bytes)
+        new_state = SignState(height=height, round=round_, step=step, signature=signature, sign_bytes=sign_bytes)
+        self.store.save(new_state)  # raises PersistError: the signature is dropped with the exception
+        self.state = new_state
+        return GuardOutcome(signature, None, fresh=True)
+
+    def close(self) -> None:
+        self.store.close()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pykms.config import ChainConfig, KmsConfig
 from pykms.errors import ConfigError
-from pykms.guard.backend import GuardBackend
+from pykms.guard.backend import FileGuard, GuardBackend
 from pykms.guard.store import StateStore, open_state_store
 from pykms.paths import AmbiguousPath, resolve_relative
 
@@ -44,6 +44,4 @@ def open_guard(config: KmsConfig, chain: ChainConfig) -> GuardBackend:
         from pykms.guard.postgres import PostgresGuard
 
         return PostgresGuard(dsn_from_config(config.guard), chain.id, timeout_ms=config.guard.timeout_ms)
-    from pykms.guard.file_guard import FileGuard
-
     return FileGuard(chain.id, open_store(config, chain))

@@ -98,16 +98,12 @@ class SignState:
     sign_bytes: bytes = b""
 
     def __post_init__(self) -> None:
-        for name in ("height", "round", "step"):
+        for name, limit in (("height", MAX_HEIGHT), ("round", MAX_ROUND), ("step", STEP_PRECOMMIT)):
             value = getattr(self, name)
             if type(value) is not int:
                 raise TypeError(f"SignState.{name} must be int, not {type(value).__name__}")
-        if not 0 <= self.height <= MAX_HEIGHT:
-            raise ValueError(f"SignState.height out of range: {self.height}")
-        if not 0 <= self.round <= MAX_ROUND:
-            raise ValueError(f"SignState.round out of range: {self.round}")
-        if not STEP_NONE <= self.step <= STEP_PRECOMMIT:
-            raise ValueError(f"SignState.step out of range: {self.step}")
+            if not 0 <= value <= limit:
+                raise ValueError(f"SignState.{name} out of range: {value}")
         if not isinstance(self.signature, bytes) or not isinstance(self.sign_bytes, bytes):
             raise TypeError("SignState.signature and sign_bytes must be bytes")
         if self.sign_bytes and not self.signature:

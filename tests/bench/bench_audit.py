@@ -89,7 +89,7 @@ def inproc(directory: Path, n: int, state_format: str) -> None:
     import hashlib
 
     from pykms.audit import AuditLog
-    from pykms.guard.file_guard import FileGuard
+    from pykms.guard.backend import FileGuard
     from pykms.guard.state import SignState
     from pykms.guard.store import JsonStateStore, SlotStateStore
     from pykms.handler import RequestHandler

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests.* helpers 
 from nacl.signing import SigningKey
 
 from pykms.errors import DoubleSignError
-from pykms.guard.file_guard import FileGuard
+from pykms.guard.backend import FileGuard
 from pykms.guard.pgadmin import init_db, write_state
 from pykms.guard.postgres import PostgresGuard
 from pykms.guard.state import SignState

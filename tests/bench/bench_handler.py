@@ -22,7 +22,7 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
-from pykms.guard.file_guard import FileGuard
+from pykms.guard.backend import FileGuard
 from pykms.guard.state import SignState
 from pykms.guard.store import FileOps, SlotStateStore
 from pykms.handler import LogObserver, Observer, RequestHandler

@@ -67,10 +67,8 @@ def parse_time(text: str) -> int:
 
 
 def _split_tail(data: bytes) -> tuple[list[bytes], bytes]:
-    """Complete lines, and the fragment after the last newline (b"" when the file ends cleanly).
-
-    Zero bytes at the end are preallocation padding, not content.
-    """
+    """Complete lines, and the fragment after the last newline (b"" when the file ends cleanly); zero bytes at the
+    end are preallocation padding, not content."""
     data = data.rstrip(b"\0")
     lines = data.split(b"\n")
     torn = lines.pop()

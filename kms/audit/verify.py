@@ -191,13 +191,6 @@ def _withdraws(record: dict[str, Any], previous: dict[str, Any] | None) -> bool:
     )
 
 
-def _record_ns(stamp: str) -> int:
-    try:
-        return parse_time(stamp)
-    except ValueError:
-        raise AuditCorrupt(f"bad record time {stamp!r}; run `pykms audit verify`") from None
-
-
 def summarize(paths: Iterable[Path], *, since: int | None = None) -> AuditSummary:
     """Signatures by chain and type, refusals by chain and reason, height ranges; ``since`` in ns (parse_time).
 
@@ -232,8 +225,11 @@ def summarize(paths: Iterable[Path], *, since: int | None = None) -> AuditSummar
             if held is not None and not withdrawn:
                 release(held)
             held = None
-            if since is not None and _record_ns(stamp) < since:
-                continue
+            try:
+                if since is not None and parse_time(stamp) < since:
+                    continue
+            except ValueError:
+                raise AuditCorrupt(f"bad record time {stamp!r}; run `pykms audit verify`") from None
             out.first_time = out.first_time or stamp
             out.last_time = stamp
             outcome = record.get("outcome")

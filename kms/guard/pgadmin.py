@@ -34,17 +34,7 @@ from pykms.guard.decide import refuse_older_import
 from pykms.guard.state import SignState
 from pykms.keyfiles import read_secret_file
 
-__all__ = [
-    "MIGRATIONS",
-    "SCHEMA_VERSION",
-    "connect",
-    "dsn_from_config",
-    "init_db",
-    "read_state",
-    "redacted_target",
-    "schema_version",
-    "write_state",
-]
+__all__ = ["SCHEMA_VERSION", "connect", "dsn_from_config", "init_db", "read_state", "redacted_target", "write_state"]
 
 #: Fix text for a database without our schema.
 INIT_DB_FIX = (

@@ -211,8 +211,7 @@ class AuditLog:
     def _rotate(self) -> None:
         """Close this file (trimmed, synced) under its rotated name; the new file's open record continues it."""
         self._trim_and_sync()
-        os.close(self._fd)
-        self._fd = -1
+        self._close_fd()
         rotated = self._rotated_name()
         os.rename(self.path, rotated)
         self._start_file(previous_file=rotated.name, torn=b"")  # fsyncs the directory (rename and create)

@@ -62,7 +62,6 @@ class FileGuard:
     same height/round/step again later cannot make a double sign.
     """
 
-    #: The metrics' label for this kind of state storage.
     backend = "file"
 
     def __init__(self, chain_id: str, store: StateStore) -> None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import astuple
 from pathlib import Path
 from typing import Any, Final
@@ -36,12 +37,10 @@ from pykms.keyfiles import read_secret_file
 
 __all__ = ["SCHEMA_VERSION", "connect", "dsn_from_config", "init_db", "read_state", "redacted_target", "write_state"]
 
-#: Fix text for a database without our schema.
 INIT_DB_FIX = (
     "run `pykms guard init-db -c <tmkms.toml>` once against this database (it creates or migrates the schema and "
     "never changes a chain's state)"
 )
-#: Fix text for a chain without a row.
 IMPORT_FIX = (
     "import the node's or tmkms's state with `pykms state import -c <tmkms.toml> --chain <id> <file>` (the guard "
     "then refuses everything up to that height/round/step), or, only for a key that has never signed on this "
@@ -229,6 +228,18 @@ def connect(dsn: str, *, timeout_ms: int, application_name: str = "pykms") -> ps
     return conn
 
 
+@contextmanager
+def _session(dsn: str, timeout_ms: int, doing: str, application_name: str) -> Iterator[psycopg.Connection[Any]]:
+    """A connection for one administrative command: psycopg's errors mapped, the connection always closed."""
+    conn = connect(dsn, timeout_ms=timeout_ms, application_name=application_name)
+    try:
+        yield conn
+    except psycopg.Error as exc:
+        raise map_error(exc, doing, dsn, timeout_ms) from None
+    finally:
+        conn.close()
+
+
 def schema_version(conn: psycopg.Connection[Any]) -> int:
     """The applied schema version, 0 when pykms's schema is absent."""
     row = conn.execute("SELECT to_regclass('pykms_schema_version') IS NOT NULL").fetchone()
@@ -243,8 +254,7 @@ def init_db(dsn: str, *, timeout_ms: int = 10_000) -> tuple[int, int]:
 
     Returns (version before, version after). Raises StateError when the database is newer than this pykms.
     """
-    conn = connect(dsn, timeout_ms=timeout_ms, application_name="pykms-init-db")
-    try:
+    with _session(dsn, timeout_ms, "migrating the schema", "pykms-init-db") as conn:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             conn.execute(
@@ -262,10 +272,6 @@ def init_db(dsn: str, *, timeout_ms: int = 10_000) -> tuple[int, int]:
                     conn.execute(ddl)
                     conn.execute("INSERT INTO pykms_schema_version (version) VALUES (%s)", (version,))
         return before, SCHEMA_VERSION
-    except psycopg.Error as exc:
-        raise map_error(exc, "migrating the schema", dsn, timeout_ms) from None
-    finally:
-        conn.close()
 
 
 def check_schema(conn: psycopg.Connection[Any], dsn: str) -> None:
@@ -299,14 +305,9 @@ def fetch_state(conn: psycopg.Connection[Any], chain_id: str, dsn: str, *, for_u
 
 def read_state(dsn: str, chain_id: str, *, timeout_ms: int = 10_000) -> SignState:
     """The chain's committed state (for ``pykms state show``); StateMissing when there is none."""
-    conn = connect(dsn, timeout_ms=timeout_ms, application_name="pykms-state")
-    try:
+    with _session(dsn, timeout_ms, "reading the state", "pykms-state") as conn:
         check_schema(conn, dsn)
         return fetch_state(conn, chain_id, dsn)
-    except psycopg.Error as exc:
-        raise map_error(exc, "reading the state", dsn, timeout_ms) from None
-    finally:
-        conn.close()
 
 
 def write_state(
@@ -324,9 +325,8 @@ def write_state(
     any existing row when not ``replace`` (init), and a move backwards (SigningRefused). A row that is replaced is
     first handed to ``keep`` (which stores it and says where), inside the transaction, so it is never lost.
     """
-    conn = connect(dsn, timeout_ms=timeout_ms, application_name="pykms-state")
     target = redacted_target(dsn)
-    try:
+    with _session(dsn, timeout_ms, "writing the state", "pykms-state") as conn:
         check_schema(conn, dsn)
         with conn.transaction():
             conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(timeout_ms)))
@@ -367,7 +367,3 @@ def write_state(
                 conn.execute("SET LOCAL pykms.allow_regression = 'on'")
             conn.execute(UPDATE_SIGNED, (*astuple(state), "import:" + INSTANCE, chain_id))
             return kept
-    except psycopg.Error as exc:
-        raise map_error(exc, "writing the state", dsn, timeout_ms) from None
-    finally:
-        conn.close()

@@ -152,7 +152,6 @@ class PostgresGuard:
     lock); separate instances (threads, processes, hosts) are serialised by the row lock.
     """
 
-    #: The metrics' label for this kind of state storage.
     backend = "postgres"
 
     def __init__(self, dsn: str, chain_id: str, *, timeout_ms: int = 2000) -> None:

@@ -69,12 +69,6 @@ class FileOps:
     flock = staticmethod(fcntl.flock)
 
 
-_DEFAULT_OPS: Final = FileOps()
-_CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
-_NOFOLLOW: Final = getattr(os, "O_NOFOLLOW", 0)
-_DIRECTORY: Final = getattr(os, "O_DIRECTORY", 0)
-
-
 def _reason(exc: OSError) -> str:
     return exc.strerror or errno.errorcode.get(exc.errno or 0, "") or type(exc).__name__
 
@@ -115,7 +109,7 @@ class StateStore:
         self, path: Path | str, *, ops: FileOps | None = None, new: SignState | None = None, overwrite: bool = False
     ) -> None:
         self.path = Path(path)
-        self._ops = ops if ops is not None else _DEFAULT_OPS
+        self._ops = ops or FileOps()
         self._lock_fd: int | None = None
         self._dir_fd: int | None = None
         self._fd: int | None = None
@@ -159,7 +153,7 @@ class StateStore:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         ops = self._ops
         try:
-            fd = ops.open(str(self.path), os.O_RDONLY | _NOFOLLOW | _CLOEXEC)
+            fd = ops.open(str(self.path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
                 data = _read_all(ops, fd, 1 << 30)
             finally:
@@ -167,7 +161,9 @@ class StateStore:
             for attempt in range(1000):
                 copy = self.path.with_name(f"{self.path.name}.replaced-{stamp}" + (f".{attempt}" if attempt else ""))
                 try:
-                    out = ops.open(str(copy), os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o600)
+                    out = ops.open(
+                        str(copy), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+                    )
                 except FileExistsError:
                     continue
                 try:
@@ -193,7 +189,7 @@ class StateStore:
     def _acquire_lock(self) -> None:
         lock_path = str(self.path) + ".lock"
         try:
-            self._lock_fd = self._ops.open(lock_path, os.O_RDWR | os.O_CREAT | _CLOEXEC, 0o600)
+            self._lock_fd = self._ops.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except FileNotFoundError:
             raise StateMissing(f"{self.path}: directory {self.path.parent} does not exist; {INIT_FIX}") from None
         except OSError as exc:
@@ -220,7 +216,7 @@ class StateStore:
 
     def _exists(self) -> bool:
         try:
-            fd = self._ops.open(str(self.path), os.O_RDONLY | _CLOEXEC)
+            fd = self._ops.open(str(self.path), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return False
         except OSError as exc:
@@ -229,7 +225,7 @@ class StateStore:
         return True
 
     def _open_dir(self) -> int:
-        return self._ops.open(str(self.path.parent), os.O_RDONLY | _DIRECTORY | _CLOEXEC)
+        return self._ops.open(str(self.path.parent), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def _replace_file(self, data: bytes) -> None:
         """Atomically replace the state file: temp file (0600) + fsync + rename + fsync of the directory.
@@ -240,7 +236,7 @@ class StateStore:
         ops = self._ops
         if self._dir_fd is None:
             self._dir_fd = self._open_dir()
-        fd = ops.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NOFOLLOW | _CLOEXEC, 0o600)
+        fd = ops.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             ops.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a leftover temp file
             _write_all(ops, fd, data)
@@ -253,7 +249,7 @@ class StateStore:
     def _read_file(self) -> bytes:
         ops = self._ops
         try:
-            fd = ops.open(str(self.path), os.O_RDONLY | _CLOEXEC)
+            fd = ops.open(str(self.path), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise StateMissing(f"{self.path}: no state file; {INIT_FIX}") from None
         except OSError as exc:
@@ -436,7 +432,7 @@ class SlotStateStore(StateStore):
     def _attach(self) -> None:
         ops = self._ops
         try:
-            self._fd = ops.open(str(self.path), os.O_RDWR | _CLOEXEC)
+            self._fd = ops.open(str(self.path), os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
             raise StateMissing(f"{self.path}: no state file; {INIT_FIX}") from None
         except OSError as exc:

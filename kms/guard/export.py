@@ -29,9 +29,7 @@ from pykms.keyfiles import fsync_dir
 from pykms.privval.signbytes import canonical_view
 from pykms.proto.tendermint.types import canonical_pb2
 
-__all__ = ["UNKNOWN_BLOCK", "ExportFormat", "export_state", "to_tmkms_json", "write_export"]
-
-ExportFormat = Literal["tmkms", "cometbft"]
+__all__ = ["UNKNOWN_BLOCK", "export_state", "to_tmkms_json", "write_export"]
 
 #: The block ID written for "signed something at this step, payload unknown": a 32-byte hash no block has in
 #: practice (all zeros), one part. tmkms treats it as a block it must not contradict.
@@ -68,7 +66,7 @@ def to_tmkms_json(state: SignState) -> bytes:
     return json.dumps(obj).encode("ascii")
 
 
-def export_state(state: SignState, fmt: ExportFormat) -> bytes:
+def export_state(state: SignState, fmt: Literal["tmkms", "cometbft"]) -> bytes:
     """The file contents for ``fmt``."""
     return to_tmkms_json(state) if fmt == "tmkms" else to_cometbft_json(state) + b"\n"
 

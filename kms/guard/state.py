@@ -151,8 +151,7 @@ def _load_object(data: bytes, source: str) -> dict[str, Any]:
         return out
 
     try:
-        text = data.decode("utf-8")
-        obj = json.loads(text, object_pairs_hook=no_duplicates)
+        obj = json.loads(data.decode("utf-8"), object_pairs_hook=no_duplicates)
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise corrupt(source, "not JSON") from None
     if not isinstance(obj, dict):

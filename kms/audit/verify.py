@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,12 +160,12 @@ class AuditSummary:
     """Counts over signing records (open records excluded), keyed by (chain id, type) or (chain id, reason)."""
 
     #: Signatures released (fresh + reused): what the nodes received.
-    signatures: dict[tuple[str, str], int] = field(default_factory=dict)
+    signatures: Counter[tuple[str, str]] = field(default_factory=Counter)
     #: Of those, the stored signature returned again for a repeated request (not a new signature).
-    reused: dict[tuple[str, str], int] = field(default_factory=dict)
-    refusals: dict[tuple[str, str], int] = field(default_factory=dict)
+    reused: Counter[tuple[str, str]] = field(default_factory=Counter)
+    refusals: Counter[tuple[str, str]] = field(default_factory=Counter)
     #: Signatures recorded but withheld from the node (the state or the extension failed after the record).
-    withheld: dict[tuple[str, str], int] = field(default_factory=dict)
+    withheld: Counter[tuple[str, str]] = field(default_factory=Counter)
     #: Lowest and highest height signed, per (chain id, type).
     heights: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
     first_time: str = ""
@@ -202,9 +203,9 @@ def summarize(paths: Iterable[Path], *, since: int | None = None) -> AuditSummar
 
     def release(record: dict[str, Any]) -> None:
         key = (str(record["chain_id"]), str(record["kind"]))
-        out.signatures[key] = out.signatures.get(key, 0) + 1
+        out.signatures[key] += 1
         if record.get("outcome") == "reused":
-            out.reused[key] = out.reused.get(key, 0) + 1
+            out.reused[key] += 1
         height = int(record["height"])
         low, high = out.heights.get(key, (height, height))
         out.heights[key] = (min(low, height), max(high, height))
@@ -234,13 +235,11 @@ def summarize(paths: Iterable[Path], *, since: int | None = None) -> AuditSummar
             out.last_time = stamp
             outcome = record.get("outcome")
             if withdrawn:
-                key = (chain, kind)
-                out.withheld[key] = out.withheld.get(key, 0) + 1
+                out.withheld[(chain, kind)] += 1
             if outcome in ("signed", "reused"):
                 held = record
             else:
-                key = (chain, str(record.get("reason") or outcome))
-                out.refusals[key] = out.refusals.get(key, 0) + 1
+                out.refusals[(chain, str(record.get("reason") or outcome))] += 1
     if held is not None:
         release(held)
     return out

@@ -40,7 +40,6 @@ class GuardOutcome:
 class GuardBackend(Protocol):
     """One chain's double-sign state and its durable storage."""
 
-    chain_id: str
     #: What kind of storage this is, for the metrics' labels: "file" or "postgres".
     backend: str
 

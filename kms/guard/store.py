@@ -102,9 +102,6 @@ class StateStore:
     """Where one chain's last signed state lives. Both file stores share the lock, the atomic whole-file replace
     and the open/close bookkeeping here; each format fills in the hooks at the end."""
 
-    #: Where ``create`` kept the file it replaced (None when there was none).
-    kept: Path | None
-
     def __init__(
         self, path: Path | str, *, ops: FileOps | None = None, new: SignState | None = None, overwrite: bool = False
     ) -> None:
@@ -113,7 +110,8 @@ class StateStore:
         self._lock_fd: int | None = None
         self._dir_fd: int | None = None
         self._fd: int | None = None
-        self.kept = None
+        #: Where ``create`` kept the file it replaced (None when there was none).
+        self.kept: Path | None = None
         self._tmp = str(self.path.with_name(f".{self.path.name}.tmp"))
         try:
             self._acquire_lock()

@@ -177,9 +177,11 @@ class AuditLog:
         os.fsync(self._fd)  # the new size and blocks, once per PREALLOC_BYTES
         self._allocated += grow
 
-    @staticmethod
-    def _fields(event: SignEvent) -> dict[str, Any]:
-        return {
+    def record(self, event: SignEvent) -> None:
+        """A durable observer: called under the chain lock once the state is durable and before the reply leaves.
+        Raises AuditError (the reply is then withheld)."""
+        started = time.perf_counter()
+        fields = {
             "kind": event.kind,
             "chain_id": event.chain_id,
             "height": event.height,
@@ -191,18 +193,13 @@ class AuditLog:
             "outcome": event.outcome,
             "reason": event.reason,
         }
-
-    def record(self, event: SignEvent) -> None:
-        """A durable observer: called under the chain lock once the state is durable and before the reply leaves.
-        Raises AuditError (the reply is then withheld)."""
-        started = time.perf_counter()
         with self._lock:
             if self._fd < 0:
                 raise AuditError(f"{self.path}: the audit log is closed")
             try:
                 if self.rotate_bytes is not None and self._tail >= self.rotate_bytes:
                     self._rotate()
-                self._append(self._fields(event), sync=True)
+                self._append(fields, sync=True)
             except OSError as exc:
                 raise AuditError(f"{self.path}: cannot write the audit record ({exc.strerror or exc})") from None
         if self.on_write is not None:

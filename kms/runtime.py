@@ -25,10 +25,9 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from pykms.config import KmsConfig, ValidatorConfig
 from pykms.errors import ConfigError, KmsError, LinkTimeout, ProtocolError
@@ -38,12 +37,12 @@ from pykms.keyholder.api import ChainKey, KeyHolder
 from pykms.logconfig import get_logger
 from pykms.privval.codec import MAX_REQUEST_BYTES, Dialect, MessageReader, delimit
 from pykms.providers.signer import Signer
-from pykms.secretconn.sync import BlockingPlainStream, set_kernel_timeouts
+from pykms.secretconn.sync import BlockingPlainStream, BlockingSecretStream, set_kernel_timeouts
 
 if TYPE_CHECKING:
     from pykms.keyholder.local import LocalKeyHolder
 
-__all__ = ["Backoff", "Runtime", "SyncStream", "open_keyholder"]
+__all__ = ["Backoff", "Runtime", "open_keyholder"]
 
 #: A link that completes no message for this long is dead: the node pings every ~3.3 s (docs/protocol.md §2.1),
 #: so 20 s is six missed pings. Also bounds how long a slow-loris peer can hold a connection.
@@ -62,14 +61,8 @@ KEYHOLDER_RECONNECT_S = 1.0
 KEYHOLDER_START_S = 30.0
 
 
-class SyncStream(Protocol):
-    """A blocking, message-agnostic byte stream: SecretConnection over TCP, or plain over a unix socket."""
-
-    def send(self, data: bytes, timeout: float | None = None) -> None: ...
-
-    def recv(self) -> bytes: ...
-
-    def close(self) -> None: ...
+#: SecretConnection over TCP, or plain over a unix socket.
+SyncStream = BlockingSecretStream | BlockingPlainStream
 
 
 @dataclass
@@ -140,7 +133,7 @@ class _Session:
                 stream = self._connect()
                 backoff.reset()
                 self.connected.set()
-                self.runtime.notify("validator_connected", self)
+                self._count_connection(1)
                 self.log.info("validator_connected", peer_id=getattr(stream, "remote_id", None))
                 self._serve(stream)
             except ProtocolError as exc:
@@ -159,7 +152,7 @@ class _Session:
                     stream.close()
                 self._close_sock()
                 if was_connected:
-                    self.runtime.notify("validator_disconnected", self)
+                    self._count_connection(0)
             if not self.cfg.reconnect or stop.is_set():
                 break
             self.reconnects += 1
@@ -223,6 +216,14 @@ class _Session:
             for body in bodies:
                 self.handler.handle(body, reply)
 
+    def _count_connection(self, up: int) -> None:
+        metrics = self.runtime.metrics
+        if metrics is None:
+            return
+        metrics.connected.labels(self.cfg.chain_id, self.addr.display).set(up)
+        if up and self.reconnects:
+            metrics.reconnects.labels(self.cfg.chain_id, self.addr.display).inc()
+
     def abort(self) -> None:
         """Wake a blocked read so the thread sees the stop event."""
         sock = self.sock
@@ -249,9 +250,7 @@ class Runtime:
         self.chains: dict[str, ChainKey] = {}
         self.sessions: list[_Session] = []
         self._identities: dict[Path, Any] = {}
-        self._listeners: list[Callable[[str, Any], None]] = []
         self.failed_chains: dict[str, str] = {}
-        self._closers: list[Callable[[], None]] = []
         self.metrics: Any = None
         self.metrics_server: Any = None
 
@@ -260,7 +259,6 @@ class Runtime:
     def build(self, signers: dict[str, Signer] | None = None) -> None:
         """Open keys and guard state (the key holder); a chain whose state cannot be trusted is stopped."""
         keyholder = self.keyholder = open_keyholder(self.config, signers)
-        self._closers.append(keyholder.close)
         self.chains = _first_chains(keyholder)
         self.failed_chains = {
             chain_id: why.removeprefix("stopped: ")
@@ -314,17 +312,6 @@ class Runtime:
                 backend=local.guard(chain_id).backend,
                 audit=local.audit_log(chain_id),
             )
-
-        def on_event(event: str, session: _Session) -> None:
-            gauge = metrics.connected.labels(session.cfg.chain_id, session.addr.display)
-            if event == "validator_connected":
-                gauge.set(1)
-                if session.reconnects:
-                    metrics.reconnects.labels(session.cfg.chain_id, session.addr.display).inc()
-            elif event == "validator_disconnected":
-                gauge.set(0)
-
-        self.add_listener(on_event)
         host, _, port = self.config.metrics.addr.rpartition(":")
         self.metrics_server = MetricsServer(host or "127.0.0.1", int(port), metrics, self.health)
 
@@ -355,26 +342,12 @@ class Runtime:
     def identity_for(self, cfg: ValidatorConfig) -> Any:
         from pykms.secretconn.identity import load_identity
 
-        if cfg.secret_key is None:
-            raise ConfigError(
-                "a tcp:// validator needs a SecretConnection identity key",
-                file=str(self.config.path),
-                key="validator.secret_key",
-                fix="generate one with `pykms init` or point secret_key at a kms-identity.key",
-            )
+        assert cfg.secret_key is not None, "load_config refuses a tcp:// validator without secret_key"
         if cfg.secret_key not in self._identities:
             self._identities[cfg.secret_key] = load_identity(cfg.secret_key)
         return self._identities[cfg.secret_key]
 
     # Running ----------------------------------------------------------------------------------------
-
-    def add_listener(self, listener: Callable[[str, Any], None]) -> None:
-        self._listeners.append(listener)
-
-    def notify(self, event: str, session: _Session) -> None:
-        for listener in self._listeners:
-            with contextlib.suppress(Exception):
-                listener(event, session)
 
     def start(self) -> None:
         if self.metrics_server is not None:
@@ -399,9 +372,9 @@ class Runtime:
         if self.metrics_server is not None:
             with contextlib.suppress(Exception):
                 self.metrics_server.stop()
-        for closer in self._closers:
+        if self.keyholder is not None:
             with contextlib.suppress(Exception):
-                closer()
+                self.keyholder.close()
 
     def run_forever(self) -> int:
         """Serve until SIGINT/SIGTERM or until every session has ended (reconnect = false)."""

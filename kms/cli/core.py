@@ -1,4 +1,4 @@
-"""Core commands: ``start``, ``init``, ``keys show``, ``state show|init|import``, ``version``."""
+"""Core commands: ``start``, ``init``, ``keys show``, ``state show|init|import|export``, ``version``."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any
 
 from pykms import __version__
 from pykms.errors import ConfigError, StateError
-from pykms.networks import NETWORKS
+from pykms.networks import NETWORKS, Network
 
-__all__ = ["register"]
+__all__ = ["config_arg", "register"]
 
 _CONFIG_TEMPLATE = """\
 # pykms configuration (tmkms.toml format). Every key is documented in config/tmkms.toml.example.
@@ -38,7 +38,7 @@ reconnect = true
 """
 
 
-def _config_arg(parser: argparse.ArgumentParser) -> None:
+def config_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-c", "--config", type=Path, default=None, help="tmkms.toml (default: $TMKMS_CONFIG_FILE, then ./tmkms.toml)"
     )
@@ -46,7 +46,7 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
 
 def register(sub: Any) -> None:
     p = sub.add_parser("start", help="run the signer")
-    _config_arg(p)
+    config_arg(p)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("--log-format", choices=("console", "json", "auto"), default="auto")
     p.set_defaults(func=cmd_start)
@@ -60,16 +60,16 @@ def register(sub: Any) -> None:
 
     keys = sub.add_parser("keys", help="consensus keys").add_subparsers(dest="keys_cmd", metavar="CMD")
     p = keys.add_parser("show", help="each chain's consensus public key (bech32, hex, base64, address)")
-    _config_arg(p)
+    config_arg(p)
     p.set_defaults(func=cmd_keys_show)
 
     state = sub.add_parser("state", help="double-sign state").add_subparsers(dest="state_cmd", metavar="CMD")
     p = state.add_parser("show", help="print a chain's last signed height/round/step (CometBFT JSON)")
-    _config_arg(p)
+    config_arg(p)
     p.add_argument("--chain", required=True)
     p.set_defaults(func=cmd_state_show)
     p = state.add_parser("init", help="create a chain's state file at a given height/round/step")
-    _config_arg(p)
+    config_arg(p)
     p.add_argument("--chain", required=True)
     p.add_argument("--height", type=int, default=0)
     p.add_argument("--round", type=int, default=0)
@@ -77,14 +77,20 @@ def register(sub: Any) -> None:
     p.add_argument("--force", action="store_true", help="overwrite an existing state (dangerous)")
     p.set_defaults(func=cmd_state_init)
     p = state.add_parser("import", help="import a node's priv_validator_state.json or a tmkms state file")
-    _config_arg(p)
+    config_arg(p)
     p.add_argument("--chain", required=True)
     p.add_argument("file", type=Path)
     p.add_argument("--force", action="store_true", help="allow importing a state older than the current one")
     p.set_defaults(func=cmd_state_import)
-    from pykms.cli.state_export import register as register_export
-
-    register_export(state, _config_arg)
+    p = state.add_parser(
+        "export",
+        help="write a chain's state for tmkms (--format tmkms) or the node's FilePV (--format cometbft)",
+    )
+    config_arg(p)
+    p.add_argument("--chain", required=True)
+    p.add_argument("--format", dest="format", choices=("tmkms", "cometbft"), required=True)
+    p.add_argument("file", type=Path, help="where to write (mode 0600, replaced atomically)")
+    p.set_defaults(func=cmd_state_export)
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=lambda _args: print(f"pykms {__version__}") or 0)
@@ -158,10 +164,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _init_chains(args: argparse.Namespace) -> list[tuple[str, str, str]]:
-    """(chain id, account prefix, consensus prefix) per chain: tmkms's ``-n`` networks, else ``--chain-id``."""
+def _init_chains(args: argparse.Namespace) -> list[Network]:
+    """The chains to write: tmkms's ``-n`` networks, else ``--chain-id``."""
     if not args.networks:
-        return [(args.chain_id, "cosmospub", "cosmosvalconspub")]
+        return [Network(args.chain_id, "cosmospub", "cosmosvalconspub")]
     chains = []
     for name in args.networks.split(","):
         network = NETWORKS.get(name.strip())
@@ -174,7 +180,7 @@ def _init_chains(args: argparse.Namespace) -> list[tuple[str, str, str]]:
             )
             return []
         chains.append(network)
-    return [(n.chain_id, n.account_key_prefix, n.consensus_key_prefix) for n in chains]
+    return chains
 
 
 def cmd_keys_show(args: argparse.Namespace) -> int:
@@ -195,7 +201,7 @@ def cmd_keys_show(args: argparse.Namespace) -> int:
             print(f"{chain.id} ({signer.provider}):")
             print(f"  consensus key: {format_public_key(pub, chain.key_format)}")
             print(f"  hex:           {pub.hex().upper()}")
-            print(f"  base64:        {__import__('base64').b64encode(pub).decode()}")
+            print(f"  base64:        {format_public_key(pub, 'base64')}")
             # CometBFT addresses: SHA-256[:20] of an Ed25519 key, RIPEMD-160(SHA-256) of a secp256k1 one.
             digest = hashlib.sha256(pub).digest()
             address = hashlib.new("ripemd160", digest).digest() if len(pub) == 33 else digest[:20]
@@ -227,9 +233,36 @@ def cmd_state_show(args: argparse.Namespace) -> int:
             state = store.load()
         finally:
             store.close()
-    sys.stdout.write(state_to_json(state))
-    if not state_to_json(state).endswith("\n"):
-        sys.stdout.write("\n")
+    text = state_to_json(state)
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
+def cmd_state_export(args: argparse.Namespace) -> int:
+    """The way back to tmkms or to the node's own key (pykms.guard.export)."""
+    from pykms.guard.export import export_state, write_export
+    from pykms.guard.factory import default_state_path
+    from pykms.guard.store import read_state_file
+
+    config = _load(args)
+    chain = _chain(config, args.chain)
+    live: Path | None = None
+    if _postgres(config):
+        from pykms.cli.guard import show_state
+
+        state = show_state(config, chain.id)
+    else:
+        live = default_state_path(config, chain)
+        state = read_state_file(live)[1]  # a snapshot read: no lock taken, nothing written
+    try:
+        write_export(args.file, export_state(state, args.format), protect=live)
+    except OSError as exc:
+        raise StateError(f"{args.file}: cannot write the export ({exc.strerror or exc})") from None
+    print(
+        f"exported {chain.id} at height {state.height}, round {state.round}, step {state.step} "
+        f"({args.format} format) to {args.file}"
+    )
+    print("stop pykms before starting the other signer with this file: one signer per key at any time")
     return 0
 
 

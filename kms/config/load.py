@@ -1,9 +1,5 @@
-"""Reading a whole tmkms.toml: each top-level section, then the checks across them, then the I/O edge.
-
-``parse_config(data, path)`` is a pure function over the dict tomllib produced; ``load_config`` finds and reads
-the file. "One key per chain" is checked here, once, naming both provider entries. A new section (e.g.
-``[keyholder]``) gets a ``parse_<name>(ctx, data, key)`` like those below, a field on ``KmsConfig`` (model.py) and
-one entry in ``SECTIONS``; the ``[[providers.X]]`` tables are read through ``pykms.config.providers``.
+"""Reading a whole tmkms.toml: ``parse_config`` (pure, over tomllib's dict) reads each top-level section and checks
+across them ("one key per chain", once, naming both provider entries); ``load_config`` is the I/O edge.
 """
 
 from __future__ import annotations
@@ -58,24 +54,22 @@ def parse_key_format(ctx: Ctx, data: object, key: str) -> KeyFormat:
             'write key_format = { type = "bech32", account_key_prefix = "cosmospub", '
             'consensus_key_prefix = "cosmosvalconspub" } or { type = "hex" }',
         )
-    kind = Table(ctx, data, key, ("type",)).choice("type", ("bech32", "cosmos-json", "hex"), required=True)
-    if kind == "bech32":
-        t = Table(ctx, data, key, ("type", "account_key_prefix", "consensus_key_prefix"))
-        t.raw("type")
-        account = t.req_str("account_key_prefix", 'add account_key_prefix = "cosmospub"')
-        consensus = t.req_str("consensus_key_prefix", 'add consensus_key_prefix = "cosmosvalconspub"')
-        for name, prefix in (("account_key_prefix", account), ("consensus_key_prefix", consensus)):
-            if not all(33 <= ord(c) <= 126 for c in prefix) or prefix.lower() != prefix:
-                raise ctx.error(f"{key}.{name}", f"{prefix!r} is not a valid bech32 prefix", "use lowercase ASCII")
-        t.done()
-        return KeyFormat(type="bech32", account_key_prefix=account, consensus_key_prefix=consensus)
-    # tmkms's CosmosJson and Hex variants carry no fields and serde ignores extra ones: guides (Neutron's)
-    # write { type = "cosmos-json", account_key_prefix = ..., consensus_key_prefix = ... }; accepted, unused.
     t = Table(ctx, data, key, ("type", "account_key_prefix", "consensus_key_prefix"))
-    for name in ("type", "account_key_prefix", "consensus_key_prefix"):
-        t.raw(name)
+    kind = t.choice("type", ("bech32", "cosmos-json", "hex"), required=True)
+    if kind != "bech32":
+        # tmkms's CosmosJson and Hex variants carry no fields and serde ignores extra ones: guides (Neutron's)
+        # write { type = "cosmos-json", account_key_prefix = ..., consensus_key_prefix = ... }; accepted, unused.
+        t.raw("account_key_prefix")
+        t.raw("consensus_key_prefix")
+        t.done()
+        return KeyFormat(type=cast(Any, kind))
+    account = t.req_str("account_key_prefix", 'add account_key_prefix = "cosmospub"')
+    consensus = t.req_str("consensus_key_prefix", 'add consensus_key_prefix = "cosmosvalconspub"')
+    for name, prefix in (("account_key_prefix", account), ("consensus_key_prefix", consensus)):
+        if not all(33 <= ord(c) <= 126 for c in prefix) or prefix.lower() != prefix:
+            raise ctx.error(f"{key}.{name}", f"{prefix!r} is not a valid bech32 prefix", "use lowercase ASCII")
     t.done()
-    return KeyFormat(type=cast(Any, kind))
+    return KeyFormat(type="bech32", account_key_prefix=account, consensus_key_prefix=consensus)
 
 
 _CHAIN_KEYS = (

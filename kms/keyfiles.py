@@ -51,15 +51,11 @@ def write_secret_file(path: Path, data: bytes, *, overwrite: bool = False) -> No
         raise KeyFileError(f"{path}: already exists; refusing to overwrite a key file") from None
     except OSError as exc:
         raise KeyFileError(f"{path}: cannot create ({exc.strerror})") from None
-    try:
-        os.fchmod(fd, 0o600)
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+    with os.fdopen(fd, "wb") as file:
+        os.fchmod(fd, 0o600)  # O_TRUNC keeps the mode of a file that existed
+        file.write(data)
+        file.flush()
         os.fsync(fd)
-    finally:
-        os.close(fd)
     fsync_dir(path.parent)
 
 

@@ -44,18 +44,16 @@ def _same_contents(a: Path, b: Path) -> bool:
         return False
 
 
-def resolve_relative(value: str, base: Path, cwd: Path | None = None) -> Path:
+def resolve_relative(value: str, base: Path) -> Path:
     """The path ``value`` names (see the module docstring); AmbiguousPath when it names two different files."""
     path = Path(value)
     if path.is_absolute():
         return path
     at_base = base / path
-    if cwd is None:
-        try:
-            cwd = Path.cwd()
-        except OSError:  # the working directory was removed: only the config's folder is left
-            return at_base
-    at_cwd = cwd / path
+    try:
+        at_cwd = Path.cwd() / path
+    except OSError:  # the working directory was removed: only the config's folder is left
+        return at_base
     if at_base.absolute() == at_cwd.absolute():
         return at_base
     in_base, in_cwd = at_base.exists(), at_cwd.exists()

@@ -25,7 +25,6 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,13 +35,12 @@ from pykms.handler import LogObserver, Observer, RequestHandler
 from pykms.keyholder.api import ChainKey, KeyHolder
 from pykms.logconfig import get_logger
 from pykms.privval.codec import MAX_REQUEST_BYTES, Dialect, MessageReader, delimit
-from pykms.providers.signer import Signer
 from pykms.secretconn.sync import BlockingPlainStream, BlockingSecretStream, set_kernel_timeouts
 
 if TYPE_CHECKING:
     from pykms.keyholder.local import LocalKeyHolder
 
-__all__ = ["Backoff", "Runtime", "open_keyholder"]
+__all__ = ["Runtime", "open_keyholder"]
 
 #: A link that completes no message for this long is dead: the node pings every ~3.3 s (docs/protocol.md §2.1),
 #: so 20 s is six missed pings. Also bounds how long a slow-loris peer can hold a connection.
@@ -65,22 +63,9 @@ KEYHOLDER_START_S = 30.0
 SyncStream = BlockingSecretStream | BlockingPlainStream
 
 
-@dataclass
-class Backoff:
-    """Capped exponential backoff with full jitter in [delay/2, delay]."""
-
-    base: float = 0.1
-    cap: float = 10.0
-    attempt: int = 0
-    rng: random.Random = field(default_factory=random.Random)
-
-    def next_delay(self) -> float:
-        delay: float = min(self.cap, self.base * (2.0**self.attempt))
-        self.attempt = min(self.attempt + 1, 32)
-        return delay * float(self.rng.uniform(0.5, 1.0))
-
-    def reset(self) -> None:
-        self.attempt = 0
+def backoff_delay(attempt: int) -> float:
+    """Capped exponential backoff (0.1 s doubling up to 10 s) with jitter in [delay/2, delay]."""
+    return min(10.0, 0.1 * 2.0 ** min(attempt, 32)) * random.uniform(0.5, 1.0)
 
 
 class _Session:
@@ -92,8 +77,8 @@ class _Session:
         index: int,
         cfg: ValidatorConfig,
         key: ChainKey,
-        dialect: Dialect | None = None,
-        sign_extensions: bool | None = None,
+        dialect: Dialect,
+        sign_extensions: bool | None,
     ) -> None:
         self.runtime = runtime
         self.cfg = cfg
@@ -112,7 +97,7 @@ class _Session:
         self.handler = RequestHandler(
             runtime.keyholder,
             key,
-            dialect or Dialect.parse(cfg.protocol_version),
+            dialect,
             chain_id=cfg.chain_id,
             max_height=cfg.max_height,
             sign_extensions=sign_extensions,
@@ -125,13 +110,13 @@ class _Session:
         self.reconnects = 0
 
     def run(self) -> None:
-        backoff = Backoff()
+        failures = 0
         stop = self.runtime.stop_event
         while not stop.is_set():
             stream: SyncStream | None = None
             try:
                 stream = self._connect()
-                backoff.reset()
+                failures = 0
                 self.connected.set()
                 self._count_connection(1)
                 self.log.info("validator_connected", peer_id=getattr(stream, "remote_id", None))
@@ -156,7 +141,8 @@ class _Session:
             if not self.cfg.reconnect or stop.is_set():
                 break
             self.reconnects += 1
-            stop.wait(backoff.next_delay())
+            stop.wait(backoff_delay(failures))
+            failures += 1
         self.log.info("session_stopped")
 
     def _connect(self) -> SyncStream:
@@ -256,9 +242,9 @@ class Runtime:
 
     # Construction -----------------------------------------------------------------------------------
 
-    def build(self, signers: dict[str, Signer] | None = None) -> None:
+    def build(self) -> None:
         """Open keys and guard state (the key holder); a chain whose state cannot be trusted is stopped."""
-        keyholder = self.keyholder = open_keyholder(self.config, signers)
+        keyholder = self.keyholder = open_keyholder(self.config)
         self.chains = _first_chains(keyholder)
         self.failed_chains = {
             chain_id: why.removeprefix("stopped: ")
@@ -362,12 +348,6 @@ class Runtime:
         for session in self.sessions:
             session.abort()
 
-    def wait(self, timeout: float | None = None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for session in self.sessions:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            session.thread.join(remaining)
-
     def close(self) -> None:
         if self.metrics_server is not None:
             with contextlib.suppress(Exception):
@@ -398,7 +378,9 @@ class Runtime:
             while not self.stop_event.is_set() and any(s.thread.is_alive() for s in self.sessions):
                 self.stop_event.wait(0.5)
             self.stop()
-            self.wait(timeout=10)
+            deadline = time.monotonic() + 10
+            for session in self.sessions:
+                session.thread.join(max(0.0, deadline - time.monotonic()))
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -407,7 +389,7 @@ class Runtime:
         return 0
 
 
-def open_keyholder(config: KmsConfig, signers: dict[str, Signer] | None = None) -> KeyHolder:
+def open_keyholder(config: KmsConfig) -> KeyHolder:
     """The front's key holder: the supervisor's (``PYKMS_KEYHOLDER_ADDR``), an external one (``[keyholder] addr``),
     or the keys in this process (``isolation = "none"``). A remote one is only connected to: no key is loaded here."""
     from pykms.keyholder.client import RemoteKeyHolder, parse_unix_addr
@@ -424,7 +406,7 @@ def open_keyholder(config: KmsConfig, signers: dict[str, Signer] | None = None) 
         return RemoteKeyHolder(config.keyholder.addr, reconnect_s=KEYHOLDER_RECONNECT_S)
     from pykms.keyholder.local import LocalKeyHolder
 
-    return LocalKeyHolder(config, signers)
+    return LocalKeyHolder(config)
 
 
 def _first_chains(keyholder: KeyHolder, wait_s: float = KEYHOLDER_START_S) -> dict[str, ChainKey]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pykms import __version__
+from pykms.config import ChainConfig, KmsConfig, load_config
 from pykms.errors import ConfigError, StateError
 from pykms.networks import NETWORKS, Network
 
@@ -96,13 +97,7 @@ def register(sub: Any) -> None:
     p.set_defaults(func=lambda _args: print(f"pykms {__version__}") or 0)
 
 
-def _load(args: argparse.Namespace) -> Any:
-    from pykms.config import load_config
-
-    return load_config(args.config)
-
-
-def _chain(config: Any, chain_id: str) -> Any:
+def _chain(config: KmsConfig, chain_id: str) -> ChainConfig:
     for chain in config.chains:
         if chain.id == chain_id:
             return chain
@@ -116,7 +111,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 
     configure_logging(args.log_format, verbose=args.verbose, background=True)
     try:
-        config = _load(args)
+        config = load_config(args.config)
         from pykms.keyholder.process import die_with_supervisor, wants_split
 
         die_with_supervisor()  # the front of a split: goes when its supervisor goes
@@ -189,7 +184,7 @@ def cmd_keys_show(args: argparse.Namespace) -> int:
     from pykms.keyring import format_public_key
     from pykms.providers.registry import build_signers
 
-    config = _load(args)
+    config = load_config(args.config)
     signers = build_signers(config)
     try:
         for chain in config.chains:
@@ -212,14 +207,14 @@ def cmd_keys_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _postgres(config: Any) -> bool:
+def _postgres(config: KmsConfig) -> bool:
     return config.guard is not None and config.guard.backend == "postgres"
 
 
 def cmd_state_show(args: argparse.Namespace) -> int:
     from pykms.guard.state import state_to_json
 
-    config = _load(args)
+    config = load_config(args.config)
     chain = _chain(config, args.chain)
     if _postgres(config):
         from pykms.cli.guard import show_state
@@ -244,7 +239,7 @@ def cmd_state_export(args: argparse.Namespace) -> int:
     from pykms.guard.factory import default_state_path
     from pykms.guard.store import read_state_file
 
-    config = _load(args)
+    config = load_config(args.config)
     chain = _chain(config, args.chain)
     live: Path | None = None
     if _postgres(config):
@@ -288,7 +283,7 @@ def _write_state(args: argparse.Namespace, state: Any, *, command: str) -> int:
     """Write ``state`` as the chain's guard state. Without --force: ``init`` refuses any existing state and
     ``import`` one it cannot read or that is newer than ``state``; a state that cannot be read is never treated
     as absent."""
-    config = _load(args)
+    config = load_config(args.config)
     chain = _chain(config, args.chain)
     if _postgres(config):
         from pykms.cli.guard import import_state

@@ -34,7 +34,7 @@ from pykms.config.reader import (
     check_host_port,
     did_you_mean,
     no_clear_secret,
-    parse_addr_text,
+    parse_addr,
 )
 from pykms.errors import ConfigError
 from pykms.keyholder.settings import parse_keyholder
@@ -128,7 +128,7 @@ def parse_validator(ctx: Ctx, data: object, key: str) -> ValidatorConfig:
     t = Table(ctx, data, key, _VALIDATOR_KEYS)
     addr_text = t.req_str("addr", 'add addr = "tcp://NODE_ID@host:port" (the node\'s priv_validator_laddr)')
     try:
-        addr = parse_addr_text(addr_text, ctx.base)
+        addr = parse_addr(addr_text, base=ctx.base)
     except AddrError as exc:
         raise ctx.error(t.sub("addr"), exc.message, exc.fix) from None
     chain_id = t.req_str("chain_id", 'add chain_id = "<chain-id>"')

@@ -232,25 +232,16 @@ class ValidatorAddr:
         return f"tcp://{peer}{host}:{self.port}"
 
 
-class AddrError(ValueError):
+class AddrError(ConfigError):
+    """A bad address, named without file or key: ``load_config`` re-raises it with both."""
+
     def __init__(self, message: str, fix: str) -> None:
-        super().__init__(message)
+        super().__init__(message, fix=fix)
         self.message = message
-        self.fix = fix
 
 
 def parse_addr(addr: str, *, base: Path | None = None) -> ValidatorAddr:
-    """Parse ``tcp://[ID@]host:port`` or ``unix:///path`` (no scheme means tcp, as in tendermint-rs net.rs).
-
-    Raises ConfigError (without file or key: ``load_config`` reports those).
-    """
-    try:
-        return parse_addr_text(addr, base)
-    except AddrError as exc:
-        raise ConfigError(exc.message, fix=exc.fix) from None
-
-
-def parse_addr_text(addr: str, base: Path | None) -> ValidatorAddr:
+    """Parse ``tcp://[ID@]host:port`` or ``unix:///path`` (no scheme means tcp, as in tendermint-rs net.rs)."""
     fix = 'write "tcp://NODE_ID@host:port", "tcp://host:port" or "unix:///path/to/socket"'
     if addr.startswith("unix://"):
         rest = addr[len("unix://") :]

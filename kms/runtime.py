@@ -26,7 +26,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pykms.config import KmsConfig, ValidatorConfig
 from pykms.errors import ConfigError, KmsError, LinkTimeout, ProtocolError
@@ -36,9 +36,6 @@ from pykms.keyholder.api import ChainKey, KeyHolder
 from pykms.logconfig import get_logger
 from pykms.privval.codec import MAX_REQUEST_BYTES, Dialect, MessageReader, delimit
 from pykms.secretconn.sync import BlockingPlainStream, BlockingSecretStream, set_kernel_timeouts
-
-if TYPE_CHECKING:
-    from pykms.keyholder.local import LocalKeyHolder
 
 __all__ = ["Runtime", "open_keyholder"]
 
@@ -269,10 +266,11 @@ class Runtime:
     def _extension_plan(self, validator: ValidatorConfig, key: ChainKey) -> ExtensionPlan:
         """tmkms's protocol_version x sign_extensions for this validator (pykms.extensions); refusals name the file."""
         chain_cfg = next(c for c in self.config.chains if c.id == validator.chain_id)
-        wanted = chain_cfg.sign_extensions
-        local = self.local_keyholder
-        if local is not None and getattr(local.signer(validator.chain_id), "extensions_disabled", False):
-            wanted = False  # [[providers.ledger]] extensions_disabled = true: the pykms spelling of the same
+        ledgers = self.config.providers.ledger
+        if any(entry.extensions_disabled and validator.chain_id in entry.chain_ids for entry in ledgers):
+            wanted: bool | None = False  # [[providers.ledger]] extensions_disabled = true: the same, pykms's way
+        else:
+            wanted = chain_cfg.sign_extensions
         return plan_extensions(
             validator.protocol_version,
             wanted,
@@ -284,12 +282,13 @@ class Runtime:
     def _setup_metrics(self) -> None:
         if self.config.metrics is None:
             return
+        from pykms.keyholder.local import LocalKeyHolder
         from pykms.metrics import Metrics, MetricsServer
 
         metrics = self.metrics = Metrics()
-        local = self.local_keyholder
+        local = self.keyholder
         for chain_id in self.chains:
-            if local is None:  # the provider, guard and audit log live in the key holder's process
+            if not isinstance(local, LocalKeyHolder):  # provider, guard and audit log live in the key holder's process
                 metrics.attach_chain(chain_id, provider="keyholder", backend="keyholder")
                 continue
             metrics.attach_chain(
@@ -317,13 +316,6 @@ class Runtime:
                 problems.append(held)
             details[chain_cfg.id] = "; ".join(problems) or "ok"
         return all(v == "ok" for v in details.values()), details
-
-    @property
-    def local_keyholder(self) -> LocalKeyHolder | None:
-        """The key holder when it lives in this process (``isolation = "none"``), for its metrics hooks."""
-        from pykms.keyholder.local import LocalKeyHolder
-
-        return self.keyholder if isinstance(self.keyholder, LocalKeyHolder) else None
 
     def identity_for(self, cfg: ValidatorConfig) -> Any:
         from pykms.secretconn.identity import load_identity

@@ -208,8 +208,8 @@ def parse_metrics(ctx: Ctx, data: object, key: str) -> MetricsConfig:
 SECTIONS = ("chain", "validator", "providers", "guard", "metrics", "keyholder")
 
 
-def _providers(ctx: Ctx, data: object) -> tuple[ProvidersConfig, list[tuple[str, str]]]:
-    """Every ``[[providers.X]]`` through its ``PROVIDERS`` entry; also (chain id, dotted key) of each key."""
+def _providers(ctx: Ctx, data: object) -> ProvidersConfig:
+    """Every ``[[providers.X]]`` through its ``PROVIDERS`` entry (the keys it holds go to ``ctx.owners``)."""
     t = Table(ctx, data, "providers", tuple(PROVIDERS))
     if t.has("fortanixdsm"):
         raise ctx.error(
@@ -218,7 +218,6 @@ def _providers(ctx: Ctx, data: object) -> tuple[ProvidersConfig, list[tuple[str,
             "use softsign, yubihsm, ledgertm or pkcs11",
         )
     fields: dict[str, list[Any]] = {}
-    owners: list[tuple[str, str]] = []
     for name, section in PROVIDERS.items():
         entries = [
             (section.parse(ctx, item, f"providers.{name}[{i}]"), f"providers.{name}[{i}]")
@@ -227,10 +226,8 @@ def _providers(ctx: Ctx, data: object) -> tuple[ProvidersConfig, list[tuple[str,
         if section.keep is not None:
             entries = section.keep(ctx, entries)
         fields.setdefault(section.field, []).extend(cfg for cfg, _key in entries)
-        for cfg, key in entries:
-            owners += [(chain_id, entry) for entry, chain_ids in section.keys(ctx, cfg, key) for chain_id in chain_ids]
     t.done()
-    return ProvidersConfig(**fields), owners
+    return ProvidersConfig(**fields)
 
 
 def parse_config(data: Mapping[str, Any], path: Path) -> KmsConfig:
@@ -239,7 +236,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> KmsConfig:
     top = Table(ctx, dict(data), "", SECTIONS)
     chains = [parse_chain(ctx, item, f"chain[{i}]") for i, item in enumerate(top.table_list("chain"))]
     validators = [parse_validator(ctx, item, f"validator[{i}]") for i, item in enumerate(top.table_list("validator"))]
-    providers, owners = _providers(ctx, top.raw("providers") or {})
+    providers = _providers(ctx, top.raw("providers") or {})
     guard = parse_guard(ctx, top.raw("guard"), "guard") if top.has("guard") else None
     metrics = parse_metrics(ctx, top.raw("metrics"), "metrics") if top.has("metrics") else None
     keyholder = parse_keyholder(top.raw("keyholder"), path)
@@ -257,6 +254,7 @@ def parse_config(data: Mapping[str, Any], path: Path) -> KmsConfig:
                 f"no [[chain]] with id {validator.chain_id!r}{did_you_mean(validator.chain_id, chain_ids)}",
                 f'add a [[chain]] with id = "{validator.chain_id}" or correct the chain_id',
             )
+    owners = [(chain_id, key) for key, chain_ids in ctx.owners for chain_id in chain_ids]
     for chain_id, key in owners:
         if chain_id not in chain_ids:
             raise ctx.error(

@@ -53,8 +53,8 @@ class Ctx:
         self.path = path
         self.base = path.parent
         self.warnings: list[str] = []
-        #: Dotted name, as written, of each kept YubiHSM key (account keys before it are dropped).
-        self.key_names: dict[int, str] = {}
+        #: (dotted key as written, its chain ids) of each consensus key the provider parsers kept.
+        self.owners: list[tuple[str, tuple[str, ...]]] = []
 
     def error(self, key: str, message: str, fix: str | None = None) -> ConfigError:
         return ConfigError(message, file=str(self.path), key=key, fix=fix)

@@ -327,14 +327,6 @@ class Runtime:
 
     # Running ----------------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        if self.metrics_server is not None:
-            self.metrics_server.start()
-            host, port = self.metrics_server.address
-            self.log.info("metrics_listening", addr=f"{host}:{port}")
-        for session in self.sessions:
-            session.thread.start()
-
     def stop(self) -> None:
         self.stop_event.set()
         for session in self.sessions:
@@ -365,7 +357,12 @@ class Runtime:
         # would delay the first signature by ~20 ms to free a few start-up cycles.
         gc.freeze()
         try:
-            self.start()
+            if self.metrics_server is not None:
+                self.metrics_server.start()
+                host, port = self.metrics_server.address
+                self.log.info("metrics_listening", addr=f"{host}:{port}")
+            for session in self.sessions:
+                session.thread.start()
             self.log.info("pykms_started", chains=sorted(self.chains), validators=len(self.sessions))
             while not self.stop_event.is_set() and any(s.thread.is_alive() for s in self.sessions):
                 self.stop_event.wait(0.5)

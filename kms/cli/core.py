@@ -6,14 +6,29 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pykms import __version__
 from pykms.config import ChainConfig, KmsConfig, load_config
 from pykms.errors import ConfigError, StateError
-from pykms.networks import NETWORKS, Network
 
 __all__ = ["config_arg", "register"]
+
+
+class Network(NamedTuple):
+    chain_id: str
+    account_key_prefix: str
+    consensus_key_prefix: str
+
+
+#: The networks ``tmkms init -n`` knows (tmkms v0.15 src/commands/init/networks.rs, templates/networks/*.toml).
+NETWORKS: dict[str, Network] = {
+    "cosmoshub": Network("cosmoshub-3", "cosmospub", "cosmosvalconspub"),
+    "irishub": Network("irishub", "iap", "icp"),
+    "sentinelhub": Network("sentinelhub-2", "sentpub", "sentvalconspub"),
+    "osmosis": Network("osmosis-1", "osmopub", "osmovalconspub"),
+    "core": Network("core-1", "persistencepub", "persistencevalconspub"),  # Persistence
+}
 
 _CONFIG_TEMPLATE = """\
 # pykms configuration (tmkms.toml format). Every key is documented in config/tmkms.toml.example.
@@ -118,17 +133,13 @@ def cmd_start(args: argparse.Namespace) -> int:
         if wants_split(config):  # keys in a process of their own: supervise it and a key-less front
             from pykms.keyholder.process import run_split
 
-            return run_split(config, args=_start_args(args))
+            # The logging options of ``pykms start``, passed on to the key holder and the front.
+            return run_split(config, args=["--log-format", args.log_format, *(["-v"] if args.verbose else [])])
         runtime = Runtime(config)
         runtime.build()
         return runtime.run_forever()
     finally:
         flush_logs()
-
-
-def _start_args(args: argparse.Namespace) -> list[str]:
-    """The logging options of ``pykms start``, passed on to the key holder and the front."""
-    return ["--log-format", args.log_format, *(["-v"] if args.verbose else [])]
 
 
 def cmd_init(args: argparse.Namespace) -> int:

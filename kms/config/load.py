@@ -179,7 +179,7 @@ def parse_validator(ctx: Ctx, data: object, key: str) -> ValidatorConfig:
 
 def parse_guard(ctx: Ctx, data: object, key: str) -> GuardConfig:
     t = Table(ctx, data, key, ("backend", "dsn_file", "dsn_env", "timeout_ms"))
-    no_clear_secret(ctx, t, "dsn", "dsn_file", "dsn_env")
+    no_clear_secret(t, "dsn", "dsn_file", "dsn_env")
     backend = cast(Literal["file", "postgres"], t.choice("backend", ("file", "postgres")) or "file")
     dsn_file = t.path("dsn_file")
     dsn_env = t.str_("dsn_env")

@@ -161,7 +161,7 @@ def parse_pkcs11(ctx: Ctx, data: object, key: str) -> Pkcs11Config:
     known = ("module", "token_label", "slot", "user_pin_file", "user_pin_env", "keys")
     t = Table(ctx, data, key, known)
     for secret in ("user_pin", "pin"):
-        no_clear_secret(ctx, t, secret, "user_pin_file", "user_pin_env")
+        no_clear_secret(t, secret, "user_pin_file", "user_pin_env")
     module = t.path("module", required=True)
     assert module is not None
     token_label = t.str_("token_label")

@@ -62,10 +62,6 @@ class Ctx:
     def warn(self, key: str, message: str) -> None:
         self.warnings.append(f"{self.path}: key `{key}`: {message}")
 
-    def resolve(self, value: str) -> Path:
-        """tmkms's working directory or pykms's config folder (pykms.paths); AmbiguousPath if they disagree."""
-        return resolve_relative(value, self.base)
-
 
 class Table:
     """Pops known keys off one TOML table; ``done()`` refuses the rest with a did-you-mean."""
@@ -135,7 +131,7 @@ class Table:
         if value is None:
             return None
         try:
-            return self.ctx.resolve(value)
+            return resolve_relative(value, self.ctx.base)  # the working directory or the config's folder
         except AmbiguousPath as exc:
             raise self.ctx.error(
                 self.sub(name), str(exc), f"write the absolute path of the one you mean, e.g. {exc.cwd_path}"
@@ -195,10 +191,10 @@ def check_chain_id(ctx: Ctx, key: str, chain_id: str) -> None:
         )
 
 
-def no_clear_secret(ctx: Ctx, t: Table, name: str, file_key: str, env_key: str) -> None:
+def no_clear_secret(t: Table, name: str, file_key: str, env_key: str) -> None:
     """Refuse a secret written in clear in the config file: it belongs in a 0600 file or the environment."""
     if t.has(name):
-        raise ctx.error(
+        raise t.ctx.error(
             t.sub(name),
             "secrets are never written in the config file",
             f"put it in a 0600 file and set {file_key} = <path>, or set {env_key} = <environment variable name>",

@@ -25,8 +25,9 @@ import signal
 import socket
 import threading
 import time
-from pathlib import Path
 from typing import Any
+
+from nacl.signing import SigningKey
 
 from pykms.config import KmsConfig, ValidatorConfig
 from pykms.errors import ConfigError, KmsError, LinkTimeout, ProtocolError
@@ -74,11 +75,12 @@ class _Session:
         index: int,
         cfg: ValidatorConfig,
         key: ChainKey,
-        dialect: Dialect,
-        sign_extensions: bool | None,
+        plan: ExtensionPlan,
+        identity: SigningKey | None,
     ) -> None:
         self.runtime = runtime
         self.cfg = cfg
+        self.identity = identity
         self.addr = cfg.parsed_addr
         #: tmkms's [[validator]] timeout (src/connection/tcp.rs: connect, read and write timeout of a TCP link;
         #: Unix sockets take none there either): here the dial, the handshake and the idle read.
@@ -94,10 +96,10 @@ class _Session:
         self.handler = RequestHandler(
             runtime.keyholder,
             key,
-            dialect,
+            Dialect.parse(plan.dialect),
             chain_id=cfg.chain_id,
             max_height=cfg.max_height,
-            sign_extensions=sign_extensions,
+            sign_extensions=plan.sign_extensions,
             observers=observers,
             log=self.log,
         )
@@ -151,16 +153,17 @@ class _Session:
             sock.connect(str(addr.path))
             set_kernel_timeouts(sock, IDLE_TIMEOUT_S)
             return BlockingPlainStream(sock)
-        assert addr.host is not None and addr.port is not None
+        assert addr.host is not None and addr.port is not None and self.identity is not None
         sock = socket.create_connection((addr.host, addr.port), timeout=self.connect_timeout)
         self.sock = sock
         # Requests and replies are small and strictly alternating: Nagle would only add latency.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        identity = self.runtime.identity_for(self.cfg)
         from pykms.secretconn.sync import secret_connection_sync
 
-        stream = secret_connection_sync(sock, identity, expected_peer_id=addr.peer_id, timeout=self.handshake_timeout)
+        stream = secret_connection_sync(
+            sock, self.identity, expected_peer_id=addr.peer_id, timeout=self.handshake_timeout
+        )
         set_kernel_timeouts(sock, self.idle_timeout)
         if addr.peer_id is None:
             self.log.warning(
@@ -232,7 +235,6 @@ class Runtime:
         #: The chains served (chain id -> its key), as the key holder reports them.
         self.chains: dict[str, ChainKey] = {}
         self.sessions: list[_Session] = []
-        self._identities: dict[Path, Any] = {}
         self.failed_chains: dict[str, str] = {}
         self.metrics: Any = None
         self.metrics_server: Any = None
@@ -241,6 +243,8 @@ class Runtime:
 
     def build(self) -> None:
         """Open keys and guard state (the key holder); a chain whose state cannot be trusted is stopped."""
+        from pykms.secretconn.identity import load_identity
+
         keyholder = self.keyholder = open_keyholder(self.config)
         self.chains = _first_chains(keyholder)
         self.failed_chains = {
@@ -258,10 +262,11 @@ class Runtime:
                 self.log.warning("protocol_version_overridden", chain_id=validator.chain_id, note=plan.note)
             if validator.timeout is not None and validator.parsed_addr.scheme == "unix":
                 self.log.warning("timeout_ignored", chain_id=validator.chain_id, reason="unix sockets take no timeout")
-            if validator.parsed_addr.scheme == "tcp":
-                self.identity_for(validator)  # a missing or too-open identity key stops start-up, like a bad key
-            session = _Session(self, index, validator, key, Dialect.parse(plan.dialect), plan.sign_extensions)
-            self.sessions.append(session)
+            identity = None
+            if validator.parsed_addr.scheme == "tcp":  # a missing or too-open identity key stops start-up
+                assert validator.secret_key is not None, "load_config refuses a tcp:// validator without secret_key"
+                identity = load_identity(validator.secret_key)
+            self.sessions.append(_Session(self, index, validator, key, plan, identity))
 
     def _extension_plan(self, validator: ValidatorConfig, key: ChainKey) -> ExtensionPlan:
         """tmkms's protocol_version x sign_extensions for this validator (pykms.extensions); refusals name the file."""
@@ -316,14 +321,6 @@ class Runtime:
                 problems.append(held)
             details[chain_cfg.id] = "; ".join(problems) or "ok"
         return all(v == "ok" for v in details.values()), details
-
-    def identity_for(self, cfg: ValidatorConfig) -> Any:
-        from pykms.secretconn.identity import load_identity
-
-        assert cfg.secret_key is not None, "load_config refuses a tcp:// validator without secret_key"
-        if cfg.secret_key not in self._identities:
-            self._identities[cfg.secret_key] = load_identity(cfg.secret_key)
-        return self._identities[cfg.secret_key]
 
     # Running ----------------------------------------------------------------------------------------
 

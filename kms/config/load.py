@@ -247,20 +247,16 @@ def parse_config(data: Mapping[str, Any], path: Path) -> KmsConfig:
         if chain.id in chain_ids:
             raise ctx.error(f"chain[{i}].id", f"chain {chain.id!r} is configured twice", "keep one [[chain]] per id")
         chain_ids.append(chain.id)
-    for i, validator in enumerate(validators):
-        if validator.chain_id not in chain_ids:
-            raise ctx.error(
-                f"validator[{i}].chain_id",
-                f"no [[chain]] with id {validator.chain_id!r}{did_you_mean(validator.chain_id, chain_ids)}",
-                f'add a [[chain]] with id = "{validator.chain_id}" or correct the chain_id',
-            )
-    owners = [(chain_id, key) for key, chain_ids in ctx.owners for chain_id in chain_ids]
-    for chain_id, key in owners:
+    owners = [(chain_id, key) for key, ids in ctx.owners for chain_id in ids]
+    # (where the chain is named, its id, what to correct) for every reference to a [[chain]]
+    references = [(f"validator[{i}].chain_id", v.chain_id, "the chain_id") for i, v in enumerate(validators)]
+    references += [(f"{key}.chain_ids", chain_id, "chain_ids") for chain_id, key in owners]
+    for where, chain_id, field in references:
         if chain_id not in chain_ids:
             raise ctx.error(
-                f"{key}.chain_ids",
+                where,
                 f"no [[chain]] with id {chain_id!r}{did_you_mean(chain_id, chain_ids)}",
-                f'add a [[chain]] with id = "{chain_id}" or correct chain_ids',
+                f'add a [[chain]] with id = "{chain_id}" or correct {field}',
             )
     served = {v.chain_id for v in validators}
     kept: list[ChainConfig] = []

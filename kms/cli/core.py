@@ -190,9 +190,9 @@ def _init_chains(args: argparse.Namespace) -> list[Network]:
 
 
 def cmd_keys_show(args: argparse.Namespace) -> int:
-    import hashlib
+    import base64
 
-    from pykms.keyring import format_public_key
+    from pykms.keyring import consensus_address, format_public_key
     from pykms.providers.registry import build_signers
 
     config = load_config(args.config)
@@ -207,11 +207,8 @@ def cmd_keys_show(args: argparse.Namespace) -> int:
             print(f"{chain.id} ({signer.provider}):")
             print(f"  consensus key: {format_public_key(pub, chain.key_format)}")
             print(f"  hex:           {pub.hex().upper()}")
-            print(f"  base64:        {format_public_key(pub, 'base64')}")
-            # CometBFT addresses: SHA-256[:20] of an Ed25519 key, RIPEMD-160(SHA-256) of a secp256k1 one.
-            digest = hashlib.sha256(pub).digest()
-            address = hashlib.new("ripemd160", digest).digest() if len(pub) == 33 else digest[:20]
-            print(f"  address:       {address.hex().upper()}")
+            print(f"  base64:        {base64.b64encode(pub).decode()}")
+            print(f"  address:       {consensus_address(pub).hex().upper()}")
     finally:
         for signer in signers.values():
             signer.close()

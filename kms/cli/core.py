@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -80,33 +81,27 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_keys_show)
 
     state = sub.add_parser("state", help="double-sign state").add_subparsers(dest="state_cmd", metavar="CMD")
-    p = state.add_parser("show", help="print a chain's last signed height/round/step (CometBFT JSON)")
-    config_arg(p)
-    p.add_argument("--chain", required=True)
-    p.set_defaults(func=cmd_state_show)
-    p = state.add_parser("init", help="create a chain's state file at a given height/round/step")
-    config_arg(p)
-    p.add_argument("--chain", required=True)
+
+    def state_cmd(name: str, text: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = state.add_parser(name, help=text)
+        config_arg(p)
+        p.add_argument("--chain", required=True)
+        p.set_defaults(func=func)
+        return p
+
+    state_cmd("show", "print a chain's last signed height/round/step (CometBFT JSON)", cmd_state_show)
+    p = state_cmd("init", "create a chain's state file at a given height/round/step", cmd_state_init)
     p.add_argument("--height", type=int, default=0)
     p.add_argument("--round", type=int, default=0)
     p.add_argument("--step", type=int, default=0, choices=(0, 1, 2, 3))
     p.add_argument("--force", action="store_true", help="overwrite an existing state (dangerous)")
-    p.set_defaults(func=cmd_state_init)
-    p = state.add_parser("import", help="import a node's priv_validator_state.json or a tmkms state file")
-    config_arg(p)
-    p.add_argument("--chain", required=True)
+    p = state_cmd("import", "import a node's priv_validator_state.json or a tmkms state file", cmd_state_import)
     p.add_argument("file", type=Path)
     p.add_argument("--force", action="store_true", help="allow importing a state older than the current one")
-    p.set_defaults(func=cmd_state_import)
-    p = state.add_parser(
-        "export",
-        help="write a chain's state for tmkms (--format tmkms) or the node's FilePV (--format cometbft)",
-    )
-    config_arg(p)
-    p.add_argument("--chain", required=True)
+    text = "write a chain's state for tmkms (--format tmkms) or the node's FilePV (--format cometbft)"
+    p = state_cmd("export", text, cmd_state_export)
     p.add_argument("--format", dest="format", choices=("tmkms", "cometbft"), required=True)
     p.add_argument("file", type=Path, help="where to write (mode 0600, replaced atomically)")
-    p.set_defaults(func=cmd_state_export)
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=lambda _args: print(f"pykms {__version__}") or 0)

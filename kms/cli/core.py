@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Callable
@@ -226,11 +227,8 @@ def cmd_state_show(args: argparse.Namespace) -> int:
     else:
         from pykms.guard.factory import open_store
 
-        store = open_store(config, chain)
-        try:
+        with contextlib.closing(open_store(config, chain)) as store:
             state = store.load()
-        finally:
-            store.close()
     text = state_to_json(state)
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return 0

@@ -66,19 +66,16 @@ def parse_yubihsm(ctx: Ctx, data: object, key: str) -> YubihsmConfig:
     akey = t.sub("adapter")
     raw_adapter = t.raw("adapter")
     kind = Table(ctx, raw_adapter, akey, ("type",)).choice("type", ("usb", "http"), required=True)
+    a = Table(ctx, raw_adapter, akey, ("type", "timeout_ms") if kind == "usb" else ("type", "addr"))
+    a.raw("type")
     if kind == "usb":
-        a = Table(ctx, raw_adapter, akey, ("type", "timeout_ms"))
-        a.raw("type")
         usb_timeout = a.int_("timeout_ms", lo=1, hi=600_000)
-        a.done()
         adapter = YubihsmAdapter(type="usb", timeout_ms=usb_timeout or DEFAULT_YUBIHSM_USB_TIMEOUT_MS)
     else:
-        a = Table(ctx, raw_adapter, akey, ("type", "addr"))
-        a.raw("type")
         connector = a.req_str("addr", 'add addr = "tcp://127.0.0.1:12345" (the yubihsm-connector)')
         check_host_port(ctx, f"{akey}.addr", connector, schemes=("tcp", "http"))
-        a.done()
         adapter = YubihsmAdapter(type="http", addr=connector)
+    a.done()
 
     if not t.has("auth"):
         raise ctx.error(t.sub("auth"), "missing", 'add auth = { key = 1, password_file = "secrets/yubihsm-password" }')

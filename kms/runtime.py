@@ -314,8 +314,7 @@ class Runtime:
             keyholder_health = {chain.id: f"key holder unreachable: {exc}" for chain in self.config.chains}
         for chain_cfg in self.config.chains:
             problems = []
-            sessions = [s for s in self.sessions if s.cfg.chain_id == chain_cfg.id]
-            if not any(s.connected.is_set() for s in sessions):
+            if not any(s.connected.is_set() for s in self.sessions if s.cfg.chain_id == chain_cfg.id):
                 problems.append("no live validator connection")
             if (held := keyholder_health.get(chain_cfg.id, "ok")) != "ok":  # stopped, state, audit log
                 problems.append(held)

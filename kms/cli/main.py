@@ -42,10 +42,7 @@ _GROUPS = ("core", "softsign", "yubihsm", "ledger", "pkcs11", "guard", "audit", 
 
 def exit_code_for(exc: KmsError) -> int:
     """Map an error to its exit code: the most specific registered class wins."""
-    for cls in type(exc).__mro__:
-        if cls in EXIT_CODES:
-            return EXIT_CODES[cls]
-    return 1
+    return next((EXIT_CODES[cls] for cls in type(exc).__mro__ if cls in EXIT_CODES), 1)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -204,10 +204,6 @@ def parse_metrics(ctx: Ctx, data: object, key: str) -> MetricsConfig:
     return MetricsConfig(addr=addr)
 
 
-#: The top-level tables; each is read in ``parse_config`` and named here.
-SECTIONS = ("chain", "validator", "providers", "guard", "metrics", "keyholder")
-
-
 def _providers(ctx: Ctx, data: object) -> ProvidersConfig:
     """Every ``[[providers.X]]`` through its ``PROVIDERS`` entry (the keys it holds go to ``ctx.owners``)."""
     t = Table(ctx, data, "providers", tuple(PROVIDERS))
@@ -233,7 +229,7 @@ def _providers(ctx: Ctx, data: object) -> ProvidersConfig:
 def parse_config(data: Mapping[str, Any], path: Path) -> KmsConfig:
     """Validate a parsed tmkms.toml (the pure core of ``load_config``); ``path`` is for messages and paths."""
     ctx = Ctx(path)
-    top = Table(ctx, dict(data), "", SECTIONS)
+    top = Table(ctx, dict(data), "", ("chain", "validator", "providers", "guard", "metrics", "keyholder"))
     chains = [parse_chain(ctx, item, f"chain[{i}]") for i, item in enumerate(top.table_list("chain"))]
     validators = [parse_validator(ctx, item, f"validator[{i}]") for i, item in enumerate(top.table_list("validator"))]
     providers = _providers(ctx, top.raw("providers") or {})

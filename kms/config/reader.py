@@ -3,8 +3,6 @@ and the fix.
 
 ``Table`` pops the keys it knows, checks their types and finally (``done``) refuses whatever is left, with a
 "did you mean" for typos: like tmkms's ``#[serde(deny_unknown_fields)]``, a misspelt key is an error.
-Validator addresses (``tcp://[ID@]host:port`` or ``unix:///path``) parse into a typed ``ValidatorAddr``;
-``check_host_port`` checks the other listeners a config names.
 """
 
 from __future__ import annotations

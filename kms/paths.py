@@ -26,7 +26,6 @@ class AmbiguousPath(Exception):
 
     def __init__(self, value: str, cwd_path: Path, base_path: Path) -> None:
         self.cwd_path = cwd_path
-        self.base_path = base_path
         super().__init__(
             f"{value!r} exists both under the working directory ({cwd_path}) and beside the config file "
             f"({base_path}), with different contents"

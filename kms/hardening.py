@@ -14,18 +14,10 @@ import ctypes.util
 import resource
 import sys
 
-__all__ = ["PR_SET_DUMPABLE", "make_undumpable"]
+__all__ = ["make_undumpable"]
 
 #: <linux/prctl.h>
 PR_SET_DUMPABLE = 4
-
-
-def _prctl(option: int, arg: int = 0) -> int:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    result: int = libc.prctl(option, arg, 0, 0, 0)
-    if result < 0:
-        raise OSError(ctypes.get_errno(), "prctl failed")
-    return result
 
 
 def make_undumpable() -> None:
@@ -36,4 +28,6 @@ def make_undumpable() -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
     resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
     if sys.platform.startswith("linux"):
-        _prctl(PR_SET_DUMPABLE, 0)
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE) failed")

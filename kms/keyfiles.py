@@ -12,11 +12,11 @@ from pathlib import Path
 
 from pykms.errors import KeyFileError
 
-__all__ = ["check_private", "fsync_dir", "read_secret_file", "write_secret_file"]
+__all__ = ["fsync_dir", "read_secret_file", "write_secret_file"]
 
 
-def check_private(path: Path) -> None:
-    """Refuse a secret file that anyone but its owner can read or write."""
+def read_secret_file(path: Path) -> bytes:
+    """Read a secret file, refused when anyone but its owner can read or write it."""
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
@@ -27,11 +27,6 @@ def check_private(path: Path) -> None:
         raise KeyFileError(
             f"{path}: permissions {stat.S_IMODE(mode):04o} let other users read the key (fix: chmod 600 {path})"
         )
-
-
-def read_secret_file(path: Path) -> bytes:
-    """Read a secret file after checking its permissions."""
-    check_private(path)
     try:
         return path.read_bytes()
     except OSError as exc:
@@ -51,15 +46,11 @@ def write_secret_file(path: Path, data: bytes, *, overwrite: bool = False) -> No
         raise KeyFileError(f"{path}: already exists; refusing to overwrite a key file") from None
     except OSError as exc:
         raise KeyFileError(f"{path}: cannot create ({exc.strerror})") from None
-    try:
-        os.fchmod(fd, 0o600)
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+    with os.fdopen(fd, "wb") as file:
+        os.fchmod(fd, 0o600)  # O_TRUNC keeps the mode of a file that existed
+        file.write(data)
+        file.flush()
         os.fsync(fd)
-    finally:
-        os.close(fd)
     fsync_dir(path.parent)
 
 

@@ -75,8 +75,10 @@ def bech32_encode(hrp: str, data: bytes) -> str:
 
 
 def consensus_address(public_key: bytes) -> bytes:
-    """The validator address: SHA-256(pub)[0:20] (CometBFT crypto/ed25519 PubKey.Address)."""
-    return hashlib.sha256(public_key).digest()[:20]
+    """CometBFT's address of a key: SHA-256(pub)[0:20] for Ed25519 (crypto/ed25519 PubKey.Address),
+    RIPEMD-160(SHA-256(pub)) for a 33-byte secp256k1 key (crypto/secp256k1 PubKey.Address)."""
+    digest = hashlib.sha256(public_key).digest()
+    return hashlib.new("ripemd160", digest).digest() if len(public_key) == 33 else digest[:20]
 
 
 #: Amino prefix of PubKeySecp256k1 (cometbft crypto/secp256k1 "tendermint/PubKeySecp256k1": eb5ae987, length
@@ -90,28 +92,17 @@ _KEY_TYPES = {
 }
 
 
-def format_public_key(public_key: bytes, key_format: KeyFormat | str) -> str:
-    """Display a consensus key the way the chain's ``key_format`` asks (as ``tmkms`` prints it).
-
-    ``key_format`` is a chain's KeyFormat or one of ``"hex"``, ``"base64"``, ``"cosmos-json"``,
-    ``"address"`` (uppercase hex validator address, Ed25519 keys only).
-    """
-    kind = key_format.type if isinstance(key_format, KeyFormat) else key_format
-    if len(public_key) not in _KEY_TYPES or (kind == "address" and len(public_key) != 32):
+def format_public_key(public_key: bytes, key_format: KeyFormat) -> str:
+    """Display a key the way the chain's ``key_format`` asks (as ``tmkms`` prints it)."""
+    if len(public_key) not in _KEY_TYPES:
         raise KmsError(f"an Ed25519 public key is 32 bytes, found {len(public_key)}")
     amino_prefix, type_url, prefix_field = _KEY_TYPES[len(public_key)]
-    if kind == "bech32":
-        prefix = getattr(key_format, prefix_field) if isinstance(key_format, KeyFormat) else None
-        if not prefix:
-            raise ConfigError(f"bech32 needs the {prefix_field}", key=f"chain.key_format.{prefix_field}")
-        return bech32_encode(prefix, amino_prefix + public_key)
-    if kind == "hex":
+    if key_format.type == "hex":
         return public_key.hex().upper()
-    if kind == "base64":
-        return base64.b64encode(public_key).decode()
-    if kind == "cosmos-json":
+    if key_format.type == "cosmos-json":
         doc = {"@type": type_url, "key": base64.b64encode(public_key).decode()}
         return json.dumps(doc, separators=(",", ":"))
-    if kind == "address":
-        return consensus_address(public_key).hex().upper()
-    raise ConfigError(f"unknown key format {kind!r}", key="chain.key_format.type", fix="use bech32, cosmos-json or hex")
+    prefix = getattr(key_format, prefix_field)  # bech32
+    if not prefix:
+        raise ConfigError(f"bech32 needs the {prefix_field}", key=f"chain.key_format.{prefix_field}")
+    return bech32_encode(prefix, amino_prefix + public_key)

@@ -26,7 +26,6 @@ class AmbiguousPath(Exception):
 
     def __init__(self, value: str, cwd_path: Path, base_path: Path) -> None:
         self.cwd_path = cwd_path
-        self.base_path = base_path
         super().__init__(
             f"{value!r} exists both under the working directory ({cwd_path}) and beside the config file "
             f"({base_path}), with different contents"
@@ -44,18 +43,16 @@ def _same_contents(a: Path, b: Path) -> bool:
         return False
 
 
-def resolve_relative(value: str, base: Path, cwd: Path | None = None) -> Path:
+def resolve_relative(value: str, base: Path) -> Path:
     """The path ``value`` names (see the module docstring); AmbiguousPath when it names two different files."""
     path = Path(value)
     if path.is_absolute():
         return path
     at_base = base / path
-    if cwd is None:
-        try:
-            cwd = Path.cwd()
-        except OSError:  # the working directory was removed: only the config's folder is left
-            return at_base
-    at_cwd = cwd / path
+    try:
+        at_cwd = Path.cwd() / path
+    except OSError:  # the working directory was removed: only the config's folder is left
+        return at_base
     if at_base.absolute() == at_cwd.absolute():
         return at_base
     in_base, in_cwd = at_base.exists(), at_cwd.exists()

@@ -25,10 +25,9 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
+
+from nacl.signing import SigningKey
 
 from pykms.config import KmsConfig, ValidatorConfig
 from pykms.errors import ConfigError, KmsError, LinkTimeout, ProtocolError
@@ -37,13 +36,9 @@ from pykms.handler import LogObserver, Observer, RequestHandler
 from pykms.keyholder.api import ChainKey, KeyHolder
 from pykms.logconfig import get_logger
 from pykms.privval.codec import MAX_REQUEST_BYTES, Dialect, MessageReader, delimit
-from pykms.providers.signer import Signer
-from pykms.secretconn.sync import BlockingPlainStream, set_kernel_timeouts
+from pykms.secretconn.sync import BlockingPlainStream, BlockingSecretStream, set_kernel_timeouts
 
-if TYPE_CHECKING:
-    from pykms.keyholder.local import LocalKeyHolder
-
-__all__ = ["Backoff", "Runtime", "SyncStream", "open_keyholder"]
+__all__ = ["Runtime", "open_keyholder"]
 
 #: A link that completes no message for this long is dead: the node pings every ~3.3 s (docs/protocol.md §2.1),
 #: so 20 s is six missed pings. Also bounds how long a slow-loris peer can hold a connection.
@@ -62,32 +57,13 @@ KEYHOLDER_RECONNECT_S = 1.0
 KEYHOLDER_START_S = 30.0
 
 
-class SyncStream(Protocol):
-    """A blocking, message-agnostic byte stream: SecretConnection over TCP, or plain over a unix socket."""
-
-    def send(self, data: bytes, timeout: float | None = None) -> None: ...
-
-    def recv(self) -> bytes: ...
-
-    def close(self) -> None: ...
+#: SecretConnection over TCP, or plain over a unix socket.
+SyncStream = BlockingSecretStream | BlockingPlainStream
 
 
-@dataclass
-class Backoff:
-    """Capped exponential backoff with full jitter in [delay/2, delay]."""
-
-    base: float = 0.1
-    cap: float = 10.0
-    attempt: int = 0
-    rng: random.Random = field(default_factory=random.Random)
-
-    def next_delay(self) -> float:
-        delay: float = min(self.cap, self.base * (2.0**self.attempt))
-        self.attempt = min(self.attempt + 1, 32)
-        return delay * float(self.rng.uniform(0.5, 1.0))
-
-    def reset(self) -> None:
-        self.attempt = 0
+def backoff_delay(attempt: int) -> float:
+    """Capped exponential backoff (0.1 s doubling up to 10 s) with jitter in [delay/2, delay]."""
+    return min(10.0, 0.1 * 2.0 ** min(attempt, 32)) * random.uniform(0.5, 1.0)
 
 
 class _Session:
@@ -99,11 +75,12 @@ class _Session:
         index: int,
         cfg: ValidatorConfig,
         key: ChainKey,
-        dialect: Dialect | None = None,
-        sign_extensions: bool | None = None,
+        plan: ExtensionPlan,
+        identity: SigningKey | None,
     ) -> None:
         self.runtime = runtime
         self.cfg = cfg
+        self.identity = identity
         self.addr = cfg.parsed_addr
         #: tmkms's [[validator]] timeout (src/connection/tcp.rs: connect, read and write timeout of a TCP link;
         #: Unix sockets take none there either): here the dial, the handshake and the idle read.
@@ -119,10 +96,10 @@ class _Session:
         self.handler = RequestHandler(
             runtime.keyholder,
             key,
-            dialect or Dialect.parse(cfg.protocol_version),
+            Dialect.parse(plan.dialect),
             chain_id=cfg.chain_id,
             max_height=cfg.max_height,
-            sign_extensions=sign_extensions,
+            sign_extensions=plan.sign_extensions,
             observers=observers,
             log=self.log,
         )
@@ -132,15 +109,15 @@ class _Session:
         self.reconnects = 0
 
     def run(self) -> None:
-        backoff = Backoff()
+        failures = 0
         stop = self.runtime.stop_event
         while not stop.is_set():
             stream: SyncStream | None = None
             try:
                 stream = self._connect()
-                backoff.reset()
+                failures = 0
                 self.connected.set()
-                self.runtime.notify("validator_connected", self)
+                self._count_connection(1)
                 self.log.info("validator_connected", peer_id=getattr(stream, "remote_id", None))
                 self._serve(stream)
             except ProtocolError as exc:
@@ -159,11 +136,12 @@ class _Session:
                     stream.close()
                 self._close_sock()
                 if was_connected:
-                    self.runtime.notify("validator_disconnected", self)
+                    self._count_connection(0)
             if not self.cfg.reconnect or stop.is_set():
                 break
             self.reconnects += 1
-            stop.wait(backoff.next_delay())
+            stop.wait(backoff_delay(failures))
+            failures += 1
         self.log.info("session_stopped")
 
     def _connect(self) -> SyncStream:
@@ -175,16 +153,17 @@ class _Session:
             sock.connect(str(addr.path))
             set_kernel_timeouts(sock, IDLE_TIMEOUT_S)
             return BlockingPlainStream(sock)
-        assert addr.host is not None and addr.port is not None
+        assert addr.host is not None and addr.port is not None and self.identity is not None
         sock = socket.create_connection((addr.host, addr.port), timeout=self.connect_timeout)
         self.sock = sock
         # Requests and replies are small and strictly alternating: Nagle would only add latency.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        identity = self.runtime.identity_for(self.cfg)
         from pykms.secretconn.sync import secret_connection_sync
 
-        stream = secret_connection_sync(sock, identity, expected_peer_id=addr.peer_id, timeout=self.handshake_timeout)
+        stream = secret_connection_sync(
+            sock, self.identity, expected_peer_id=addr.peer_id, timeout=self.handshake_timeout
+        )
         set_kernel_timeouts(sock, self.idle_timeout)
         if addr.peer_id is None:
             self.log.warning(
@@ -223,6 +202,14 @@ class _Session:
             for body in bodies:
                 self.handler.handle(body, reply)
 
+    def _count_connection(self, up: int) -> None:
+        metrics = self.runtime.metrics
+        if metrics is None:
+            return
+        metrics.connected.labels(self.cfg.chain_id, self.addr.display).set(up)
+        if up and self.reconnects:
+            metrics.reconnects.labels(self.cfg.chain_id, self.addr.display).inc()
+
     def abort(self) -> None:
         """Wake a blocked read so the thread sees the stop event."""
         sock = self.sock
@@ -248,19 +235,17 @@ class Runtime:
         #: The chains served (chain id -> its key), as the key holder reports them.
         self.chains: dict[str, ChainKey] = {}
         self.sessions: list[_Session] = []
-        self._identities: dict[Path, Any] = {}
-        self._listeners: list[Callable[[str, Any], None]] = []
         self.failed_chains: dict[str, str] = {}
-        self._closers: list[Callable[[], None]] = []
         self.metrics: Any = None
         self.metrics_server: Any = None
 
     # Construction -----------------------------------------------------------------------------------
 
-    def build(self, signers: dict[str, Signer] | None = None) -> None:
+    def build(self) -> None:
         """Open keys and guard state (the key holder); a chain whose state cannot be trusted is stopped."""
-        keyholder = self.keyholder = open_keyholder(self.config, signers)
-        self._closers.append(keyholder.close)
+        from pykms.secretconn.identity import load_identity
+
+        keyholder = self.keyholder = open_keyholder(self.config)
         self.chains = _first_chains(keyholder)
         self.failed_chains = {
             chain_id: why.removeprefix("stopped: ")
@@ -277,18 +262,20 @@ class Runtime:
                 self.log.warning("protocol_version_overridden", chain_id=validator.chain_id, note=plan.note)
             if validator.timeout is not None and validator.parsed_addr.scheme == "unix":
                 self.log.warning("timeout_ignored", chain_id=validator.chain_id, reason="unix sockets take no timeout")
-            if validator.parsed_addr.scheme == "tcp":
-                self.identity_for(validator)  # a missing or too-open identity key stops start-up, like a bad key
-            session = _Session(self, index, validator, key, Dialect.parse(plan.dialect), plan.sign_extensions)
-            self.sessions.append(session)
+            identity = None
+            if validator.parsed_addr.scheme == "tcp":  # a missing or too-open identity key stops start-up
+                assert validator.secret_key is not None, "load_config refuses a tcp:// validator without secret_key"
+                identity = load_identity(validator.secret_key)
+            self.sessions.append(_Session(self, index, validator, key, plan, identity))
 
     def _extension_plan(self, validator: ValidatorConfig, key: ChainKey) -> ExtensionPlan:
         """tmkms's protocol_version x sign_extensions for this validator (pykms.extensions); refusals name the file."""
         chain_cfg = next(c for c in self.config.chains if c.id == validator.chain_id)
-        wanted = chain_cfg.sign_extensions
-        local = self.local_keyholder
-        if local is not None and getattr(local.signer(validator.chain_id), "extensions_disabled", False):
-            wanted = False  # [[providers.ledger]] extensions_disabled = true: the pykms spelling of the same
+        ledgers = self.config.providers.ledger
+        if any(entry.extensions_disabled and validator.chain_id in entry.chain_ids for entry in ledgers):
+            wanted: bool | None = False  # [[providers.ledger]] extensions_disabled = true: the same, pykms's way
+        else:
+            wanted = chain_cfg.sign_extensions
         return plan_extensions(
             validator.protocol_version,
             wanted,
@@ -300,12 +287,13 @@ class Runtime:
     def _setup_metrics(self) -> None:
         if self.config.metrics is None:
             return
+        from pykms.keyholder.local import LocalKeyHolder
         from pykms.metrics import Metrics, MetricsServer
 
         metrics = self.metrics = Metrics()
-        local = self.local_keyholder
+        local = self.keyholder
         for chain_id in self.chains:
-            if local is None:  # the provider, guard and audit log live in the key holder's process
+            if not isinstance(local, LocalKeyHolder):  # provider, guard and audit log live in the key holder's process
                 metrics.attach_chain(chain_id, provider="keyholder", backend="keyholder")
                 continue
             metrics.attach_chain(
@@ -314,17 +302,6 @@ class Runtime:
                 backend=local.guard(chain_id).backend,
                 audit=local.audit_log(chain_id),
             )
-
-        def on_event(event: str, session: _Session) -> None:
-            gauge = metrics.connected.labels(session.cfg.chain_id, session.addr.display)
-            if event == "validator_connected":
-                gauge.set(1)
-                if session.reconnects:
-                    metrics.reconnects.labels(session.cfg.chain_id, session.addr.display).inc()
-            elif event == "validator_disconnected":
-                gauge.set(0)
-
-        self.add_listener(on_event)
         host, _, port = self.config.metrics.addr.rpartition(":")
         self.metrics_server = MetricsServer(host or "127.0.0.1", int(port), metrics, self.health)
 
@@ -337,71 +314,27 @@ class Runtime:
             keyholder_health = {chain.id: f"key holder unreachable: {exc}" for chain in self.config.chains}
         for chain_cfg in self.config.chains:
             problems = []
-            sessions = [s for s in self.sessions if s.cfg.chain_id == chain_cfg.id]
-            if not any(s.connected.is_set() for s in sessions):
+            if not any(s.connected.is_set() for s in self.sessions if s.cfg.chain_id == chain_cfg.id):
                 problems.append("no live validator connection")
             if (held := keyholder_health.get(chain_cfg.id, "ok")) != "ok":  # stopped, state, audit log
                 problems.append(held)
             details[chain_cfg.id] = "; ".join(problems) or "ok"
         return all(v == "ok" for v in details.values()), details
 
-    @property
-    def local_keyholder(self) -> LocalKeyHolder | None:
-        """The key holder when it lives in this process (``isolation = "none"``), for its metrics hooks."""
-        from pykms.keyholder.local import LocalKeyHolder
-
-        return self.keyholder if isinstance(self.keyholder, LocalKeyHolder) else None
-
-    def identity_for(self, cfg: ValidatorConfig) -> Any:
-        from pykms.secretconn.identity import load_identity
-
-        if cfg.secret_key is None:
-            raise ConfigError(
-                "a tcp:// validator needs a SecretConnection identity key",
-                file=str(self.config.path),
-                key="validator.secret_key",
-                fix="generate one with `pykms init` or point secret_key at a kms-identity.key",
-            )
-        if cfg.secret_key not in self._identities:
-            self._identities[cfg.secret_key] = load_identity(cfg.secret_key)
-        return self._identities[cfg.secret_key]
-
     # Running ----------------------------------------------------------------------------------------
-
-    def add_listener(self, listener: Callable[[str, Any], None]) -> None:
-        self._listeners.append(listener)
-
-    def notify(self, event: str, session: _Session) -> None:
-        for listener in self._listeners:
-            with contextlib.suppress(Exception):
-                listener(event, session)
-
-    def start(self) -> None:
-        if self.metrics_server is not None:
-            self.metrics_server.start()
-            host, port = self.metrics_server.address
-            self.log.info("metrics_listening", addr=f"{host}:{port}")
-        for session in self.sessions:
-            session.thread.start()
 
     def stop(self) -> None:
         self.stop_event.set()
         for session in self.sessions:
             session.abort()
 
-    def wait(self, timeout: float | None = None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for session in self.sessions:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            session.thread.join(remaining)
-
     def close(self) -> None:
         if self.metrics_server is not None:
             with contextlib.suppress(Exception):
                 self.metrics_server.stop()
-        for closer in self._closers:
+        if self.keyholder is not None:
             with contextlib.suppress(Exception):
-                closer()
+                self.keyholder.close()
 
     def run_forever(self) -> int:
         """Serve until SIGINT/SIGTERM or until every session has ended (reconnect = false)."""
@@ -420,12 +353,19 @@ class Runtime:
         # would delay the first signature by ~20 ms to free a few start-up cycles.
         gc.freeze()
         try:
-            self.start()
+            if self.metrics_server is not None:
+                self.metrics_server.start()
+                host, port = self.metrics_server.address
+                self.log.info("metrics_listening", addr=f"{host}:{port}")
+            for session in self.sessions:
+                session.thread.start()
             self.log.info("pykms_started", chains=sorted(self.chains), validators=len(self.sessions))
             while not self.stop_event.is_set() and any(s.thread.is_alive() for s in self.sessions):
                 self.stop_event.wait(0.5)
             self.stop()
-            self.wait(timeout=10)
+            deadline = time.monotonic() + 10
+            for session in self.sessions:
+                session.thread.join(max(0.0, deadline - time.monotonic()))
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -434,7 +374,7 @@ class Runtime:
         return 0
 
 
-def open_keyholder(config: KmsConfig, signers: dict[str, Signer] | None = None) -> KeyHolder:
+def open_keyholder(config: KmsConfig) -> KeyHolder:
     """The front's key holder: the supervisor's (``PYKMS_KEYHOLDER_ADDR``), an external one (``[keyholder] addr``),
     or the keys in this process (``isolation = "none"``). A remote one is only connected to: no key is loaded here."""
     from pykms.keyholder.client import RemoteKeyHolder, parse_unix_addr
@@ -451,7 +391,7 @@ def open_keyholder(config: KmsConfig, signers: dict[str, Signer] | None = None) 
         return RemoteKeyHolder(config.keyholder.addr, reconnect_s=KEYHOLDER_RECONNECT_S)
     from pykms.keyholder.local import LocalKeyHolder
 
-    return LocalKeyHolder(config, signers)
+    return LocalKeyHolder(config)
 
 
 def _first_chains(keyholder: KeyHolder, wait_s: float = KEYHOLDER_START_S) -> dict[str, ChainKey]:

@@ -10,11 +10,7 @@ from typing import Any
 
 from pykms.errors import SigningRefused
 
-__all__ = ["AuditBroken", "register"]
-
-
-class AuditBroken(SigningRefused):
-    """The audit log failed verification (exit 8, like any refusal)."""
+__all__ = ["register"]
 
 
 def register(sub: Any) -> None:
@@ -50,7 +46,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(json.dumps(vars(report), indent=2))
     if not report.ok:
         where = f"{report.file} record {report.line}: " if report.line else ""
-        raise AuditBroken(f"audit log broken after {report.records} good records: {where}{report.problem}")
+        raise SigningRefused(f"audit log broken after {report.records} good records: {where}{report.problem}")
     if not args.json:
         extent = f"seq {report.first_seq}..{report.last_seq}" if report.records else "empty"
         checked = "; ends with the state's signature" if state_sig is not None else ""

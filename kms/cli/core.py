@@ -1,18 +1,36 @@
-"""Core commands: ``start``, ``init``, ``keys show``, ``state show|init|import``, ``version``."""
+"""Core commands: ``start``, ``init``, ``keys show``, ``state show|init|import|export``, ``version``."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pykms import __version__
+from pykms.config import ChainConfig, KmsConfig, load_config
 from pykms.errors import ConfigError, StateError
-from pykms.networks import NETWORKS
 
-__all__ = ["register"]
+__all__ = ["config_arg", "register"]
+
+
+class Network(NamedTuple):
+    chain_id: str
+    account_key_prefix: str
+    consensus_key_prefix: str
+
+
+#: The networks ``tmkms init -n`` knows (tmkms v0.15 src/commands/init/networks.rs, templates/networks/*.toml).
+NETWORKS: dict[str, Network] = {
+    "cosmoshub": Network("cosmoshub-3", "cosmospub", "cosmosvalconspub"),
+    "irishub": Network("irishub", "iap", "icp"),
+    "sentinelhub": Network("sentinelhub-2", "sentpub", "sentvalconspub"),
+    "osmosis": Network("osmosis-1", "osmopub", "osmovalconspub"),
+    "core": Network("core-1", "persistencepub", "persistencevalconspub"),  # Persistence
+}
 
 _CONFIG_TEMPLATE = """\
 # pykms configuration (tmkms.toml format). Every key is documented in config/tmkms.toml.example.
@@ -38,7 +56,7 @@ reconnect = true
 """
 
 
-def _config_arg(parser: argparse.ArgumentParser) -> None:
+def config_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-c", "--config", type=Path, default=None, help="tmkms.toml (default: $TMKMS_CONFIG_FILE, then ./tmkms.toml)"
     )
@@ -46,7 +64,7 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
 
 def register(sub: Any) -> None:
     p = sub.add_parser("start", help="run the signer")
-    _config_arg(p)
+    config_arg(p)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("--log-format", choices=("console", "json", "auto"), default="auto")
     p.set_defaults(func=cmd_start)
@@ -60,43 +78,37 @@ def register(sub: Any) -> None:
 
     keys = sub.add_parser("keys", help="consensus keys").add_subparsers(dest="keys_cmd", metavar="CMD")
     p = keys.add_parser("show", help="each chain's consensus public key (bech32, hex, base64, address)")
-    _config_arg(p)
+    config_arg(p)
     p.set_defaults(func=cmd_keys_show)
 
     state = sub.add_parser("state", help="double-sign state").add_subparsers(dest="state_cmd", metavar="CMD")
-    p = state.add_parser("show", help="print a chain's last signed height/round/step (CometBFT JSON)")
-    _config_arg(p)
-    p.add_argument("--chain", required=True)
-    p.set_defaults(func=cmd_state_show)
-    p = state.add_parser("init", help="create a chain's state file at a given height/round/step")
-    _config_arg(p)
-    p.add_argument("--chain", required=True)
+
+    def state_cmd(name: str, text: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = state.add_parser(name, help=text)
+        config_arg(p)
+        p.add_argument("--chain", required=True)
+        p.set_defaults(func=func)
+        return p
+
+    state_cmd("show", "print a chain's last signed height/round/step (CometBFT JSON)", cmd_state_show)
+    p = state_cmd("init", "create a chain's state file at a given height/round/step", cmd_state_init)
     p.add_argument("--height", type=int, default=0)
     p.add_argument("--round", type=int, default=0)
     p.add_argument("--step", type=int, default=0, choices=(0, 1, 2, 3))
     p.add_argument("--force", action="store_true", help="overwrite an existing state (dangerous)")
-    p.set_defaults(func=cmd_state_init)
-    p = state.add_parser("import", help="import a node's priv_validator_state.json or a tmkms state file")
-    _config_arg(p)
-    p.add_argument("--chain", required=True)
+    p = state_cmd("import", "import a node's priv_validator_state.json or a tmkms state file", cmd_state_import)
     p.add_argument("file", type=Path)
     p.add_argument("--force", action="store_true", help="allow importing a state older than the current one")
-    p.set_defaults(func=cmd_state_import)
-    from pykms.cli.state_export import register as register_export
-
-    register_export(state, _config_arg)
+    text = "write a chain's state for tmkms (--format tmkms) or the node's FilePV (--format cometbft)"
+    p = state_cmd("export", text, cmd_state_export)
+    p.add_argument("--format", dest="format", choices=("tmkms", "cometbft"), required=True)
+    p.add_argument("file", type=Path, help="where to write (mode 0600, replaced atomically)")
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=lambda _args: print(f"pykms {__version__}") or 0)
 
 
-def _load(args: argparse.Namespace) -> Any:
-    from pykms.config import load_config
-
-    return load_config(args.config)
-
-
-def _chain(config: Any, chain_id: str) -> Any:
+def _chain(config: KmsConfig, chain_id: str) -> ChainConfig:
     for chain in config.chains:
         if chain.id == chain_id:
             return chain
@@ -110,24 +122,20 @@ def cmd_start(args: argparse.Namespace) -> int:
 
     configure_logging(args.log_format, verbose=args.verbose, background=True)
     try:
-        config = _load(args)
+        config = load_config(args.config)
         from pykms.keyholder.process import die_with_supervisor, wants_split
 
         die_with_supervisor()  # the front of a split: goes when its supervisor goes
         if wants_split(config):  # keys in a process of their own: supervise it and a key-less front
             from pykms.keyholder.process import run_split
 
-            return run_split(config, args=_start_args(args))
+            # The logging options of ``pykms start``, passed on to the key holder and the front.
+            return run_split(config, args=["--log-format", args.log_format, *(["-v"] if args.verbose else [])])
         runtime = Runtime(config)
         runtime.build()
         return runtime.run_forever()
     finally:
         flush_logs()
-
-
-def _start_args(args: argparse.Namespace) -> list[str]:
-    """The logging options of ``pykms start``, passed on to the key holder and the front."""
-    return ["--log-format", args.log_format, *(["-v"] if args.verbose else [])]
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -158,10 +166,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _init_chains(args: argparse.Namespace) -> list[tuple[str, str, str]]:
-    """(chain id, account prefix, consensus prefix) per chain: tmkms's ``-n`` networks, else ``--chain-id``."""
+def _init_chains(args: argparse.Namespace) -> list[Network]:
+    """The chains to write: tmkms's ``-n`` networks, else ``--chain-id``."""
     if not args.networks:
-        return [(args.chain_id, "cosmospub", "cosmosvalconspub")]
+        return [Network(args.chain_id, "cosmospub", "cosmosvalconspub")]
     chains = []
     for name in args.networks.split(","):
         network = NETWORKS.get(name.strip())
@@ -174,16 +182,16 @@ def _init_chains(args: argparse.Namespace) -> list[tuple[str, str, str]]:
             )
             return []
         chains.append(network)
-    return [(n.chain_id, n.account_key_prefix, n.consensus_key_prefix) for n in chains]
+    return chains
 
 
 def cmd_keys_show(args: argparse.Namespace) -> int:
-    import hashlib
+    import base64
 
-    from pykms.keyring import format_public_key
+    from pykms.keyring import consensus_address, format_public_key
     from pykms.providers.registry import build_signers
 
-    config = _load(args)
+    config = load_config(args.config)
     signers = build_signers(config)
     try:
         for chain in config.chains:
@@ -195,25 +203,22 @@ def cmd_keys_show(args: argparse.Namespace) -> int:
             print(f"{chain.id} ({signer.provider}):")
             print(f"  consensus key: {format_public_key(pub, chain.key_format)}")
             print(f"  hex:           {pub.hex().upper()}")
-            print(f"  base64:        {__import__('base64').b64encode(pub).decode()}")
-            # CometBFT addresses: SHA-256[:20] of an Ed25519 key, RIPEMD-160(SHA-256) of a secp256k1 one.
-            digest = hashlib.sha256(pub).digest()
-            address = hashlib.new("ripemd160", digest).digest() if len(pub) == 33 else digest[:20]
-            print(f"  address:       {address.hex().upper()}")
+            print(f"  base64:        {base64.b64encode(pub).decode()}")
+            print(f"  address:       {consensus_address(pub).hex().upper()}")
     finally:
         for signer in signers.values():
             signer.close()
     return 0
 
 
-def _postgres(config: Any) -> bool:
+def _postgres(config: KmsConfig) -> bool:
     return config.guard is not None and config.guard.backend == "postgres"
 
 
 def cmd_state_show(args: argparse.Namespace) -> int:
     from pykms.guard.state import state_to_json
 
-    config = _load(args)
+    config = load_config(args.config)
     chain = _chain(config, args.chain)
     if _postgres(config):
         from pykms.cli.guard import show_state
@@ -222,14 +227,38 @@ def cmd_state_show(args: argparse.Namespace) -> int:
     else:
         from pykms.guard.factory import open_store
 
-        store = open_store(config, chain)
-        try:
+        with contextlib.closing(open_store(config, chain)) as store:
             state = store.load()
-        finally:
-            store.close()
-    sys.stdout.write(state_to_json(state))
-    if not state_to_json(state).endswith("\n"):
-        sys.stdout.write("\n")
+    text = state_to_json(state)
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
+def cmd_state_export(args: argparse.Namespace) -> int:
+    """The way back to tmkms or to the node's own key (pykms.guard.export)."""
+    from pykms.guard.export import export_state, write_export
+    from pykms.guard.factory import default_state_path
+    from pykms.guard.store import read_state_file
+
+    config = load_config(args.config)
+    chain = _chain(config, args.chain)
+    live: Path | None = None
+    if _postgres(config):
+        from pykms.cli.guard import show_state
+
+        state = show_state(config, chain.id)
+    else:
+        live = default_state_path(config, chain)
+        state = read_state_file(live)[1]  # a snapshot read: no lock taken, nothing written
+    try:
+        write_export(args.file, export_state(state, args.format), protect=live)
+    except OSError as exc:
+        raise StateError(f"{args.file}: cannot write the export ({exc.strerror or exc})") from None
+    print(
+        f"exported {chain.id} at height {state.height}, round {state.round}, step {state.step} "
+        f"({args.format} format) to {args.file}"
+    )
+    print("stop pykms before starting the other signer with this file: one signer per key at any time")
     return 0
 
 
@@ -255,7 +284,7 @@ def _write_state(args: argparse.Namespace, state: Any, *, command: str) -> int:
     """Write ``state`` as the chain's guard state. Without --force: ``init`` refuses any existing state and
     ``import`` one it cannot read or that is newer than ``state``; a state that cannot be read is never treated
     as absent."""
-    config = _load(args)
+    config = load_config(args.config)
     chain = _chain(config, args.chain)
     if _postgres(config):
         from pykms.cli.guard import import_state

@@ -5,9 +5,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
+from pykms.cli.core import config_arg
 from pykms.config import GuardConfig, KmsConfig
 from pykms.errors import ConfigError
 from pykms.guard.state import SignState
@@ -25,9 +25,7 @@ def register(sub: Any) -> None:
         "schema migration in one transaction. Chains then get their row with `pykms state import` or "
         "`pykms state init`.",
     )
-    p.add_argument(
-        "-c", "--config", type=Path, default=None, help="tmkms.toml (default: $TMKMS_CONFIG_FILE, then ./tmkms.toml)"
-    )
+    config_arg(p)
     p.set_defaults(func=cmd_init_db)
 
 
@@ -84,9 +82,9 @@ def import_state(cfg: KmsConfig, chain_id: str, state: SignState, force: bool, r
         return str(path)
 
     guard = _postgres_cfg(cfg)
+    dsn = dsn_from_config(guard)
     kept = write_state(
-        dsn_from_config(guard), chain_id, state, force=force, replace=replace, keep=keep,
-        timeout_ms=max(guard.timeout_ms, 10_000),
-    )  # fmt: skip
+        dsn, chain_id, state, force=force, replace=replace, keep=keep, timeout_ms=max(guard.timeout_ms, 10_000)
+    )
     if kept is not None:
         print(f"the previous row is kept in {kept}")

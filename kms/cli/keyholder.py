@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-from pathlib import Path
 from typing import Any
 
+from pykms.cli.core import config_arg
 from pykms.errors import ConfigError
 
 __all__ = ["register"]
@@ -21,7 +21,7 @@ def register(sub: Any) -> None:
     group = sub.add_parser("keyholder", help="the key holder: keys, guard and audit log behind a UNIX socket")
     cmds = group.add_subparsers(dest="keyholder_cmd", metavar="CMD", required=True)
     p = cmds.add_parser("serve", help="load the keys and guards, then answer signing requests on a UNIX socket")
-    p.add_argument("-c", "--config", type=Path, help="tmkms.toml (default: $TMKMS_CONFIG_FILE or ./tmkms.toml)")
+    config_arg(p)
     p.add_argument("--listen", required=True, help="unix:///absolute/path.sock (created 0600 in a 0700 directory)")
     p.add_argument(
         "--allowed-uid",

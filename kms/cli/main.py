@@ -1,19 +1,6 @@
 """``pykms``: the command-line entry point and the one place where errors become exit codes.
 
-Exit codes (documented in the README):
-
-====  =========================================================================
-0     success
-1     unexpected internal error (a bug: please report it with the log)
-2     usage error (bad arguments)
-3     configuration error (the message names the file, the key and the fix)
-4     key file error (missing, malformed, or readable by other users)
-5     double-sign state error (missing, corrupt, locked, or not writable)
-6     signing backend error (HSM, Ledger, PKCS#11 token)
-7     protocol error
-8     refused (a request or action was refused, e.g. ``state import`` of an older state)
-130   interrupted (SIGINT)
-====  =========================================================================
+Exit codes (the README's table): 0 success, 1 a bug, 2 usage, 130 interrupted, ``EXIT_CODES`` for our errors.
 """
 
 from __future__ import annotations
@@ -55,10 +42,7 @@ _GROUPS = ("core", "softsign", "yubihsm", "ledger", "pkcs11", "guard", "audit", 
 
 def exit_code_for(exc: KmsError) -> int:
     """Map an error to its exit code: the most specific registered class wins."""
-    for cls in type(exc).__mro__:
-        if cls in EXIT_CODES:
-            return EXIT_CODES[cls]
-    return 1
+    return next((EXIT_CODES[cls] for cls in type(exc).__mro__ if cls in EXIT_CODES), 1)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,9 +1,5 @@
-"""Reading a whole tmkms.toml: each top-level section, then the checks across them, then the I/O edge.
-
-``parse_config(data, path)`` is a pure function over the dict tomllib produced; ``load_config`` finds and reads
-the file. "One key per chain" is checked here, once, naming both provider entries. A new section (e.g.
-``[keyholder]``) gets a ``parse_<name>(ctx, data, key)`` like those below, a field on ``KmsConfig`` (model.py) and
-one entry in ``SECTIONS``; the ``[[providers.X]]`` tables are read through ``pykms.config.providers``.
+"""Reading a whole tmkms.toml: ``parse_config`` (pure, over tomllib's dict) reads each top-level section and checks
+across them ("one key per chain", once, naming both provider entries); ``load_config`` is the I/O edge.
 """
 
 from __future__ import annotations
@@ -38,7 +34,7 @@ from pykms.config.reader import (
     check_host_port,
     did_you_mean,
     no_clear_secret,
-    parse_addr_text,
+    parse_addr,
 )
 from pykms.errors import ConfigError
 from pykms.keyholder.settings import parse_keyholder
@@ -58,24 +54,22 @@ def parse_key_format(ctx: Ctx, data: object, key: str) -> KeyFormat:
             'write key_format = { type = "bech32", account_key_prefix = "cosmospub", '
             'consensus_key_prefix = "cosmosvalconspub" } or { type = "hex" }',
         )
-    kind = Table(ctx, data, key, ("type",)).choice("type", ("bech32", "cosmos-json", "hex"), required=True)
-    if kind == "bech32":
-        t = Table(ctx, data, key, ("type", "account_key_prefix", "consensus_key_prefix"))
-        t.raw("type")
-        account = t.req_str("account_key_prefix", 'add account_key_prefix = "cosmospub"')
-        consensus = t.req_str("consensus_key_prefix", 'add consensus_key_prefix = "cosmosvalconspub"')
-        for name, prefix in (("account_key_prefix", account), ("consensus_key_prefix", consensus)):
-            if not all(33 <= ord(c) <= 126 for c in prefix) or prefix.lower() != prefix:
-                raise ctx.error(f"{key}.{name}", f"{prefix!r} is not a valid bech32 prefix", "use lowercase ASCII")
-        t.done()
-        return KeyFormat(type="bech32", account_key_prefix=account, consensus_key_prefix=consensus)
-    # tmkms's CosmosJson and Hex variants carry no fields and serde ignores extra ones: guides (Neutron's)
-    # write { type = "cosmos-json", account_key_prefix = ..., consensus_key_prefix = ... }; accepted, unused.
     t = Table(ctx, data, key, ("type", "account_key_prefix", "consensus_key_prefix"))
-    for name in ("type", "account_key_prefix", "consensus_key_prefix"):
-        t.raw(name)
+    kind = t.choice("type", ("bech32", "cosmos-json", "hex"), required=True)
+    if kind != "bech32":
+        # tmkms's CosmosJson and Hex variants carry no fields and serde ignores extra ones: guides (Neutron's)
+        # write { type = "cosmos-json", account_key_prefix = ..., consensus_key_prefix = ... }; accepted, unused.
+        t.raw("account_key_prefix")
+        t.raw("consensus_key_prefix")
+        t.done()
+        return KeyFormat(type=cast(Any, kind))
+    account = t.req_str("account_key_prefix", 'add account_key_prefix = "cosmospub"')
+    consensus = t.req_str("consensus_key_prefix", 'add consensus_key_prefix = "cosmosvalconspub"')
+    for name, prefix in (("account_key_prefix", account), ("consensus_key_prefix", consensus)):
+        if not all(33 <= ord(c) <= 126 for c in prefix) or prefix.lower() != prefix:
+            raise ctx.error(f"{key}.{name}", f"{prefix!r} is not a valid bech32 prefix", "use lowercase ASCII")
     t.done()
-    return KeyFormat(type=cast(Any, kind))
+    return KeyFormat(type="bech32", account_key_prefix=account, consensus_key_prefix=consensus)
 
 
 _CHAIN_KEYS = (
@@ -134,7 +128,7 @@ def parse_validator(ctx: Ctx, data: object, key: str) -> ValidatorConfig:
     t = Table(ctx, data, key, _VALIDATOR_KEYS)
     addr_text = t.req_str("addr", 'add addr = "tcp://NODE_ID@host:port" (the node\'s priv_validator_laddr)')
     try:
-        addr = parse_addr_text(addr_text, ctx.base)
+        addr = parse_addr(addr_text, base=ctx.base)
     except AddrError as exc:
         raise ctx.error(t.sub("addr"), exc.message, exc.fix) from None
     chain_id = t.req_str("chain_id", 'add chain_id = "<chain-id>"')
@@ -185,7 +179,7 @@ def parse_validator(ctx: Ctx, data: object, key: str) -> ValidatorConfig:
 
 def parse_guard(ctx: Ctx, data: object, key: str) -> GuardConfig:
     t = Table(ctx, data, key, ("backend", "dsn_file", "dsn_env", "timeout_ms"))
-    no_clear_secret(ctx, t, "dsn", "dsn_file", "dsn_env")
+    no_clear_secret(t, "dsn", "dsn_file", "dsn_env")
     backend = cast(Literal["file", "postgres"], t.choice("backend", ("file", "postgres")) or "file")
     dsn_file = t.path("dsn_file")
     dsn_env = t.str_("dsn_env")
@@ -210,12 +204,8 @@ def parse_metrics(ctx: Ctx, data: object, key: str) -> MetricsConfig:
     return MetricsConfig(addr=addr)
 
 
-#: The top-level tables; each is read in ``parse_config`` and named here.
-SECTIONS = ("chain", "validator", "providers", "guard", "metrics", "keyholder")
-
-
-def _providers(ctx: Ctx, data: object) -> tuple[ProvidersConfig, list[tuple[str, str]]]:
-    """Every ``[[providers.X]]`` through its ``PROVIDERS`` entry; also (chain id, dotted key) of each key."""
+def _providers(ctx: Ctx, data: object) -> ProvidersConfig:
+    """Every ``[[providers.X]]`` through its ``PROVIDERS`` entry (the keys it holds go to ``ctx.owners``)."""
     t = Table(ctx, data, "providers", tuple(PROVIDERS))
     if t.has("fortanixdsm"):
         raise ctx.error(
@@ -224,7 +214,6 @@ def _providers(ctx: Ctx, data: object) -> tuple[ProvidersConfig, list[tuple[str,
             "use softsign, yubihsm, ledgertm or pkcs11",
         )
     fields: dict[str, list[Any]] = {}
-    owners: list[tuple[str, str]] = []
     for name, section in PROVIDERS.items():
         entries = [
             (section.parse(ctx, item, f"providers.{name}[{i}]"), f"providers.{name}[{i}]")
@@ -233,19 +222,17 @@ def _providers(ctx: Ctx, data: object) -> tuple[ProvidersConfig, list[tuple[str,
         if section.keep is not None:
             entries = section.keep(ctx, entries)
         fields.setdefault(section.field, []).extend(cfg for cfg, _key in entries)
-        for cfg, key in entries:
-            owners += [(chain_id, entry) for entry, chain_ids in section.keys(ctx, cfg, key) for chain_id in chain_ids]
     t.done()
-    return ProvidersConfig(**fields), owners
+    return ProvidersConfig(**fields)
 
 
 def parse_config(data: Mapping[str, Any], path: Path) -> KmsConfig:
     """Validate a parsed tmkms.toml (the pure core of ``load_config``); ``path`` is for messages and paths."""
     ctx = Ctx(path)
-    top = Table(ctx, dict(data), "", SECTIONS)
+    top = Table(ctx, dict(data), "", ("chain", "validator", "providers", "guard", "metrics", "keyholder"))
     chains = [parse_chain(ctx, item, f"chain[{i}]") for i, item in enumerate(top.table_list("chain"))]
     validators = [parse_validator(ctx, item, f"validator[{i}]") for i, item in enumerate(top.table_list("validator"))]
-    providers, owners = _providers(ctx, top.raw("providers") or {})
+    providers = _providers(ctx, top.raw("providers") or {})
     guard = parse_guard(ctx, top.raw("guard"), "guard") if top.has("guard") else None
     metrics = parse_metrics(ctx, top.raw("metrics"), "metrics") if top.has("metrics") else None
     keyholder = parse_keyholder(top.raw("keyholder"), path)
@@ -256,19 +243,16 @@ def parse_config(data: Mapping[str, Any], path: Path) -> KmsConfig:
         if chain.id in chain_ids:
             raise ctx.error(f"chain[{i}].id", f"chain {chain.id!r} is configured twice", "keep one [[chain]] per id")
         chain_ids.append(chain.id)
-    for i, validator in enumerate(validators):
-        if validator.chain_id not in chain_ids:
-            raise ctx.error(
-                f"validator[{i}].chain_id",
-                f"no [[chain]] with id {validator.chain_id!r}{did_you_mean(validator.chain_id, chain_ids)}",
-                f'add a [[chain]] with id = "{validator.chain_id}" or correct the chain_id',
-            )
-    for chain_id, key in owners:
+    owners = [(chain_id, key) for key, ids in ctx.owners for chain_id in ids]
+    # (where the chain is named, its id, what to correct) for every reference to a [[chain]]
+    references = [(f"validator[{i}].chain_id", v.chain_id, "the chain_id") for i, v in enumerate(validators)]
+    references += [(f"{key}.chain_ids", chain_id, "chain_ids") for chain_id, key in owners]
+    for where, chain_id, field in references:
         if chain_id not in chain_ids:
             raise ctx.error(
-                f"{key}.chain_ids",
+                where,
                 f"no [[chain]] with id {chain_id!r}{did_you_mean(chain_id, chain_ids)}",
-                f'add a [[chain]] with id = "{chain_id}" or correct chain_ids',
+                f'add a [[chain]] with id = "{chain_id}" or correct {field}',
             )
     served = {v.chain_id for v in validators}
     kept: list[ChainConfig] = []

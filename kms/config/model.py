@@ -72,7 +72,7 @@ class ValidatorConfig:
 
 @dataclass(frozen=True)
 class SoftsignConfig:
-    """One ``[[providers.softsign]]`` (consensus keys only; tmkms account keys are skipped with a warning)."""
+    """One ``[[providers.softsign]]``: an Ed25519 consensus key, or a secp256k1 account key for a chain without one."""
 
     chain_ids: tuple[str, ...]
     key_type: Literal["consensus", "account"]

@@ -1,6 +1,6 @@
 """The ``[[providers.X]]`` sections, plugged in at one place: ``PROVIDERS`` maps each TOML section name to how its
-table is read (at config load), which chains its entries hold keys for (checked once, at load: one key per chain)
-and how its signers are built (``pykms.providers.registry.build_signers``).
+table is read (at config load; the parser records in ``ctx.owners`` which chains each key is for, checked once:
+one key per chain) and how its signers are built (``pykms.providers.registry.build_signers``).
 
 A provider's own module (yubihsm, ledgerblue, PKCS#11 libraries) is imported only when its signers are built, never
 at config load. A new provider: its config dataclass in model.py, a parser and a builder here, one entry in
@@ -42,8 +42,6 @@ class ProviderSection:
     field: str
     #: The raw TOML table -> its config dataclass; errors name file, key and fix.
     parse: Callable[[Ctx, object, str], Any]
-    #: (dotted key of a key entry, its chain ids) for each consensus key an entry holds.
-    keys: Callable[[Ctx, Any, str], list[tuple[str, tuple[str, ...]]]]
     #: The entry's signers; imports the provider's module (and its libraries) only now.
     build: Callable[[Any], Built]
     #: Drops entries given the whole section (softsign: account keys shadowed by a consensus key).
@@ -68,19 +66,16 @@ def parse_yubihsm(ctx: Ctx, data: object, key: str) -> YubihsmConfig:
     akey = t.sub("adapter")
     raw_adapter = t.raw("adapter")
     kind = Table(ctx, raw_adapter, akey, ("type",)).choice("type", ("usb", "http"), required=True)
+    a = Table(ctx, raw_adapter, akey, ("type", "timeout_ms") if kind == "usb" else ("type", "addr"))
+    a.raw("type")
     if kind == "usb":
-        a = Table(ctx, raw_adapter, akey, ("type", "timeout_ms"))
-        a.raw("type")
         usb_timeout = a.int_("timeout_ms", lo=1, hi=600_000)
-        a.done()
         adapter = YubihsmAdapter(type="usb", timeout_ms=usb_timeout or DEFAULT_YUBIHSM_USB_TIMEOUT_MS)
     else:
-        a = Table(ctx, raw_adapter, akey, ("type", "addr"))
-        a.raw("type")
         connector = a.req_str("addr", 'add addr = "tcp://127.0.0.1:12345" (the yubihsm-connector)')
         check_host_port(ctx, f"{akey}.addr", connector, schemes=("tcp", "http"))
-        a.done()
         adapter = YubihsmAdapter(type="http", addr=connector)
+    a.done()
 
     if not t.has("auth"):
         raise ctx.error(t.sub("auth"), "missing", 'add auth = { key = 1, password_file = "secrets/yubihsm-password" }')
@@ -112,7 +107,7 @@ def parse_yubihsm(ctx: Ctx, data: object, key: str) -> YubihsmConfig:
             ctx.warn(kkey, "account keys are not used by pykms (it signs consensus messages only); entry ignored")
             continue
         keys.append(YubihsmKey(chain_ids=list(chain_ids), key=object_id, type=key_type))
-        ctx.key_names[id(keys[-1])] = kkey
+        ctx.owners.append((kkey, chain_ids))
 
     serial = t.str_("serial_number", fix='quote it: serial_number = "0123456789"')
     server: YubihsmConnectorServer | None = None
@@ -153,6 +148,7 @@ def parse_ledger(ctx: Ctx, data: object, key: str) -> LedgerConfig:
         check_host_port(ctx, t.sub("addr"), addr, schemes=("tcp",))
     elif addr is not None:
         raise ctx.error(t.sub("addr"), "only used with transport = tcp", 'remove addr or set transport = "tcp"')
+    ctx.owners.append((key, chain_ids))
     return LedgerConfig(
         chain_ids=chain_ids, transport=transport, addr=addr, extensions_disabled=bool(extensions_disabled)
     )
@@ -162,7 +158,7 @@ def parse_pkcs11(ctx: Ctx, data: object, key: str) -> Pkcs11Config:
     known = ("module", "token_label", "slot", "user_pin_file", "user_pin_env", "keys")
     t = Table(ctx, data, key, known)
     for secret in ("user_pin", "pin"):
-        no_clear_secret(ctx, t, secret, "user_pin_file", "user_pin_env")
+        no_clear_secret(t, secret, "user_pin_file", "user_pin_env")
     module = t.path("module", required=True)
     assert module is not None
     token_label = t.str_("token_label")
@@ -186,6 +182,7 @@ def parse_pkcs11(ctx: Ctx, data: object, key: str) -> Pkcs11Config:
         if label is None and key_id is None:
             raise ctx.error(kkey, "name the key by label or id", 'add label = "<CKA_LABEL>" or id = "<hex CKA_ID>"')
         keys.append(Pkcs11Key(chain_ids=chain_ids, label=label, id=None if key_id is None else key_id.lower()))
+        ctx.owners.append((kkey, chain_ids))
     t.done()
     if not keys:
         raise ctx.error(t.sub("keys"), "no keys", 'add keys = [{ chain_ids = ["<chain-id>"], label = "<label>" }]')
@@ -208,6 +205,7 @@ def _keep_softsign(ctx: Ctx, entries: list[tuple[Any, str]]) -> list[tuple[Any, 
             )
             continue
         kept.append((soft, key))
+        ctx.owners.append((key, soft.chain_ids))
     return kept
 
 
@@ -240,7 +238,9 @@ def _build_pkcs11(cfg: Pkcs11Config) -> Built:
 def _parse_threshold(ctx: Ctx, data: object, key: str) -> Any:
     from pykms.threshold.config import parse_threshold_provider
 
-    return parse_threshold_provider(ctx, data, key)
+    cfg = parse_threshold_provider(ctx, data, key)
+    ctx.owners.append((key, tuple(cfg.chain_ids)))
+    return cfg
 
 
 def _build_threshold(cfg: Any) -> Built:
@@ -249,28 +249,15 @@ def _build_threshold(cfg: Any) -> Built:
     return [(tuple(cfg.chain_ids), ThresholdSigner.from_config(cfg))]
 
 
-def _whole_entry(_ctx: Ctx, cfg: Any, key: str) -> list[tuple[str, tuple[str, ...]]]:
-    return [(key, tuple(cfg.chain_ids))]
-
-
-def _yubihsm_keys(ctx: Ctx, cfg: YubihsmConfig, key: str) -> list[tuple[str, tuple[str, ...]]]:
-    # Named as written: account keys dropped before a key would shift a counted index.
-    return [(ctx.key_names.get(id(k), f"{key}.keys[{j}]"), tuple(k.chain_ids)) for j, k in enumerate(cfg.keys)]
-
-
-def _pkcs11_keys(_ctx: Ctx, cfg: Pkcs11Config, key: str) -> list[tuple[str, tuple[str, ...]]]:
-    return [(f"{key}.keys[{j}]", k.chain_ids) for j, k in enumerate(cfg.keys)]
-
-
-_LEDGER = ProviderSection("ledger", parse_ledger, _whole_entry, _build_ledger)
+_LEDGER = ProviderSection("ledger", parse_ledger, _build_ledger)
 
 #: TOML section name -> provider, in the order sections are read. ``ledgertm`` is tmkms's name, ``ledger`` an alias.
 PROVIDERS: dict[str, ProviderSection] = {
-    "softsign": ProviderSection("softsign", parse_softsign, _whole_entry, _build_softsign, _keep_softsign),
-    "yubihsm": ProviderSection("yubihsm", parse_yubihsm, _yubihsm_keys, _build_yubihsm),
+    "softsign": ProviderSection("softsign", parse_softsign, _build_softsign, _keep_softsign),
+    "yubihsm": ProviderSection("yubihsm", parse_yubihsm, _build_yubihsm),
     "ledgertm": _LEDGER,
     "ledger": _LEDGER,
-    "pkcs11": ProviderSection("pkcs11", parse_pkcs11, _pkcs11_keys, _build_pkcs11),
+    "pkcs11": ProviderSection("pkcs11", parse_pkcs11, _build_pkcs11),
     #: [pykms] FROST t-of-n cosigners (pykms.threshold.config.ThresholdConfig).
-    "threshold": ProviderSection("threshold", _parse_threshold, _whole_entry, _build_threshold),
+    "threshold": ProviderSection("threshold", _parse_threshold, _build_threshold),
 }

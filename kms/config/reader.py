@@ -3,8 +3,6 @@ and the fix.
 
 ``Table`` pops the keys it knows, checks their types and finally (``done``) refuses whatever is left, with a
 "did you mean" for typos: like tmkms's ``#[serde(deny_unknown_fields)]``, a misspelt key is an error.
-Validator addresses (``tcp://[ID@]host:port`` or ``unix:///path``) parse into a typed ``ValidatorAddr``;
-``check_host_port`` checks the other listeners a config names.
 """
 
 from __future__ import annotations
@@ -53,18 +51,14 @@ class Ctx:
         self.path = path
         self.base = path.parent
         self.warnings: list[str] = []
-        #: Dotted name, as written, of each kept YubiHSM key (account keys before it are dropped).
-        self.key_names: dict[int, str] = {}
+        #: (dotted key as written, its chain ids) of each consensus key the provider parsers kept.
+        self.owners: list[tuple[str, tuple[str, ...]]] = []
 
     def error(self, key: str, message: str, fix: str | None = None) -> ConfigError:
         return ConfigError(message, file=str(self.path), key=key, fix=fix)
 
     def warn(self, key: str, message: str) -> None:
         self.warnings.append(f"{self.path}: key `{key}`: {message}")
-
-    def resolve(self, value: str) -> Path:
-        """tmkms's working directory or pykms's config folder (pykms.paths); AmbiguousPath if they disagree."""
-        return resolve_relative(value, self.base)
 
 
 class Table:
@@ -135,7 +129,7 @@ class Table:
         if value is None:
             return None
         try:
-            return self.ctx.resolve(value)
+            return resolve_relative(value, self.ctx.base)  # the working directory or the config's folder
         except AmbiguousPath as exc:
             raise self.ctx.error(
                 self.sub(name), str(exc), f"write the absolute path of the one you mean, e.g. {exc.cwd_path}"
@@ -195,10 +189,10 @@ def check_chain_id(ctx: Ctx, key: str, chain_id: str) -> None:
         )
 
 
-def no_clear_secret(ctx: Ctx, t: Table, name: str, file_key: str, env_key: str) -> None:
+def no_clear_secret(t: Table, name: str, file_key: str, env_key: str) -> None:
     """Refuse a secret written in clear in the config file: it belongs in a 0600 file or the environment."""
     if t.has(name):
-        raise ctx.error(
+        raise t.ctx.error(
             t.sub(name),
             "secrets are never written in the config file",
             f"put it in a 0600 file and set {file_key} = <path>, or set {env_key} = <environment variable name>",
@@ -232,25 +226,16 @@ class ValidatorAddr:
         return f"tcp://{peer}{host}:{self.port}"
 
 
-class AddrError(ValueError):
+class AddrError(ConfigError):
+    """A bad address, named without file or key: ``load_config`` re-raises it with both."""
+
     def __init__(self, message: str, fix: str) -> None:
-        super().__init__(message)
+        super().__init__(message, fix=fix)
         self.message = message
-        self.fix = fix
 
 
 def parse_addr(addr: str, *, base: Path | None = None) -> ValidatorAddr:
-    """Parse ``tcp://[ID@]host:port`` or ``unix:///path`` (no scheme means tcp, as in tendermint-rs net.rs).
-
-    Raises ConfigError (without file or key: ``load_config`` reports those).
-    """
-    try:
-        return parse_addr_text(addr, base)
-    except AddrError as exc:
-        raise ConfigError(exc.message, fix=exc.fix) from None
-
-
-def parse_addr_text(addr: str, base: Path | None) -> ValidatorAddr:
+    """Parse ``tcp://[ID@]host:port`` or ``unix:///path`` (no scheme means tcp, as in tendermint-rs net.rs)."""
     fix = 'write "tcp://NODE_ID@host:port", "tcp://host:port" or "unix:///path/to/socket"'
     if addr.startswith("unix://"):
         rest = addr[len("unix://") :]

@@ -154,13 +154,11 @@ class ThresholdSigner:
         *,
         timeout_s: float,
         retry_after_s: float = 1.0,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.package = package
         self.clients = [CosignerClient(addr, identity) for addr in cosigners]
         self.timeout_s = timeout_s
         self.retry_after_s = retry_after_s
-        self._clock = clock
         # Two calls per cosigner may be in flight (a late one from an earlier round and a new one).
         self._pool = ThreadPoolExecutor(max_workers=2 * len(self.clients), thread_name_prefix="threshold")
         self._closed = False
@@ -200,7 +198,7 @@ class ThresholdSigner:
         }
         pending = set(futures)
         while pending and len(result.ok) < wanted:
-            done, pending = wait(pending, timeout=max(0.0, deadline - self._clock()), return_when=FIRST_COMPLETED)
+            done, pending = wait(pending, timeout=max(0.0, deadline - time.monotonic()), return_when=FIRST_COMPLETED)
             if not done:
                 break
             for future in done:
@@ -225,12 +223,12 @@ class ThresholdSigner:
         if self._closed:
             raise FatalProviderError("threshold signer is closed")
         t = self.package.min_signers
-        deadline = self._clock() + self.timeout_s
+        deadline = time.monotonic() + self.timeout_s
         excluded: set[CosignerClient] = set()
         stale_retried: set[CosignerClient] = set()
         reasons: dict[str, str] = {}
-        while self._clock() < deadline:
-            now = self._clock()
+        while time.monotonic() < deadline:
+            now = time.monotonic()
             usable = [c for c in self.clients if c not in excluded]
             up = [c for c in usable if c.down_until <= now]
             candidates = up if len(up) >= t else usable
@@ -270,7 +268,7 @@ class ThresholdSigner:
             for client, answer in [*second.ok.items(), *second.refused.items()]:
                 nxt = answer.get("next")
                 if isinstance(nxt, dict) and (parsed := self._commitment(client, nxt)) is not None:
-                    client.put_ready(*parsed, self._clock())
+                    client.put_ready(*parsed, time.monotonic())
             for client, error in list(second.failed.items()):
                 # A session the cosigner no longer knows (restart, eviction, expiry) is not a fault: once per
                 # request and cosigner, ask it for a fresh commitment instead of leaving it out.
@@ -291,7 +289,7 @@ class ThresholdSigner:
                 if culprit is None:
                     break
                 excluded.add(culprit)
-                culprit.down_until = self._clock() + self.retry_after_s
+                culprit.down_until = time.monotonic() + self.retry_after_s
                 continue
             verify_or_raise(self.package.group_public_key, message, signature, self.provider)
             return signature
@@ -300,7 +298,7 @@ class ThresholdSigner:
 
     def _round_deadline(self, deadline: float) -> float:
         """A round may take a third of the budget: a stalled cosigner then leaves time to retry without it."""
-        return min(deadline, self._clock() + self.timeout_s / 3)
+        return min(deadline, time.monotonic() + self.timeout_s / 3)
 
     def _commitment(self, client: CosignerClient, answer: dict[str, Any]) -> tuple[str, frost.Commitment] | None:
         """(session, commitment) from an answer; its points are validated once, by aggregate(), not here."""
@@ -315,7 +313,7 @@ class ThresholdSigner:
             if identifier not in self.package.verifying_shares:
                 raise ThresholdError(f"unknown participant {identifier}")
         except (KeyError, TypeError, ValueError, ThresholdError):
-            client.down_until = self._clock() + self.retry_after_s
+            client.down_until = time.monotonic() + self.retry_after_s
             return None
         return session, commitment
 
@@ -323,7 +321,7 @@ class ThresholdSigner:
         for client, reason in result.failed.items():
             excluded.add(client)
             reasons[client.addr.addr] = reason
-            client.down_until = self._clock() + self.retry_after_s
+            client.down_until = time.monotonic() + self.retry_after_s
         for client in result.ok:
             client.down_until = 0.0
 

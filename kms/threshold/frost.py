@@ -186,7 +186,7 @@ class Nonces:
     hiding: bytes = field(repr=False)
     binding: bytes = field(repr=False)
     #: (G·hiding, G·binding), kept from ``commit`` so round two need not recompute them.
-    public: tuple[bytes, bytes] | None = None
+    public: tuple[bytes, bytes]
 
 
 @dataclass(frozen=True, order=True)
@@ -214,12 +214,12 @@ def split_secret(secret: bytes, min_signers: int, max_signers: int, *, rng: Rng 
     if max_signers >= 2**16:
         raise ThresholdError("too many participants")
     check_scalar(secret, "the secret")
-    coefficients = [secret] + [_reduce(rng(64)) for _ in range(min_signers - 1)]
-    return [SecretShare(i, _evaluate(coefficients, scalar_from_int(i))) for i in range(1, max_signers + 1)]
+    coefficients = [_reduce(rng(64)) for _ in range(min_signers - 1)]
+    return split_with_coefficients(secret, coefficients, max_signers)
 
 
 def split_with_coefficients(secret: bytes, coefficients: Sequence[bytes], max_signers: int) -> list[SecretShare]:
-    """The same split with given higher coefficients (for the RFC's vector)."""
+    """The same split with given higher coefficients (the RFC's vector gives them)."""
     coeffs = [secret, *coefficients]
     return [SecretShare(i, _evaluate(coeffs, scalar_from_int(i))) for i in range(1, max_signers + 1)]
 
@@ -334,8 +334,7 @@ def sign_share_and_commitment(
 
     ``group_public_key`` is trusted (it comes from the checked key package); every commitment is validated.
     """
-    public = nonces.public or (_base_mul(nonces.hiding), _base_mul(nonces.binding))
-    own = Commitment(share.identifier, *public)
+    own = Commitment(share.identifier, *nonces.public)
     mine = next((c for c in commitments if c.identifier == share.identifier), None)
     if mine is None:
         raise ThresholdError(f"participant {share.identifier} is not in the commitment list")

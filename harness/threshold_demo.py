@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CosignerSet", "free_port", "start_cosigner", "use_threshold", "write_cosigner_set"]
+__all__ = ["CosignerSet", "start_cosigner", "use_threshold", "write_cosigner_set"]
 
 
 def free_port() -> int:

@@ -52,12 +52,9 @@ __all__ = [
     "KeyInfo",
     "Pkcs11Signer",
     "Pkcs11Token",
-    "decode_ec_point",
-    "encode_ec_point",
     "generate_key",
     "import_key",
     "list_keys",
-    "map_pkcs11_error",
     "parse_key_id",
     "read_pin",
 ]
@@ -537,20 +534,6 @@ class Pkcs11Signer:
         except BaseException:
             self.close()
             raise
-
-    @classmethod
-    def open(
-        cls,
-        module: str | Path,
-        pin: str,
-        *,
-        token_label: str | None = None,
-        slot: int | None = None,
-        label: str | None = None,
-        key_id: bytes | None = None,
-    ) -> Pkcs11Signer:
-        """A signer with its own token session, from plain arguments."""
-        return cls(Pkcs11Token(module, pin, token_label=token_label, slot=slot), label=label, key_id=key_id)
 
     @classmethod
     def from_config(cls, cfg: Pkcs11Config, key: Pkcs11Key) -> Pkcs11Signer:

@@ -26,7 +26,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -49,7 +49,7 @@ from pykms.threshold.wire import MessageReader, send_message
 if TYPE_CHECKING:
     from pykms.threshold.config import ThresholdConfig, ThresholdCosignerAddr
 
-__all__ = ["CosignerClient", "CosignerStatus", "ThresholdSigner", "cosigner_status"]
+__all__ = ["CosignerClient", "ThresholdSigner", "cosigner_status"]
 
 #: A commitment received with a share is used within this long; the cosigner keeps its nonces for
 #: ``SESSION_TTL_S`` (120 s), so an older one is not even tried.
@@ -335,36 +335,27 @@ class ThresholdSigner:
         return f"ThresholdSigner(group_key={self.package.group_public_key.hex().upper()}, n={len(self.clients)})"
 
 
-@dataclass(frozen=True)
-class CosignerStatus:
-    addr: str
-    identifier: int | None = None
-    chains: dict[str, tuple[int, int, int]] = field(default_factory=dict)
-    latency_ms: float = 0.0
-    error: str | None = None
-
-
-def cosigner_status(cfg: ThresholdConfig, *, timeout_s: float = 3.0) -> list[CosignerStatus]:
-    """Ask every cosigner of one ``[[providers.threshold]]`` for its last signed h/r/s (``pykms threshold status``)."""
+def cosigner_status(cfg: ThresholdConfig, *, timeout_s: float = 3.0) -> Iterator[tuple[bool, str]]:
+    """(reachable, line) for every cosigner of one ``[[providers.threshold]]`` (``pykms threshold status``)."""
     from pykms.secretconn.identity import load_identity
 
     identity = load_identity(cfg.secret_key)
-    rows: list[CosignerStatus] = []
     for addr in cfg.cosigners:
         client = CosignerClient(addr, identity)
         started = time.monotonic()
         try:
             answer = client.call({"op": "status"}, started + timeout_s)
-            chains = {
-                str(chain): (int(v["height"]), int(v["round"]), int(v["step"]))
-                for chain, v in dict(answer["chains"]).items()
-            }
-            rows.append(
-                CosignerStatus(addr.addr, int(answer["identifier"]), chains, (time.monotonic() - started) * 1000)
-            )
+            latency_ms = (time.monotonic() - started) * 1000
+            signed = [
+                f"{chain} {int(v['height'])}/{int(v['round'])}/{int(v['step'])}"
+                for chain, v in sorted(dict(answer["chains"]).items())
+            ]
+            share = int(answer["identifier"])
         except (TransientProviderError, KeyError, TypeError, ValueError) as exc:
-            rows.append(CosignerStatus(addr.addr, error=str(exc)))
+            yield False, f"{addr.addr}: UNREACHABLE ({exc})"
+        else:
+            chains = ", ".join(signed) or "no chains"
+            yield True, f"{addr.addr}: ok, share {share}, {latency_ms:.1f} ms, last signed h/r/s: {chains}"
         finally:
             with contextlib.suppress(Exception):
                 client.close()
-    return rows

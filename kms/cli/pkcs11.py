@@ -17,7 +17,7 @@ from typing import Any
 from pykms.errors import ConfigError, KeyFileError
 from pykms.keyfiles import read_secret_file
 
-__all__ = ["consensus_key", "parse_priv_validator_key", "parse_seed_file", "register"]
+__all__ = ["register"]
 
 
 def register(sub: Any) -> None:

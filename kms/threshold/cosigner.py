@@ -43,7 +43,7 @@ from pykms.guard.store import StateStore
 from pykms.privval.signbytes import decode_sign_bytes
 from pykms.threshold import frost
 
-__all__ = ["MAX_PENDING", "SESSION_TTL_S", "Cosigner"]
+__all__ = ["Cosigner"]
 
 #: Nonce pairs kept between the rounds: a coordinator opens at most a few at a time (one per request, several
 #: signers in HA); beyond this the oldest is destroyed, so a peer cannot grow our memory.

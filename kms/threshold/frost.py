@@ -37,28 +37,19 @@ from nacl.signing import VerifyKey
 from pykms.errors import ThresholdError
 
 __all__ = [
-    "CONTEXT_STRING",
     "Commitment",
     "Nonces",
     "PublicKeyPackage",
     "SecretShare",
     "aggregate",
-    "binding_factors",
-    "challenge",
+    "check_element",
+    "check_scalar",
     "commit",
     "crypto_public",
-    "encode_commitment_list",
-    "group_commitment",
-    "interpolating_value",
-    "nonce_generate",
     "public_key_package",
-    "scalar_from_int",
     "secret_scalar_from_seed",
-    "sign_share",
     "sign_share_and_commitment",
     "split_secret",
-    "split_with_coefficients",
-    "verify_share",
 ]
 
 #: RFC 9591 §6.5 contextString of FROST(Ed25519, SHA-512).

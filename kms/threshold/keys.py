@@ -23,13 +23,7 @@ from pykms.errors import KeyFileError, ThresholdError
 from pykms.keyfiles import read_secret_file, write_secret_file
 from pykms.threshold import frost
 
-__all__ = [
-    "GROUP_TYPE",
-    "SHARE_TYPE",
-    "load_group_file",
-    "load_share_file",
-    "split_key_file",
-]
+__all__ = ["load_group_file", "load_share_file", "split_key_file"]
 
 SHARE_TYPE = "pykms/frost-ed25519-sha512-share"
 GROUP_TYPE = "pykms/frost-ed25519-sha512-group"

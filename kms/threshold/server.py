@@ -22,7 +22,7 @@ from pykms.threshold import frost
 from pykms.threshold.cosigner import Cosigner
 from pykms.threshold.wire import MessageReader, send_message
 
-__all__ = ["CosignerServer", "handle_request"]
+__all__ = ["CosignerServer"]
 
 #: Idle connections are kept (the coordinator reuses them); a silent one is dropped after this long.
 IDLE_TIMEOUT_S = 300.0

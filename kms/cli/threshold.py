@@ -54,7 +54,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from pykms.providers.threshold import cosigner_status
 
     config = load_config(args.config)
-    entries = getattr(config.providers, "threshold", [])
+    entries = config.providers.threshold
     if not entries:
         raise ConfigError("no [[providers.threshold]]", file=str(config.path), fix="add a [[providers.threshold]]")
     worst = 0

@@ -65,6 +65,7 @@ _reduce = bindings.crypto_core_ed25519_scalar_reduce
 _add = bindings.crypto_core_ed25519_scalar_add
 _sub = bindings.crypto_core_ed25519_scalar_sub
 _mul = bindings.crypto_core_ed25519_scalar_mul
+_point_add = bindings.crypto_core_ed25519_add
 _ZERO = bytes(SCALAR_LEN)
 _ONE = (1).to_bytes(SCALAR_LEN, "little")
 
@@ -128,10 +129,6 @@ def _point_mul(scalar: bytes, point: bytes) -> bytes:
         return bindings.crypto_scalarmult_ed25519_noclamp(scalar, point)
     except NaclRuntimeError:
         raise ThresholdError("scalar multiplication gave the identity (zero scalar)") from None
-
-
-def _point_add(p: bytes, q: bytes) -> bytes:
-    return bindings.crypto_core_ed25519_add(p, q)
 
 
 def secret_scalar_from_seed(seed: bytes) -> bytes:

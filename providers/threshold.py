@@ -26,7 +26,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -41,7 +41,6 @@ from pykms.errors import (
     ThresholdError,
     TransientProviderError,
 )
-from pykms.providers.signer import verify_or_raise
 from pykms.secretconn.sync import BlockingSecretStream, secret_connection_sync
 from pykms.threshold import frost
 from pykms.threshold.wire import MessageReader, send_message
@@ -185,16 +184,10 @@ class ThresholdSigner:
     def public_key(self) -> bytes:
         return self.package.group_public_key
 
-    def _round(
-        self,
-        clients: list[CosignerClient],
-        make: Callable[[CosignerClient], dict[str, Any]],
-        wanted: int,
-        deadline: float,
-    ) -> _Round:
+    def _round(self, requests: dict[CosignerClient, dict[str, Any]], wanted: int, deadline: float) -> _Round:
         result = _Round()
         futures: dict[Future[dict[str, Any]], CosignerClient] = {
-            self._pool.submit(client.call, make(client), deadline): client for client in clients
+            self._pool.submit(client.call, request, deadline): client for client, request in requests.items()
         }
         pending = set(futures)
         while pending and len(result.ok) < wanted:
@@ -237,8 +230,8 @@ class ThresholdSigner:
             # Round one: a commitment handed out with a cosigner's previous share costs no round trip.
             ready = {c: r for c in candidates if (r := c.take_ready(now - READY_TTL_S)) is not None}
             if len(ready) < t:
-                ask = [c for c in candidates if c not in ready]
-                first = self._round(ask, lambda c: {"op": "commit"}, t - len(ready), self._round_deadline(deadline))
+                ask = {c: {"op": "commit"} for c in candidates if c not in ready}
+                first = self._round(ask, t - len(ready), self._round_deadline(deadline))
                 self._mark(first, excluded, reasons)
                 for client, answer in first.ok.items():
                     parsed = self._commitment(client, answer)
@@ -253,18 +246,11 @@ class ThresholdSigner:
                 client.put_ready(session, commitment, now)
             commitments = [commitment for _, (_, commitment) in chosen]
             wire_list = [[c.identifier, c.hiding.hex(), c.binding.hex()] for c in commitments]
-            sessions = {client: session for client, (session, _) in chosen}
-            second = self._round(
-                [client for client, _ in chosen],
-                lambda c, s=sessions, w=wire_list: {  # type: ignore[misc]
-                    "op": "sign",
-                    "session": s[c],
-                    "message": message.hex(),
-                    "commitments": w,
-                },
-                t,
-                self._round_deadline(deadline),
-            )
+            requests = {
+                client: {"op": "sign", "session": session, "message": message.hex(), "commitments": wire_list}
+                for client, (session, _) in chosen
+            }
+            second = self._round(requests, t, self._round_deadline(deadline))
             for client, answer in [*second.ok.items(), *second.refused.items()]:
                 nxt = answer.get("next")
                 if isinstance(nxt, dict) and (parsed := self._commitment(client, nxt)) is not None:
@@ -291,8 +277,7 @@ class ThresholdSigner:
                 excluded.add(culprit)
                 culprit.down_until = time.monotonic() + self.retry_after_s
                 continue
-            verify_or_raise(self.package.group_public_key, message, signature, self.provider)
-            return signature
+            return signature  # aggregate() returns it only once it verifies under the group (public) key
         detail = "; ".join(f"{k}: {v}" for k, v in reasons.items()) or "no cosigner answered"
         raise TransientProviderError(f"threshold signature failed ({t} of {len(self.clients)} needed): {detail}")
 

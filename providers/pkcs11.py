@@ -55,8 +55,8 @@ __all__ = [
     "generate_key",
     "import_key",
     "list_keys",
+    "open_token",
     "parse_key_id",
-    "read_pin",
 ]
 
 PROVIDER = "pkcs11"
@@ -503,14 +503,19 @@ _shared_tokens: dict[tuple[str, str | None, int | None], Pkcs11Token] = {}
 _shared_lock = threading.Lock()
 
 
+def open_token(cfg: Pkcs11Config) -> Pkcs11Token:
+    """A session of its own on the token of one ``[[providers.pkcs11]]`` entry, logged in with its PIN source."""
+    pin = read_pin(cfg.user_pin_file, cfg.user_pin_env)
+    return Pkcs11Token(cfg.module, pin, token_label=cfg.token_label, slot=cfg.slot)
+
+
 def _shared_token(cfg: Pkcs11Config) -> Pkcs11Token:
     """One Pkcs11Token per configured token, so two keys on it share one session and one login."""
     key = (str(cfg.module), cfg.token_label, cfg.slot)
     with _shared_lock:
         token = _shared_tokens.get(key)
         if token is None or not token.acquire():
-            pin = read_pin(cfg.user_pin_file, cfg.user_pin_env)
-            token = _shared_tokens[key] = Pkcs11Token(cfg.module, pin, token_label=cfg.token_label, slot=cfg.slot)
+            token = _shared_tokens[key] = open_token(cfg)
         return token
 
 

@@ -128,13 +128,6 @@ def _no_key_for(args: argparse.Namespace) -> ConfigError:
     )
 
 
-def _open_token(entry: Any) -> Any:
-    from pykms.providers.pkcs11 import Pkcs11Token, read_pin
-
-    pin = read_pin(entry.user_pin_file, entry.user_pin_env)
-    return Pkcs11Token(entry.module, pin, token_label=entry.token_label, slot=entry.slot)
-
-
 def _key_name(key: Any) -> str:
     parts = [f"label={key.label!r}" if key.label is not None else "", f"id={key.id}" if key.id is not None else ""]
     return " ".join(p for p in parts if p)
@@ -149,7 +142,7 @@ def _names(key: Any, info: Any) -> bool:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from pykms.providers.pkcs11 import generate_key, list_keys, parse_key_id
+    from pykms.providers.pkcs11 import generate_key, list_keys, open_token, parse_key_id
 
     config, rows = _load(args.config)
     matched = False
@@ -157,7 +150,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if args.chain is not None and args.chain not in key.chain_ids:
             continue
         matched = True
-        with _open_token(entry) as token:
+        with open_token(entry) as token:
             present = any(info.has_private and _names(key, info) for info in list_keys(token))
             if present and args.chain is None:
                 print(f"{','.join(key.chain_ids)}: {_key_name(key)} already on {token.description}; skipped")
@@ -171,7 +164,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from pykms.providers.pkcs11 import import_key, parse_key_id
+    from pykms.providers.pkcs11 import import_key, open_token, parse_key_id
 
     if args.priv_validator_key is not None:
         seed = parse_priv_validator_key(read_secret_file(args.priv_validator_key), str(args.priv_validator_key))
@@ -180,7 +173,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     config, rows = _load(args.config)
     for entry, key in rows:
         if args.chain in key.chain_ids:
-            with _open_token(entry) as token:
+            with open_token(entry) as token:
                 pub = import_key(token, seed, key.label, parse_key_id(key.id))
             for chain_id in key.chain_ids:
                 print(f"{chain_id}: imported {_key_name(key)}; consensus key {consensus_key(config, chain_id, pub)}")
@@ -189,7 +182,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from pykms.providers.pkcs11 import list_keys
+    from pykms.providers.pkcs11 import list_keys, open_token
 
     config, rows = _load(args.config)
     seen: set[tuple[str, str | None, int | None]] = set()
@@ -198,7 +191,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         if where in seen:
             continue
         seen.add(where)
-        with _open_token(entry) as token:
+        with open_token(entry) as token:
             found = list_keys(token)
             print(f"{token.description} ({entry.module}): {len(found)} Ed25519 key(s)")
         same_token = [key for ent, key in rows if (str(ent.module), ent.token_label, ent.slot) == where]

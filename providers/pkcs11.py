@@ -369,14 +369,18 @@ class Pkcs11Token:
 # -------------------------------------------------------------------------------------------- key objects
 
 
-def _key_template(label: str | None, key_id: bytes | None) -> dict[Attribute, Any]:
-    """An Ed25519 key's type, label and id (those given): what finds it, and what a new key carries."""
-    attrs: dict[Attribute, Any] = {Attribute.KEY_TYPE: KeyType.EC_EDWARDS}
+def _named(label: str | None, key_id: bytes | None) -> dict[Attribute, Any]:
+    """The label and id attributes of a key, those given."""
+    attrs: dict[Attribute, Any] = {}
     if label is not None:
         attrs[Attribute.LABEL] = label
     if key_id is not None:
         attrs[Attribute.ID] = key_id
     return attrs
+
+
+def _key_template(label: str | None, key_id: bytes | None) -> dict[Attribute, Any]:
+    return {Attribute.KEY_TYPE: KeyType.EC_EDWARDS, **_named(label, key_id)}
 
 
 def _describe(label: str | None, key_id: bytes | None) -> str:
@@ -438,9 +442,8 @@ def _refuse_existing(session: Any, label: str | None, key_id: bytes | None, wher
 
 def _public_template(label: str | None, key_id: bytes | None) -> dict[Attribute, Any]:
     return {
-        **_key_template(label, key_id),
-        Attribute.CLASS: ObjectClass.PUBLIC_KEY,
         Attribute.TOKEN: True,
+        **_named(label, key_id),
         Attribute.EC_PARAMS: EC_PARAMS_ED25519,
         Attribute.VERIFY: True,
     }
@@ -449,9 +452,8 @@ def _public_template(label: str | None, key_id: bytes | None) -> dict[Attribute,
 def _private_template(label: str | None, key_id: bytes | None) -> dict[Attribute, Any]:
     # Sensitive, non-extractable, private: the seed never leaves the token again (PKCS#11 2.40 section 4.9).
     return {
-        **_key_template(label, key_id),
-        Attribute.CLASS: ObjectClass.PRIVATE_KEY,
         Attribute.TOKEN: True,
+        **_named(label, key_id),
         Attribute.PRIVATE: True,
         Attribute.SENSITIVE: True,
         Attribute.EXTRACTABLE: False,
@@ -484,10 +486,24 @@ def import_key(token: Pkcs11Token, seed: bytes, label: str | None, key_id: bytes
 
     def op(session: Any) -> bytes:
         _refuse_existing(session, label, key_id, token.description)
-        private = {**_private_template(label, key_id), Attribute.EC_PARAMS: EC_PARAMS_ED25519, Attribute.VALUE: seed}
-        priv = session.create_object(private)
+        priv = session.create_object(
+            {
+                **_private_template(label, key_id),
+                **_key_template(label, key_id),
+                Attribute.CLASS: ObjectClass.PRIVATE_KEY,
+                Attribute.EC_PARAMS: EC_PARAMS_ED25519,
+                Attribute.VALUE: seed,
+            }
+        )
         try:
-            session.create_object({**_public_template(label, key_id), Attribute.EC_POINT: encode_ec_point(public_key)})
+            session.create_object(
+                {
+                    **_public_template(label, key_id),
+                    **_key_template(label, key_id),
+                    Attribute.CLASS: ObjectClass.PUBLIC_KEY,
+                    Attribute.EC_POINT: encode_ec_point(public_key),
+                }
+            )
         except p11e.PKCS11Error:
             priv.destroy()  # no half-imported key left behind
             raise

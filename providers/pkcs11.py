@@ -49,18 +49,14 @@ if TYPE_CHECKING:
     from pykms.config import Pkcs11Config, Pkcs11Key
 
 __all__ = [
-    "EC_PARAMS_ED25519",
     "KeyInfo",
     "Pkcs11Signer",
     "Pkcs11Token",
-    "decode_ec_point",
-    "encode_ec_point",
     "generate_key",
     "import_key",
     "list_keys",
-    "map_pkcs11_error",
+    "open_token",
     "parse_key_id",
-    "read_pin",
 ]
 
 PROVIDER = "pkcs11"
@@ -96,29 +92,12 @@ def decode_ec_point(ec_point: bytes) -> bytes:
 
 
 def parse_key_id(key_id: str | None) -> bytes | None:
-    """CKA_ID from its hex spelling in the config (``id = "01a2"``)."""
-    if key_id is None:
-        return None
-    text = key_id.strip().removeprefix("0x")
-    try:
-        value = bytes.fromhex(text)
-    except ValueError:
-        raise ConfigError(
-            f"key id {key_id!r} is not hex", key="providers.pkcs11.keys.id", fix='write it as hex, e.g. id = "01"'
-        ) from None
-    if not value:
-        raise ConfigError("key id is empty", key="providers.pkcs11.keys.id", fix='write it as hex, e.g. id = "01"')
-    return value
+    """CKA_ID from its hex spelling in the config (``id = "01a2"``; the config reader has checked it is hex)."""
+    return None if key_id is None else bytes.fromhex(key_id)
 
 
 def read_pin(pin_file: Path | None, pin_env: str | None) -> str:
     """The user PIN from a private file (trailing newline dropped) or an environment variable; never the config."""
-    if pin_file is not None and pin_env is not None:
-        raise ConfigError(
-            "both user_pin_file and user_pin_env are set",
-            key="providers.pkcs11.user_pin_file",
-            fix="keep exactly one of them",
-        )
     if pin_file is not None:
         try:
             raw = read_secret_file(pin_file)
@@ -183,14 +162,10 @@ _PIN_ERRORS: dict[type[p11e.PKCS11Error], str] = {
 }
 
 
-def _is_library_uninitialised(exc: p11e.PKCS11Error) -> bool:
-    # python-pkcs11 0.10 maps CKR_CRYPTOKI_NOT_INITIALIZED to a bare PKCS11Error (pkcs11/_pkcs11.pxd,
-    # map_rv_to_error), so the exact class is the signal.
-    return type(exc) is p11e.PKCS11Error
-
-
 def _needs_reinit(exc: p11e.PKCS11Error) -> bool:
-    return isinstance(exc, _DEVICE_LOST) or _is_library_uninitialised(exc)
+    # python-pkcs11 0.10 maps CKR_CRYPTOKI_NOT_INITIALIZED to a bare PKCS11Error (pkcs11/_pkcs11.pxd,
+    # map_rv_to_error), so the exact class is the signal that the library lost its state.
+    return isinstance(exc, _DEVICE_LOST) or type(exc) is p11e.PKCS11Error
 
 
 def _is_retryable(exc: p11e.PKCS11Error) -> bool:
@@ -224,7 +199,7 @@ class _Module:
         self.path = path
         self.lock = threading.RLock()
         self.users = 0
-        #: Bumped on every re-initialisation; tokens re-open their session when it changed (stale handles
+        #: Bumped on every (re-)initialisation; tokens re-open their session when it changed (stale handles
         #: could otherwise name another session's objects once the library reuses handle numbers).
         self.generation = 0
         self._lib: Any = None
@@ -243,16 +218,9 @@ class _Module:
             self.generation += 1
         return self._lib
 
-    def reinitialize(self) -> None:
-        """Finalize (best effort) and initialise again: recovers from a lost device or library state."""
-        if self._lib is not None:
-            with contextlib.suppress(p11e.PKCS11Error):
-                self._lib.finalize()
-        self._lib = None
-        self.lib()
-
     def finalize(self) -> None:
-        if self._lib is not None and self._lib.initialized:
+        """Best effort; the next ``lib()`` initialises again (how a lost device or library state recovers)."""
+        if self._lib is not None:
             with contextlib.suppress(p11e.PKCS11Error):
                 self._lib.finalize()
         self._lib = None
@@ -277,24 +245,13 @@ def _acquire_module(path: str) -> _Module:
     return module
 
 
-def _release_module(module: _Module) -> None:
-    with module.lock:
-        module.users -= 1
-        if module.users == 0:
-            # Last user: finalize so sessions and logins end and a later load re-reads the module's configuration.
-            module.finalize()
-
-
 class Pkcs11Token:
-    """A logged-in session on one token, re-opened when lost. Thread-safe; shared by that token's signers."""
+    """A logged-in session on one token, re-opened when lost. Thread-safe; shared by that token's signers.
+
+    Reference counted: ``close()`` ends the session once every holder (``acquire``) has closed it.
+    """
 
     def __init__(self, module: str | Path, pin: str, *, token_label: str | None = None, slot: int | None = None):
-        if token_label is None and slot is None:
-            raise ConfigError(
-                "no token selected",
-                key="providers.pkcs11.token_label",
-                fix="set token_label (or slot) in [[providers.pkcs11]]",
-            )
         self.token_label = token_label
         self.slot = slot
         self._pin = pin
@@ -303,7 +260,7 @@ class Pkcs11Token:
         self._generation = -1
         #: Bumped whenever a new session is opened, so signers know their cached key handles are stale.
         self.session_serial = 0
-        self._closed = False
+        self._users = 1
 
     def __repr__(self) -> str:  # never the PIN
         return f"Pkcs11Token(module={self._module.path!r}, token_label={self.token_label!r}, slot={self.slot!r})"
@@ -315,6 +272,14 @@ class Pkcs11Token:
     @property
     def lock(self) -> threading.RLock:
         return self._module.lock
+
+    def acquire(self) -> bool:
+        """One more holder; False when the token is already closed."""
+        with self._module.lock:
+            if self._users == 0:
+                return False
+            self._users += 1
+            return True
 
     def _find_token(self, lib: Any) -> Any:
         if self.token_label is not None:
@@ -336,19 +301,21 @@ class Pkcs11Token:
                 return slot.get_token()
         raise p11e.NoSuchToken()
 
-    def _open(self) -> Any:
-        lib = self._module.lib()
-        token = self._find_token(lib)
+    def _session_now(self) -> Any:
+        if self._users == 0:
+            raise FatalProviderError("pkcs11: signer used after close()")
+        if self._session is not None and self._generation == self._module.generation:
+            return self._session
+        token = self._find_token(self._module.lib())
         try:
-            session = token.open(rw=True, user_pin=self._pin)
+            self._session = token.open(rw=True, user_pin=self._pin)
         except p11e.UserAlreadyLoggedIn:
             # Login state is per application and token: another session of ours is already logged in, and a new
             # session inherits it (PKCS#11 2.40 section 5.6, C_Login).
-            session = token.open(rw=True)
-        self._session = session
+            self._session = token.open(rw=True)
         self._generation = self._module.generation
         self.session_serial += 1
-        return session
+        return self._session
 
     def _drop_session(self) -> None:
         session, self._session = self._session, None
@@ -356,25 +323,17 @@ class Pkcs11Token:
             with contextlib.suppress(p11e.PKCS11Error):
                 session.close()
 
-    def _ensure(self) -> Any:
-        if self._closed:
-            raise FatalProviderError("pkcs11: signer used after close()")
-        if self._session is not None and self._generation == self._module.generation:
-            return self._session
-        self._session = None
-        return self._open()
-
     def run(self, op: Callable[[Any], T], where: str) -> T:
         """``op(session)`` under the module lock; one re-open and retry when the session or device was lost."""
         with self._module.lock:
             for attempt in (0, 1):
                 try:
-                    return op(self._ensure())
+                    return op(self._session_now())
                 except p11e.PKCS11Error as exc:
                     if attempt == 0 and _is_retryable(exc):
                         if _needs_reinit(exc):
                             self._session = None
-                            self._module.reinitialize()
+                            self._module.finalize()
                         else:
                             self._drop_session()
                         continue
@@ -386,13 +345,19 @@ class Pkcs11Token:
             raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:
-        """End the session and release the module (finalised when its last token closes). Idempotent."""
-        with self._module.lock:
-            if self._closed:
+        """Drop one holder; the last ends the session and releases the module (finalised when unused)."""
+        module = self._module
+        with module.lock:
+            if self._users == 0:
                 return
-            self._closed = True
+            self._users -= 1
+            if self._users > 0:
+                return
             self._drop_session()
-        _release_module(self._module)
+            module.users -= 1
+            if module.users == 0:
+                # Last user: finalize so sessions and logins end and a later load re-reads the module's config.
+                module.finalize()
 
     def __enter__(self) -> Pkcs11Token:
         return self
@@ -428,25 +393,13 @@ def _describe(label: str | None, key_id: bytes | None) -> str:
 
 
 def _find_one(session: Any, cls: ObjectClass, label: str | None, key_id: bytes | None) -> Any | None:
-    template = _key_template(label, key_id)
-    template[Attribute.CLASS] = cls
-    found = list(session.get_objects(template))
+    found = list(session.get_objects({**_key_template(label, key_id), Attribute.CLASS: cls}))
     if len(found) > 1:
         raise FatalProviderError(
             f"pkcs11: {len(found)} Ed25519 {cls.name.lower().replace('_', ' ')}s match {_describe(label, key_id)} "
             "(fix: give each key a unique label or id)"
         )
     return found[0] if found else None
-
-
-def _public_key_of(session: Any, label: str | None, key_id: bytes | None, where: str) -> bytes:
-    pub = _find_one(session, ObjectClass.PUBLIC_KEY, label, key_id)
-    if pub is None:
-        raise FatalProviderError(
-            f"pkcs11: no Ed25519 public key with {_describe(label, key_id)} on {where} (the public half is needed "
-            "for verification; fix: import or generate the key with `pykms pkcs11 keys`)"
-        )
-    return decode_ec_point(bytes(pub[Attribute.EC_POINT]))
 
 
 @dataclass(frozen=True)
@@ -465,23 +418,12 @@ def list_keys(token: Pkcs11Token) -> list[KeyInfo]:
     def op(session: Any) -> list[KeyInfo]:
         out = []
         # Materialised first: a session runs one C_FindObjects search at a time (CKR_OPERATION_ACTIVE otherwise).
-        pubs = list(
-            session.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.KEY_TYPE: KeyType.EC_EDWARDS})
-        )
+        pubs = list(session.get_objects({**_key_template(None, None), Attribute.CLASS: ObjectClass.PUBLIC_KEY}))
         for pub in pubs:
             label = str(pub[Attribute.LABEL])
             key_id = bytes(pub[Attribute.ID])
             public_key = decode_ec_point(bytes(pub[Attribute.EC_POINT]))
-            priv = list(
-                session.get_objects(
-                    {
-                        Attribute.CLASS: ObjectClass.PRIVATE_KEY,
-                        Attribute.KEY_TYPE: KeyType.EC_EDWARDS,
-                        Attribute.LABEL: label,
-                        Attribute.ID: key_id,
-                    }
-                )
-            )
+            priv = list(session.get_objects({**_key_template(label, key_id), Attribute.CLASS: ObjectClass.PRIVATE_KEY}))
             out.append(KeyInfo(label, key_id, public_key, bool(priv)))
         return sorted(out, key=lambda k: (k.label, k.key_id))
 
@@ -498,13 +440,20 @@ def _refuse_existing(session: Any, label: str | None, key_id: bytes | None, wher
             )
 
 
-def _common(label: str | None, key_id: bytes | None) -> dict[Attribute, Any]:
-    return {Attribute.TOKEN: True, **_named(label, key_id)}
+def _public_template(label: str | None, key_id: bytes | None) -> dict[Attribute, Any]:
+    return {
+        Attribute.TOKEN: True,
+        **_named(label, key_id),
+        Attribute.EC_PARAMS: EC_PARAMS_ED25519,
+        Attribute.VERIFY: True,
+    }
 
 
-def _private_policy() -> dict[Attribute, Any]:
+def _private_template(label: str | None, key_id: bytes | None) -> dict[Attribute, Any]:
     # Sensitive, non-extractable, private: the seed never leaves the token again (PKCS#11 2.40 section 4.9).
     return {
+        Attribute.TOKEN: True,
+        **_named(label, key_id),
         Attribute.PRIVATE: True,
         Attribute.SENSITIVE: True,
         Attribute.EXTRACTABLE: False,
@@ -514,16 +463,14 @@ def _private_policy() -> dict[Attribute, Any]:
 
 def generate_key(token: Pkcs11Token, label: str | None, key_id: bytes | None) -> bytes:
     """Generate an Ed25519 key pair on the token (never extractable); returns the raw public key."""
-    if label is None and key_id is None:
-        raise ConfigError("a key needs a label or an id", key="providers.pkcs11.keys", fix="set label or id")
 
     def op(session: Any) -> bytes:
         _refuse_existing(session, label, key_id, token.description)
         pub, _priv = session.generate_keypair(
             KeyType.EC_EDWARDS,
             mechanism=Mechanism.EC_EDWARDS_KEY_PAIR_GEN,
-            public_template={**_common(label, key_id), Attribute.EC_PARAMS: EC_PARAMS_ED25519, Attribute.VERIFY: True},
-            private_template={**_common(label, key_id), **_private_policy()},
+            public_template=_public_template(label, key_id),
+            private_template=_private_template(label, key_id),
             store=True,
         )
         return decode_ec_point(bytes(pub[Attribute.EC_POINT]))
@@ -535,20 +482,15 @@ def import_key(token: Pkcs11Token, seed: bytes, label: str | None, key_id: bytes
     """Store an Ed25519 seed on the token as a sensitive, non-extractable key plus its public key object."""
     from nacl.signing import SigningKey
 
-    if len(seed) != 32:
-        raise KeyFileError("an Ed25519 seed is 32 bytes")
-    if label is None and key_id is None:
-        raise ConfigError("a key needs a label or an id", key="providers.pkcs11.keys", fix="set label or id")
     public_key = bytes(SigningKey(seed).verify_key)
 
     def op(session: Any) -> bytes:
         _refuse_existing(session, label, key_id, token.description)
         priv = session.create_object(
             {
-                **_common(label, key_id),
-                **_private_policy(),
+                **_private_template(label, key_id),
+                **_key_template(label, key_id),
                 Attribute.CLASS: ObjectClass.PRIVATE_KEY,
-                Attribute.KEY_TYPE: KeyType.EC_EDWARDS,
                 Attribute.EC_PARAMS: EC_PARAMS_ED25519,
                 Attribute.VALUE: seed,
             }
@@ -556,12 +498,10 @@ def import_key(token: Pkcs11Token, seed: bytes, label: str | None, key_id: bytes
         try:
             session.create_object(
                 {
-                    **_common(label, key_id),
+                    **_public_template(label, key_id),
+                    **_key_template(label, key_id),
                     Attribute.CLASS: ObjectClass.PUBLIC_KEY,
-                    Attribute.KEY_TYPE: KeyType.EC_EDWARDS,
-                    Attribute.EC_PARAMS: EC_PARAMS_ED25519,
                     Attribute.EC_POINT: encode_ec_point(public_key),
-                    Attribute.VERIFY: True,
                 }
             )
         except p11e.PKCS11Error:
@@ -575,100 +515,64 @@ def import_key(token: Pkcs11Token, seed: bytes, label: str | None, key_id: bytes
 # ------------------------------------------------------------------------------------------------ signer
 
 
-_shared_tokens: dict[tuple[str, str | None, int | None], tuple[Pkcs11Token, list[int]]] = {}
+_shared_tokens: dict[tuple[str, str | None, int | None], Pkcs11Token] = {}
 _shared_lock = threading.Lock()
+
+
+def open_token(cfg: Pkcs11Config) -> Pkcs11Token:
+    """A session of its own on the token of one ``[[providers.pkcs11]]`` entry, logged in with its PIN source."""
+    pin = read_pin(cfg.user_pin_file, cfg.user_pin_env)
+    return Pkcs11Token(cfg.module, pin, token_label=cfg.token_label, slot=cfg.slot)
 
 
 def _shared_token(cfg: Pkcs11Config) -> Pkcs11Token:
     """One Pkcs11Token per configured token, so two keys on it share one session and one login."""
     key = (str(cfg.module), cfg.token_label, cfg.slot)
     with _shared_lock:
-        entry = _shared_tokens.get(key)
-        if entry is not None and not entry[0]._closed:
-            entry[1][0] += 1
-            return entry[0]
-        token = Pkcs11Token(
-            cfg.module, read_pin(cfg.user_pin_file, cfg.user_pin_env), token_label=cfg.token_label, slot=cfg.slot
-        )
-        _shared_tokens[key] = (token, [1])
+        token = _shared_tokens.get(key)
+        if token is None or not token.acquire():
+            token = _shared_tokens[key] = open_token(cfg)
         return token
 
 
-def _release_shared(token: Pkcs11Token) -> None:
-    with _shared_lock:
-        for key, (tok, refs) in list(_shared_tokens.items()):
-            if tok is token:
-                refs[0] -= 1
-                if refs[0] > 0:
-                    return
-                del _shared_tokens[key]
-                break
-    token.close()
-
-
 class Pkcs11Signer:
-    """An Ed25519 consensus key on a PKCS#11 token (implements pykms.providers.signer.Signer)."""
+    """An Ed25519 consensus key on a PKCS#11 token; holds (and on close releases) one reference to the token."""
 
     provider = PROVIDER
     signs_extensions = True
 
-    def __init__(
-        self, token: Pkcs11Token, *, label: str | None = None, key_id: bytes | None = None, owns_token: bool = False
-    ) -> None:
-        if label is None and key_id is None:
-            raise ConfigError("a pkcs11 key needs a label or an id", key="providers.pkcs11.keys", fix="set label or id")
+    def __init__(self, token: Pkcs11Token, *, label: str | None = None, key_id: bytes | None = None) -> None:
         self._token = token
         self._label = label
         self._key_id = key_id
-        self._owns_token = owns_token
-        self._release: Callable[[Pkcs11Token], None] | None = None
         self._priv: Any = None
         self._priv_serial = -1
         self._closed = False
         try:
-            self._public_key = token.run(
-                lambda s: _public_key_of(s, label, key_id, token.description), "reading the public key"
-            )
-            self._locate_private_now()
+            self._public_key = token.run(self._read_public_key, "reading the public key")
+            token.run(self._locate_private, "finding the private key")
             self._check_pair()
         except BaseException:
             self.close()
             raise
 
     @classmethod
-    def open(
-        cls,
-        module: str | Path,
-        pin: str,
-        *,
-        token_label: str | None = None,
-        slot: int | None = None,
-        label: str | None = None,
-        key_id: bytes | None = None,
-    ) -> Pkcs11Signer:
-        """A signer with its own token session, from plain arguments."""
-        token = Pkcs11Token(module, pin, token_label=token_label, slot=slot)
-        try:
-            return cls(token, label=label, key_id=key_id, owns_token=True)
-        except BaseException:
-            token.close()
-            raise
-
-    @classmethod
     def from_config(cls, cfg: Pkcs11Config, key: Pkcs11Key) -> Pkcs11Signer:
         """A signer for one ``[[providers.pkcs11]]`` key entry; keys on the same token share its session."""
-        key_id = parse_key_id(key.id)
-        token = _shared_token(cfg)
-        try:
-            signer = cls(token, label=key.label, key_id=key_id)
-        except BaseException:
-            _release_shared(token)
-            raise
-        signer._release = _release_shared
-        return signer
+        return cls(_shared_token(cfg), label=key.label, key_id=parse_key_id(key.id))
 
     def __repr__(self) -> str:
         return f"Pkcs11Signer({self._token!r}, key={_describe(self._label, self._key_id)})"
+
+    def _read_public_key(self, session: Any) -> bytes:
+        pub = _find_one(session, ObjectClass.PUBLIC_KEY, self._label, self._key_id)
+        if pub is None:
+            raise FatalProviderError(
+                f"pkcs11: no Ed25519 public key with {_describe(self._label, self._key_id)} on "
+                f"{self._token.description} (the public half is needed for verification; fix: import or generate "
+                "the key with `pykms pkcs11 keys`)"
+            )
+        return decode_ec_point(bytes(pub[Attribute.EC_POINT]))
 
     def _locate_private(self, session: Any) -> Any:
         if self._priv is not None and self._priv_serial == self._token.session_serial:
@@ -682,9 +586,6 @@ class Pkcs11Signer:
             )
         self._priv, self._priv_serial = priv, self._token.session_serial
         return priv
-
-    def _locate_private_now(self) -> None:
-        self._token.run(self._locate_private, "finding the private key")
 
     def _check_pair(self) -> None:
         """Prove once, up front, that the public object matches the private key: otherwise every sign fails."""
@@ -719,7 +620,4 @@ class Pkcs11Signer:
             return
         self._closed = True
         self._priv = None
-        if self._release is not None:
-            self._release(self._token)
-        elif self._owns_token:
-            self._token.close()
+        self._token.close()

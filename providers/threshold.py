@@ -26,7 +26,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -41,7 +41,6 @@ from pykms.errors import (
     ThresholdError,
     TransientProviderError,
 )
-from pykms.providers.signer import verify_or_raise
 from pykms.secretconn.sync import BlockingSecretStream, secret_connection_sync
 from pykms.threshold import frost
 from pykms.threshold.wire import MessageReader, send_message
@@ -49,7 +48,7 @@ from pykms.threshold.wire import MessageReader, send_message
 if TYPE_CHECKING:
     from pykms.threshold.config import ThresholdConfig, ThresholdCosignerAddr
 
-__all__ = ["CosignerClient", "CosignerStatus", "ThresholdSigner", "cosigner_status"]
+__all__ = ["CosignerClient", "ThresholdSigner", "cosigner_status"]
 
 #: A commitment received with a share is used within this long; the cosigner keeps its nonces for
 #: ``SESSION_TTL_S`` (120 s), so an older one is not even tried.
@@ -154,13 +153,11 @@ class ThresholdSigner:
         *,
         timeout_s: float,
         retry_after_s: float = 1.0,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.package = package
         self.clients = [CosignerClient(addr, identity) for addr in cosigners]
         self.timeout_s = timeout_s
         self.retry_after_s = retry_after_s
-        self._clock = clock
         # Two calls per cosigner may be in flight (a late one from an earlier round and a new one).
         self._pool = ThreadPoolExecutor(max_workers=2 * len(self.clients), thread_name_prefix="threshold")
         self._closed = False
@@ -187,20 +184,14 @@ class ThresholdSigner:
     def public_key(self) -> bytes:
         return self.package.group_public_key
 
-    def _round(
-        self,
-        clients: list[CosignerClient],
-        make: Callable[[CosignerClient], dict[str, Any]],
-        wanted: int,
-        deadline: float,
-    ) -> _Round:
+    def _round(self, requests: dict[CosignerClient, dict[str, Any]], wanted: int, deadline: float) -> _Round:
         result = _Round()
         futures: dict[Future[dict[str, Any]], CosignerClient] = {
-            self._pool.submit(client.call, make(client), deadline): client for client in clients
+            self._pool.submit(client.call, request, deadline): client for client, request in requests.items()
         }
         pending = set(futures)
         while pending and len(result.ok) < wanted:
-            done, pending = wait(pending, timeout=max(0.0, deadline - self._clock()), return_when=FIRST_COMPLETED)
+            done, pending = wait(pending, timeout=max(0.0, deadline - time.monotonic()), return_when=FIRST_COMPLETED)
             if not done:
                 break
             for future in done:
@@ -225,12 +216,12 @@ class ThresholdSigner:
         if self._closed:
             raise FatalProviderError("threshold signer is closed")
         t = self.package.min_signers
-        deadline = self._clock() + self.timeout_s
+        deadline = time.monotonic() + self.timeout_s
         excluded: set[CosignerClient] = set()
         stale_retried: set[CosignerClient] = set()
         reasons: dict[str, str] = {}
-        while self._clock() < deadline:
-            now = self._clock()
+        while time.monotonic() < deadline:
+            now = time.monotonic()
             usable = [c for c in self.clients if c not in excluded]
             up = [c for c in usable if c.down_until <= now]
             candidates = up if len(up) >= t else usable
@@ -239,8 +230,8 @@ class ThresholdSigner:
             # Round one: a commitment handed out with a cosigner's previous share costs no round trip.
             ready = {c: r for c in candidates if (r := c.take_ready(now - READY_TTL_S)) is not None}
             if len(ready) < t:
-                ask = [c for c in candidates if c not in ready]
-                first = self._round(ask, lambda c: {"op": "commit"}, t - len(ready), self._round_deadline(deadline))
+                ask = {c: {"op": "commit"} for c in candidates if c not in ready}
+                first = self._round(ask, t - len(ready), self._round_deadline(deadline))
                 self._mark(first, excluded, reasons)
                 for client, answer in first.ok.items():
                     parsed = self._commitment(client, answer)
@@ -255,22 +246,15 @@ class ThresholdSigner:
                 client.put_ready(session, commitment, now)
             commitments = [commitment for _, (_, commitment) in chosen]
             wire_list = [[c.identifier, c.hiding.hex(), c.binding.hex()] for c in commitments]
-            sessions = {client: session for client, (session, _) in chosen}
-            second = self._round(
-                [client for client, _ in chosen],
-                lambda c, s=sessions, w=wire_list: {  # type: ignore[misc]
-                    "op": "sign",
-                    "session": s[c],
-                    "message": message.hex(),
-                    "commitments": w,
-                },
-                t,
-                self._round_deadline(deadline),
-            )
+            requests = {
+                client: {"op": "sign", "session": session, "message": message.hex(), "commitments": wire_list}
+                for client, (session, _) in chosen
+            }
+            second = self._round(requests, t, self._round_deadline(deadline))
             for client, answer in [*second.ok.items(), *second.refused.items()]:
                 nxt = answer.get("next")
                 if isinstance(nxt, dict) and (parsed := self._commitment(client, nxt)) is not None:
-                    client.put_ready(*parsed, self._clock())
+                    client.put_ready(*parsed, time.monotonic())
             for client, error in list(second.failed.items()):
                 # A session the cosigner no longer knows (restart, eviction, expiry) is not a fault: once per
                 # request and cosigner, ask it for a fresh commitment instead of leaving it out.
@@ -291,16 +275,15 @@ class ThresholdSigner:
                 if culprit is None:
                     break
                 excluded.add(culprit)
-                culprit.down_until = self._clock() + self.retry_after_s
+                culprit.down_until = time.monotonic() + self.retry_after_s
                 continue
-            verify_or_raise(self.package.group_public_key, message, signature, self.provider)
-            return signature
+            return signature  # aggregate() returns it only once it verifies under the group (public) key
         detail = "; ".join(f"{k}: {v}" for k, v in reasons.items()) or "no cosigner answered"
         raise TransientProviderError(f"threshold signature failed ({t} of {len(self.clients)} needed): {detail}")
 
     def _round_deadline(self, deadline: float) -> float:
         """A round may take a third of the budget: a stalled cosigner then leaves time to retry without it."""
-        return min(deadline, self._clock() + self.timeout_s / 3)
+        return min(deadline, time.monotonic() + self.timeout_s / 3)
 
     def _commitment(self, client: CosignerClient, answer: dict[str, Any]) -> tuple[str, frost.Commitment] | None:
         """(session, commitment) from an answer; its points are validated once, by aggregate(), not here."""
@@ -315,7 +298,7 @@ class ThresholdSigner:
             if identifier not in self.package.verifying_shares:
                 raise ThresholdError(f"unknown participant {identifier}")
         except (KeyError, TypeError, ValueError, ThresholdError):
-            client.down_until = self._clock() + self.retry_after_s
+            client.down_until = time.monotonic() + self.retry_after_s
             return None
         return session, commitment
 
@@ -323,7 +306,7 @@ class ThresholdSigner:
         for client, reason in result.failed.items():
             excluded.add(client)
             reasons[client.addr.addr] = reason
-            client.down_until = self._clock() + self.retry_after_s
+            client.down_until = time.monotonic() + self.retry_after_s
         for client in result.ok:
             client.down_until = 0.0
 
@@ -337,36 +320,27 @@ class ThresholdSigner:
         return f"ThresholdSigner(group_key={self.package.group_public_key.hex().upper()}, n={len(self.clients)})"
 
 
-@dataclass(frozen=True)
-class CosignerStatus:
-    addr: str
-    identifier: int | None = None
-    chains: dict[str, tuple[int, int, int]] = field(default_factory=dict)
-    latency_ms: float = 0.0
-    error: str | None = None
-
-
-def cosigner_status(cfg: ThresholdConfig, *, timeout_s: float = 3.0) -> list[CosignerStatus]:
-    """Ask every cosigner of one ``[[providers.threshold]]`` for its last signed h/r/s (``pykms threshold status``)."""
+def cosigner_status(cfg: ThresholdConfig, *, timeout_s: float = 3.0) -> Iterator[tuple[bool, str]]:
+    """(reachable, line) for every cosigner of one ``[[providers.threshold]]`` (``pykms threshold status``)."""
     from pykms.secretconn.identity import load_identity
 
     identity = load_identity(cfg.secret_key)
-    rows: list[CosignerStatus] = []
     for addr in cfg.cosigners:
         client = CosignerClient(addr, identity)
         started = time.monotonic()
         try:
             answer = client.call({"op": "status"}, started + timeout_s)
-            chains = {
-                str(chain): (int(v["height"]), int(v["round"]), int(v["step"]))
-                for chain, v in dict(answer["chains"]).items()
-            }
-            rows.append(
-                CosignerStatus(addr.addr, int(answer["identifier"]), chains, (time.monotonic() - started) * 1000)
-            )
+            latency_ms = (time.monotonic() - started) * 1000
+            signed = [
+                f"{chain} {int(v['height'])}/{int(v['round'])}/{int(v['step'])}"
+                for chain, v in sorted(dict(answer["chains"]).items())
+            ]
+            share = int(answer["identifier"])
         except (TransientProviderError, KeyError, TypeError, ValueError) as exc:
-            rows.append(CosignerStatus(addr.addr, error=str(exc)))
+            yield False, f"{addr.addr}: UNREACHABLE ({exc})"
+        else:
+            chains = ", ".join(signed) or "no chains"
+            yield True, f"{addr.addr}: ok, share {share}, {latency_ms:.1f} ms, last signed h/r/s: {chains}"
         finally:
             with contextlib.suppress(Exception):
                 client.close()
-    return rows

@@ -197,7 +197,7 @@ class Group:
     def sign(self, ids: tuple[int, ...], message: bytes) -> bytes:
         sessions = {i: self.cosigners[i].commit() for i in ids}
         commitments = [c for _, c in sessions.values()]
-        shares = {i: self.cosigners[i].sign(sessions[i][0], message, commitments).share for i in ids}
+        shares = {i: self.cosigners[i].sign(sessions[i][0], message, commitments) for i in ids}
         return frost.aggregate(self.package, message, commitments, shares)
 
 

@@ -25,7 +25,6 @@ from pykms.cli.main import main as pykms_main
 from pykms.errors import ConnectionLost, LinkTimeout, ThresholdError, TransientProviderError
 from pykms.harness.signer_harness import EXIT
 from pykms.harness.simulator import PRECOMMIT, PREVOTE, ValidatorSimulator, make_proposal, make_vote
-from pykms.harness.threshold_demo import CosignerSet, start_cosigner, use_threshold, write_cosigner_set
 from pykms.privval.codec import Dialect
 from pykms.privval.signbytes import proposal_sign_bytes, vote_extension_sign_bytes, vote_sign_bytes
 from pykms.providers.threshold import CosignerClient
@@ -35,6 +34,7 @@ from pykms.threshold.config import ThresholdCosignerAddr
 from pykms.threshold.keys import load_group_file
 from tests.broken_signers import FIXTURE_CHAIN_ID, HarnessProcess, write_tmhome
 from tests.e2e import SECRETS, KmsProcess, accept, register_log, verify, write_home
+from tests.threshold_cosigners import CosignerSet, start_cosigner, use_threshold, write_cosigner_set
 
 CHAIN = "test-chain"
 

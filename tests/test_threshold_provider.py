@@ -25,7 +25,7 @@ from pykms.providers.threshold import ThresholdSigner
 from pykms.secretconn.identity import node_id
 from pykms.threshold import frost
 from pykms.threshold.config import ThresholdCosignerAddr
-from pykms.threshold.cosigner import Cosigner, SignOutcome
+from pykms.threshold.cosigner import Cosigner
 from pykms.threshold.server import CosignerServer
 
 CHAIN = "test-chain"
@@ -38,14 +38,13 @@ def vote(height: int) -> bytes:
 
 
 class BadShare(Cosigner):
-    def sign(self, session: str, message: bytes, commitments: Any) -> SignOutcome:
-        out = super().sign(session, message, commitments)
-        wrong = frost.scalar_from_int(int.from_bytes(out.share, "little") + 1)
-        return SignOutcome(wrong, out.fresh, out.height, out.round, out.step)
+    def sign(self, session: str, message: bytes, commitments: Any) -> bytes:
+        share = super().sign(session, message, commitments)
+        return frost.scalar_from_int(int.from_bytes(share, "little") + 1)
 
 
 class Stalls(Cosigner):
-    def sign(self, session: str, message: bytes, commitments: Any) -> SignOutcome:
+    def sign(self, session: str, message: bytes, commitments: Any) -> bytes:
         time.sleep(3)
         return super().sign(session, message, commitments)
 

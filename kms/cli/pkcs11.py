@@ -11,14 +11,13 @@ import argparse
 import base64
 import binascii
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from pykms.errors import ConfigError, KeyFileError
 from pykms.keyfiles import read_secret_file
 
-__all__ = ["consensus_key", "parse_priv_validator_key", "parse_seed_file", "register"]
+__all__ = ["register"]
 
 
 def register(sub: Any) -> None:
@@ -106,28 +105,27 @@ def consensus_key(config: Any, chain_id: str, public_key: bytes) -> str:
 # ----------------------------------------------------------------------------------------------- commands
 
 
-def _entries(config_path: Path) -> Iterator[tuple[Any, Any, Any]]:
-    """(config, provider entry, key entry) for each configured pkcs11 key."""
+def _load(config_path: Path) -> tuple[Any, list[tuple[Any, Any]]]:
+    """The config and its (provider entry, key entry) pairs, one per configured pkcs11 key."""
     from pykms.config import load_config
 
     config = load_config(config_path)
-    entries = list(config.providers.pkcs11 or ())
-    if not entries:
+    rows = [(entry, key) for entry in config.providers.pkcs11 for key in entry.keys]
+    if not rows:
         raise ConfigError(
             "no [[providers.pkcs11]] section",
             file=str(config_path),
             fix="add one with module, token_label, user_pin_file and keys",
         )
-    for entry in entries:
-        for key in entry.keys:
-            yield config, entry, key
+    return config, rows
 
 
-def _open_token(entry: Any) -> Any:
-    from pykms.providers.pkcs11 import Pkcs11Token, read_pin
-
-    pin = read_pin(entry.user_pin_file, entry.user_pin_env)
-    return Pkcs11Token(entry.module, pin, token_label=entry.token_label, slot=entry.slot)
+def _no_key_for(args: argparse.Namespace) -> ConfigError:
+    return ConfigError(
+        f"no [[providers.pkcs11.keys]] entry serves chain {args.chain!r}",
+        file=str(args.config),
+        fix="add the chain id to a key's chain_ids",
+    )
 
 
 def _key_name(key: Any) -> str:
@@ -135,78 +133,70 @@ def _key_name(key: Any) -> str:
     return " ".join(p for p in parts if p)
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
-    from pykms.providers.pkcs11 import generate_key, list_keys, parse_key_id
+def _names(key: Any, info: Any) -> bool:
+    """Whether a configured key entry names this key found on the token (by its label and id, those given)."""
+    from pykms.providers.pkcs11 import parse_key_id
 
+    key_id = parse_key_id(key.id)
+    return (key.label is None or info.label == key.label) and (key_id is None or info.key_id == key_id)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from pykms.providers.pkcs11 import generate_key, list_keys, open_token, parse_key_id
+
+    config, rows = _load(args.config)
     matched = False
-    for config, entry, key in list(_entries(args.config)):
+    for entry, key in rows:
         if args.chain is not None and args.chain not in key.chain_ids:
             continue
         matched = True
-        key_id = parse_key_id(key.id)
-        with _open_token(entry) as token:
-            present = any(
-                k.has_private and (key.label is None or k.label == key.label) and (key_id is None or k.key_id == key_id)
-                for k in list_keys(token)
-            )
+        with open_token(entry) as token:
+            present = any(info.has_private and _names(key, info) for info in list_keys(token))
             if present and args.chain is None:
                 print(f"{','.join(key.chain_ids)}: {_key_name(key)} already on {token.description}; skipped")
                 continue
-            pub = generate_key(token, key.label, key_id)
+            pub = generate_key(token, key.label, parse_key_id(key.id))
         for chain_id in key.chain_ids:
             print(f"{chain_id}: generated {_key_name(key)}; consensus key {consensus_key(config, chain_id, pub)}")
     if not matched:
-        raise ConfigError(
-            f"no [[providers.pkcs11.keys]] entry serves chain {args.chain!r}",
-            file=str(args.config),
-            fix="add the chain id to a key's chain_ids",
-        )
+        raise _no_key_for(args)
     return 0
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from pykms.providers.pkcs11 import import_key, parse_key_id
+    from pykms.providers.pkcs11 import import_key, open_token, parse_key_id
 
     if args.priv_validator_key is not None:
         seed = parse_priv_validator_key(read_secret_file(args.priv_validator_key), str(args.priv_validator_key))
     else:
         seed = parse_seed_file(read_secret_file(args.seed_file), str(args.seed_file))
-    for config, entry, key in list(_entries(args.config)):
+    config, rows = _load(args.config)
+    for entry, key in rows:
         if args.chain in key.chain_ids:
-            with _open_token(entry) as token:
+            with open_token(entry) as token:
                 pub = import_key(token, seed, key.label, parse_key_id(key.id))
             for chain_id in key.chain_ids:
                 print(f"{chain_id}: imported {_key_name(key)}; consensus key {consensus_key(config, chain_id, pub)}")
             return 0
-    raise ConfigError(
-        f"no [[providers.pkcs11.keys]] entry serves chain {args.chain!r}",
-        file=str(args.config),
-        fix="add the chain id to a key's chain_ids",
-    )
+    raise _no_key_for(args)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from pykms.providers.pkcs11 import list_keys, parse_key_id
+    from pykms.providers.pkcs11 import list_keys, open_token
 
-    rows = list(_entries(args.config))
+    config, rows = _load(args.config)
     seen: set[tuple[str, str | None, int | None]] = set()
-    for config, entry, _key in rows:
+    for entry, _key in rows:
         where = (str(entry.module), entry.token_label, entry.slot)
         if where in seen:
             continue
         seen.add(where)
-        with _open_token(entry) as token:
+        with open_token(entry) as token:
             found = list_keys(token)
             print(f"{token.description} ({entry.module}): {len(found)} Ed25519 key(s)")
+        same_token = [key for ent, key in rows if (str(ent.module), ent.token_label, ent.slot) == where]
         for info in found:
-            chains = [
-                chain_id
-                for cfg, ent, key in rows
-                if (str(ent.module), ent.token_label, ent.slot) == where
-                and (key.label is None or key.label == info.label)
-                and (key.id is None or parse_key_id(key.id) == info.key_id)
-                for chain_id in key.chain_ids
-            ]
+            chains = [chain_id for key in same_token if _names(key, info) for chain_id in key.chain_ids]
             private = "" if info.has_private else " (public key only: no private key!)"
             head = f"  label={info.label!r} id={info.key_id.hex() or '-'}{private}"
             if not chains:

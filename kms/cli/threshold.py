@@ -54,16 +54,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     from pykms.providers.threshold import cosigner_status
 
     config = load_config(args.config)
-    entries = getattr(config.providers, "threshold", [])
+    entries = config.providers.threshold
     if not entries:
         raise ConfigError("no [[providers.threshold]]", file=str(config.path), fix="add a [[providers.threshold]]")
     worst = 0
     for entry in entries:
-        for row in cosigner_status(entry):
-            if row.error is not None:
+        for reachable, line in cosigner_status(entry):
+            if not reachable:
                 worst = 6
-                print(f"{row.addr}: UNREACHABLE ({row.error})")
-                continue
-            chains = ", ".join(f"{c} {h}/{r}/{s}" for c, (h, r, s) in sorted(row.chains.items())) or "no chains"
-            print(f"{row.addr}: ok, share {row.identifier}, {row.latency_ms:.1f} ms, last signed h/r/s: {chains}")
+            print(line)
     return worst

@@ -34,8 +34,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 
 from pykms.errors import ConflictError, RegressionError, ThresholdError
 from pykms.guard.decide import ReuseSignature, decide
@@ -44,7 +43,7 @@ from pykms.guard.store import StateStore
 from pykms.privval.signbytes import decode_sign_bytes
 from pykms.threshold import frost
 
-__all__ = ["MAX_PENDING", "SESSION_TTL_S", "Cosigner", "SignOutcome"]
+__all__ = ["Cosigner"]
 
 #: Nonce pairs kept between the rounds: a coordinator opens at most a few at a time (one per request, several
 #: signers in HA); beyond this the oldest is destroyed, so a peer cannot grow our memory.
@@ -54,50 +53,29 @@ MAX_PENDING = 256
 SESSION_TTL_S = 120.0
 
 
-@dataclass(frozen=True, slots=True)
-class SignOutcome:
-    share: bytes
-    fresh: bool
-    height: int
-    round: int
-    step: int
-
-
 class Cosigner:
     """Thread-safe: one lock over the pending nonces and every chain's state."""
 
-    def __init__(
-        self,
-        share: frost.SecretShare,
-        package: frost.PublicKeyPackage,
-        stores: Mapping[str, StateStore],
-        *,
-        rng: frost.Rng = os.urandom,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, share: frost.SecretShare, package: frost.PublicKeyPackage, stores: Mapping[str, StateStore]):
         self.share = share
+        self.identifier = share.identifier
         self.package = package
         self._stores = dict(stores)
         self._states = {chain: store.load() for chain, store in self._stores.items()}
         self._pending: OrderedDict[str, tuple[frost.Nonces, frost.Commitment, float]] = OrderedDict()
         self._lock = threading.Lock()
-        self._rng = rng
-        self._clock = clock
-
-    @property
-    def identifier(self) -> int:
-        return self.share.identifier
 
     def commit(self) -> tuple[str, frost.Commitment]:
-        nonces, commitment = frost.commit(self.share, rng=self._rng)
-        session = self._rng(16).hex()
+        nonces, commitment = frost.commit(self.share)
+        session = os.urandom(16).hex()
         with self._lock:
-            self._pending[session] = (nonces, commitment, self._clock())
+            self._pending[session] = (nonces, commitment, time.monotonic())
             while len(self._pending) > MAX_PENDING:
                 self._pending.popitem(last=False)
         return session, commitment
 
-    def sign(self, session: str, message: bytes, commitments: Sequence[frost.Commitment]) -> SignOutcome:
+    def sign(self, session: str, message: bytes, commitments: Sequence[frost.Commitment]) -> bytes:
+        """This participant's signature share z_i, once the state that covers it is durable."""
         payload = decode_sign_bytes(message)
         with self._lock:
             # The nonce pair leaves memory first, whatever happens next: it can never sign a second message.
@@ -124,7 +102,7 @@ class Cosigner:
                         "payload per height/round/step"
                     )
                 fresh = not isinstance(decision, ReuseSignature)
-            if self._clock() - opened > SESSION_TTL_S:
+            if time.monotonic() - opened > SESSION_TTL_S:
                 raise ThresholdError("session expired: commit again")
             if commitment not in commitments:
                 raise ThresholdError("the commitment list does not carry this session's commitment")
@@ -135,7 +113,7 @@ class Cosigner:
                 new_state = SignState(payload.height, payload.round, payload.step, big_r + z, message)
                 store.save(new_state)  # PersistError: the share is dropped with the exception
                 self._states[payload.chain_id] = new_state
-            return SignOutcome(z, fresh, payload.height, payload.round, payload.step)
+            return z
 
     def status(self) -> dict[str, SignState]:
         with self._lock:

@@ -37,28 +37,19 @@ from nacl.signing import VerifyKey
 from pykms.errors import ThresholdError
 
 __all__ = [
-    "CONTEXT_STRING",
     "Commitment",
     "Nonces",
     "PublicKeyPackage",
     "SecretShare",
     "aggregate",
-    "binding_factors",
-    "challenge",
+    "check_element",
+    "check_scalar",
     "commit",
     "crypto_public",
-    "encode_commitment_list",
-    "group_commitment",
-    "interpolating_value",
-    "nonce_generate",
     "public_key_package",
-    "scalar_from_int",
     "secret_scalar_from_seed",
-    "sign_share",
     "sign_share_and_commitment",
     "split_secret",
-    "split_with_coefficients",
-    "verify_share",
 ]
 
 #: RFC 9591 §6.5 contextString of FROST(Ed25519, SHA-512).
@@ -74,6 +65,7 @@ _reduce = bindings.crypto_core_ed25519_scalar_reduce
 _add = bindings.crypto_core_ed25519_scalar_add
 _sub = bindings.crypto_core_ed25519_scalar_sub
 _mul = bindings.crypto_core_ed25519_scalar_mul
+_point_add = bindings.crypto_core_ed25519_add
 _ZERO = bytes(SCALAR_LEN)
 _ONE = (1).to_bytes(SCALAR_LEN, "little")
 
@@ -139,10 +131,6 @@ def _point_mul(scalar: bytes, point: bytes) -> bytes:
         raise ThresholdError("scalar multiplication gave the identity (zero scalar)") from None
 
 
-def _point_add(p: bytes, q: bytes) -> bytes:
-    return bindings.crypto_core_ed25519_add(p, q)
-
-
 def secret_scalar_from_seed(seed: bytes) -> bytes:
     """The Ed25519 secret scalar of a 32-byte seed: SHA-512, first half clamped (RFC 8032 §5.1.5), mod L."""
     if len(seed) != 32:
@@ -186,7 +174,7 @@ class Nonces:
     hiding: bytes = field(repr=False)
     binding: bytes = field(repr=False)
     #: (G·hiding, G·binding), kept from ``commit`` so round two need not recompute them.
-    public: tuple[bytes, bytes] | None = None
+    public: tuple[bytes, bytes]
 
 
 @dataclass(frozen=True, order=True)
@@ -214,12 +202,12 @@ def split_secret(secret: bytes, min_signers: int, max_signers: int, *, rng: Rng 
     if max_signers >= 2**16:
         raise ThresholdError("too many participants")
     check_scalar(secret, "the secret")
-    coefficients = [secret] + [_reduce(rng(64)) for _ in range(min_signers - 1)]
-    return [SecretShare(i, _evaluate(coefficients, scalar_from_int(i))) for i in range(1, max_signers + 1)]
+    coefficients = [_reduce(rng(64)) for _ in range(min_signers - 1)]
+    return split_with_coefficients(secret, coefficients, max_signers)
 
 
 def split_with_coefficients(secret: bytes, coefficients: Sequence[bytes], max_signers: int) -> list[SecretShare]:
-    """The same split with given higher coefficients (for the RFC's vector)."""
+    """The same split with given higher coefficients (the RFC's vector gives them)."""
     coeffs = [secret, *coefficients]
     return [SecretShare(i, _evaluate(coeffs, scalar_from_int(i))) for i in range(1, max_signers + 1)]
 
@@ -334,8 +322,7 @@ def sign_share_and_commitment(
 
     ``group_public_key`` is trusted (it comes from the checked key package); every commitment is validated.
     """
-    public = nonces.public or (_base_mul(nonces.hiding), _base_mul(nonces.binding))
-    own = Commitment(share.identifier, *public)
+    own = Commitment(share.identifier, *nonces.public)
     mine = next((c for c in commitments if c.identifier == share.identifier), None)
     if mine is None:
         raise ThresholdError(f"participant {share.identifier} is not in the commitment list")

@@ -14,7 +14,6 @@ Both are JSON with hex fields::
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,24 +23,12 @@ from pykms.errors import KeyFileError, ThresholdError
 from pykms.keyfiles import read_secret_file, write_secret_file
 from pykms.threshold import frost
 
-__all__ = [
-    "GROUP_TYPE",
-    "SHARE_TYPE",
-    "load_group_file",
-    "load_share_file",
-    "majority_required",
-    "split_key_file",
-]
+__all__ = ["load_group_file", "load_share_file", "split_key_file"]
 
 SHARE_TYPE = "pykms/frost-ed25519-sha512-share"
 GROUP_TYPE = "pykms/frost-ed25519-sha512-group"
 #: Identifiers are encoded in the wire protocol and the files as small integers; 255 cosigners is plenty.
 MAX_PARTICIPANTS = 255
-
-
-def majority_required(threshold: int, participants: int) -> bool:
-    """True when t > n/2: then two conflicting payloads would need 2t > n distinct cosigners."""
-    return 2 * threshold > participants
 
 
 def _package_json(package: frost.PublicKeyPackage, participants: int) -> dict[str, Any]:
@@ -122,12 +109,12 @@ def split_key_file(
     participants: int,
     *,
     force: bool = False,
-    rng: frost.Rng = os.urandom,
 ) -> tuple[frost.PublicKeyPackage, list[Path]]:
     """Write share-<i>.json (0600) for i in 1..n and group.json into ``out_dir``; nothing is overwritten."""
     if not 2 <= threshold <= participants <= MAX_PARTICIPANTS:
         raise ThresholdError(f"need 2 <= threshold <= participants <= {MAX_PARTICIPANTS}")
-    if not majority_required(threshold, participants) and not force:
+    # With t > n/2 two conflicting payloads would need 2t > n distinct cosigners.
+    if 2 * threshold <= participants and not force:
         raise ThresholdError(
             f"threshold {threshold} of {participants} is not a majority: two disjoint groups of {threshold} "
             "cosigners could each sign one of two conflicting votes (each cosigner's guard stops only its own "
@@ -137,7 +124,7 @@ def split_key_file(
     scalar, public = _secret_scalar(key_path)
     if frost.crypto_public(scalar) != public:
         raise KeyFileError(f"{key_path}: the secret does not match its public key")
-    shares = frost.split_secret(scalar, threshold, participants, rng=rng)
+    shares = frost.split_secret(scalar, threshold, participants)
     package = frost.public_key_package(shares, threshold, public)
     out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     targets = [out_dir / f"share-{s.identifier}.json" for s in shares]

@@ -22,7 +22,7 @@ from pykms.threshold import frost
 from pykms.threshold.cosigner import Cosigner
 from pykms.threshold.wire import MessageReader, send_message
 
-__all__ = ["CosignerServer", "handle_request"]
+__all__ = ["CosignerServer"]
 
 #: Idle connections are kept (the coordinator reuses them); a silent one is dropped after this long.
 IDLE_TIMEOUT_S = 300.0
@@ -75,13 +75,13 @@ def handle_request(cosigner: Cosigner, request: dict[str, Any]) -> dict[str, Any
         message = _hex(request.get("message"), "message")
         commitments = parse_commitments(request.get("commitments"))
         try:
-            outcome = cosigner.sign(session, message, commitments)
+            share = cosigner.sign(session, message, commitments)
         except ProtocolError:
             raise
         except KmsError as exc:
             answer: dict[str, Any] = {"ok": False, "error": str(exc), "refused": type(exc).__name__}
         else:
-            answer = {"ok": True, "share": outcome.share.hex()}
+            answer = {"ok": True, "share": share.hex()}
         # The next session's commitment rides along, so the coordinator's next round one needs no round trip.
         answer["next"] = _commitment_answer(cosigner)
         return answer
@@ -135,14 +135,13 @@ class CosignerServer:
         with self._conns_lock:
             self._conns.add(sock)
         try:
-            self._serve_connection(sock, peer)
+            self._serve_connection(sock, f"{peer[0]}:{peer[1]}")
         finally:
             with self._conns_lock:
                 self._conns.discard(sock)
 
-    def _serve_connection(self, sock: socket.socket, peer: tuple[Any, ...]) -> None:
+    def _serve_connection(self, sock: socket.socket, where: str) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        where = f"{peer[0]}:{peer[1]}"
         try:
             stream = secret_connection_sync(sock, self.identity, timeout=HANDSHAKE_TIMEOUT_S)
         except KmsError as exc:

@@ -24,7 +24,7 @@ from typing import Any
 from pykms.errors import DecodeError
 from pykms.secretconn import SyncByteStream
 
-__all__ = ["MAX_MESSAGE", "MessageReader", "encode", "send_message"]
+__all__ = ["MAX_MESSAGE", "MessageReader", "send_message"]
 
 #: A sign request carries sign bytes (a few hundred bytes; an extension up to the node's 1 MiB cap, hex-doubled)
 #: and t commitments: 4 MiB bounds memory per connection while admitting any extension CometBFT accepts.
@@ -32,13 +32,9 @@ MAX_MESSAGE = 4 * 1024 * 1024
 _LEN = struct.Struct(">I")
 
 
-def encode(message: dict[str, Any]) -> bytes:
-    body = json.dumps(message, separators=(",", ":")).encode()
-    return _LEN.pack(len(body)) + body
-
-
 def send_message(stream: SyncByteStream, message: dict[str, Any]) -> None:
-    stream.send(encode(message))
+    body = json.dumps(message, separators=(",", ":")).encode()
+    stream.send(_LEN.pack(len(body)) + body)
 
 
 class MessageReader:

@@ -91,7 +91,7 @@ def main() -> None:
                 lambda s: s.get_key(ObjectClass.PRIVATE_KEY, KeyType.EC_EDWARDS, label="bench"), "bench setup"
             )
             raw = measure(args.n, lambda i: priv.sign(messages[i], mechanism=Mechanism.EDDSA))
-        signer = Pkcs11Signer.open(hsm.module, hsm.user_pin, token_label=hsm.label, label="bench")
+        signer = Pkcs11Signer(Pkcs11Token(hsm.module, hsm.user_pin, token_label=hsm.label), label="bench")
         try:
             wrapped = measure(args.n, lambda i: signer.sign(messages[i]))
             rate = threaded_rate(signer, args.threads, args.n // args.threads)

@@ -28,11 +28,11 @@ from nacl.signing import SigningKey
 
 from pykms.config import load_config
 from pykms.harness.demo import write_demo_home
-from pykms.harness.threshold_demo import start_cosigner, use_threshold, write_cosigner_set
 from pykms.privval.signbytes import vote_sign_bytes
 from pykms.proto.tendermint.types import types_pb2
 from pykms.providers.registry import build_signers
 from pykms.threshold import frost
+from tests.threshold_cosigners import start_cosigner, use_threshold, write_cosigner_set
 
 CHAIN = "bench-chain"
 

@@ -1,4 +1,4 @@
-"""A t-of-n FROST cosigner set on loopback, built from an existing softsign key: for tests, benchmarks, rehearsal.
+"""A t-of-n FROST cosigner set on loopback, built from an existing softsign key, for the tests and the benchmark.
 
 ``write_cosigner_set`` runs what an operator runs (``pykms threshold split``, one identity key per cosigner,
 ``cosigner.toml`` files, ``pykms cosigner init``) and returns the ``[[providers.threshold]]`` section that
@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CosignerSet", "free_port", "start_cosigner", "use_threshold", "write_cosigner_set"]
+__all__ = ["CosignerSet", "start_cosigner", "use_threshold", "write_cosigner_set"]
 
 
 def free_port() -> int:
@@ -104,7 +104,7 @@ def use_threshold(config_text: str, cosigners: CosignerSet) -> str:
 
 
 def start_cosigner(config: Path, log_path: Path) -> subprocess.Popen[bytes]:
-    log = open(log_path, "ab")  # noqa: SIM115 (the child owns it)
+    log = open(log_path, "ab")  # the child owns it; our copy is closed below
     try:
         return subprocess.Popen(
             [sys.executable, "-m", "pykms.cli.main", "cosigner", "start", "-c", str(config), "--log-format", "json"],

@@ -210,12 +210,12 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from yubihsm.core import YubiHsm
 
     from pykms.config import find_config_path
-    from pykms.providers.yubihsm import _make_backend, map_yubihsm_error
+    from pykms.providers.yubihsm import make_backend, map_yubihsm_error
 
     if args.config is None and not find_config_path(None).exists():
         return _scan_usb()
     url, auth_key, _password, _serial = _settings(args)
-    backend = _make_backend(url)
+    backend = make_backend(url)
     try:
         info = YubiHsm(backend).get_device_info()
     except Exception as exc:

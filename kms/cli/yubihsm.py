@@ -265,7 +265,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
         if answer.strip().lower() != "y":
             print("Aborted; nothing was changed.")
             return 8
-    report = setup.provision(url, setup.Credentials(auth_key, password), plan)
+    report = setup.provision(url, auth_key, password, plan)
     print(f"Reinitialized YubiHSM (serial {report['serial_number']}).")
     if args.write_report is not None:
         try:

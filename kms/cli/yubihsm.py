@@ -18,7 +18,7 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,29 +48,27 @@ def register(sub: Any) -> None:
     group = sub.add_parser("yubihsm", help="YubiHSM2 management (detect, setup, keys, test)")
     cmds = group.add_subparsers(dest="yubihsm_cmd", metavar="CMD")
 
-    def common(p: argparse.ArgumentParser) -> None:
+    def command(parent: Any, name: str, func: Callable[[argparse.Namespace], int], help: str) -> Any:
+        """A subcommand with the options every one of them takes."""
+        p = parent.add_parser(name, help=help)
         p.add_argument("-c", "--config", type=Path, default=None, help="path to tmkms.toml")
         p.add_argument("--auth-key", type=_key_id, default=None, help="authentication key id (overrides config)")
         p.add_argument("--password-file", type=Path, default=None, help="password file for --auth-key")
         p.add_argument("-v", "--verbose", action="store_true", help="debug logging (tmkms's -v)")
+        p.set_defaults(func=func)
+        return p
 
-    p = cmds.add_parser(
-        "detect", help="show the YubiHSM2 behind the configured adapter; without a config, scan USB (as tmkms)"
-    )
-    common(p)
-    p.set_defaults(func=cmd_detect)
+    detect_help = "show the YubiHSM2 behind the configured adapter; without a config, scan USB (as tmkms)"
+    command(cmds, "detect", cmd_detect, detect_help)
 
-    p = cmds.add_parser("setup", help="factory-reset and provision the YubiHSM2 from a 24-word mnemonic")
-    common(p)
+    p = command(cmds, "setup", cmd_setup, "factory-reset and provision the YubiHSM2 from a 24-word mnemonic")
     p.add_argument("-r", "--restore", action="store_true", help="restore from an existing 24-word mnemonic")
     p.add_argument("-p", "--print-only", action="store_true", help="print the derived keys only, change nothing")
     p.add_argument("-w", "--write-report", type=Path, default=None, help="write the provisioning report (JSON)")
     p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
-    p.set_defaults(func=cmd_setup)
 
     keys = cmds.add_parser("keys", help="manage Ed25519 keys in the HSM").add_subparsers(dest="keys_cmd", metavar="CMD")
-    p = keys.add_parser("generate", help="generate an Ed25519 key inside the HSM")
-    common(p)
+    p = command(keys, "generate", cmd_keys_generate, "generate an Ed25519 key inside the HSM")
     p.add_argument("key_id", type=_key_id)
     p.add_argument("-l", "--label", default=None)
     p.add_argument("-p", "--prefix", default=None, help="bech32 prefix to show the key with (and label it)")
@@ -79,38 +77,27 @@ def register(sub: Any) -> None:
     p.add_argument("-b", "--backup", type=Path, default=None, help="write an encrypted (wrapped) backup here")
     p.add_argument("-w", "--wrapkey", type=_key_id, default=DEFAULT_WRAP_KEY, help="wrap key id (default 1)")
     p.add_argument("--non-exportable", action="store_true", help="the key can never be exported, not even wrapped")
-    p.set_defaults(func=cmd_keys_generate)
 
-    p = keys.add_parser("list", help="list the Ed25519 keys in the HSM")
-    common(p)
-    p.set_defaults(func=cmd_keys_list)
+    command(keys, "list", cmd_keys_list, "list the Ed25519 keys in the HSM")
 
-    p = keys.add_parser("import", help="import priv_validator_key.json, a base64 seed, or a wrapped backup")
-    common(p)
+    p = command(keys, "import", cmd_keys_import, "import priv_validator_key.json, a base64 seed, or a wrapped backup")
     p.add_argument("-t", "--type", choices=("json", "base64", "wrapped", "wrap"), default=None)
     p.add_argument("-i", "--id", type=_key_id, default=None, dest="key_id", help="key id (json/base64)")
     p.add_argument("-l", "--label", default="")
     p.add_argument("-w", "--wrapkey", type=_key_id, default=DEFAULT_WRAP_KEY)
     p.add_argument("path", type=Path)
-    p.set_defaults(func=cmd_keys_import)
 
-    p = keys.add_parser("export", help="export a key wrapped under a wrap key (encrypted backup)")
-    common(p)
+    p = command(keys, "export", cmd_keys_export, "export a key wrapped under a wrap key (encrypted backup)")
     p.add_argument("-i", "--id", type=_key_id, required=True, dest="key_id")
     p.add_argument("-w", "--wrapkey", type=_key_id, default=DEFAULT_WRAP_KEY)
     p.add_argument("path", type=Path)
-    p.set_defaults(func=cmd_keys_export)
 
-    p = keys.add_parser("delete", help="delete a key from the HSM (needs an admin key)")
-    common(p)
+    p = command(keys, "delete", cmd_keys_delete, "delete a key from the HSM (needs an admin key)")
     p.add_argument("-i", "--id", type=_key_id, required=True, dest="key_id")
-    p.set_defaults(func=cmd_keys_delete)
 
-    p = cmds.add_parser("test", help="sign in a loop with a key and print the rate and latency")
-    common(p)
+    p = command(cmds, "test", cmd_test, "sign in a loop with a key and print the rate and latency")
     p.add_argument("key_id", type=_key_id)
     p.add_argument("-n", "--count", type=int, default=100, help="number of signatures (default 100)")
-    p.set_defaults(func=cmd_test)
 
 
 # ---- connection --------------------------------------------------------------------------------------------

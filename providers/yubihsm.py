@@ -60,14 +60,7 @@ def adapter_url(
 ) -> str:
     """tmkms adapter settings -> a python-yubihsm backend URL (``http://host:port`` or ``yhusb://``)."""
     if adapter_type == "http":
-        raw = (addr or "tcp://127.0.0.1:12345").removeprefix("tcp://").removeprefix("http://")
-        host, sep, port = raw.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ConfigError(
-                f"adapter addr {addr!r} is not host:port",
-                key="providers.yubihsm.adapter.addr",
-                fix='write e.g. addr = "tcp://127.0.0.1:12345"',
-            )
+        host, port = _host_port(addr or "tcp://127.0.0.1:12345", "adapter", "addr")
         return f"http://{host}:{port}"
     if adapter_type == "usb":
         # python-yubihsm's USB backend needs pyusb (and libusb underneath).
@@ -82,6 +75,18 @@ def adapter_url(
     raise ConfigError(
         f"unknown adapter type {adapter_type!r}", key="providers.yubihsm.adapter.type", fix='use "http" or "usb"'
     )
+
+
+def _host_port(addr: str, table: str, name: str) -> tuple[str, int]:
+    """``tcp://host:port`` (or ``http://``) -> (host, port); ``table.name`` is the config key it came from."""
+    host, sep, port = addr.removeprefix("tcp://").removeprefix("http://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(
+            f"{table} {name} {addr!r} is not host:port",
+            key=f"providers.yubihsm.{table}.{name}",
+            fix=f'write e.g. {name} = "tcp://127.0.0.1:12345"',
+        )
+    return host, int(port)
 
 
 def read_password(password: str | None, password_file: Path | None) -> str:
@@ -371,19 +376,12 @@ class ConnectorServer:
     _registry_lock = threading.Lock()
 
     def __init__(self, laddr: str, device_url: str):
-        raw = laddr.removeprefix("tcp://").removeprefix("http://")
-        host, _, port = raw.rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(
-                f"connector_server laddr {laddr!r} is not host:port",
-                key="providers.yubihsm.connector_server.laddr",
-                fix='write e.g. laddr = "tcp://127.0.0.1:12345"',
-            )
+        address = _host_port(laddr, "connector_server", "laddr")
         self.laddr = laddr
         self._backend = make_backend(device_url)
         self._lock = threading.Lock()
         try:
-            self.httpd = ThreadingHTTPServer((host, int(port)), self._handler())
+            self.httpd = ThreadingHTTPServer(address, self._handler())
         except OSError as exc:
             raise ConfigError(
                 f"cannot listen on {laddr}: {exc.strerror}",

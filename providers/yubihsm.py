@@ -24,8 +24,20 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from yubihsm.backends.http import HttpBackend
+from yubihsm.core import YubiHsm
+from yubihsm.defs import ALGORITHM, CAPABILITY, ERROR, OBJECT
+from yubihsm.exceptions import (
+    YubiHsmAuthenticationError,
+    YubiHsmConnectionError,
+    YubiHsmDeviceError,
+    YubiHsmInvalidResponseError,
+)
+
 from pykms.errors import ConfigError, FatalProviderError, ProviderError, TransientProviderError
 from pykms.httpreply import send_reply
+from pykms.keyfiles import read_secret_file
 from pykms.providers.signer import verify_or_raise
 
 if TYPE_CHECKING:
@@ -38,6 +50,7 @@ __all__ = [
     "make_backend",
     "map_yubihsm_error",
     "open_session",
+    "raw_public_key",
     "read_password",
     "usb_devices",
 ]
@@ -92,8 +105,6 @@ def _host_port(addr: str, table: str, name: str) -> tuple[str, int]:
 def read_password(password: str | None, password_file: Path | None) -> str:
     """The authentication password, from the config or its file (0600; trailing newline stripped)."""
     if password_file is not None:
-        from pykms.keyfiles import read_secret_file
-
         raw = read_secret_file(Path(password_file))
         try:
             return raw.decode().rstrip("\r\n")
@@ -114,14 +125,6 @@ def read_password(password: str | None, password_file: Path | None) -> str:
 
 def map_yubihsm_error(exc: Exception, *, what: str, auth_key: int, key_id: int | None = None) -> ProviderError:
     """python-yubihsm exception -> our tree, with a message that says what to fix. Never includes secrets."""
-    from yubihsm.defs import ERROR
-    from yubihsm.exceptions import (
-        YubiHsmAuthenticationError,
-        YubiHsmConnectionError,
-        YubiHsmDeviceError,
-        YubiHsmInvalidResponseError,
-    )
-
     if isinstance(exc, YubiHsmAuthenticationError):
         return FatalProviderError(
             f"{what}: the YubiHSM rejected the password of authentication key 0x{auth_key:04x} "
@@ -184,11 +187,8 @@ def usb_devices() -> list[tuple[int, int]]:
 def make_backend(url: str) -> Any:
     """The python-yubihsm backend for an ``adapter_url``, with USB search failures in our tree."""
     if url.startswith("http"):
-        from yubihsm.backends.http import HttpBackend
-
         return HttpBackend(url, _HTTP_TIMEOUT)
-    from yubihsm.backends.usb import UsbBackend
-    from yubihsm.exceptions import YubiHsmConnectionError
+    from yubihsm.backends.usb import UsbBackend  # needs pyusb, which an HTTP-only install may lack
 
     where, _, query = url.removeprefix("yhusb://").partition("?")
     serial_text = where.removeprefix("serial=")
@@ -212,8 +212,6 @@ def open_session(
     url: str, auth_key: int, password: str, *, serial_number: str | None = None, what: str = "yubihsm"
 ) -> tuple[Any, Any, Any]:
     """Connect and authenticate: ``(backend, YubiHsm, AuthSession)``. Raises our errors only."""
-    from yubihsm.core import YubiHsm
-
     backend = make_backend(url)
     try:
         hsm = YubiHsm(backend)
@@ -230,6 +228,11 @@ def open_session(
         if isinstance(exc, ProviderError):
             raise
         raise map_yubihsm_error(exc, what=what, auth_key=auth_key) from None
+
+
+def raw_public_key(key: Any) -> bytes:
+    """The 32 raw bytes of an asymmetric key object's public key."""
+    return bytes(key.get_public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
 
 
 def close_session(session: Any, backend: Any) -> None:
@@ -319,14 +322,9 @@ class YubihsmSigner:
             signature = bytes(self._key.sign_eddsa(message))
         except Exception as exc:
             raise map_yubihsm_error(exc, what="sign", auth_key=self.auth_key, key_id=self.key_id) from None
-        if len(signature) != 64:
-            raise TransientProviderError("yubihsm returned a signature of the wrong length")
         return signature
 
     def _connect(self) -> None:
-        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-        from yubihsm.defs import ALGORITHM, CAPABILITY, OBJECT
-
         backend, _hsm, session = open_session(
             self.url, self.auth_key, self._password, serial_number=self._serial_number, what="yubihsm connect"
         )
@@ -344,7 +342,7 @@ class YubihsmSigner:
                     "(fix: re-import or regenerate it with `pykms yubihsm keys generate`/`keys import`, "
                     "which grant sign-eddsa)"
                 )
-            pub = key.get_public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+            pub = raw_public_key(key)
             if self._public_key and pub != self._public_key:
                 raise FatalProviderError(
                     f"yubihsm key 0x{self.key_id:04x} changed while pykms was running; refusing to sign with it"

@@ -23,14 +23,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pykms.config import KeyFormat, find_config_path, load_config
 from pykms.errors import ConfigError, FatalProviderError, KeyFileError, KmsError
+from pykms.keyfiles import read_secret_file, write_secret_file
 
 __all__ = ["register"]
 
-#: tmkms keys.rs: DEFAULT_DOMAINS = DOM1, DEFAULT_CAPABILITIES = SIGN_EDDSA, DEFAULT_WRAP_KEY = 1.
+#: tmkms keys.rs: DEFAULT_DOMAINS = DOM1, DEFAULT_CAPABILITIES = SIGN_EDDSA (pykms adds EXPORTABLE_UNDER_WRAP
+#: unless --non-exportable), DEFAULT_WRAP_KEY = 1.
 DEFAULT_DOMAINS = 0x0001
-CAP_SIGN_EDDSA = 1 << 0x08
-CAP_EXPORTABLE_UNDER_WRAP = 1 << 0x10
 DEFAULT_WRAP_KEY = 1
 
 
@@ -105,7 +106,6 @@ def register(sub: Any) -> None:
 
 def _settings(args: argparse.Namespace) -> tuple[str, int, str, str | None]:
     """(url, auth key id, password, serial) from the config and the overrides."""
-    from pykms.config import load_config
     from pykms.providers.yubihsm import adapter_url, read_password
 
     if args.verbose:
@@ -153,12 +153,6 @@ def _session(args: argparse.Namespace, what: str, key_id: int | None = None) -> 
         close_session(session, backend)
 
 
-def _raw_public_key(key: Any) -> bytes:
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
-    return bytes(key.get_public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
-
-
 # ---- commands ----------------------------------------------------------------------------------------------
 
 
@@ -181,7 +175,6 @@ def _scan_usb() -> int:
 def cmd_detect(args: argparse.Namespace) -> int:
     from yubihsm.core import YubiHsm
 
-    from pykms.config import find_config_path
     from pykms.providers.yubihsm import make_backend, map_yubihsm_error
 
     if args.config is None and not find_config_path(None).exists():
@@ -248,7 +241,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_generate(args: argparse.Namespace) -> int:
-    from yubihsm.defs import ALGORITHM
+    from yubihsm.defs import ALGORITHM, CAPABILITY
     from yubihsm.objects import AsymmetricKey
 
     if args.key_type == "account":
@@ -258,10 +251,12 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    from pykms.config import KeyFormat
     from pykms.keyring import format_public_key
+    from pykms.providers.yubihsm import raw_public_key
 
-    capabilities = CAP_SIGN_EDDSA | (0 if args.non_exportable else CAP_EXPORTABLE_UNDER_WRAP)
+    capabilities = CAPABILITY.SIGN_EDDSA
+    if not args.non_exportable:
+        capabilities |= CAPABILITY.EXPORTABLE_UNDER_WRAP
     # tmkms: the label defaults to "<prefix>:<time>" with -p, else "<key type>:<time>".
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     label = args.label if args.label is not None else f"{args.prefix or 'consensus'}:{now}"
@@ -272,7 +267,7 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
         raise KeyFileError(f"{args.backup}: already exists; refusing to overwrite a backup")
     with _session(args, f"generate key 0x{args.key_id:04x}", args.key_id) as (_hsm, session):
         key = AsymmetricKey.generate(session, args.key_id, label, DEFAULT_DOMAINS, capabilities, ALGORITHM.EC_ED25519)
-        pub = _raw_public_key(key)
+        pub = raw_public_key(key)
     shown = format_public_key(pub, KeyFormat("bech32", args.prefix, args.prefix)) if args.prefix else None
     print(f"Generated consensus (ed25519) key 0x{args.key_id:04x}: {shown or pub.hex().upper()}")
     if args.backup is not None:
@@ -282,8 +277,6 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace, key_id: int, wrap_id: int, path: Path) -> None:
     from yubihsm.defs import OBJECT
-
-    from pykms.keyfiles import write_secret_file
 
     with _session(args, f"export key 0x{key_id:04x} under wrap key 0x{wrap_id:04x}", key_id) as (_hsm, session):
         wrap = session.get_object(wrap_id, OBJECT.WRAP_KEY)
@@ -296,6 +289,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     from yubihsm.defs import ALGORITHM, OBJECT
 
     from pykms.keyring import format_public_key
+    from pykms.providers.yubihsm import raw_public_key
 
     formats = _key_formats(args)
     with _session(args, "yubihsm keys list") as (hsm, session):
@@ -308,7 +302,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
         # tmkms's listing: the key in its chain's key_format when the key serves exactly one chain, else hex.
         for obj in sorted(objects, key=lambda o: o.id):
             info = obj.get_info()
-            pub = _raw_public_key(obj)
+            pub = raw_public_key(obj)
             label = info.label if isinstance(info.label, str) else info.label.hex()
             key_format = formats.get(obj.id)
             shown = format_public_key(pub, key_format) if key_format is not None else pub.hex().upper()
@@ -319,7 +313,6 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 def _key_formats(args: argparse.Namespace) -> dict[int, Any]:
     """Key id -> its chain's KeyFormat, for keys configured for exactly one chain (tmkms load_key_formatters)."""
-    from pykms.config import load_config
 
     cfg = load_config(args.config)
     by_chain = {chain.id: chain.key_format for chain in cfg.chains}
@@ -378,10 +371,10 @@ def parse_key_file(kind: str, raw: bytes, source: Path) -> bytes:
 
 def cmd_keys_import(args: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    from yubihsm.defs import OBJECT
+    from yubihsm.defs import CAPABILITY, OBJECT
     from yubihsm.objects import AsymmetricKey
 
-    from pykms.keyfiles import read_secret_file
+    from pykms.providers.yubihsm import raw_public_key
 
     raw = read_secret_file(args.path)
     kind = args.type or ("json" if args.path.name.endswith(".json") else "wrapped")
@@ -397,7 +390,7 @@ def cmd_keys_import(args: argparse.Namespace) -> int:
         with _session(args, what) as (_hsm, session):
             obj = session.get_object(args.wrapkey, OBJECT.WRAP_KEY).import_wrapped(blob)
             if obj.object_type == OBJECT.ASYMMETRIC_KEY:
-                print(f"Imported key 0x{obj.id:04x}: {_raw_public_key(obj).hex().upper()}")
+                print(f"Imported key 0x{obj.id:04x}: {raw_public_key(obj).hex().upper()}")
             else:
                 print(f"Imported object 0x{obj.id:04x} ({obj.object_type!s})")
         return 0
@@ -406,9 +399,14 @@ def cmd_keys_import(args: argparse.Namespace) -> int:
     private = Ed25519PrivateKey.from_private_bytes(parse_key_file(kind, raw, args.path))
     with _session(args, f"import key 0x{args.key_id:04x}", args.key_id) as (_hsm, session):
         key = AsymmetricKey.put(
-            session, args.key_id, args.label, DEFAULT_DOMAINS, CAP_SIGN_EDDSA | CAP_EXPORTABLE_UNDER_WRAP, private
+            session,
+            args.key_id,
+            args.label,
+            DEFAULT_DOMAINS,
+            CAPABILITY.SIGN_EDDSA | CAPABILITY.EXPORTABLE_UNDER_WRAP,
+            private,
         )
-        pub = _raw_public_key(key)
+        pub = raw_public_key(key)
     print(f"Imported key 0x{args.key_id:04x}: {pub.hex().upper()}")
     return 0
 

@@ -20,6 +20,7 @@ import contextlib
 import importlib.util
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +36,7 @@ from yubihsm.exceptions import (
     YubiHsmInvalidResponseError,
 )
 
-from pykms.errors import ConfigError, FatalProviderError, ProviderError, TransientProviderError
+from pykms.errors import ConfigError, FatalProviderError, KmsError, ProviderError, TransientProviderError
 from pykms.httpreply import send_reply
 from pykms.keyfiles import read_secret_file
 from pykms.providers.signer import verify_or_raise
@@ -47,8 +48,9 @@ __all__ = [
     "ConnectorServer",
     "YubihsmSigner",
     "adapter_url",
+    "close_session",
+    "device_errors",
     "make_backend",
-    "map_yubihsm_error",
     "open_session",
     "raw_public_key",
     "read_password",
@@ -123,7 +125,18 @@ def read_password(password: str | None, password_file: Path | None) -> str:
     )
 
 
-def map_yubihsm_error(exc: Exception, *, what: str, auth_key: int, key_id: int | None = None) -> ProviderError:
+@contextlib.contextmanager
+def device_errors(what: str, auth_key: int, key_id: int | None = None) -> Iterator[None]:
+    """python-yubihsm's exceptions raised in the block become ours, their message naming ``what``."""
+    try:
+        yield
+    except KmsError:
+        raise
+    except Exception as exc:
+        raise _map_error(exc, what, auth_key, key_id) from None
+
+
+def _map_error(exc: Exception, what: str, auth_key: int, key_id: int | None) -> ProviderError:
     """python-yubihsm exception -> our tree, with a message that says what to fix. Never includes secrets."""
     if isinstance(exc, YubiHsmAuthenticationError):
         return FatalProviderError(
@@ -214,20 +227,19 @@ def open_session(
     """Connect and authenticate: ``(backend, YubiHsm, AuthSession)``. Raises our errors only."""
     backend = make_backend(url)
     try:
-        hsm = YubiHsm(backend)
-        if serial_number is not None:
-            serial = str(hsm.get_device_info().serial)
-            if serial not in (serial_number, serial_number.lstrip("0")):
-                raise FatalProviderError(
-                    f"{what}: the YubiHSM at {url} has serial {serial}, not {serial_number} "
-                    "(fix: correct serial_number in [[providers.yubihsm]] or connect the right device)"
-                )
-        return backend, hsm, hsm.create_session_derived(auth_key, password)
-    except Exception as exc:
+        with device_errors(what, auth_key):
+            hsm = YubiHsm(backend)
+            if serial_number is not None:
+                serial = str(hsm.get_device_info().serial)
+                if serial not in (serial_number, serial_number.lstrip("0")):
+                    raise FatalProviderError(
+                        f"{what}: the YubiHSM at {url} has serial {serial}, not {serial_number} "
+                        "(fix: correct serial_number in [[providers.yubihsm]] or connect the right device)"
+                    )
+            return backend, hsm, hsm.create_session_derived(auth_key, password)
+    except ProviderError:
         backend.close()
-        if isinstance(exc, ProviderError):
-            raise
-        raise map_yubihsm_error(exc, what=what, auth_key=auth_key) from None
+        raise
 
 
 def raw_public_key(key: Any) -> bytes:
@@ -301,7 +313,8 @@ class YubihsmSigner:
                 try:
                     if self._session is None:
                         self._connect()
-                    signature = self._sign_once(message)
+                    with device_errors("sign", self.auth_key, self.key_id):
+                        signature = bytes(self._key.sign_eddsa(message))
                     verify_or_raise(self._public_key, message, signature, self.provider)
                     return signature
                 except TransientProviderError:
@@ -317,41 +330,33 @@ class YubihsmSigner:
         with self._lock:
             self._drop()
 
-    def _sign_once(self, message: bytes) -> bytes:
-        try:
-            signature = bytes(self._key.sign_eddsa(message))
-        except Exception as exc:
-            raise map_yubihsm_error(exc, what="sign", auth_key=self.auth_key, key_id=self.key_id) from None
-        return signature
-
     def _connect(self) -> None:
         backend, _hsm, session = open_session(
             self.url, self.auth_key, self._password, serial_number=self._serial_number, what="yubihsm connect"
         )
         try:
-            key = session.get_object(self.key_id, OBJECT.ASYMMETRIC_KEY)
-            info = key.get_info()
-            if info.algorithm != ALGORITHM.EC_ED25519:
-                raise FatalProviderError(
-                    f"yubihsm key 0x{self.key_id:04x} is {info.algorithm!s}, not Ed25519 "
-                    "(fix: point keys.key at an Ed25519 key; see `pykms yubihsm keys list`)"
-                )
-            if not info.capabilities & CAPABILITY.SIGN_EDDSA:
-                raise FatalProviderError(
-                    f"yubihsm key 0x{self.key_id:04x} lacks the sign-eddsa capability "
-                    "(fix: re-import or regenerate it with `pykms yubihsm keys generate`/`keys import`, "
-                    "which grant sign-eddsa)"
-                )
-            pub = raw_public_key(key)
-            if self._public_key and pub != self._public_key:
-                raise FatalProviderError(
-                    f"yubihsm key 0x{self.key_id:04x} changed while pykms was running; refusing to sign with it"
-                )
-        except Exception as exc:
+            with device_errors("yubihsm connect", self.auth_key, self.key_id):
+                key = session.get_object(self.key_id, OBJECT.ASYMMETRIC_KEY)
+                info = key.get_info()
+                if info.algorithm != ALGORITHM.EC_ED25519:
+                    raise FatalProviderError(
+                        f"yubihsm key 0x{self.key_id:04x} is {info.algorithm!s}, not Ed25519 "
+                        "(fix: point keys.key at an Ed25519 key; see `pykms yubihsm keys list`)"
+                    )
+                if not info.capabilities & CAPABILITY.SIGN_EDDSA:
+                    raise FatalProviderError(
+                        f"yubihsm key 0x{self.key_id:04x} lacks the sign-eddsa capability "
+                        "(fix: re-import or regenerate it with `pykms yubihsm keys generate`/`keys import`, "
+                        "which grant sign-eddsa)"
+                    )
+                pub = raw_public_key(key)
+                if self._public_key and pub != self._public_key:
+                    raise FatalProviderError(
+                        f"yubihsm key 0x{self.key_id:04x} changed while pykms was running; refusing to sign with it"
+                    )
+        except ProviderError:
             close_session(session, backend)
-            if isinstance(exc, ProviderError):
-                raise
-            raise map_yubihsm_error(exc, what="yubihsm connect", auth_key=self.auth_key, key_id=self.key_id) from None
+            raise
         self._public_key = pub
         self._backend, self._session, self._key = backend, session, key
 

@@ -42,7 +42,7 @@ from yubihsm.objects import AuthenticationKey, Opaque, WrapKey
 
 from pykms.errors import ConfigError, KmsError, ProviderError
 from pykms.keyring import bech32_encode
-from pykms.providers.yubihsm import close_session, map_yubihsm_error, open_session
+from pykms.providers.yubihsm import close_session, device_errors, open_session
 
 __all__ = [
     "WRAP_KEY_ID",
@@ -208,10 +208,9 @@ def provision(url: str, auth_key: int, password: str, plan: SetupPlan) -> dict[s
     when = datetime.now(UTC)
     backend, hsm, session = open_session(url, auth_key, password, what="yubihsm setup")
     try:
-        serial = hsm.get_device_info().serial
-        session.reset_device()
-    except Exception as exc:
-        raise map_yubihsm_error(exc, what="yubihsm setup: reset", auth_key=auth_key) from None
+        with device_errors("yubihsm setup: reset", auth_key):
+            serial = hsm.get_device_info().serial
+            session.reset_device()
     finally:
         backend.close()
 
@@ -229,31 +228,30 @@ def provision(url: str, auth_key: int, password: str, plan: SetupPlan) -> dict[s
             time.sleep(0.25)
     setup_password = secrets.token_hex(16)
     try:
-        AuthenticationKey.put_derived(
-            session, SETUP_KEY_ID, "pykms temporary setup key", ALL_DOMAINS, CAPABILITY.ALL, CAPABILITY.ALL,
-            setup_password,
-        )  # fmt: skip
-    except Exception as exc:
-        raise map_yubihsm_error(exc, what="yubihsm setup: temporary key", auth_key=_FACTORY_KEY_ID) from None
+        with device_errors("yubihsm setup: temporary key", _FACTORY_KEY_ID):
+            AuthenticationKey.put_derived(
+                session, SETUP_KEY_ID, "pykms temporary setup key", ALL_DOMAINS, CAPABILITY.ALL, CAPABILITY.ALL,
+                setup_password,
+            )  # fmt: skip
     finally:
         close_session(session, backend)
 
     backend, hsm, session = open_session(url, SETUP_KEY_ID, setup_password, what="yubihsm setup")
-    step = "delete default key"
     try:
-        session.get_object(_FACTORY_KEY_ID, OBJECT.AUTHENTICATION_KEY).delete()
+        with device_errors("yubihsm setup: delete default key", SETUP_KEY_ID):
+            session.get_object(_FACTORY_KEY_ID, OBJECT.AUTHENTICATION_KEY).delete()
         for role in plan.roles:
-            step = f"install role {role.name}"
-            AuthenticationKey.put_derived(
-                session, role.key_id, _label(role.name, when), role.domains, CAPABILITY(role.capabilities),
-                CAPABILITY(role.delegated), role.password,
+            with device_errors(f"yubihsm setup: install role {role.name}", SETUP_KEY_ID):
+                AuthenticationKey.put_derived(
+                    session, role.key_id, _label(role.name, when), role.domains, CAPABILITY(role.capabilities),
+                    CAPABILITY(role.delegated), role.password,
+                )  # fmt: skip
+        with device_errors("yubihsm setup: install wrap key", SETUP_KEY_ID):
+            WrapKey.put(
+                session, WRAP_KEY_ID, _label("primary", when), ALL_DOMAINS,
+                CAPABILITY.EXPORT_WRAPPED | CAPABILITY.IMPORT_WRAPPED | CAPABILITY.WRAP_DATA | CAPABILITY.UNWRAP_DATA,
+                ALGORITHM.AES256_CCM_WRAP, CAPABILITY.ALL, plan.wrap_key,
             )  # fmt: skip
-        step = "install wrap key"
-        WrapKey.put(
-            session, WRAP_KEY_ID, _label("primary", when), ALL_DOMAINS,
-            CAPABILITY.EXPORT_WRAPPED | CAPABILITY.IMPORT_WRAPPED | CAPABILITY.WRAP_DATA | CAPABILITY.UNWRAP_DATA,
-            ALGORITHM.AES256_CCM_WRAP, CAPABILITY.ALL, plan.wrap_key,
-        )  # fmt: skip
         report = {
             "serial_number": serial,
             "provisioned_at": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -270,18 +268,14 @@ def provision(url: str, auth_key: int, password: str, plan: SetupPlan) -> dict[s
             "wrap_keys": [{"id": WRAP_KEY_ID, "algorithm": "aes256-ccm-wrap", "label": _label("primary", when)}],
             "software": "pykms",
         }
-        step = "store report"
-        Opaque.put(
-            session, REPORT_OBJECT_ID, "pykms setup report", ALL_DOMAINS, CAPABILITY.GET_OPAQUE,
-            ALGORITHM.OPAQUE_DATA,
-            json.dumps(report, sort_keys=True).encode(),
-        )  # fmt: skip
-        step = "delete temporary setup key"
-        session.get_object(SETUP_KEY_ID, OBJECT.AUTHENTICATION_KEY).delete()
-    except ProviderError:
-        raise
-    except Exception as exc:
-        raise map_yubihsm_error(exc, what=f"yubihsm setup: {step}", auth_key=SETUP_KEY_ID) from None
+        with device_errors("yubihsm setup: store report", SETUP_KEY_ID):
+            Opaque.put(
+                session, REPORT_OBJECT_ID, "pykms setup report", ALL_DOMAINS, CAPABILITY.GET_OPAQUE,
+                ALGORITHM.OPAQUE_DATA,
+                json.dumps(report, sort_keys=True).encode(),
+            )  # fmt: skip
+        with device_errors("yubihsm setup: delete temporary setup key", SETUP_KEY_ID):
+            session.get_object(SETUP_KEY_ID, OBJECT.AUTHENTICATION_KEY).delete()
     finally:
         close_session(session, backend)
     return report

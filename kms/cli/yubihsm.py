@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pykms.config import KeyFormat, find_config_path, load_config
-from pykms.errors import ConfigError, FatalProviderError, KeyFileError, KmsError
+from pykms.errors import ConfigError, FatalProviderError, KeyFileError
 from pykms.keyfiles import read_secret_file, write_secret_file
 
 __all__ = ["register"]
@@ -139,16 +139,13 @@ def _settings(args: argparse.Namespace) -> tuple[str, int, str, str | None]:
 @contextlib.contextmanager
 def _session(args: argparse.Namespace, what: str, key_id: int | None = None) -> Iterator[tuple[Any, Any]]:
     """``(YubiHsm, AuthSession)``; a device error inside the block becomes our error, naming ``what``."""
-    from pykms.providers.yubihsm import close_session, map_yubihsm_error, open_session
+    from pykms.providers.yubihsm import close_session, device_errors, open_session
 
     url, auth_key, password, serial = _settings(args)
     backend, hsm, session = open_session(url, auth_key, password, serial_number=serial, what=what)
     try:
-        yield hsm, session
-    except KmsError:
-        raise
-    except Exception as exc:
-        raise map_yubihsm_error(exc, what=what, auth_key=auth_key, key_id=key_id) from None
+        with device_errors(what, auth_key, key_id):
+            yield hsm, session
     finally:
         close_session(session, backend)
 
@@ -175,16 +172,15 @@ def _scan_usb() -> int:
 def cmd_detect(args: argparse.Namespace) -> int:
     from yubihsm.core import YubiHsm
 
-    from pykms.providers.yubihsm import make_backend, map_yubihsm_error
+    from pykms.providers.yubihsm import device_errors, make_backend
 
     if args.config is None and not find_config_path(None).exists():
         return _scan_usb()
     url, auth_key, _password, _serial = _settings(args)
     backend = make_backend(url)
     try:
-        info = YubiHsm(backend).get_device_info()
-    except Exception as exc:
-        raise map_yubihsm_error(exc, what=f"yubihsm detect ({url})", auth_key=auth_key) from None
+        with device_errors(f"yubihsm detect ({url})", auth_key):
+            info = YubiHsm(backend).get_device_info()
     finally:
         backend.close()
     version = ".".join(str(v) for v in info.version)

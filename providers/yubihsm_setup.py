@@ -3,10 +3,9 @@
 Derivation (tmkms ``src/commands/yubihsm/setup.rs``, hkd32 ``key_material.rs``; facts only, own code):
 
 * The mnemonic encodes 32 bytes of entropy (BIP39: 256 bits + 8-bit SHA-256 checksum = 24 words of 11 bits).
-* ``derive(path)``: hkd32. The path is the version component ``b"1"`` followed by the given components, each
-  serialised as ``len-1`` (one byte) then the bytes; the key starts as the entropy and for each component becomes
-  ``HMAC-SHA512(key, component)``: its right half (chain code) for every component but the last, its left half
-  for the last.
+* ``derive(path)``: hkd32. The path is the version component ``b"1"`` followed by the given components; the key
+  starts as the entropy and for each component becomes ``HMAC-SHA512(key, component)``: its right half (chain
+  code) for every component but the last, its left half for the last.
 * admin (auth key 1): password = the mnemonic phrase itself; capabilities and delegated capabilities all,
   domains all.
 * operator (2), auditor (3), validator (4): password = bech32(hrp ``kms-<role>-password-``,

@@ -307,12 +307,11 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _key_formats(args: argparse.Namespace) -> dict[int, Any]:
+def _key_formats(args: argparse.Namespace) -> dict[int, KeyFormat]:
     """Key id -> its chain's KeyFormat, for keys configured for exactly one chain (tmkms load_key_formatters)."""
-
     cfg = load_config(args.config)
     by_chain = {chain.id: chain.key_format for chain in cfg.chains}
-    formats: dict[int, Any] = {}
+    formats: dict[int, KeyFormat] = {}
     for hsm in cfg.providers.yubihsm[:1]:
         for key in hsm.keys:
             if len(key.chain_ids) == 1 and key.chain_ids[0] in by_chain:

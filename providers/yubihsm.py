@@ -20,34 +20,43 @@ import contextlib
 import importlib.util
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pykms.errors import ConfigError, FatalProviderError, ProviderError, TransientProviderError
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from yubihsm.backends.http import HttpBackend
+from yubihsm.core import YubiHsm
+from yubihsm.defs import ALGORITHM, CAPABILITY, ERROR, OBJECT
+from yubihsm.exceptions import (
+    YubiHsmAuthenticationError,
+    YubiHsmConnectionError,
+    YubiHsmDeviceError,
+    YubiHsmInvalidResponseError,
+)
+
+from pykms.errors import ConfigError, FatalProviderError, KmsError, ProviderError, TransientProviderError
 from pykms.httpreply import send_reply
+from pykms.keyfiles import read_secret_file
 from pykms.providers.signer import verify_or_raise
 
 if TYPE_CHECKING:
     from pykms.config import YubihsmConfig, YubihsmKey
 
 __all__ = [
-    "DEFAULT_RETRY_SECONDS",
     "ConnectorServer",
     "YubihsmSigner",
     "adapter_url",
-    "map_yubihsm_error",
+    "close_session",
+    "device_errors",
+    "make_backend",
     "open_session",
+    "raw_public_key",
     "read_password",
+    "usb_devices",
 ]
 
-#: CAPABILITY.SIGN_EDDSA (python-yubihsm defs.CAPABILITY, bit 0x08).
-_CAP_SIGN_EDDSA = 1 << 0x08
-#: ALGORITHM.EC_ED25519 (python-yubihsm defs.ALGORITHM).
-_ALG_ED25519 = 46
-#: Device errors that mean the session is gone and a new one will do (python-yubihsm defs.ERROR).
-_SESSION_ERRORS = {0x03, 0x06}  # INVALID_SESSION, SESSION_FAILED
 #: How long one sign() keeps retrying a lost connector/session: under the node's 5 s per-message deadline
 #: (CometBFT privval signer_endpoint.go defaultTimeoutReadWriteSeconds = 5), so the node gets an error reply
 #: rather than a dead connection; the next request resumes once the device is back.
@@ -55,6 +64,10 @@ DEFAULT_RETRY_SECONDS = 3.0
 #: Connection timeouts (connect, read) for the HTTP connector: a signature takes milliseconds on the device,
 #: and a validator must not block for minutes on a hung connector (python-yubihsm defaults to 10 s / 600 s).
 _HTTP_TIMEOUT = (2, 4)
+#: Read/write timeout of one USB transfer: tmkms's adapter default, 1000 ms (src/config/provider/yubihsm.rs
+#: usb_timeout_ms_default); python-yubihsm's own URL default is 600 s, far too long to stall a validator.
+_USB_TIMEOUT_S = 1
+_TCP_CONNECTOR_HINT = 'use yubihsm-connector with adapter = { type = "http", addr = "tcp://127.0.0.1:12345" }'
 
 
 def adapter_url(
@@ -62,18 +75,7 @@ def adapter_url(
 ) -> str:
     """tmkms adapter settings -> a python-yubihsm backend URL (``http://host:port`` or ``yhusb://``)."""
     if adapter_type == "http":
-        raw = addr or "tcp://127.0.0.1:12345"
-        for prefix in ("tcp://", "http://"):
-            if raw.startswith(prefix):
-                raw = raw[len(prefix) :]
-                break
-        host, sep, port = raw.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ConfigError(
-                f"adapter addr {addr!r} is not host:port",
-                key="providers.yubihsm.adapter.addr",
-                fix='write e.g. addr = "tcp://127.0.0.1:12345"',
-            )
+        host, port = _host_port(addr or "tcp://127.0.0.1:12345", "adapter", "addr")
         return f"http://{host}:{port}"
     if adapter_type == "usb":
         # python-yubihsm's USB backend needs pyusb (and libusb underneath).
@@ -81,8 +83,7 @@ def adapter_url(
             raise ConfigError(
                 "the USB adapter needs pyusb and libusb, which are not installed",
                 key="providers.yubihsm.adapter.type",
-                fix="pip install pyusb (and install libusb-1.0), or run yubihsm-connector and use "
-                'adapter = { type = "http", addr = "tcp://127.0.0.1:12345" }',
+                fix=f"pip install pyusb (and install libusb-1.0), or {_TCP_CONNECTOR_HINT}",
             )
         url = f"yhusb://serial={int(serial_number)}" if serial_number else "yhusb://"
         return f"{url}?timeout_ms={timeout_ms}" if timeout_ms else url
@@ -91,11 +92,21 @@ def adapter_url(
     )
 
 
+def _host_port(addr: str, table: str, name: str) -> tuple[str, int]:
+    """``tcp://host:port`` (or ``http://``) -> (host, port); ``table.name`` is the config key it came from."""
+    host, sep, port = addr.removeprefix("tcp://").removeprefix("http://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(
+            f"{table} {name} {addr!r} is not host:port",
+            key=f"providers.yubihsm.{table}.{name}",
+            fix=f'write e.g. {name} = "tcp://127.0.0.1:12345"',
+        )
+    return host, int(port)
+
+
 def read_password(password: str | None, password_file: Path | None) -> str:
     """The authentication password, from the config or its file (0600; trailing newline stripped)."""
     if password_file is not None:
-        from pykms.keyfiles import read_secret_file
-
         raw = read_secret_file(Path(password_file))
         try:
             return raw.decode().rstrip("\r\n")
@@ -114,15 +125,19 @@ def read_password(password: str | None, password_file: Path | None) -> str:
     )
 
 
-def map_yubihsm_error(exc: Exception, *, what: str, auth_key: int, key_id: int | None = None) -> ProviderError:
-    """python-yubihsm exception -> our tree, with a message that says what to fix. Never includes secrets."""
-    from yubihsm.exceptions import (
-        YubiHsmAuthenticationError,
-        YubiHsmConnectionError,
-        YubiHsmDeviceError,
-        YubiHsmInvalidResponseError,
-    )
+@contextlib.contextmanager
+def device_errors(what: str, auth_key: int, key_id: int | None = None) -> Iterator[None]:
+    """python-yubihsm's exceptions raised in the block become ours, their message naming ``what``."""
+    try:
+        yield
+    except KmsError:
+        raise
+    except Exception as exc:
+        raise _map_error(exc, what, auth_key, key_id) from None
 
+
+def _map_error(exc: Exception, what: str, auth_key: int, key_id: int | None) -> ProviderError:
+    """python-yubihsm exception -> our tree, with a message that says what to fix. Never includes secrets."""
     if isinstance(exc, YubiHsmAuthenticationError):
         return FatalProviderError(
             f"{what}: the YubiHSM rejected the password of authentication key 0x{auth_key:04x} "
@@ -132,64 +147,46 @@ def map_yubihsm_error(exc: Exception, *, what: str, auth_key: int, key_id: int |
         return TransientProviderError(f"{what}: cannot reach the YubiHSM connector ({type(exc).__name__})")
     if isinstance(exc, YubiHsmInvalidResponseError):
         return TransientProviderError(f"{what}: the YubiHSM sent an invalid response; the session is reset")
-    if isinstance(exc, YubiHsmDeviceError):
-        code = int(exc.code)
-        name = getattr(exc.code, "name", hex(code))
-        if code in _SESSION_ERRORS:
-            return TransientProviderError(f"{what}: YubiHSM session lost ({name})")
-        if code == 0x0B:  # OBJECT_NOT_FOUND
-            target = f"key 0x{key_id:04x}" if key_id is not None else f"authentication key 0x{auth_key:04x}"
-            return FatalProviderError(
-                f"{what}: {target} is not on the YubiHSM or not in a domain of authentication key "
-                f"0x{auth_key:04x} (fix: check the key id with `pykms yubihsm keys list`, or import the key)"
-            )
-        if code == 0x09:  # INSUFFICIENT_PERMISSIONS
-            return FatalProviderError(
-                f"{what}: authentication key 0x{auth_key:04x} lacks the capability for this operation "
-                "(fix: use an authentication key with that capability, e.g. the validator key for signing "
-                "or the admin/operator key for key management)"
-            )
-        if code == 0x05:  # SESSIONS_FULL
-            return TransientProviderError(f"{what}: all 16 YubiHSM sessions are in use")
-        if code == 0x04:  # AUTHENTICATION_FAILED
-            return FatalProviderError(
-                f"{what}: authentication with key 0x{auth_key:04x} failed (fix: check the password)"
-            )
-        return FatalProviderError(f"{what}: YubiHSM error {name}")
-    return TransientProviderError(f"{what}: unexpected YubiHSM failure ({type(exc).__name__})")
+    if not isinstance(exc, YubiHsmDeviceError):
+        return TransientProviderError(f"{what}: unexpected YubiHSM failure ({type(exc).__name__})")
+    name = getattr(exc.code, "name", hex(int(exc.code)))
+    if exc.code in (ERROR.INVALID_SESSION, ERROR.SESSION_FAILED):
+        return TransientProviderError(f"{what}: YubiHSM session lost ({name})")
+    if exc.code == ERROR.SESSIONS_FULL:
+        return TransientProviderError(f"{what}: all 16 YubiHSM sessions are in use")
+    if exc.code == ERROR.OBJECT_NOT_FOUND:
+        target = f"key 0x{key_id:04x}" if key_id is not None else f"authentication key 0x{auth_key:04x}"
+        return FatalProviderError(
+            f"{what}: {target} is not on the YubiHSM or not in a domain of authentication key "
+            f"0x{auth_key:04x} (fix: check the key id with `pykms yubihsm keys list`, or import the key)"
+        )
+    if exc.code == ERROR.INSUFFICIENT_PERMISSIONS:
+        return FatalProviderError(
+            f"{what}: authentication key 0x{auth_key:04x} lacks the capability for this operation "
+            "(fix: use an authentication key with that capability, e.g. the validator key for signing "
+            "or the admin/operator key for key management)"
+        )
+    if exc.code == ERROR.AUTHENTICATION_FAILED:
+        return FatalProviderError(f"{what}: authentication with key 0x{auth_key:04x} failed (fix: check the password)")
+    return FatalProviderError(f"{what}: YubiHSM error {name}")
 
 
-def _make_backend(url: str) -> Any:
-    from yubihsm.backends import get_backend
-
-    if url.startswith("http"):
-        from yubihsm.backends.http import HttpBackend
-
-        return HttpBackend(url, _HTTP_TIMEOUT)
-    if url.startswith("yhusb://"):
-        return _usb_backend(url)
-    try:
-        return get_backend(url)
-    except ValueError as exc:
-        raise ConfigError(f"cannot open YubiHSM backend {url}: {exc}", key="providers.yubihsm.adapter") from None
-
-
-#: Read/write timeout of one USB transfer: tmkms's adapter default, 1000 ms (src/config/provider/yubihsm.rs
-#: usb_timeout_ms_default); python-yubihsm's own URL default is 600 s, far too long to stall a validator.
-USB_TIMEOUT_S = 1
+def _usb_search_error(exc: Exception) -> FatalProviderError:
+    """pyusb absent, or without libusb (usb.core.NoBackendError): USB cannot be searched at all."""
+    return FatalProviderError(
+        f"cannot search USB for a YubiHSM ({type(exc).__name__}: {exc}) "
+        "(fix: install the yubihsm extra and libusb-1.0, e.g. apt-get install libusb-1.0-0)"
+    )
 
 
 def usb_devices() -> list[tuple[int, int]]:
-    """(serial number, bus) of each YubiHSM2 on USB; FatalProviderError when USB cannot be searched at all."""
+    """(serial number, bus) of each YubiHSM2 on USB."""
     try:
         import usb.core  # type: ignore[import-untyped]
 
         found = list(usb.core.find(find_all=True, idVendor=0x1050, idProduct=0x0030) or ())
-    except Exception as exc:  # pyusb absent, or without libusb (usb.core.NoBackendError)
-        raise FatalProviderError(
-            f"cannot search USB for a YubiHSM ({type(exc).__name__}: {exc}) "
-            "(fix: install the yubihsm extra and libusb-1.0, e.g. apt-get install libusb-1.0-0)"
-        ) from None
+    except Exception as exc:
+        raise _usb_search_error(exc) from None
     devices = []
     for device in found:
         try:
@@ -200,57 +197,63 @@ def usb_devices() -> list[tuple[int, int]]:
     return devices
 
 
-def _usb_backend(url: str) -> Any:
-    """The USB backend, with the device search's failures in our tree (python-yubihsm raises its own)."""
-    from yubihsm.backends.usb import UsbBackend
-    from yubihsm.exceptions import YubiHsmConnectionError
+def make_backend(url: str) -> Any:
+    """The python-yubihsm backend for an ``adapter_url``, with USB search failures in our tree."""
+    if url.startswith("http"):
+        return HttpBackend(url, _HTTP_TIMEOUT)
+    from yubihsm.backends.usb import UsbBackend  # needs pyusb, which an HTTP-only install may lack
 
-    where, _, query = url[len("yhusb://") :].partition("?")
+    where, _, query = url.removeprefix("yhusb://").partition("?")
     serial_text = where.removeprefix("serial=")
     serial = int(serial_text) if serial_text.isdigit() else None
     timeout_ms = query.removeprefix("timeout_ms=")
     # python-yubihsm takes whole seconds: the configured milliseconds rounded up.
-    timeout_s = -(-int(timeout_ms) // 1000) if timeout_ms.isdigit() else USB_TIMEOUT_S
+    timeout_s = -(-int(timeout_ms) // 1000) if timeout_ms.isdigit() else _USB_TIMEOUT_S
     try:
         return UsbBackend(serial=serial, timeout=timeout_s)
     except YubiHsmConnectionError as exc:
         which = f"with serial number {serial}" if serial is not None else "at all"
         raise FatalProviderError(
             f"no YubiHSM found on USB {which} ({exc}) (fix: plug the YubiHSM 2 in and check that this user may "
-            "open it (a udev rule for USB ID 1050:0030), check serial_number, or use yubihsm-connector with "
-            'adapter = { type = "http", addr = "tcp://127.0.0.1:12345" })'
+            f"open it (a udev rule for USB ID 1050:0030), check serial_number, or {_TCP_CONNECTOR_HINT})"
         ) from None
-    except Exception as exc:  # pyusb without libusb: usb.core.NoBackendError
-        raise FatalProviderError(
-            f"cannot search USB for a YubiHSM ({type(exc).__name__}: {exc}) "
-            "(fix: install libusb-1.0, e.g. apt-get install libusb-1.0-0)"
-        ) from None
+    except Exception as exc:
+        raise _usb_search_error(exc) from None
 
 
 def open_session(
     url: str, auth_key: int, password: str, *, serial_number: str | None = None, what: str = "yubihsm"
 ) -> tuple[Any, Any, Any]:
     """Connect and authenticate: ``(backend, YubiHsm, AuthSession)``. Raises our errors only."""
-    from yubihsm.core import YubiHsm
-
-    backend = _make_backend(url)
+    backend = make_backend(url)
     try:
-        hsm = YubiHsm(backend)
-        if serial_number is not None:
-            serial = hsm.get_device_info().serial
-            if str(serial) != str(serial_number).lstrip("0") and str(serial) != str(serial_number):
-                backend.close()
-                raise FatalProviderError(
-                    f"{what}: the YubiHSM at {url} has serial {serial}, not {serial_number} "
-                    "(fix: correct serial_number in [[providers.yubihsm]] or connect the right device)"
-                )
-        session = hsm.create_session_derived(auth_key, password)
+        with device_errors(what, auth_key):
+            hsm = YubiHsm(backend)
+            if serial_number is not None:
+                serial = str(hsm.get_device_info().serial)
+                if serial not in (serial_number, serial_number.lstrip("0")):
+                    raise FatalProviderError(
+                        f"{what}: the YubiHSM at {url} has serial {serial}, not {serial_number} "
+                        "(fix: correct serial_number in [[providers.yubihsm]] or connect the right device)"
+                    )
+            return backend, hsm, hsm.create_session_derived(auth_key, password)
     except ProviderError:
-        raise
-    except Exception as exc:
         backend.close()
-        raise map_yubihsm_error(exc, what=what, auth_key=auth_key) from None
-    return backend, hsm, session
+        raise
+
+
+def raw_public_key(key: Any) -> bytes:
+    """The 32 raw bytes of an asymmetric key object's public key."""
+    return bytes(key.get_public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+
+
+def close_session(session: Any, backend: Any) -> None:
+    """Close the session on the device first: it holds only 16, and an abandoned one stays allocated until its
+    30 s idle timeout. A dead link makes that close fail fast."""
+    with contextlib.suppress(Exception):
+        session.close()
+    with contextlib.suppress(Exception):
+        backend.close()
 
 
 class YubihsmSigner:
@@ -269,8 +272,6 @@ class YubihsmSigner:
         serial_number: str | None = None,
         retry_seconds: float = DEFAULT_RETRY_SECONDS,
         retry_interval: float = 0.05,
-        sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
     ):
         self.url = url
         self.auth_key = auth_key
@@ -279,13 +280,11 @@ class YubihsmSigner:
         self._serial_number = serial_number
         self._retry_seconds = retry_seconds
         self._retry_interval = retry_interval
-        self._sleep = sleep
-        self._clock = clock
         self._lock = threading.Lock()
         self._backend: Any = None
         self._session: Any = None
         self._key: Any = None
-        self._public_key: bytes | None = None
+        self._public_key = b""
         with self._lock:
             self._connect()
 
@@ -299,97 +298,72 @@ class YubihsmSigner:
         password = read_password(cfg.auth.password, cfg.auth.password_file)
         signer = cls(url, cfg.auth.key, password, key.key, serial_number=cfg.serial_number)
         if cfg.connector_server is not None:
-            ConnectorServer.ensure(cfg.connector_server.laddr, url, cfg.auth.key)
+            ConnectorServer.ensure(cfg.connector_server.laddr, url)
         return signer
 
-    # ---- Signer -----------------------------------------------------------------------------------------
-
     def public_key(self) -> bytes:
-        assert self._public_key is not None
         return self._public_key
 
     def sign(self, message: bytes) -> bytes:
         """Sign on the device; re-establish a lost session and retry until ``retry_seconds`` have passed."""
-        deadline = self._clock() + self._retry_seconds
+        deadline = time.monotonic() + self._retry_seconds
         interval = self._retry_interval
         with self._lock:
             while True:
                 try:
                     if self._session is None:
                         self._connect()
-                    signature = self._sign_once(message)
-                    verify_or_raise(self.public_key(), message, signature, self.provider)
+                    with device_errors("sign", self.auth_key, self.key_id):
+                        signature = bytes(self._key.sign_eddsa(message))
+                    verify_or_raise(self._public_key, message, signature, self.provider)
                     return signature
                 except TransientProviderError:
                     self._drop()
-                    if self._clock() >= deadline:
+                    if time.monotonic() >= deadline:
                         raise
                     # Exponential backoff up to 1 s: each attempt may leave a half-open session on the device
                     # (its reply lost), and the device has only 16 until the 30 s idle timeout frees them.
-                    self._sleep(min(interval, max(0.0, deadline - self._clock())))
+                    time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
                     interval = min(interval * 2, 1.0)
 
     def close(self) -> None:
         with self._lock:
             self._drop()
 
-    # ---- internals --------------------------------------------------------------------------------------
-
-    def _sign_once(self, message: bytes) -> bytes:
-        try:
-            signature = bytes(self._key.sign_eddsa(message))
-        except Exception as exc:
-            raise map_yubihsm_error(exc, what="sign", auth_key=self.auth_key, key_id=self.key_id) from None
-        if len(signature) != 64:
-            raise TransientProviderError("yubihsm returned a signature of the wrong length")
-        return signature
-
     def _connect(self) -> None:
-        from yubihsm.defs import OBJECT
-
         backend, _hsm, session = open_session(
             self.url, self.auth_key, self._password, serial_number=self._serial_number, what="yubihsm connect"
         )
         try:
-            key = session.get_object(self.key_id, OBJECT.ASYMMETRIC_KEY)
-            info = key.get_info()
-            raw_pub = key.get_public_key()
-        except Exception as exc:
-            backend.close()
-            raise map_yubihsm_error(exc, what="yubihsm connect", auth_key=self.auth_key, key_id=self.key_id) from None
-        if int(info.algorithm) != _ALG_ED25519:
-            backend.close()
-            raise FatalProviderError(
-                f"yubihsm key 0x{self.key_id:04x} is {info.algorithm!s}, not Ed25519 "
-                "(fix: point keys.key at an Ed25519 key; see `pykms yubihsm keys list`)"
-            )
-        if not int(info.capabilities) & _CAP_SIGN_EDDSA:
-            backend.close()
-            raise FatalProviderError(
-                f"yubihsm key 0x{self.key_id:04x} lacks the sign-eddsa capability "
-                "(fix: re-import or regenerate it with `pykms yubihsm keys generate`/`keys import`, "
-                "which grant sign-eddsa)"
-            )
-        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
-        pub = raw_pub.public_bytes(Encoding.Raw, PublicFormat.Raw)
-        if self._public_key is not None and pub != self._public_key:
-            backend.close()
-            raise FatalProviderError(
-                f"yubihsm key 0x{self.key_id:04x} changed while pykms was running; refusing to sign with it"
-            )
+            with device_errors("yubihsm connect", self.auth_key, self.key_id):
+                key = session.get_object(self.key_id, OBJECT.ASYMMETRIC_KEY)
+                info = key.get_info()
+                if info.algorithm != ALGORITHM.EC_ED25519:
+                    raise FatalProviderError(
+                        f"yubihsm key 0x{self.key_id:04x} is {info.algorithm!s}, not Ed25519 "
+                        "(fix: point keys.key at an Ed25519 key; see `pykms yubihsm keys list`)"
+                    )
+                if not info.capabilities & CAPABILITY.SIGN_EDDSA:
+                    raise FatalProviderError(
+                        f"yubihsm key 0x{self.key_id:04x} lacks the sign-eddsa capability "
+                        "(fix: re-import or regenerate it with `pykms yubihsm keys generate`/`keys import`, "
+                        "which grant sign-eddsa)"
+                    )
+                pub = raw_public_key(key)
+                if self._public_key and pub != self._public_key:
+                    raise FatalProviderError(
+                        f"yubihsm key 0x{self.key_id:04x} changed while pykms was running; refusing to sign with it"
+                    )
+        except ProviderError:
+            close_session(session, backend)
+            raise
         self._public_key = pub
         self._backend, self._session, self._key = backend, session, key
 
     def _drop(self) -> None:
-        """Forget the session; first try to close it on the device, since the device holds only 16 and an
-        abandoned one stays allocated until its 30 s idle timeout. A dead link makes the close fail fast."""
+        """Forget the session, closing it on the device."""
         if self._session is not None:
-            with contextlib.suppress(Exception):
-                self._session.close()
-        if self._backend is not None:
-            with contextlib.suppress(Exception):
-                self._backend.close()
+            close_session(self._session, self._backend)
         self._backend = self._session = self._key = None
 
 
@@ -400,22 +374,17 @@ class ConnectorServer:
     yubihsm-shell runs its own SCP03 session alongside pykms's sessions.
     """
 
+    #: One server per listen address, shared by every key of the provider section.
     _running: dict[str, ConnectorServer] = {}
     _registry_lock = threading.Lock()
 
     def __init__(self, laddr: str, device_url: str):
-        raw = laddr.removeprefix("tcp://").removeprefix("http://")
-        host, _, port = raw.rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(
-                f"connector_server laddr {laddr!r} is not host:port",
-                key="providers.yubihsm.connector_server.laddr",
-                fix='write e.g. laddr = "tcp://127.0.0.1:12345"',
-            )
-        self._backend = _make_backend(device_url)
+        address = _host_port(laddr, "connector_server", "laddr")
+        self.laddr = laddr
+        self._backend = make_backend(device_url)
         self._lock = threading.Lock()
         try:
-            self.httpd = ThreadingHTTPServer((host, int(port)), self._handler())
+            self.httpd = ThreadingHTTPServer(address, self._handler())
         except OSError as exc:
             raise ConfigError(
                 f"cannot listen on {laddr}: {exc.strerror}",
@@ -423,24 +392,17 @@ class ConnectorServer:
                 fix="choose a free port",
             ) from None
         self.httpd.daemon_threads = True
-        self._thread = threading.Thread(
+        self.port = int(self.httpd.server_address[1])
+        threading.Thread(
             target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, name="yubihsm-connector", daemon=True
-        )
-        self._thread.start()
-
-    @property
-    def port(self) -> int:
-        return int(self.httpd.server_address[1])
+        ).start()
 
     @classmethod
-    def ensure(cls, laddr: str, device_url: str, auth_key: int) -> ConnectorServer:
-        """One server per listen address, shared by every key of the provider section."""
+    def ensure(cls, laddr: str, device_url: str) -> ConnectorServer:
         with cls._registry_lock:
-            server = cls._running.get(laddr)
-            if server is None:
-                server = cls(laddr, device_url)
-                cls._running[laddr] = server
-            return server
+            if laddr not in cls._running:
+                cls._running[laddr] = cls(laddr, device_url)
+            return cls._running[laddr]
 
     def forward(self, frame: bytes) -> bytes:
         with self._lock:
@@ -451,9 +413,8 @@ class ConnectorServer:
         self.httpd.server_close()
         self._backend.close()
         with self._registry_lock:
-            for key, value in list(self._running.items()):
-                if value is self:
-                    del self._running[key]
+            if self._running.get(self.laddr) is self:
+                del self._running[self.laddr]
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self

@@ -96,3 +96,20 @@ def test_new_entropy_mixes_both_sources() -> None:
     b = setup.new_mnemonic_entropy(bytes(32), lambda n: b"\x01" * n)
     c = setup.new_mnemonic_entropy(b"\x01" * 32, lambda n: bytes(n))
     assert len({a, b, c}) == 3 and all(len(x) == 32 for x in (a, b, c))
+
+
+def test_role_capabilities_are_tmkms_bits() -> None:
+    """The capability masks as bit positions (python-yubihsm defs.CAPABILITY; tmkms setup.rs roles), so a change
+    of how they are spelled in the code cannot change what is installed on the device."""
+
+    def bits(*positions: int) -> int:
+        return sum(1 << p for p in positions)
+
+    plan = setup.plan_from_entropy(TEST_KEY)
+    everything = (1 << 0x38) - 1
+    assert (plan.role("admin").capabilities, plan.role("admin").delegated) == (everything, everything)
+    operator = plan.role("operator")
+    assert operator.capabilities == bits(0x04, 0x03, 0x15, 0x14, 0x0D, 0x0C, 0x00, 0x12, 0x18, 0x22)
+    assert (operator.delegated, operator.domains) == (everything, 0xFFFF)
+    auditor = plan.role("auditor")
+    assert (auditor.capabilities, auditor.delegated) == (bits(0x18, 0x12, 0x11, 0x00), 0)

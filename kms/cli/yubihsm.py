@@ -18,19 +18,20 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pykms.errors import ConfigError, FatalProviderError, KeyFileError, KmsError
+from pykms.config import KeyFormat, find_config_path, load_config
+from pykms.errors import ConfigError, FatalProviderError, KeyFileError
+from pykms.keyfiles import read_secret_file, write_secret_file
 
-__all__ = ["parse_key_file", "register"]
+__all__ = ["register"]
 
-#: tmkms keys.rs: DEFAULT_DOMAINS = DOM1, DEFAULT_CAPABILITIES = SIGN_EDDSA, DEFAULT_WRAP_KEY = 1.
+#: tmkms keys.rs: DEFAULT_DOMAINS = DOM1, DEFAULT_CAPABILITIES = SIGN_EDDSA (pykms adds EXPORTABLE_UNDER_WRAP
+#: unless --non-exportable), DEFAULT_WRAP_KEY = 1.
 DEFAULT_DOMAINS = 0x0001
-CAP_SIGN_EDDSA = 1 << 0x08
-CAP_EXPORTABLE_UNDER_WRAP = 1 << 0x10
 DEFAULT_WRAP_KEY = 1
 
 
@@ -48,29 +49,27 @@ def register(sub: Any) -> None:
     group = sub.add_parser("yubihsm", help="YubiHSM2 management (detect, setup, keys, test)")
     cmds = group.add_subparsers(dest="yubihsm_cmd", metavar="CMD")
 
-    def common(p: argparse.ArgumentParser) -> None:
+    def command(parent: Any, name: str, func: Callable[[argparse.Namespace], int], help: str) -> Any:
+        """A subcommand with the options every one of them takes."""
+        p = parent.add_parser(name, help=help)
         p.add_argument("-c", "--config", type=Path, default=None, help="path to tmkms.toml")
         p.add_argument("--auth-key", type=_key_id, default=None, help="authentication key id (overrides config)")
         p.add_argument("--password-file", type=Path, default=None, help="password file for --auth-key")
         p.add_argument("-v", "--verbose", action="store_true", help="debug logging (tmkms's -v)")
+        p.set_defaults(func=func)
+        return p
 
-    p = cmds.add_parser(
-        "detect", help="show the YubiHSM2 behind the configured adapter; without a config, scan USB (as tmkms)"
-    )
-    common(p)
-    p.set_defaults(func=cmd_detect)
+    detect_help = "show the YubiHSM2 behind the configured adapter; without a config, scan USB (as tmkms)"
+    command(cmds, "detect", cmd_detect, detect_help)
 
-    p = cmds.add_parser("setup", help="factory-reset and provision the YubiHSM2 from a 24-word mnemonic")
-    common(p)
+    p = command(cmds, "setup", cmd_setup, "factory-reset and provision the YubiHSM2 from a 24-word mnemonic")
     p.add_argument("-r", "--restore", action="store_true", help="restore from an existing 24-word mnemonic")
     p.add_argument("-p", "--print-only", action="store_true", help="print the derived keys only, change nothing")
     p.add_argument("-w", "--write-report", type=Path, default=None, help="write the provisioning report (JSON)")
     p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
-    p.set_defaults(func=cmd_setup)
 
     keys = cmds.add_parser("keys", help="manage Ed25519 keys in the HSM").add_subparsers(dest="keys_cmd", metavar="CMD")
-    p = keys.add_parser("generate", help="generate an Ed25519 key inside the HSM")
-    common(p)
+    p = command(keys, "generate", cmd_keys_generate, "generate an Ed25519 key inside the HSM")
     p.add_argument("key_id", type=_key_id)
     p.add_argument("-l", "--label", default=None)
     p.add_argument("-p", "--prefix", default=None, help="bech32 prefix to show the key with (and label it)")
@@ -79,38 +78,27 @@ def register(sub: Any) -> None:
     p.add_argument("-b", "--backup", type=Path, default=None, help="write an encrypted (wrapped) backup here")
     p.add_argument("-w", "--wrapkey", type=_key_id, default=DEFAULT_WRAP_KEY, help="wrap key id (default 1)")
     p.add_argument("--non-exportable", action="store_true", help="the key can never be exported, not even wrapped")
-    p.set_defaults(func=cmd_keys_generate)
 
-    p = keys.add_parser("list", help="list the Ed25519 keys in the HSM")
-    common(p)
-    p.set_defaults(func=cmd_keys_list)
+    command(keys, "list", cmd_keys_list, "list the Ed25519 keys in the HSM")
 
-    p = keys.add_parser("import", help="import priv_validator_key.json, a base64 seed, or a wrapped backup")
-    common(p)
+    p = command(keys, "import", cmd_keys_import, "import priv_validator_key.json, a base64 seed, or a wrapped backup")
     p.add_argument("-t", "--type", choices=("json", "base64", "wrapped", "wrap"), default=None)
     p.add_argument("-i", "--id", type=_key_id, default=None, dest="key_id", help="key id (json/base64)")
     p.add_argument("-l", "--label", default="")
     p.add_argument("-w", "--wrapkey", type=_key_id, default=DEFAULT_WRAP_KEY)
     p.add_argument("path", type=Path)
-    p.set_defaults(func=cmd_keys_import)
 
-    p = keys.add_parser("export", help="export a key wrapped under a wrap key (encrypted backup)")
-    common(p)
+    p = command(keys, "export", cmd_keys_export, "export a key wrapped under a wrap key (encrypted backup)")
     p.add_argument("-i", "--id", type=_key_id, required=True, dest="key_id")
     p.add_argument("-w", "--wrapkey", type=_key_id, default=DEFAULT_WRAP_KEY)
     p.add_argument("path", type=Path)
-    p.set_defaults(func=cmd_keys_export)
 
-    p = keys.add_parser("delete", help="delete a key from the HSM (needs an admin key)")
-    common(p)
+    p = command(keys, "delete", cmd_keys_delete, "delete a key from the HSM (needs an admin key)")
     p.add_argument("-i", "--id", type=_key_id, required=True, dest="key_id")
-    p.set_defaults(func=cmd_keys_delete)
 
-    p = cmds.add_parser("test", help="sign in a loop with a key and print the rate and latency")
-    common(p)
+    p = command(cmds, "test", cmd_test, "sign in a loop with a key and print the rate and latency")
     p.add_argument("key_id", type=_key_id)
     p.add_argument("-n", "--count", type=int, default=100, help="number of signatures (default 100)")
-    p.set_defaults(func=cmd_test)
 
 
 # ---- connection --------------------------------------------------------------------------------------------
@@ -118,10 +106,9 @@ def register(sub: Any) -> None:
 
 def _settings(args: argparse.Namespace) -> tuple[str, int, str, str | None]:
     """(url, auth key id, password, serial) from the config and the overrides."""
-    from pykms.config import load_config
     from pykms.providers.yubihsm import adapter_url, read_password
 
-    if getattr(args, "verbose", False):
+    if args.verbose:
         import logging
 
         logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)  # python-yubihsm's own debug lines
@@ -133,7 +120,6 @@ def _settings(args: argparse.Namespace) -> tuple[str, int, str, str | None]:
     hsm = cfg.providers.yubihsm[0]
     url = adapter_url(hsm.adapter.type, hsm.adapter.addr, hsm.serial_number, timeout_ms=hsm.adapter.timeout_ms)
     auth_key = hsm.auth.key
-    password: str | None = None
     server = hsm.connector_server
     if server is not None and server.cli:
         url = adapter_url("http", server.laddr)
@@ -141,50 +127,27 @@ def _settings(args: argparse.Namespace) -> tuple[str, int, str, str | None]:
             auth_key = server.cli_auth_key
     if args.auth_key is not None:
         auth_key = args.auth_key
-        if args.password_file is None:
-            password = getpass.getpass(f"password for authentication key 0x{auth_key:04x}: ")
     if args.password_file is not None:
         password = read_password(None, args.password_file)
-    if password is None:
+    elif args.auth_key is not None:
+        password = getpass.getpass(f"password for authentication key 0x{auth_key:04x}: ")
+    else:
         password = read_password(hsm.auth.password, hsm.auth.password_file)
     return url, auth_key, password, hsm.serial_number
 
 
 @contextlib.contextmanager
-def _session(args: argparse.Namespace, what: str) -> Iterator[Any]:
-    from pykms.providers.yubihsm import open_session
+def _session(args: argparse.Namespace, what: str, key_id: int | None = None) -> Iterator[tuple[Any, Any]]:
+    """``(YubiHsm, AuthSession)``; a device error inside the block becomes our error, naming ``what``."""
+    from pykms.providers.yubihsm import close_session, device_errors, open_session
 
     url, auth_key, password, serial = _settings(args)
     backend, hsm, session = open_session(url, auth_key, password, serial_number=serial, what=what)
-    args._auth_key_used = auth_key
-    args._hsm = hsm
     try:
-        yield session
+        with device_errors(what, auth_key, key_id):
+            yield hsm, session
     finally:
-        with contextlib.suppress(Exception):
-            session.close()
-        backend.close()
-
-
-def _hsm_call(args: argparse.Namespace, what: str, key_id: int | None, fn: Any, *a: Any) -> Any:
-    from pykms.providers.yubihsm import map_yubihsm_error
-
-    try:
-        return fn(*a)
-    except KmsError:
-        raise
-    except Exception as exc:
-        raise map_yubihsm_error(exc, what=what, auth_key=args._auth_key_used, key_id=key_id) from None
-
-
-def _raw_public_key(key: Any) -> bytes:
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
-    return bytes(key.get_public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
-
-
-def _timestamp() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        close_session(session, backend)
 
 
 # ---- commands ----------------------------------------------------------------------------------------------
@@ -209,17 +172,15 @@ def _scan_usb() -> int:
 def cmd_detect(args: argparse.Namespace) -> int:
     from yubihsm.core import YubiHsm
 
-    from pykms.config import find_config_path
-    from pykms.providers.yubihsm import _make_backend, map_yubihsm_error
+    from pykms.providers.yubihsm import device_errors, make_backend
 
     if args.config is None and not find_config_path(None).exists():
         return _scan_usb()
     url, auth_key, _password, _serial = _settings(args)
-    backend = _make_backend(url)
+    backend = make_backend(url)
     try:
-        info = YubiHsm(backend).get_device_info()
-    except Exception as exc:
-        raise map_yubihsm_error(exc, what=f"yubihsm detect ({url})", auth_key=auth_key) from None
+        with device_errors(f"yubihsm detect ({url})", auth_key):
+            info = YubiHsm(backend).get_device_info()
     finally:
         backend.close()
     version = ".".join(str(v) for v in info.version)
@@ -236,12 +197,12 @@ def cmd_setup(args: argparse.Namespace) -> int:
         phrase = getpass.getpass("*** Enter mnemonic (separate words with spaces): ") if sys.stdin.isatty() else ""
         if not phrase:
             phrase = sys.stdin.readline()
-        entropy = setup.mnemonic_to_entropy(" ".join(phrase.split()))
+        entropy = setup.mnemonic_to_entropy(phrase)
         print("Mnemonic phrase decoded and checksummed successfully.")
     else:
-        with _session(args, "yubihsm setup: device randomness") as session:
-            device_random = _hsm_call(args, "yubihsm setup: get pseudo-random", None, session.get_pseudo_random, 32)
-        entropy = setup.new_mnemonic_entropy(bytes(device_random))
+        with _session(args, "yubihsm setup: device randomness") as (_hsm, session):
+            device_random = bytes(session.get_pseudo_random(32))
+        entropy = setup.new_mnemonic_entropy(device_random)
     plan = setup.plan_from_entropy(entropy)
     words = plan.mnemonic.split()
     if args.print_only:
@@ -253,9 +214,8 @@ def cmd_setup(args: argparse.Namespace) -> int:
     print("- authkey 0x0001 [admin]: the 24-word mnemonic:")
     print("    " + " ".join(words[:12]))
     print("    " + " ".join(words[12:]))
-    for name in ("operator", "auditor", "validator"):
-        role = plan.role(name)
-        print(f"- authkey 0x{role.key_id:04x} [{name}]: {role.password}")
+    for role in plan.roles[1:]:
+        print(f"- authkey 0x{role.key_id:04x} [{role.name}]: {role.password}")
     print(f"- wrapkey 0x{setup.WRAP_KEY_ID:04x} [primary]: {plan.wrap_key.hex()}")
     print()
     if args.print_only:
@@ -265,7 +225,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
         if answer.strip().lower() != "y":
             print("Aborted; nothing was changed.")
             return 8
-    report = setup.provision(url, setup.Credentials(auth_key, password), plan)
+    report = setup.provision(url, auth_key, password, plan)
     print(f"Reinitialized YubiHSM (serial {report['serial_number']}).")
     if args.write_report is not None:
         try:
@@ -277,7 +237,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_generate(args: argparse.Namespace) -> int:
-    from yubihsm.defs import ALGORITHM, OBJECT
+    from yubihsm.defs import ALGORITHM, CAPABILITY
     from yubihsm.objects import AsymmetricKey
 
     if args.key_type == "account":
@@ -287,61 +247,58 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    from pykms.config import KeyFormat
     from pykms.keyring import format_public_key
+    from pykms.providers.yubihsm import raw_public_key
 
-    capabilities = CAP_SIGN_EDDSA | (0 if args.non_exportable else CAP_EXPORTABLE_UNDER_WRAP)
+    capabilities = CAPABILITY.SIGN_EDDSA
+    if not args.non_exportable:
+        capabilities |= CAPABILITY.EXPORTABLE_UNDER_WRAP
     # tmkms: the label defaults to "<prefix>:<time>" with -p, else "<key type>:<time>".
-    label = args.label if args.label is not None else f"{args.prefix or 'consensus'}:{_timestamp()}"
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    label = args.label if args.label is not None else f"{args.prefix or 'consensus'}:{now}"
     if len(label.encode()) > 40:
         raise ConfigError(f"label {label!r} is longer than 40 bytes", fix="use a shorter --label")
     if args.backup is not None and args.backup.exists():
         # Checked before generating, so a key never exists without the backup the operator asked for.
         raise KeyFileError(f"{args.backup}: already exists; refusing to overwrite a backup")
-    with _session(args, "yubihsm keys generate") as session:
-        what = f"generate key 0x{args.key_id:04x}"
-        key = _hsm_call(
-            args, what, None, AsymmetricKey.generate, session, args.key_id, label, DEFAULT_DOMAINS, capabilities,
-            ALGORITHM.EC_ED25519,
-        )  # fmt: skip
-        pub = _hsm_call(args, what, args.key_id, _raw_public_key, key)
-        shown = format_public_key(pub, KeyFormat("bech32", args.prefix, args.prefix)) if args.prefix else None
-        print(f"Generated consensus (ed25519) key 0x{args.key_id:04x}: {shown or pub.hex().upper()}")
-        if args.backup is not None:
-            wrap = session.get_object(args.wrapkey, OBJECT.WRAP_KEY)
-            _export(args, session, wrap, key, args.backup)
+    with _session(args, f"generate key 0x{args.key_id:04x}", args.key_id) as (_hsm, session):
+        key = AsymmetricKey.generate(session, args.key_id, label, DEFAULT_DOMAINS, capabilities, ALGORITHM.EC_ED25519)
+        pub = raw_public_key(key)
+    shown = format_public_key(pub, KeyFormat("bech32", args.prefix, args.prefix)) if args.prefix else None
+    print(f"Generated consensus (ed25519) key 0x{args.key_id:04x}: {shown or pub.hex().upper()}")
+    if args.backup is not None:
+        _export(args, args.key_id, args.wrapkey, args.backup)
     return 0
 
 
-def _export(args: argparse.Namespace, session: Any, wrap: Any, key: Any, path: Path) -> None:
-    from pykms.keyfiles import write_secret_file
+def _export(args: argparse.Namespace, key_id: int, wrap_id: int, path: Path) -> None:
+    from yubihsm.defs import OBJECT
 
-    what = f"export key 0x{key.id:04x} under wrap key 0x{wrap.id:04x}"
-    blob = _hsm_call(args, what, key.id, wrap.export_wrapped, key)
+    with _session(args, f"export key 0x{key_id:04x} under wrap key 0x{wrap_id:04x}", key_id) as (_hsm, session):
+        wrap = session.get_object(wrap_id, OBJECT.WRAP_KEY)
+        blob = wrap.export_wrapped(session.get_object(key_id, OBJECT.ASYMMETRIC_KEY))
     write_secret_file(path, base64.b64encode(bytes(blob)) + b"\n")
-    print(f"Wrote backup of key 0x{key.id:04x} (encrypted under wrap key 0x{wrap.id:04x}) to {path}")
+    print(f"Wrote backup of key 0x{key_id:04x} (encrypted under wrap key 0x{wrap_id:04x}) to {path}")
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
     from yubihsm.defs import ALGORITHM, OBJECT
 
     from pykms.keyring import format_public_key
+    from pykms.providers.yubihsm import raw_public_key
 
     formats = _key_formats(args)
-    with _session(args, "yubihsm keys list") as session:
-        objects = _hsm_call(
-            args, "list keys", None, session.list_objects, None, OBJECT.ASYMMETRIC_KEY, None, None,
-            ALGORITHM.EC_ED25519,
-        )  # fmt: skip
-        info = _hsm_call(args, "device info", None, args._hsm.get_device_info)
+    with _session(args, "yubihsm keys list") as (hsm, session):
+        objects = session.list_objects(object_type=OBJECT.ASYMMETRIC_KEY, algorithm=ALGORITHM.EC_ED25519)
+        serial = hsm.get_device_info().serial
         if not objects:
-            print(f"No Ed25519 keys found in YubiHSM #{info.serial}.")
+            print(f"No Ed25519 keys found in YubiHSM #{serial}.")
         else:
-            print(f"Listing keys in YubiHSM #{info.serial}:")
+            print(f"Listing keys in YubiHSM #{serial}:")
         # tmkms's listing: the key in its chain's key_format when the key serves exactly one chain, else hex.
         for obj in sorted(objects, key=lambda o: o.id):
-            info = _hsm_call(args, "key info", obj.id, obj.get_info)
-            pub = _hsm_call(args, "public key", obj.id, _raw_public_key, obj)
+            info = obj.get_info()
+            pub = raw_public_key(obj)
             label = info.label if isinstance(info.label, str) else info.label.hex()
             key_format = formats.get(obj.id)
             shown = format_public_key(pub, key_format) if key_format is not None else pub.hex().upper()
@@ -350,13 +307,11 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _key_formats(args: argparse.Namespace) -> dict[int, Any]:
+def _key_formats(args: argparse.Namespace) -> dict[int, KeyFormat]:
     """Key id -> its chain's KeyFormat, for keys configured for exactly one chain (tmkms load_key_formatters)."""
-    from pykms.config import load_config
-
     cfg = load_config(args.config)
     by_chain = {chain.id: chain.key_format for chain in cfg.chains}
-    formats: dict[int, Any] = {}
+    formats: dict[int, KeyFormat] = {}
     for hsm in cfg.providers.yubihsm[:1]:
         for key in hsm.keys:
             if len(key.chain_ids) == 1 and key.chain_ids[0] in by_chain:
@@ -410,67 +365,59 @@ def parse_key_file(kind: str, raw: bytes, source: Path) -> bytes:
 
 
 def cmd_keys_import(args: argparse.Namespace) -> int:
-    from yubihsm.defs import OBJECT
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from yubihsm.defs import CAPABILITY, OBJECT
     from yubihsm.objects import AsymmetricKey
 
-    from pykms.keyfiles import read_secret_file
+    from pykms.providers.yubihsm import raw_public_key
 
     raw = read_secret_file(args.path)
     kind = args.type or ("json" if args.path.name.endswith(".json") else "wrapped")
-    kind = "wrapped" if kind == "wrap" else kind
     # Everything is parsed and checked before the device is touched: a bad file writes nothing.
-    if kind == "wrapped":
+    if kind in ("wrapped", "wrap"):
         try:
             blob = base64.b64decode(raw.strip(), validate=True)
         except (binascii.Error, ValueError):
             raise KeyFileError(f"{args.path}: not a base64 wrapped backup") from None
         if len(blob) < 13 + 16 + 1:
             raise KeyFileError(f"{args.path}: too short to be a wrapped backup ({len(blob)} bytes)")
-        with _session(args, "yubihsm keys import") as session:
-            wrap = session.get_object(args.wrapkey, OBJECT.WRAP_KEY)
-            what = f"import wrapped backup {args.path} with wrap key 0x{args.wrapkey:04x}"
-            obj = _hsm_call(args, what, None, wrap.import_wrapped, blob)
+        what = f"import wrapped backup {args.path} with wrap key 0x{args.wrapkey:04x}"
+        with _session(args, what) as (_hsm, session):
+            obj = session.get_object(args.wrapkey, OBJECT.WRAP_KEY).import_wrapped(blob)
             if obj.object_type == OBJECT.ASYMMETRIC_KEY:
-                pub = _hsm_call(args, what, obj.id, _raw_public_key, obj)
-                print(f"Imported key 0x{obj.id:04x}: {pub.hex().upper()}")
+                print(f"Imported key 0x{obj.id:04x}: {raw_public_key(obj).hex().upper()}")
             else:
                 print(f"Imported object 0x{obj.id:04x} ({obj.object_type!s})")
         return 0
     if args.key_id is None:
         raise ConfigError("no key id given", fix=f"pass -i ID, e.g. pykms yubihsm keys import -i 1 {args.path}")
-    seed = parse_key_file(kind, raw, args.path)
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    private = Ed25519PrivateKey.from_private_bytes(seed)
-    with _session(args, "yubihsm keys import") as session:
-        what = f"import key 0x{args.key_id:04x}"
-        key = _hsm_call(
-            args, what, None, AsymmetricKey.put, session, args.key_id, args.label, DEFAULT_DOMAINS,
-            CAP_SIGN_EDDSA | CAP_EXPORTABLE_UNDER_WRAP, private,
-        )  # fmt: skip
-        pub = _hsm_call(args, what, args.key_id, _raw_public_key, key)
+    private = Ed25519PrivateKey.from_private_bytes(parse_key_file(kind, raw, args.path))
+    with _session(args, f"import key 0x{args.key_id:04x}", args.key_id) as (_hsm, session):
+        key = AsymmetricKey.put(
+            session,
+            args.key_id,
+            args.label,
+            DEFAULT_DOMAINS,
+            CAPABILITY.SIGN_EDDSA | CAPABILITY.EXPORTABLE_UNDER_WRAP,
+            private,
+        )
+        pub = raw_public_key(key)
     print(f"Imported key 0x{args.key_id:04x}: {pub.hex().upper()}")
     return 0
 
 
 def cmd_keys_export(args: argparse.Namespace) -> int:
-    from yubihsm.defs import OBJECT
-
     if args.path.exists():
         raise KeyFileError(f"{args.path}: already exists; refusing to overwrite a backup")
-    with _session(args, "yubihsm keys export") as session:
-        wrap = session.get_object(args.wrapkey, OBJECT.WRAP_KEY)
-        key = session.get_object(args.key_id, OBJECT.ASYMMETRIC_KEY)
-        _export(args, session, wrap, key, args.path)
+    _export(args, args.key_id, args.wrapkey, args.path)
     return 0
 
 
 def cmd_keys_delete(args: argparse.Namespace) -> int:
     from yubihsm.defs import OBJECT
 
-    with _session(args, "yubihsm keys delete") as session:
-        key = session.get_object(args.key_id, OBJECT.ASYMMETRIC_KEY)
-        _hsm_call(args, f"delete key 0x{args.key_id:04x}", args.key_id, key.delete)
+    with _session(args, f"delete key 0x{args.key_id:04x}", args.key_id) as (_hsm, session):
+        session.get_object(args.key_id, OBJECT.ASYMMETRIC_KEY).delete()
     print(f"Deleted key 0x{args.key_id:04x}")
     return 0
 
@@ -499,6 +446,4 @@ def cmd_test(args: argparse.Namespace) -> int:
         f"{args.count / elapsed:.1f} signatures/s, p50 {statistics.median(latencies) * 1e3:.2f} ms, "
         f"p99 {p99 * 1e3:.2f} ms, max {latencies[-1] * 1e3:.2f} ms (every signature verified)"
     )
-    if not latencies:
-        raise FatalProviderError("no signatures")
     return 0

@@ -31,15 +31,13 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
+from pykms.errors import DecodeError
+from pykms.keyfiles import read_secret_file, write_secret_file
+from pykms.privval.varint import decode_uvarint
+from pykms.providers.ledger import CLA, INS_GET_VERSION, INS_PUBLIC_KEY_ED25519, INS_SIGN_ED25519, MAX_MESSAGE
+
 __all__ = ["SW", "LedgerApp", "LedgerSimServer", "main", "parse_sign_bytes"]
 
-CLA = 0x56
-INS_GET_VERSION = 0x00
-INS_PUBLIC_KEY_ED25519 = 0x01
-INS_SIGN_ED25519 = 0x02
-#: The app's message buffer (the limit the issue and the app's users know: long chain ids and proposals at
-#: round >= 1 do not fit).
-MAX_MESSAGE = 128
 APP_VERSION = (0, 2, 4, 0)  # mode (0 = release), major, minor, patch
 
 # Canonical message types (cometbft SignedMsgType) and the watermark order of their steps.
@@ -60,16 +58,13 @@ class SW:
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise ValueError("truncated varint")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return value, pos
+    try:
+        head = decode_uvarint(data, pos)
+    except DecodeError:
+        head = None
+    if head is None:
+        raise ValueError("truncated or over-long varint")
+    return head
 
 
 def parse_sign_bytes(message: bytes) -> tuple[int, int, int]:
@@ -167,39 +162,28 @@ class LedgerApp:
         return self.key.sign(message).signature, SW.OK
 
 
-class _Handler(socketserver.BaseRequestHandler):
+class _Handler(socketserver.StreamRequestHandler):
     server: LedgerSimServer
+    disable_nagle_algorithm = True
 
     def handle(self) -> None:
-        sock: socket.socket = self.request
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         while True:
             # ledgerblue writes the length and the APDU in two sends; acknowledge at once so its second send is
             # not held back by Nagle waiting for our delayed ACK.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-            header = _recv_exact(sock, 4)
-            if header is None:
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+            header = self.rfile.read(4)
+            if len(header) < 4:
                 return
             (size,) = struct.unpack(">I", header)
             if size > 260:
                 return
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-            apdu = _recv_exact(sock, size)
-            if apdu is None:
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+            apdu = self.rfile.read(size)
+            if len(apdu) < size:
                 return
             with self.server.lock:
                 data, sw = self.server.app.process(apdu)
-            sock.sendall(struct.pack(">I", len(data)) + data + struct.pack(">H", sw))
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return buf
+            self.wfile.write(struct.pack(">I", len(data)) + data + struct.pack(">H", sw))
 
 
 class LedgerSimServer(socketserver.ThreadingTCPServer):
@@ -230,11 +214,7 @@ class LedgerSimServer(socketserver.ThreadingTCPServer):
 def load_or_create_seed(path: Path) -> SigningKey:
     """The device's key: base64 of a 32-byte seed (created 0600 if the file does not exist)."""
     if not path.exists():
-        from pykms.keyfiles import write_secret_file
-
         write_secret_file(path, base64.b64encode(os.urandom(32)))
-    from pykms.keyfiles import read_secret_file
-
     seed = base64.b64decode(read_secret_file(path).strip())
     if len(seed) != 32:
         raise SystemExit(f"{path}: expected base64 of a 32-byte seed")

@@ -238,3 +238,24 @@ def test_pykms_start_with_a_ledger_passes_the_signer_harness(
         if kms.poll() is None:
             kms.terminate()
             kms.wait(timeout=15)
+
+
+def test_cli_pubkey_and_init(sim: LedgerSimServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`pykms ledger pubkey` prints the app's key; `ledger init` moves its watermark, which then refuses to go
+    back; a chain no Ledger serves is a config error naming the file."""
+    from pykms.cli.main import main as pykms_main
+
+    config = tmp_path / "tmkms.toml"
+    config.write_text(
+        f'[[chain]]\nid = "{CHAIN}"\nkey_format = {{ type = "hex" }}\nstate_file = "{tmp_path / "state.json"}"\n\n'
+        f'[[providers.ledgertm]]\nchain_ids = ["{CHAIN}"]\ntransport = "tcp"\naddr = "127.0.0.1:{sim.port}"\n'
+    )
+    assert pykms_main(["ledger", "pubkey", "-c", str(config)]) == 0
+    assert bytes(sim.app.key.verify_key).hex().upper() in capsys.readouterr().out
+    assert pykms_main(["ledger", "init", "-c", str(config), "-H", "100", "-r", "2"]) == 0
+    assert sim.app.watermark == (100, 2, 1)
+    assert pykms_main(["ledger", "init", "-c", str(config), "-H", "99"]) == 8  # refused
+    assert "watermark" in capsys.readouterr().err
+    assert sim.app.watermark == (100, 2, 1)
+    assert pykms_main(["ledger", "init", "-c", str(config), "-H", "101", "--chain", "other"]) == 3
+    assert str(config) in capsys.readouterr().err

@@ -29,6 +29,9 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from google.protobuf import empty_pb2
+from google.protobuf.message import DecodeError as ProtobufDecodeError
+from google.protobuf.unknown_fields import UnknownFieldSet
 from nacl.signing import SigningKey
 
 from pykms.errors import DecodeError
@@ -57,45 +60,25 @@ class SW:
     CLA_NOT_SUPPORTED = 0x6E00
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    try:
-        head = decode_uvarint(data, pos)
-    except DecodeError:
-        head = None
-    if head is None:
-        raise ValueError("truncated or over-long varint")
-    return head
-
-
 def parse_sign_bytes(message: bytes) -> tuple[int, int, int]:
-    """(type, height, round) of delimited CanonicalVote/CanonicalProposal sign bytes (fields 1, 2, 3)."""
-    length, pos = _varint(message, 0)
-    if pos + length != len(message):
-        raise ValueError("length prefix does not match")
-    msg_type = height = round_ = 0
-    while pos < len(message):
-        key, pos = _varint(message, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _varint(message, pos)
-            if number == 1:
-                msg_type = value
-        elif wire == 1:
-            if pos + 8 > len(message):
-                raise ValueError("truncated fixed64")
-            value = struct.unpack_from("<q", message, pos)[0]
-            pos += 8
-            if number == 2:
-                height = value
-            elif number == 3:
-                round_ = value
-        elif wire == 2:
-            size, pos = _varint(message, pos)
-            pos += size
-            if pos > len(message):
-                raise ValueError("truncated field")
-        else:
-            raise ValueError(f"unexpected wire type {wire}")
+    """(type, height, round) of delimited CanonicalVote/CanonicalProposal sign bytes: fields 1 (varint), 2 and 3
+    (sfixed64), read loosely as the app does, whatever the other fields hold. ValueError if they do not parse."""
+    try:
+        head = decode_uvarint(message)
+        if head is None or head[0] + head[1] != len(message):
+            raise ValueError("length prefix does not match")
+        body = empty_pb2.Empty()  # no fields of its own: every field lands in the unknown-field set
+        body.ParseFromString(message[head[1] :])
+    except (DecodeError, ProtobufDecodeError) as exc:
+        raise ValueError(f"not protobuf: {exc}") from None
+    fields = {(f.field_number, f.wire_type): f.data for f in iter(UnknownFieldSet(body))}
+
+    def sfixed64(number: int) -> int:
+        return int(struct.unpack("<q", struct.pack("<Q", fields.get((number, 1), 0)))[0])
+
+    msg_type = fields.get((1, 0), 0)
+    height = sfixed64(2)
+    round_ = sfixed64(3)
     if msg_type not in _STEP_OF_TYPE or height <= 0 or round_ < 0:
         raise ValueError("not a vote or proposal")
     return msg_type, height, round_

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import subprocess
@@ -11,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from pykms.errors import ConfigError, FatalProviderError, SigningRefused, TransientProviderError
@@ -141,6 +144,32 @@ def test_parse_sign_bytes_reads_type_height_round() -> None:
     assert parse_sign_bytes(proposal_sign_bytes("c", make_proposal(12, 0, b"x"))) == (32, 12, 0)
     with pytest.raises(ValueError):
         parse_sign_bytes(b"\x05garbage")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 2**63 - 1),
+    st.integers(0, 2**31 - 1),
+    st.sampled_from([PREVOTE, PRECOMMIT, 32]),
+    st.text(max_size=50),
+    st.binary(max_size=40),
+)
+def test_parse_sign_bytes_agrees_with_the_sign_bytes_builders(
+    height: int, round_: int, kind: int, chain: str, junk: bytes
+) -> None:
+    """Whatever the chain id and block, the app reads the height and round pykms signs (the watermark depends on
+    it), a negative round or non-positive height is refused, and arbitrary bytes only ever raise ValueError."""
+    if kind == 32:
+        message = proposal_sign_bytes(chain, make_proposal(height, round_, b"b"))
+    else:
+        message = vote_sign_bytes(chain, make_vote(height, round_, kind, b"b"))
+    assert parse_sign_bytes(message) == (kind, height, round_)
+    with pytest.raises(ValueError):
+        parse_sign_bytes(vote_sign_bytes(chain, make_vote(height, -1 - round_ % 5, kind if kind != 32 else PREVOTE)))
+    with pytest.raises(ValueError):
+        parse_sign_bytes(vote_sign_bytes(chain, make_vote(-height, round_, PREVOTE)))
+    with contextlib.suppress(ValueError):
+        parse_sign_bytes(junk)
 
 
 def test_a_refusal_never_advances_pykms_state(sim: LedgerSimServer, tmp_path: Path) -> None:

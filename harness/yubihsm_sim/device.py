@@ -191,18 +191,12 @@ class StoredObject:
     origin: int
     sequence: int = 0
 
-    @property
-    def size(self) -> int:
-        if self.obj_type == OBJECT.AUTHENTICATION_KEY:
-            return 32
-        return len(self.secret)
-
     def info(self) -> bytes:
         return struct.pack(
             _INFO_FMT,
             self.capabilities,
             self.obj_id,
-            self.size,
+            len(self.secret),  # an authentication key's K-ENC | K-MAC: 32, as the device reports
             self.domains,
             self.obj_type,
             self.algorithm,

@@ -17,7 +17,7 @@ import socket
 import sys
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -174,9 +174,8 @@ def _handler_for(sim: SimServer) -> type[BaseHTTPRequestHandler]:
         def _set_faults(self, body: bytes) -> None:
             try:
                 wanted = json.loads(body or b"{}")
-                sim.faults.drop_connections = bool(wanted.get("drop_connections", False))
-                sim.faults.http_500 = bool(wanted.get("http_500", False))
-                sim.faults.drop_replies = bool(wanted.get("drop_replies", False))
+                for switch in fields(Faults):
+                    setattr(sim.faults, switch.name, bool(wanted.get(switch.name, False)))
                 if wanted.get("expire_sessions"):
                     sim.expire_sessions()
             except (ValueError, AttributeError):

@@ -34,7 +34,7 @@ from google.protobuf.message import DecodeError as ProtobufDecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
 from nacl.signing import SigningKey
 
-from pykms.errors import DecodeError
+from pykms.errors import DecodeError, KeyFileError
 from pykms.keyfiles import read_secret_file, write_secret_file
 from pykms.privval.varint import decode_uvarint
 from pykms.providers.ledger import CLA, INS_GET_VERSION, INS_PUBLIC_KEY_ED25519, INS_SIGN_ED25519, MAX_MESSAGE
@@ -196,9 +196,14 @@ class LedgerSimServer(socketserver.ThreadingTCPServer):
 
 def load_or_create_seed(path: Path) -> SigningKey:
     """The device's key: base64 of a 32-byte seed (created 0600 if the file does not exist)."""
-    if not path.exists():
-        write_secret_file(path, base64.b64encode(os.urandom(32)))
-    seed = base64.b64decode(read_secret_file(path).strip())
+    try:
+        if not path.exists():
+            write_secret_file(path, base64.b64encode(os.urandom(32)))
+        seed = base64.b64decode(read_secret_file(path).strip(), validate=True)
+    except KeyFileError as exc:  # world-readable or unreadable: the message says how to fix it
+        raise SystemExit(f"pykms-ledger-sim: {exc}") from None
+    except ValueError:  # not base64: refused below like a seed of the wrong length
+        seed = b""
     if len(seed) != 32:
         raise SystemExit(f"{path}: expected base64 of a 32-byte seed")
     return SigningKey(seed)

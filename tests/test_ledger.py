@@ -288,3 +288,20 @@ def test_cli_pubkey_and_init(sim: LedgerSimServer, tmp_path: Path, capsys: pytes
     assert sim.app.watermark == (100, 2, 1)
     assert pykms_main(["ledger", "init", "-c", str(config), "-H", "101", "--chain", "other"]) == 3
     assert str(config) in capsys.readouterr().err
+
+
+def test_sim_refuses_a_bad_seed_file(tmp_path: Path) -> None:
+    """A seed file that is not base64 of 32 bytes, or that others can read, stops the simulator with a message
+    naming the file (and, for the mode, the chmod that fixes it), not a traceback."""
+    from pykms.harness.ledger_sim import main as sim_main
+
+    seed = tmp_path / "seed.b64"
+    seed.write_text("not base64!!\n")
+    seed.chmod(0o600)
+    with pytest.raises(SystemExit, match="expected base64 of a 32-byte seed") as exc:
+        sim_main(["--seed-file", str(seed)])
+    assert str(seed) in str(exc.value)
+    seed.write_text(base64.b64encode(bytes(32)).decode())
+    seed.chmod(0o644)
+    with pytest.raises(SystemExit, match="chmod 600"):
+        sim_main(["--seed-file", str(seed)])

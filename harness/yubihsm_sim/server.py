@@ -22,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from pykms.errors import KeyFileError
 from pykms.harness.yubihsm_sim.device import MAX_FRAME, Device
 from pykms.httpreply import send_reply
 from pykms.keyfiles import fsync_dir, write_secret_file
@@ -205,6 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except (ValueError, KeyError) as exc:
         print(f"pykms-yubihsm-sim: state file {args.state} is not valid: {exc}", file=sys.stderr)
+        return 1
+    except KeyFileError as exc:
+        print(f"pykms-yubihsm-sim: cannot write the state file: {exc}", file=sys.stderr)
         return 1
     print(f"pykms-yubihsm-sim: serial {sim.device.serial} listening on http://{args.host}:{sim.port}", flush=True)
     try:

@@ -29,17 +29,18 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from google.protobuf import empty_pb2
+from google.protobuf.message import DecodeError as ProtobufDecodeError
+from google.protobuf.unknown_fields import UnknownFieldSet
 from nacl.signing import SigningKey
+
+from pykms.errors import DecodeError, KeyFileError
+from pykms.keyfiles import read_secret_file, write_secret_file
+from pykms.privval.varint import decode_uvarint
+from pykms.providers.ledger import CLA, INS_GET_VERSION, INS_PUBLIC_KEY_ED25519, INS_SIGN_ED25519, MAX_MESSAGE
 
 __all__ = ["SW", "LedgerApp", "LedgerSimServer", "main", "parse_sign_bytes"]
 
-CLA = 0x56
-INS_GET_VERSION = 0x00
-INS_PUBLIC_KEY_ED25519 = 0x01
-INS_SIGN_ED25519 = 0x02
-#: The app's message buffer (the limit the issue and the app's users know: long chain ids and proposals at
-#: round >= 1 do not fit).
-MAX_MESSAGE = 128
 APP_VERSION = (0, 2, 4, 0)  # mode (0 = release), major, minor, patch
 
 # Canonical message types (cometbft SignedMsgType) and the watermark order of their steps.
@@ -59,48 +60,25 @@ class SW:
     CLA_NOT_SUPPORTED = 0x6E00
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise ValueError("truncated varint")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return value, pos
-
-
 def parse_sign_bytes(message: bytes) -> tuple[int, int, int]:
-    """(type, height, round) of delimited CanonicalVote/CanonicalProposal sign bytes (fields 1, 2, 3)."""
-    length, pos = _varint(message, 0)
-    if pos + length != len(message):
-        raise ValueError("length prefix does not match")
-    msg_type = height = round_ = 0
-    while pos < len(message):
-        key, pos = _varint(message, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _varint(message, pos)
-            if number == 1:
-                msg_type = value
-        elif wire == 1:
-            if pos + 8 > len(message):
-                raise ValueError("truncated fixed64")
-            value = struct.unpack_from("<q", message, pos)[0]
-            pos += 8
-            if number == 2:
-                height = value
-            elif number == 3:
-                round_ = value
-        elif wire == 2:
-            size, pos = _varint(message, pos)
-            pos += size
-            if pos > len(message):
-                raise ValueError("truncated field")
-        else:
-            raise ValueError(f"unexpected wire type {wire}")
+    """(type, height, round) of delimited CanonicalVote/CanonicalProposal sign bytes: fields 1 (varint), 2 and 3
+    (sfixed64), read loosely as the app does, whatever the other fields hold. ValueError if they do not parse."""
+    try:
+        head = decode_uvarint(message)
+        if head is None or head[0] + head[1] != len(message):
+            raise ValueError("length prefix does not match")
+        body = empty_pb2.Empty()  # no fields of its own: every field lands in the unknown-field set
+        body.ParseFromString(message[head[1] :])
+    except (DecodeError, ProtobufDecodeError) as exc:
+        raise ValueError(f"not protobuf: {exc}") from None
+    fields = {(f.field_number, f.wire_type): f.data for f in iter(UnknownFieldSet(body))}
+
+    def sfixed64(number: int) -> int:
+        return int(struct.unpack("<q", struct.pack("<Q", fields.get((number, 1), 0)))[0])
+
+    msg_type = fields.get((1, 0), 0)
+    height = sfixed64(2)
+    round_ = sfixed64(3)
     if msg_type not in _STEP_OF_TYPE or height <= 0 or round_ < 0:
         raise ValueError("not a vote or proposal")
     return msg_type, height, round_
@@ -167,39 +145,28 @@ class LedgerApp:
         return self.key.sign(message).signature, SW.OK
 
 
-class _Handler(socketserver.BaseRequestHandler):
+class _Handler(socketserver.StreamRequestHandler):
     server: LedgerSimServer
+    disable_nagle_algorithm = True
 
     def handle(self) -> None:
-        sock: socket.socket = self.request
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         while True:
             # ledgerblue writes the length and the APDU in two sends; acknowledge at once so its second send is
             # not held back by Nagle waiting for our delayed ACK.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-            header = _recv_exact(sock, 4)
-            if header is None:
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+            header = self.rfile.read(4)
+            if len(header) < 4:
                 return
             (size,) = struct.unpack(">I", header)
             if size > 260:
                 return
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-            apdu = _recv_exact(sock, size)
-            if apdu is None:
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+            apdu = self.rfile.read(size)
+            if len(apdu) < size:
                 return
             with self.server.lock:
                 data, sw = self.server.app.process(apdu)
-            sock.sendall(struct.pack(">I", len(data)) + data + struct.pack(">H", sw))
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return buf
+            self.wfile.write(struct.pack(">I", len(data)) + data + struct.pack(">H", sw))
 
 
 class LedgerSimServer(socketserver.ThreadingTCPServer):
@@ -229,13 +196,14 @@ class LedgerSimServer(socketserver.ThreadingTCPServer):
 
 def load_or_create_seed(path: Path) -> SigningKey:
     """The device's key: base64 of a 32-byte seed (created 0600 if the file does not exist)."""
-    if not path.exists():
-        from pykms.keyfiles import write_secret_file
-
-        write_secret_file(path, base64.b64encode(os.urandom(32)))
-    from pykms.keyfiles import read_secret_file
-
-    seed = base64.b64decode(read_secret_file(path).strip())
+    try:
+        if not path.exists():
+            write_secret_file(path, base64.b64encode(os.urandom(32)))
+        seed = base64.b64decode(read_secret_file(path).strip(), validate=True)
+    except KeyFileError as exc:  # world-readable or unreadable: the message says how to fix it
+        raise SystemExit(f"pykms-ledger-sim: {exc}") from None
+    except ValueError:  # not base64: refused below like a seed of the wrong length
+        seed = b""
     if len(seed) != 32:
         raise SystemExit(f"{path}: expected base64 of a 32-byte seed")
     return SigningKey(seed)

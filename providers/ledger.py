@@ -13,6 +13,7 @@ pykms's own state.
 from __future__ import annotations
 
 import contextlib
+import struct
 import threading
 from typing import Any
 
@@ -35,8 +36,6 @@ CLA = 0x56
 INS_GET_VERSION = 0x00
 INS_PUBLIC_KEY_ED25519 = 0x01
 INS_SIGN_ED25519 = 0x02
-#: tmkms's ledgertm client sends the message in chunks of 250 bytes (USER_MESSAGE_CHUNK_SIZE).
-CHUNK_SIZE = 250
 #: The app's message buffer: longer sign bytes cannot be signed by it.
 MAX_MESSAGE = 128
 
@@ -120,13 +119,10 @@ class LedgerSigner:
                 self._dongle = self._open()
             try:
                 return bytes(self._dongle.exchange(apdu))
-            except CommException as exc:
-                sw = int(getattr(exc, "sw", 0) or 0)
+            except (CommException, OSError, struct.error) as exc:
+                sw = int(getattr(exc, "sw", 0) or 0)  # a status word: the app answered, the link is fine
                 if sw:
                     raise error_for_status(sw) from None
-                self._drop()
-                raise TransientProviderError(f"Ledger transport failed: {exc}") from None
-            except (OSError, struct_error()) as exc:
                 self._drop()
                 raise TransientProviderError(f"Ledger transport failed: {exc}") from None
 
@@ -153,10 +149,9 @@ class LedgerSigner:
                 f"sign bytes of {len(message)} bytes exceed the Ledger app's {MAX_MESSAGE}-byte limit (a long chain "
                 "id, or a proposal with a full block ID): this request cannot be signed with a Ledger"
             )
-        chunks = [message[i : i + CHUNK_SIZE] for i in range(0, len(message), CHUNK_SIZE)]
-        signature = b""
-        for index, chunk in enumerate(chunks, start=1):
-            signature = self._exchange(INS_SIGN_ED25519, index, len(chunks), chunk)
+        # The app takes the message in chunks, P1 = 1-based index and P2 = count; tmkms's ledgertm client cuts
+        # them at 250 bytes (USER_MESSAGE_CHUNK_SIZE), so a message within MAX_MESSAGE is always one chunk.
+        signature = self._exchange(INS_SIGN_ED25519, 1, 1, message)
         if len(signature) != 64:
             raise TransientProviderError(f"the Ledger returned {len(signature)} bytes instead of a signature")
         verify_or_raise(self._pub, message, signature, self.provider)
@@ -165,9 +160,3 @@ class LedgerSigner:
     def close(self) -> None:
         with self._lock:
             self._drop()
-
-
-def struct_error() -> type[Exception]:
-    import struct
-
-    return struct.error

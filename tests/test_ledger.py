@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import subprocess
@@ -11,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from pykms.errors import ConfigError, FatalProviderError, SigningRefused, TransientProviderError
@@ -143,6 +146,32 @@ def test_parse_sign_bytes_reads_type_height_round() -> None:
         parse_sign_bytes(b"\x05garbage")
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 2**63 - 1),
+    st.integers(0, 2**31 - 1),
+    st.sampled_from([PREVOTE, PRECOMMIT, 32]),
+    st.text(max_size=50),
+    st.binary(max_size=40),
+)
+def test_parse_sign_bytes_agrees_with_the_sign_bytes_builders(
+    height: int, round_: int, kind: int, chain: str, junk: bytes
+) -> None:
+    """Whatever the chain id and block, the app reads the height and round pykms signs (the watermark depends on
+    it), a negative round or non-positive height is refused, and arbitrary bytes only ever raise ValueError."""
+    if kind == 32:
+        message = proposal_sign_bytes(chain, make_proposal(height, round_, b"b"))
+    else:
+        message = vote_sign_bytes(chain, make_vote(height, round_, kind, b"b"))
+    assert parse_sign_bytes(message) == (kind, height, round_)
+    with pytest.raises(ValueError):
+        parse_sign_bytes(vote_sign_bytes(chain, make_vote(height, -1 - round_ % 5, kind if kind != 32 else PREVOTE)))
+    with pytest.raises(ValueError):
+        parse_sign_bytes(vote_sign_bytes(chain, make_vote(-height, round_, PREVOTE)))
+    with contextlib.suppress(ValueError):
+        parse_sign_bytes(junk)
+
+
 def test_a_refusal_never_advances_pykms_state(sim: LedgerSimServer, tmp_path: Path) -> None:
     """The guard's critical section: the device refuses, nothing is saved."""
     path = tmp_path / "state.json"
@@ -238,3 +267,41 @@ def test_pykms_start_with_a_ledger_passes_the_signer_harness(
         if kms.poll() is None:
             kms.terminate()
             kms.wait(timeout=15)
+
+
+def test_cli_pubkey_and_init(sim: LedgerSimServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`pykms ledger pubkey` prints the app's key; `ledger init` moves its watermark, which then refuses to go
+    back; a chain no Ledger serves is a config error naming the file."""
+    from pykms.cli.main import main as pykms_main
+
+    config = tmp_path / "tmkms.toml"
+    config.write_text(
+        f'[[chain]]\nid = "{CHAIN}"\nkey_format = {{ type = "hex" }}\nstate_file = "{tmp_path / "state.json"}"\n\n'
+        f'[[providers.ledgertm]]\nchain_ids = ["{CHAIN}"]\ntransport = "tcp"\naddr = "127.0.0.1:{sim.port}"\n'
+    )
+    assert pykms_main(["ledger", "pubkey", "-c", str(config)]) == 0
+    assert bytes(sim.app.key.verify_key).hex().upper() in capsys.readouterr().out
+    assert pykms_main(["ledger", "init", "-c", str(config), "-H", "100", "-r", "2"]) == 0
+    assert sim.app.watermark == (100, 2, 1)
+    assert pykms_main(["ledger", "init", "-c", str(config), "-H", "99"]) == 8  # refused
+    assert "watermark" in capsys.readouterr().err
+    assert sim.app.watermark == (100, 2, 1)
+    assert pykms_main(["ledger", "init", "-c", str(config), "-H", "101", "--chain", "other"]) == 3
+    assert str(config) in capsys.readouterr().err
+
+
+def test_sim_refuses_a_bad_seed_file(tmp_path: Path) -> None:
+    """A seed file that is not base64 of 32 bytes, or that others can read, stops the simulator with a message
+    naming the file (and, for the mode, the chmod that fixes it), not a traceback."""
+    from pykms.harness.ledger_sim import main as sim_main
+
+    seed = tmp_path / "seed.b64"
+    seed.write_text("not base64!!\n")
+    seed.chmod(0o600)
+    with pytest.raises(SystemExit, match="expected base64 of a 32-byte seed") as exc:
+        sim_main(["--seed-file", str(seed)])
+    assert str(seed) in str(exc.value)
+    seed.write_text(base64.b64encode(bytes(32)).decode())
+    seed.chmod(0o644)
+    with pytest.raises(SystemExit, match="chmod 600"):
+        sim_main(["--seed-file", str(seed)])

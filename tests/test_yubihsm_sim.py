@@ -284,6 +284,8 @@ def test_cli_refuses_a_bad_state_file(tmp_path: Path, capsys: pytest.CaptureFixt
     state.write_text('{"serial": 1}')
     assert main(["--port", "0", "--state", str(state)]) == 1
     assert "not valid" in capsys.readouterr().err
+    assert main(["--port", "0", "--state", str(tmp_path / "missing" / "hsm.json")]) == 1
+    assert "cannot write the state file" in capsys.readouterr().err
 
 
 def test_console_script_runs_and_keeps_state(tmp_path: Path) -> None:

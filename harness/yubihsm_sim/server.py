@@ -17,14 +17,15 @@ import socket
 import sys
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from pykms.errors import KeyFileError
 from pykms.harness.yubihsm_sim.device import MAX_FRAME, Device
 from pykms.httpreply import send_reply
-from pykms.keyfiles import fsync_dir
+from pykms.keyfiles import fsync_dir, write_secret_file
 
 __all__ = ["Faults", "SimServer", "main"]
 
@@ -55,17 +56,18 @@ class SimServer:
         *,
         state_file: Path | None = None,
         device: Device | None = None,
-        serial: int = 12345678,
     ):
-        self.device = device or Device(serial)
+        self.device = device or Device()
         self.state_file = state_file
         self.faults = Faults()
         self.lock = threading.Lock()
-        self.requests = 0
-        if state_file is not None and state_file.exists():
-            self.device.load_state(json.loads(state_file.read_text()))
+        saved = state_file.read_text() if state_file is not None and state_file.exists() else None
+        if saved is not None:
+            self.device.load_state(json.loads(saved))
         self.httpd = ThreadingHTTPServer((host, port), _handler_for(self))
         self.httpd.daemon_threads = True
+        if saved is None:
+            self._persist()
         self._thread: threading.Thread | None = None
 
     @property
@@ -78,7 +80,6 @@ class SimServer:
 
     def transceive(self, frame: bytes) -> bytes:
         with self.lock:
-            self.requests += 1
             reply, changed = self.device.process(frame)
             if changed:
                 self._persist()
@@ -92,35 +93,19 @@ class SimServer:
         """Write the state file atomically and durably (temp file, fsync, rename, fsync directory)."""
         if self.state_file is None:
             return
-        data = json.dumps(self.device.to_state(), indent=1).encode()
         tmp = self.state_file.with_name(self.state_file.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_secret_file(tmp, json.dumps(self.device.to_state(), indent=1).encode(), overwrite=True)
         os.replace(tmp, self.state_file)
         fsync_dir(self.state_file.parent)
 
     def start(self) -> SimServer:
         """Serve in a daemon thread (for tests and embedding)."""
-        self._persist_initial()
         # A short poll interval so stop() returns promptly (serve_forever checks for shutdown between polls).
         self._thread = threading.Thread(
             target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="yubihsm-sim", daemon=True
         )
         self._thread.start()
         return self
-
-    def _persist_initial(self) -> None:
-        if self.state_file is not None and not self.state_file.exists():
-            with self.lock:
-                self._persist()
-
-    def serve_forever(self) -> None:
-        self._persist_initial()
-        self.httpd.serve_forever()
 
     def stop(self) -> None:
         self.httpd.shutdown()
@@ -190,9 +175,8 @@ def _handler_for(sim: SimServer) -> type[BaseHTTPRequestHandler]:
         def _set_faults(self, body: bytes) -> None:
             try:
                 wanted = json.loads(body or b"{}")
-                sim.faults.drop_connections = bool(wanted.get("drop_connections", False))
-                sim.faults.http_500 = bool(wanted.get("http_500", False))
-                sim.faults.drop_replies = bool(wanted.get("drop_replies", False))
+                for switch in fields(Faults):
+                    setattr(sim.faults, switch.name, bool(wanted.get(switch.name, False)))
                 if wanted.get("expire_sessions"):
                     sim.expire_sessions()
             except (ValueError, AttributeError):
@@ -223,9 +207,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, KeyError) as exc:
         print(f"pykms-yubihsm-sim: state file {args.state} is not valid: {exc}", file=sys.stderr)
         return 1
+    except KeyFileError as exc:
+        print(f"pykms-yubihsm-sim: cannot write the state file: {exc}", file=sys.stderr)
+        return 1
     print(f"pykms-yubihsm-sim: serial {sim.device.serial} listening on http://{args.host}:{sim.port}", flush=True)
     try:
-        sim.serve_forever()
+        sim.httpd.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:

@@ -25,23 +25,23 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_init)
 
 
-def _ledgers(args: argparse.Namespace) -> tuple[Any, list[Any]]:
+def _config(args: argparse.Namespace) -> Any:
     from pykms.config import load_config
 
     config = load_config(args.config)
     if not config.providers.ledger:
         raise ConfigError("no [[providers.ledger]] (or ledgertm) section", file=str(config.path),
                           key="providers.ledger", fix="add one with chain_ids and the transport")  # fmt: skip
-    return config, list(config.providers.ledger)
+    return config
 
 
 def cmd_pubkey(args: argparse.Namespace) -> int:
     from pykms.keyring import format_public_key
     from pykms.providers.ledger import LedgerSigner
 
-    config, ledgers = _ledgers(args)
+    config = _config(args)
     formats = {c.id: c.key_format for c in config.chains}
-    for cfg in ledgers:
+    for cfg in config.providers.ledger:
         signer = LedgerSigner.from_config(cfg)
         try:
             pub = signer.public_key()
@@ -63,13 +63,16 @@ def cmd_init(args: argparse.Namespace) -> int:
     from pykms.proto.tendermint.types import types_pb2
     from pykms.providers.ledger import LedgerSigner
 
-    _config, ledgers = _ledgers(args)
-    cfg = ledgers[0]
-    if args.chain is not None:
-        matching = [c for c in ledgers if args.chain in c.chain_ids]
-        if not matching:
-            raise ConfigError(f"no Ledger serves chain {args.chain!r}", key="providers.ledger.chain_ids")
-        cfg = matching[0]
+    config = _config(args)
+    matching = [c for c in config.providers.ledger if args.chain is None or args.chain in c.chain_ids]
+    if not matching:
+        raise ConfigError(
+            f"no Ledger serves chain {args.chain!r}",
+            file=str(config.path),
+            key="providers.ledger.chain_ids",
+            fix="add the chain id to a Ledger's chain_ids, or name a chain one serves",
+        )
+    cfg = matching[0]
     chain_id = args.chain or cfg.chain_ids[0]
     vote = types_pb2.Vote(height=args.height, round=args.round)
     vote.type = 32  # type: ignore[assignment]  # tmkms's `ledger init` signs a proposal-type vote

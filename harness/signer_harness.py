@@ -47,8 +47,8 @@ from pykms.harness.conformance import (
     EXIT,
     Harness,
     fail,
+    load_genesis_chain_id,
     load_key,
-    load_tmhome,
     refusal_reason,
     run_basic,
     run_full,
@@ -65,24 +65,23 @@ __all__ = ["build_parser", "main"]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    try:
-        dialect = Dialect.parse(args.protocol_version)
-    except KmsError as exc:
-        raise fail(str(exc), "params") from None
-    home = load_tmhome(Path(args.tmhome).expanduser())
+    dialect = Dialect(args.protocol_version)  # one of argparse's choices
+    tmhome = Path(args.tmhome).expanduser()
+    pub, _seed = load_key(tmhome)  # key and state first (exit code 1), then the genesis (3), as tm-signer-harness
+    chain_id = load_genesis_chain_id(tmhome)
     sim = ValidatorSimulator(
         args.addr,
-        chain_id=home.chain_id,
+        chain_id=chain_id,
         dialect=dialect,
         handshake_timeout=CONN_DEADLINE_S,
         request_timeout=CONN_DEADLINE_S,
     )
-    harness = Harness(sim, home.pub_key, args.accept_retries)
+    harness = Harness(sim, pub, args.accept_retries)
     try:
         bound = sim.listen()  # ListenerError carries exit code 4
         print(
-            f"listening on {bound} for chain {home.chain_id} ({dialect.value}); expecting public key "
-            f"{home.pub_key.hex().upper()}; waiting for the signer",
+            f"listening on {bound} for chain {chain_id} ({dialect.value}); expecting public key "
+            f"{pub.hex().upper()}; waiting for the signer",
             flush=True,
         )
         harness.accept()
@@ -123,10 +122,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         summarize,
     )
 
-    try:
-        dialect = Dialect.parse(args.protocol_version)
-    except KmsError as exc:
-        raise fail(str(exc), "params") from None
+    dialect = Dialect(args.protocol_version)  # one of argparse's choices
     if args.chains < 1 or args.sentries < 1:
         raise fail("--chains and --sentries must be at least 1", "params")
     if args.chains > 1 or args.sentries > 1:

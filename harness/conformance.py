@@ -1,28 +1,23 @@
-"""The conformance checks of ``pykms-signer-harness``: the node's side of tm-signer-harness, without the CLI.
+"""The conformance checks of ``pykms-signer-harness`` (its command line: ``pykms.harness.signer_harness``).
 
 A :class:`Harness` accepts the signer on a :class:`ValidatorSimulator` listener and reports one ``[pass]`` or
-``[FAIL]`` line per check. ``run_basic`` asks for what tm-signer-harness asked for (docs/protocol.md §5: the public
-key, a proposal at height 100, a prevote and a precommit at height 101, each signature verified over the sign bytes
-of the harness's own request); ``run_full`` adds vote extensions, the v1.0 shapes, double-sign refusals,
-regressions, a wrong chain id, pings and a reconnect. A failed check raises :class:`HarnessError` carrying
-tm-signer-harness's exit code (``EXIT``). The command line lives in ``pykms.harness.signer_harness``.
+``[FAIL]`` line per check; a failed check raises :class:`HarnessError` carrying tm-signer-harness's exit code
+(``EXIT``). ``run_basic`` is tm-signer-harness's run (docs/protocol.md §5); ``run_full`` adds the checks a signer
+must pass to be trusted with a validator key. Every signature is verified over the sign bytes of the harness's
+own request, so a signer that alters what it signs fails.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, TextIO
 
 from nacl.exceptions import BadSignatureError
-from nacl.signing import SigningKey, VerifyKey
+from nacl.signing import VerifyKey
 
-from pykms.errors import HarnessError, ProtocolError, StateError
+from pykms.errors import HarnessError, ProtocolError
 from pykms.harness.simulator import (
     PRECOMMIT,
     PREVOTE,
@@ -39,12 +34,9 @@ from pykms.proto.tendermint.types import types_pb2
 
 __all__ = [
     "ACCEPT_ATTEMPT_S",
-    "CONN_DEADLINE_S",
     "EXIT",
     "Harness",
     "fail",
-    "load_genesis_chain_id",
-    "load_key",
     "refusal_reason",
     "run_basic",
     "run_full",
@@ -73,78 +65,11 @@ PROPOSAL_HEIGHT = 100
 VOTE_HEIGHT = 101
 #: Each accept attempt waits this long (tm-signer-harness: 10 ms; see the module docstring for why 100 ms).
 ACCEPT_ATTEMPT_S = 0.1
-#: Read/write deadline on the signer connection (tm-signer-harness main.go: defaultConnDeadline = 3 s).
-CONN_DEADLINE_S = 3.0
-#: Longest chain id a genesis may carry (cometbft types/genesis.go: MaxChainIDLen).
-MAX_CHAIN_ID_LEN = 50
-
-_T = TypeVar("_T")
-
-
-# Loading $TMHOME ---------------------------------------------------------------------------------------------
 
 
 def fail(message: str, code: str) -> HarnessError:
     """The error to raise for a failure with tm-signer-harness's exit code named ``code`` (a key of ``EXIT``)."""
     return HarnessError(message, EXIT[code])
-
-
-def load_key(home: Path) -> tuple[bytes, bytes]:
-    """(public key, seed) from ``config/priv_validator_key.json``; checks ``data/priv_validator_state.json`` too.
-
-    tm-signer-harness loads both through privval.LoadFilePV, which exits with code 1 if either is missing or
-    malformed; so does this.
-    """
-    key_path = home / "config" / "priv_validator_key.json"
-    try:
-        doc = json.loads(key_path.read_bytes())
-        priv_key = doc["priv_key"]
-        if priv_key.get("type") != "tendermint/PrivKeyEd25519":
-            raise ValueError(f"priv_key.type {priv_key.get('type')!r}: only tendermint/PrivKeyEd25519 is supported")
-        priv = base64.b64decode(priv_key["value"], validate=True)
-        if len(priv) != 64:
-            raise ValueError(f"priv_key.value is {len(priv)} bytes; an Ed25519 key is 64 (seed || public key)")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
-        raise fail(f"cannot load {key_path}: {_reason(exc)}", "params") from None
-    seed, pub = priv[:32], priv[32:]
-    # FilePV takes the public key from the private key's second half (crypto/ed25519 PrivKey.PubKey); a file
-    # whose halves disagree would make every check compare against a key the seed cannot sign for.
-    if bytes(SigningKey(seed).verify_key) != pub:
-        raise fail(f"cannot load {key_path}: the public half of priv_key does not match its seed", "params")
-    state_path = home / "data" / "priv_validator_state.json"
-    from pykms.guard.state import from_cometbft_json
-
-    try:
-        from_cometbft_json(state_path.read_bytes(), str(state_path))
-    except OSError as exc:
-        raise fail(f"cannot load {state_path}: {_reason(exc)}", "params") from None
-    except StateError as exc:
-        raise fail(f"cannot load {state_path}: {exc}", "params") from None
-    return pub, seed
-
-
-def load_genesis_chain_id(home: Path) -> str:
-    """The chain id of ``config/genesis.json`` (exit code 3 on failure, as MakeGenesisDocFromFile's errors)."""
-    genesis_path = home / "config" / "genesis.json"
-    try:
-        chain_id = json.loads(genesis_path.read_bytes())["chain_id"]
-        if not isinstance(chain_id, str) or not chain_id:
-            raise ValueError("genesis doc must include a non-empty chain_id")
-        if len(chain_id) > MAX_CHAIN_ID_LEN:
-            raise ValueError(f"chain_id is too long (max: {MAX_CHAIN_ID_LEN})")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise fail(f"cannot load the chain id from {genesis_path}: {_reason(exc)}", "genesis") from None
-    return chain_id
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError):
-        return exc.strerror or str(exc)
-    if isinstance(exc, KeyError):
-        return f"missing field {exc}"
-    if isinstance(exc, json.JSONDecodeError):
-        return f"not JSON ({exc.msg} at line {exc.lineno})"
-    return str(exc)
 
 
 # The harness -------------------------------------------------------------------------------------------------
@@ -197,21 +122,18 @@ class Harness:
         self.say("FAIL", name, detail)
         if fatal:
             first_name, first_code = self.failures[0]
-            also = (
-                ""
-                if len(self.failures) == 1
-                else f" (after {len(self.failures) - 1} earlier failure(s), the first: {first_name})"
-            )
+            also = ""
+            if len(self.failures) > 1:
+                also = f" (after {len(self.failures) - 1} earlier failure(s), the first: {first_name})"
             raise HarnessError(f"{name}: {detail}{also}", first_code)
 
-    def expect(self, ok: bool, name: str, detail: str, code: str, *, fatal: bool = True) -> bool:
+    def expect(self, ok: bool, name: str, detail: str, code: str, *, fatal: bool = True) -> None:
         if ok:
             self.passed(name, detail)
         else:
             self.failed(name, detail, code, fatal=fatal)
-        return ok
 
-    def call(self, name: str, code: str, fn: Callable[[], _T]) -> _T:
+    def call(self, name: str, code: str, fn: Callable[[], Any]) -> Any:
         """Run one request; a broken link (hang-up, stall, garbage) fails the check and ends the run."""
         try:
             return fn()

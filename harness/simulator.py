@@ -36,14 +36,12 @@ from pykms.secretconn.sync import BlockingPlainStream, secret_connection_sync, s
 __all__ = [
     "PRECOMMIT",
     "PREVOTE",
-    "PROPOSAL",
     "AcceptTimeout",
     "LinkClosed",
     "LinkTimeout",
     "ListenerError",
     "SignerLink",
     "ValidatorSimulator",
-    "block_id",
     "make_proposal",
     "make_vote",
     "parse_listen_addr",
@@ -81,7 +79,7 @@ class ListenerError(HarnessError):
     """The listening socket could not be created (exit code 4) or failed while accepting (exit code 5)."""
 
 
-def block_id(seed: bytes | str, total: int = 1) -> Any:
+def _block_id(seed: bytes | str, total: int = 1) -> Any:
     """A complete BlockID whose hash and part-set hash are SHA-256 of ``seed`` (empty seed: a nil BlockID)."""
     if not seed:
         return types_pb2.BlockID()
@@ -114,7 +112,7 @@ def make_vote(
         type=vote_type,  # type: ignore[arg-type]
         height=height,
         round=round_,
-        block_id=block_id(block, part_total),
+        block_id=_block_id(block, part_total),
         timestamp=_timestamp(timestamp),
         validator_address=HARNESS_VALIDATOR_ADDRESS,
         validator_index=0,
@@ -137,7 +135,7 @@ def make_proposal(
         height=height,
         round=round_,
         pol_round=pol_round,
-        block_id=block_id(block, part_total),
+        block_id=_block_id(block, part_total),
         timestamp=_timestamp(timestamp),
     )
 
@@ -269,10 +267,6 @@ class ValidatorSimulator:
         bound_host, bound_port = self._sock.getsockname()[:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         return f"tcp://{shown}:{bound_port}"
-
-    @property
-    def node_id(self) -> str:
-        return hashlib.sha256(bytes(self.identity.verify_key)).digest()[:20].hex()
 
     def accept(self, timeout: float = 10.0) -> SignerLink:
         """Wait for the signer to dial in, then run the handshake (TCP) and return the link.

@@ -156,9 +156,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             run_basic(harness)
     finally:
-        if harness.link is not None:
-            harness.link.close()
-        sim.close()
+        harness.close()
     print(f"SUCCESS: all {harness.passes} checks passed", flush=True)
     return EXIT["ok"]
 
@@ -221,9 +219,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     except ProtocolError as exc:
         raise fail(f"the link failed: {exc}", "other") from None
     finally:
-        if harness.link is not None:
-            harness.link.close()
-        sim.close()
+        harness.close()
     ideal = measure_ideal_signer(Path(args.floor_dir), min(args.n, 2000)) if args.ideal else None
     print(format_result(summarize(latencies, fsync_s, sign_s, wall, ideal), as_json=args.json), flush=True)
     return EXIT["ok"]
@@ -250,10 +246,10 @@ def _bench_concurrent(args: argparse.Namespace, dialect: Dialect) -> int:
             "otherwise PORT, PORT+1, ... in the order printed)",
             "params",
         )
-    chain_ids = [f"{args.chain_id}-{c}" for c in range(args.chains)]
     listen: dict[str, list[str]] = {}
-    for c, cid in enumerate(chain_ids):
-        listen[cid] = [f"tcp://{host}:{port + c * args.sentries + k if port else 0}" for k in range(args.sentries)]
+    for c in range(args.chains):
+        ports = [port + c * args.sentries + k if port else 0 for k in range(args.sentries)]
+        listen[f"{args.chain_id}-{c}"] = [f"tcp://{host}:{sentry_port}" for sentry_port in ports]
 
     def on_listening(bound: dict[str, list[str]]) -> int | None:
         for cid, addrs in bound.items():
@@ -350,8 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     # installs its handler regardless).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        code: int = args.func(args)
-        return code
+        return int(args.func(args))
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code

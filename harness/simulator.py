@@ -225,9 +225,7 @@ class SignerLink:
         return self.request(codec.SignProposalRequest(proposal, self.chain_id))
 
     def close(self) -> None:
-        self.stream.close()
-        with contextlib.suppress(OSError):
-            self.sock.close()
+        self.stream.close()  # closes the socket too
 
 
 @dataclass
@@ -248,10 +246,7 @@ class ValidatorSimulator:
         self._unix_path: Path | None = None
 
     def listen(self) -> str:
-        """Bind and listen; returns the address signers should dial (with the real port).
-
-        ListenerError with exit code 4 when the socket cannot be created or bound (as tm-signer-harness).
-        """
+        """Bind and listen; the address signers should dial (with the real port), or ListenerError (exit code 4)."""
         kind, where = parse_listen_addr(self.addr)
         try:
             if kind == "unix":

@@ -218,8 +218,9 @@ class SignerLink:
     def ping(self) -> Any:
         return self.request(codec.PingRequest())
 
-    def sign_vote(self, vote: Any, *, skip_extension_signing: bool = False) -> Any:
-        return self.request(codec.SignVoteRequest(vote, self.chain_id, skip_extension_signing))
+    def sign_vote(self, vote: Any, *, chain_id: str | None = None, skip_extension_signing: bool = False) -> Any:
+        chain_id = self.chain_id if chain_id is None else chain_id
+        return self.request(codec.SignVoteRequest(vote, chain_id, skip_extension_signing))
 
     def sign_proposal(self, proposal: Any) -> Any:
         return self.request(codec.SignProposalRequest(proposal, self.chain_id))

@@ -1,29 +1,23 @@
-"""The conformance checks of ``pykms-signer-harness``: the node's side of tm-signer-harness, without the CLI.
+"""The conformance checks of ``pykms-signer-harness`` (its command line: ``pykms.harness.signer_harness``).
 
 A :class:`Harness` accepts the signer on a :class:`ValidatorSimulator` listener and reports one ``[pass]`` or
-``[FAIL]`` line per check. ``run_basic`` asks for what tm-signer-harness asked for (docs/protocol.md §5: the public
-key, a proposal at height 100, a prevote and a precommit at height 101, each signature verified over the sign bytes
-of the harness's own request); ``run_full`` adds vote extensions, the v1.0 shapes, double-sign refusals,
-regressions, a wrong chain id, pings and a reconnect. A failed check raises :class:`HarnessError` carrying
-tm-signer-harness's exit code (``EXIT``). The command line lives in ``pykms.harness.signer_harness``.
+``[FAIL]`` line per check; a failed check raises :class:`HarnessError` carrying tm-signer-harness's exit code
+(``EXIT``). ``run_basic`` is tm-signer-harness's run (docs/protocol.md §5); ``run_full`` adds the checks a signer
+must pass to be trusted with a validator key. Every signature is verified over the sign bytes of the harness's
+own request, so a signer that alters what it signs fails.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, TextIO
 
 from nacl.exceptions import BadSignatureError
-from nacl.signing import SigningKey, VerifyKey
+from nacl.signing import VerifyKey
 
-from pykms.errors import HarnessError, ProtocolError, StateError
+from pykms.errors import HarnessError, ProtocolError
 from pykms.harness.simulator import (
     PRECOMMIT,
     PREVOTE,
@@ -40,14 +34,9 @@ from pykms.proto.tendermint.types import types_pb2
 
 __all__ = [
     "ACCEPT_ATTEMPT_S",
-    "CONN_DEADLINE_S",
     "EXIT",
     "Harness",
-    "TmHome",
     "fail",
-    "load_genesis_chain_id",
-    "load_key",
-    "load_tmhome",
     "refusal_reason",
     "run_basic",
     "run_full",
@@ -76,94 +65,11 @@ PROPOSAL_HEIGHT = 100
 VOTE_HEIGHT = 101
 #: Each accept attempt waits this long (tm-signer-harness: 10 ms; see the module docstring for why 100 ms).
 ACCEPT_ATTEMPT_S = 0.1
-#: Read/write deadline on the signer connection (tm-signer-harness main.go: defaultConnDeadline = 3 s).
-CONN_DEADLINE_S = 3.0
-#: Longest chain id a genesis may carry (cometbft types/genesis.go: MaxChainIDLen).
-MAX_CHAIN_ID_LEN = 50
-
-_T = TypeVar("_T")
-
-
-# Loading $TMHOME ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TmHome:
-    pub_key: bytes
-    seed: bytes
-    chain_id: str
-
-    def __repr__(self) -> str:  # the seed never appears in a repr
-        return f"TmHome(pub_key={self.pub_key.hex()}, chain_id={self.chain_id!r})"
 
 
 def fail(message: str, code: str) -> HarnessError:
     """The error to raise for a failure with tm-signer-harness's exit code named ``code`` (a key of ``EXIT``)."""
     return HarnessError(message, EXIT[code])
-
-
-def load_key(home: Path) -> tuple[bytes, bytes]:
-    """(public key, seed) from ``config/priv_validator_key.json``; checks ``data/priv_validator_state.json`` too.
-
-    tm-signer-harness loads both through privval.LoadFilePV, which exits with code 1 if either is missing or
-    malformed; so does this.
-    """
-    key_path = home / "config" / "priv_validator_key.json"
-    try:
-        doc = json.loads(key_path.read_bytes())
-        priv_key = doc["priv_key"]
-        if priv_key.get("type") != "tendermint/PrivKeyEd25519":
-            raise ValueError(f"priv_key.type {priv_key.get('type')!r}: only tendermint/PrivKeyEd25519 is supported")
-        priv = base64.b64decode(priv_key["value"], validate=True)
-        if len(priv) != 64:
-            raise ValueError(f"priv_key.value is {len(priv)} bytes; an Ed25519 key is 64 (seed || public key)")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
-        raise fail(f"cannot load {key_path}: {_reason(exc)}", "params") from None
-    seed, pub = priv[:32], priv[32:]
-    # FilePV takes the public key from the private key's second half (crypto/ed25519 PrivKey.PubKey); a file
-    # whose halves disagree would make every check compare against a key the seed cannot sign for.
-    if bytes(SigningKey(seed).verify_key) != pub:
-        raise fail(f"cannot load {key_path}: the public half of priv_key does not match its seed", "params")
-    state_path = home / "data" / "priv_validator_state.json"
-    from pykms.guard.state import from_cometbft_json
-
-    try:
-        from_cometbft_json(state_path.read_bytes(), str(state_path))
-    except OSError as exc:
-        raise fail(f"cannot load {state_path}: {_reason(exc)}", "params") from None
-    except StateError as exc:
-        raise fail(f"cannot load {state_path}: {exc}", "params") from None
-    return pub, seed
-
-
-def load_genesis_chain_id(home: Path) -> str:
-    """The chain id of ``config/genesis.json`` (exit code 3 on failure, as MakeGenesisDocFromFile's errors)."""
-    genesis_path = home / "config" / "genesis.json"
-    try:
-        chain_id = json.loads(genesis_path.read_bytes())["chain_id"]
-        if not isinstance(chain_id, str) or not chain_id:
-            raise ValueError("genesis doc must include a non-empty chain_id")
-        if len(chain_id) > MAX_CHAIN_ID_LEN:
-            raise ValueError(f"chain_id is too long (max: {MAX_CHAIN_ID_LEN})")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise fail(f"cannot load the chain id from {genesis_path}: {_reason(exc)}", "genesis") from None
-    return chain_id
-
-
-def load_tmhome(home: Path) -> TmHome:
-    """Key and state first (exit code 1), then the genesis (exit code 3): tm-signer-harness's order."""
-    pub, seed = load_key(home)
-    return TmHome(pub_key=pub, seed=seed, chain_id=load_genesis_chain_id(home))
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError):
-        return exc.strerror or str(exc)
-    if isinstance(exc, KeyError):
-        return f"missing field {exc}"
-    if isinstance(exc, json.JSONDecodeError):
-        return f"not JSON ({exc.msg} at line {exc.lineno})"
-    return str(exc)
 
 
 # The harness -------------------------------------------------------------------------------------------------
@@ -173,27 +79,17 @@ class Harness:
     """Listener plus the checks; prints one ``[pass]``/``[FAIL]`` line per check with the reason."""
 
     def __init__(
-        self,
-        sim: ValidatorSimulator,
-        expected_pub: bytes,
-        accept_retries: int,
-        out: TextIO | None = None,
-        *,
-        attempt_s: float = ACCEPT_ATTEMPT_S,
+        self, sim: ValidatorSimulator, expected_pub: bytes, accept_retries: int, out: TextIO | None = None
     ) -> None:
         self.sim = sim
+        self.chain_id = sim.chain_id
         self.expected_pub = expected_pub
         self.accept_retries = accept_retries
-        self.attempt_s = attempt_s
         self.out: TextIO = out if out is not None else sys.stdout
         self.link: SignerLink | None = None
         #: (check name, exit code) of every failed check, in order.
         self.failures: list[tuple[str, int]] = []
         self.passes = 0
-
-    @property
-    def chain_id(self) -> str:
-        return self.sim.chain_id
 
     def say(self, status: str, name: str, detail: str = "") -> None:
         print(f"[{status}] {name}{': ' + detail if detail else ''}", file=self.out, flush=True)
@@ -206,13 +102,12 @@ class Harness:
         """
         for _attempt in range(self.accept_retries):
             try:
-                self.link = self.sim.accept(timeout=self.attempt_s)
+                self.link = self.sim.accept(timeout=ACCEPT_ATTEMPT_S)
                 return self.link
             except AcceptTimeout:
                 continue
             except ProtocolError as exc:
                 self.say("info", "accept", f"a connection failed the handshake: {exc}")
-                continue
         raise fail(f"no signer connected after {self.accept_retries} accept attempts", "no_signer")
 
     def passed(self, name: str, detail: str = "") -> None:
@@ -226,21 +121,23 @@ class Harness:
         self.say("FAIL", name, detail)
         if fatal:
             first_name, first_code = self.failures[0]
-            also = (
-                ""
-                if len(self.failures) == 1
-                else f" (after {len(self.failures) - 1} earlier failure(s), the first: {first_name})"
-            )
+            also = ""
+            if len(self.failures) > 1:
+                also = f" (after {len(self.failures) - 1} earlier failure(s), the first: {first_name})"
             raise HarnessError(f"{name}: {detail}{also}", first_code)
 
-    def expect(self, ok: bool, name: str, detail: str, code: str, *, fatal: bool = True) -> bool:
+    def expect(self, ok: bool, name: str, detail: str, code: str, *, fatal: bool = True) -> None:
         if ok:
             self.passed(name, detail)
         else:
             self.failed(name, detail, code, fatal=fatal)
-        return ok
 
-    def call(self, name: str, code: str, fn: Callable[[], _T]) -> _T:
+    def close(self) -> None:
+        if self.link is not None:
+            self.link.close()
+        self.sim.close()
+
+    def call(self, name: str, code: str, fn: Callable[[], Any]) -> Any:
         """Run one request; a broken link (hang-up, stall, garbage) fails the check and ends the run."""
         try:
             return fn()
@@ -250,12 +147,10 @@ class Harness:
 
 
 def _verify(pub: bytes, message: bytes, signature: bytes) -> bool:
-    if len(signature) != 64:  # ValidateBasic: MaxSignatureSize; an Ed25519 signature is exactly 64 bytes
-        return False
     try:
         VerifyKey(pub).verify(message, signature)
         return True
-    except (BadSignatureError, ValueError, TypeError):
+    except (BadSignatureError, ValueError, TypeError):  # ValueError: PyNaCl wants exactly 64 signature bytes
         return False
 
 
@@ -265,8 +160,58 @@ def refusal_reason(resp: Any) -> str | None:
     return None if err is None else f"RemoteSignerError(code {err.code}): {err.description}"
 
 
-def _ts(msg: Any) -> tuple[int, int]:
-    return int(msg.timestamp.seconds), int(msg.timestamp.nanos)
+def _request(h: Harness, msg: Any, chain_id: str | None = None, skip_extension_signing: bool = False) -> Any:
+    """The request a node sends to have ``msg``, a Vote or a Proposal, signed."""
+    chain_id = h.chain_id if chain_id is None else chain_id
+    if isinstance(msg, types_pb2.Proposal):
+        return codec.SignProposalRequest(msg, chain_id)
+    return codec.SignVoteRequest(msg, chain_id, skip_extension_signing)
+
+
+#: A response that did not come because the signer closed the link (or let it time out) instead of answering.
+_DROPPED: Any = None
+
+
+def _check_signed(
+    h: Harness, name: str, resp: Any, msg: Any, *, fatal: bool = False, refetch: SignerLink | None = None
+) -> bytes:
+    """``msg`` must be signed: the signature of ``resp``, verified over the sign bytes of the harness's own
+    request (never of what the signer echoes), or b"" after a failure: exit code 9 for a proposal, 10 for a vote.
+
+    ``refetch``: ask for the public key again before verifying, as tm-signer-harness's tests 2 and 3 do (so a
+    signer sees the same sequence of requests); a failed request is exit code 7 there too.
+    """
+    is_proposal = isinstance(msg, types_pb2.Proposal)
+    code = "proposal" if is_proposal else "vote"
+    kind: type[Any] = codec.SignedProposalResponse if is_proposal else codec.SignedVoteResponse
+    if resp is _DROPPED:
+        h.failed(name, "the signer dropped the link instead of answering", code, fatal=fatal)
+        return b""
+    if not isinstance(resp, kind):
+        h.failed(name, f"expected a {kind.__name__}, got {type(resp).__name__}", code, fatal=fatal)
+        return b""
+    refusal = refusal_reason(resp)
+    if refusal is not None:
+        h.failed(name, f"the signer refused: {refusal}", code, fatal=fatal)
+        return b""
+    sig = bytes(resp.proposal.signature if is_proposal else resp.vote.signature)
+    if refetch is not None:
+        again = h.call("public key", "other", refetch.pubkey)
+        if not isinstance(again, codec.PubKeyResponse) or again.error is not None:
+            why = refusal_reason(again) or type(again).__name__
+            h.failed("public key", f"asked again after the {name}: {why}", "other")
+    expected = proposal_sign_bytes(h.chain_id, msg) if is_proposal else vote_sign_bytes(h.chain_id, msg)
+    if _verify(h.expected_pub, expected, sig):
+        h.passed(name, "signature verifies over the sign bytes of the request")
+    else:
+        h.failed(
+            name,
+            f"the {len(sig)}-byte signature does not verify over the sign bytes of the request "
+            "(the signer signed something else, or with another key)",
+            code,
+            fatal=fatal,
+        )
+    return sig
 
 
 # The basic suite: tm-signer-harness's three tests ---------------------------------------------------------------
@@ -292,92 +237,34 @@ def check_pubkey(h: Harness, link: SignerLink, *, name: str = "public key") -> N
         detail = f"{resp.key_type} {got.hex()}" + (
             "" if got == h.expected_pub else f", expected {h.expected_pub.hex()}"
         )
-    h.expect(
-        resp.key_type == "ed25519" and got == h.expected_pub,
-        f"{name} matches priv_validator_key.json",
-        detail,
-        "pubkey",
-    )
+    ok = resp.key_type == "ed25519" and got == h.expected_pub
+    h.expect(ok, f"{name} matches priv_validator_key.json", detail, "pubkey")
 
 
-def check_proposal(h: Harness, link: SignerLink, height: int = PROPOSAL_HEIGHT) -> None:
-    """Test 2: a proposal at height 100 (round 0, POL round -1, timestamp now); exit code 9 on any failure."""
-    name = f"proposal at height {height}"
-    proposal = make_proposal(height, 0, HARNESS_BLOCK_SEED, part_total=HARNESS_PART_TOTAL)
-    expected = proposal_sign_bytes(h.chain_id, proposal)
-    resp = h.call(name, "proposal", lambda: link.sign_proposal(proposal))
-    _check_signed(h, name, resp, codec.SignedProposalResponse, expected, "proposal", refetch=link)
-
-
-def check_vote(h: Harness, link: SignerLink, vote_type: int, height: int = VOTE_HEIGHT) -> bytes:
-    """Test 3: a prevote or precommit at height 101 for the harness block; exit code 10 on any failure."""
-    name = f"{'prevote' if vote_type == PREVOTE else 'precommit'} at height {height}"
-    vote = make_vote(height, 0, vote_type, HARNESS_BLOCK_SEED, part_total=HARNESS_PART_TOTAL)
-    expected = vote_sign_bytes(h.chain_id, vote)
-    resp = h.call(name, "vote", lambda: link.sign_vote(vote))
-    return _check_signed(h, name, resp, codec.SignedVoteResponse, expected, "vote", refetch=link)
-
-
-def _check_signed(
-    h: Harness,
-    name: str,
-    resp: Any,
-    kind: type,
-    expected: bytes,
-    code: str,
-    *,
-    fatal: bool = True,
-    refetch: SignerLink | None = None,
-) -> bytes:
-    """The response is of ``kind``, not an error, and its signature verifies over ``expected`` (the sign bytes
-    of the harness's own request, never of what the signer echoes).
-
-    ``refetch``: ask for the public key again before verifying, as tm-signer-harness's tests 2 and 3 do (so a
-    signer sees the same sequence of requests); a failed request is exit code 7 there too.
-    """
-    if not isinstance(resp, kind):
-        h.failed(name, f"expected a {kind.__name__}, got {type(resp).__name__}", code, fatal=fatal)
-        return b""
-    refusal = refusal_reason(resp)
-    if refusal is not None:
-        h.failed(name, f"the signer refused: {refusal}", code, fatal=fatal)
-        return b""
-    signed: Any = resp.vote if isinstance(resp, codec.SignedVoteResponse) else getattr(resp, "proposal", None)
-    sig = bytes(signed.signature)
-    if refetch is not None:
-        again = h.call("public key", "other", refetch.pubkey)
-        if not isinstance(again, codec.PubKeyResponse) or again.error is not None:
-            why = refusal_reason(again) or type(again).__name__
-            h.failed("public key", f"asked again after the {name}: {why}", "other")
-    if _verify(h.expected_pub, expected, sig):
-        h.passed(name, "signature verifies over the sign bytes of the request")
+def check_signed(h: Harness, link: SignerLink, msg: Any) -> None:
+    """Tests 2 and 3: a proposal (exit code 9 on any failure), a prevote or a precommit (exit code 10)."""
+    if isinstance(msg, types_pb2.Proposal):
+        name, code = f"proposal at height {msg.height}", "proposal"
     else:
-        h.failed(
-            name,
-            f"the {len(sig)}-byte signature does not verify over the sign bytes of the request "
-            "(the signer signed something else, or with another key)",
-            code,
-            fatal=fatal,
-        )
-    return sig
+        name, code = f"{'prevote' if msg.type == PREVOTE else 'precommit'} at height {msg.height}", "vote"
+    resp = h.call(name, code, lambda: link.request(_request(h, msg)))
+    _check_signed(h, name, resp, msg, fatal=True, refetch=link)
 
 
 def run_basic(h: Harness) -> None:
-    """tm-signer-harness's run: public key, proposal, prevote, precommit; stops at the first failure."""
+    """tm-signer-harness's run: public key, proposal at height 100 (round 0, POL round -1, timestamp now),
+    prevote and precommit at height 101, all for the harness block; stops at the first failure."""
     link = h.link or h.accept()
     check_pubkey(h, link)
-    check_proposal(h, link)
-    check_vote(h, link, PREVOTE)
-    check_vote(h, link, PRECOMMIT)
+    check_signed(h, link, make_proposal(PROPOSAL_HEIGHT, 0, HARNESS_BLOCK_SEED, part_total=HARNESS_PART_TOTAL))
+    for vote_type in (PREVOTE, PRECOMMIT):
+        check_signed(h, link, make_vote(VOTE_HEIGHT, 0, vote_type, HARNESS_BLOCK_SEED, part_total=HARNESS_PART_TOTAL))
 
 
 # The full suite ---------------------------------------------------------------------------------------------
 
 #: A fixed timestamp for the repeat and conflict checks, so "identical" means byte-identical.
 _FIXED_TS = (1_700_000_000, 0)
-
-#: A response that did not come because the signer closed the link (or let it time out) instead of answering.
-_DROPPED: Any = None
 
 
 def run_full(h: Harness, dialect: Dialect) -> None:
@@ -401,7 +288,8 @@ def run_full(h: Harness, dialect: Dialect) -> None:
         _full_extensions(h, dialect, base + 10)
     if dialect.is_v1:
         _full_v1(h, base + 15)
-    _full_wrong_chain(h, base + 20)
+    wrong_chain = _ask(h, make_vote(base + 20, 0, PREVOTE, b"G"), chain_id=h.chain_id + "-other")
+    _refused(h, "a vote for another chain id is refused", wrong_chain, "vote")
     _full_reconnect(h, base + 30)
     if h.failures:
         first_name, first_code = h.failures[0]
@@ -425,31 +313,10 @@ def _send(h: Harness, name: str, request: codec.Request) -> Any:
     return _DROPPED
 
 
-def _vote(h: Harness, vote: Any, *, chain_id: str | None = None, skip_extension_signing: bool = False) -> Any:
-    req = codec.SignVoteRequest(
-        vote=vote, chain_id=h.chain_id if chain_id is None else chain_id, skip_extension_signing=skip_extension_signing
-    )
-    return _send(h, f"vote at height {vote.height}", req)
-
-
-def _proposal(h: Harness, proposal: Any) -> Any:
-    return _send(
-        h, f"proposal at height {proposal.height}", codec.SignProposalRequest(proposal=proposal, chain_id=h.chain_id)
-    )
-
-
-def _signed_ok(h: Harness, name: str, resp: Any, msg: Any) -> bytes:
-    """A request that must be signed: its signature, verified over the request's sign bytes (b"" on failure)."""
-    is_proposal = isinstance(msg, types_pb2.Proposal)
-    if resp is _DROPPED:
-        h.failed(
-            name, "the signer dropped the link instead of answering", "proposal" if is_proposal else "vote", fatal=False
-        )
-        return b""
-    if is_proposal:
-        expected = proposal_sign_bytes(h.chain_id, msg)
-        return _check_signed(h, name, resp, codec.SignedProposalResponse, expected, "proposal", fatal=False)
-    return _check_signed(h, name, resp, codec.SignedVoteResponse, vote_sign_bytes(h.chain_id, msg), "vote", fatal=False)
+def _ask(h: Harness, msg: Any, *, chain_id: str | None = None, skip_extension_signing: bool = False) -> Any:
+    """Ask for ``msg``, a Vote or a Proposal, to be signed (``_send``)."""
+    what = "proposal" if isinstance(msg, types_pb2.Proposal) else "vote"
+    return _send(h, f"{what} at height {msg.height}", _request(h, msg, chain_id, skip_extension_signing))
 
 
 def _refused(h: Harness, name: str, resp: Any, code: str) -> None:
@@ -478,31 +345,26 @@ def _same_signature(h: Harness, name: str, resp: Any, first: bytes, code: str) -
 
 def _no_extension_signature(h: Harness, name: str, resp: Any) -> None:
     ext_sig = bytes(resp.vote.extension_signature)
-    h.expect(
-        not ext_sig,
-        name,
-        "none" if not ext_sig else "an extension signature (the node would panic)",
-        "vote",
-        fatal=False,
-    )
+    detail = "an extension signature (the node would panic)" if ext_sig else "none"
+    h.expect(not ext_sig, name, detail, "vote", fatal=False)
 
 
 def _full_repeat_and_conflict(h: Harness, height: int) -> None:
     vote = make_vote(height, 0, PREVOTE, b"A", timestamp=_FIXED_TS)
-    first = _signed_ok(h, "prevote for block A", _vote(h, vote), vote)
-    again = _vote(h, make_vote(height, 0, PREVOTE, b"A", timestamp=_FIXED_TS))
-    _same_signature(h, "identical repeat returns the same signature", again, first, "vote")
+    first = _check_signed(h, "prevote for block A", _ask(h, vote), vote)
+    _same_signature(h, "identical repeat returns the same signature", _ask(h, vote), first, "vote")
     # Same block, later timestamp: not a double sign (evidence needs different block ids). FilePV returns the
     # stored signature with the stored timestamp; tmkms signs the new timestamp. Either way the signature must
     # verify over what is returned, and only the timestamp may differ from the request.
-    later = make_vote(height, 0, PREVOTE, b"A", timestamp=(_FIXED_TS[0] + 9, 0))
-    resp = _vote(h, later)
+    later_ts = (_FIXED_TS[0] + 9, 0)
+    later = make_vote(height, 0, PREVOTE, b"A", timestamp=later_ts)
+    resp = _ask(h, later)
     name = "timestamp-only difference: a valid signature for the same block"
     if not isinstance(resp, codec.SignedVoteResponse) or refusal_reason(resp) is not None:
         h.failed(name, refusal_reason(resp) or "no signature", "vote", fatal=False)
     else:
-        returned_ts, sig = _ts(resp.vote), bytes(resp.vote.signature)
-        if returned_ts == _ts(later):
+        returned_ts, sig = (resp.vote.timestamp.seconds, resp.vote.timestamp.nanos), bytes(resp.vote.signature)
+        if returned_ts == later_ts:
             ok, how = _verify(h.expected_pub, vote_sign_bytes(h.chain_id, later), sig), "new"
         elif returned_ts == _FIXED_TS:
             ok, how = bool(first) and sig == first, "stored (FilePV)"
@@ -510,63 +372,57 @@ def _full_repeat_and_conflict(h: Harness, height: int) -> None:
             ok, how = False, f"an unrelated timestamp {returned_ts}"
         h.expect(ok, name, f"{how} timestamp" + ("" if ok else ", signature does not match"), "vote", fatal=False)
     conflict = make_vote(height, 0, PREVOTE, b"B", timestamp=_FIXED_TS)
-    _refused(h, "conflicting prevote (block B) at the same height/round/step is refused", _vote(h, conflict), "vote")
+    _refused(h, "conflicting prevote (block B) at the same height/round/step is refused", _ask(h, conflict), "vote")
     nil = make_vote(height, 0, PREVOTE, b"", timestamp=_FIXED_TS)
-    _refused(h, "conflicting nil prevote at the same height/round/step is refused", _vote(h, nil), "vote")
+    _refused(h, "conflicting nil prevote at the same height/round/step is refused", _ask(h, nil), "vote")
 
 
 def _full_proposals(h: Harness, height: int) -> None:
     proposal = make_proposal(height, 0, b"P", timestamp=_FIXED_TS)
-    first = _signed_ok(h, f"proposal at height {height}", _proposal(h, proposal), proposal)
-    again = _proposal(h, make_proposal(height, 0, b"P", timestamp=_FIXED_TS))
+    first = _check_signed(h, f"proposal at height {height}", _ask(h, proposal), proposal)
+    again = _ask(h, proposal)
     _same_signature(h, "identical proposal repeat returns the same signature", again, first, "proposal")
     conflict = make_proposal(height, 0, b"Q", timestamp=_FIXED_TS)
-    _refused(
-        h, "conflicting proposal (block Q) at the same height/round is refused", _proposal(h, conflict), "proposal"
-    )
+    _refused(h, "conflicting proposal (block Q) at the same height/round is refused", _ask(h, conflict), "proposal")
 
 
 def _full_regressions(h: Harness, height: int) -> None:
     vote = make_vote(height, 1, PRECOMMIT, b"C")
-    _signed_ok(h, f"precommit at height {height} round 1", _vote(h, vote), vote)
-    _refused(h, "height regression is refused", _vote(h, make_vote(height - 1, 5, PRECOMMIT, b"C")), "vote")
-    _refused(h, "round regression is refused", _vote(h, make_vote(height, 0, PRECOMMIT, b"C")), "vote")
+    _check_signed(h, f"precommit at height {height} round 1", _ask(h, vote), vote)
+    _refused(h, "height regression is refused", _ask(h, make_vote(height - 1, 5, PRECOMMIT, b"C")), "vote")
+    _refused(h, "round regression is refused", _ask(h, make_vote(height, 0, PRECOMMIT, b"C")), "vote")
     _refused(
-        h, "step regression (prevote after precommit) is refused", _vote(h, make_vote(height, 1, PREVOTE, b"C")), "vote"
+        h, "step regression (prevote after precommit) is refused", _ask(h, make_vote(height, 1, PREVOTE, b"C")), "vote"
     )
-    _refused(h, "proposal regression is refused", _proposal(h, make_proposal(height, 1, b"C")), "proposal")
+    _refused(h, "proposal regression is refused", _ask(h, make_proposal(height, 1, b"C")), "proposal")
 
 
 def _full_extensions(h: Harness, dialect: Dialect, height: int) -> None:
     """Vote extensions (docs/protocol.md §2.7): signed on every non-nil precommit, never on anything else."""
     pre = make_vote(height, 0, PREVOTE, b"D")
-    resp = _vote(h, pre)
-    if _signed_ok(h, f"prevote at height {height} ({dialect.value})", resp, pre):
+    resp = _ask(h, pre)
+    if _check_signed(h, f"prevote at height {height} ({dialect.value})", resp, pre):
         _no_extension_signature(h, "no extension signature on a prevote", resp)
     for round_, ext in ((0, b"ext-data"), (1, b"")):
         vote = make_vote(height, round_, PRECOMMIT, b"D", extension=ext)
-        resp = _vote(h, vote)
+        resp = _ask(h, vote)
         what = f"a {len(ext)}-byte extension" if ext else "an empty extension"
-        if _signed_ok(h, f"non-nil precommit with {what}", resp, vote):
+        if _check_signed(h, f"non-nil precommit with {what}", resp, vote):
             ext_sig = bytes(resp.vote.extension_signature)
-            h.expect(
-                _verify(h.expected_pub, vote_extension_sign_bytes(h.chain_id, vote), ext_sig),
-                f"extension signature on a non-nil precommit with {what}",
-                "verifies over CanonicalVoteExtension" if ext_sig else "missing (the node would panic)",
-                "vote",
-                fatal=False,
-            )
+            ok = _verify(h.expected_pub, vote_extension_sign_bytes(h.chain_id, vote), ext_sig)
+            detail = "verifies over CanonicalVoteExtension" if ext_sig else "missing (the node would panic)"
+            h.expect(ok, f"extension signature on a non-nil precommit with {what}", detail, "vote", fatal=False)
     nil = make_vote(height, 2, PRECOMMIT, b"")
-    resp = _vote(h, nil)
-    if _signed_ok(h, "nil precommit", resp, nil):
+    resp = _ask(h, nil)
+    if _check_signed(h, "nil precommit", resp, nil):
         _no_extension_signature(h, "no extension signature on a nil precommit", resp)
 
 
 def _full_v1(h: Harness, height: int) -> None:
     """v1.0 shapes: skip_extension_signing, and SignBytes must not bypass the double-sign guard."""
     vote = make_vote(height, 0, PRECOMMIT, b"E", extension=b"ext")
-    resp = _vote(h, vote, skip_extension_signing=True)
-    if _signed_ok(h, "v1.0 precommit with skip_extension_signing", resp, vote):
+    resp = _ask(h, vote, skip_extension_signing=True)
+    if _check_signed(h, "v1.0 precommit with skip_extension_signing", resp, vote):
         _no_extension_signature(h, "v1.0 skip_extension_signing is obeyed", resp)
     # The sign bytes of a precommit for another block at the same height/round: signing them verbatim would be a
     # double sign that no guard saw (CometBFT's FilePV signs any bytes; a remote signer must not).
@@ -575,26 +431,17 @@ def _full_v1(h: Harness, height: int) -> None:
     resp = _send(h, name, codec.SignBytesRequest(value=conflicting))
     if isinstance(resp, codec.SignBytesResponse) and resp.error is None:
         signed = _verify(h.expected_pub, conflicting, bytes(resp.signature))
-        h.failed(
-            name,
-            "SIGNED: a double sign that bypasses the guard" if signed else "answered without an error",
-            "vote",
-            fatal=False,
-        )
+        detail = "SIGNED: a double sign that bypasses the guard" if signed else "answered without an error"
+        h.failed(name, detail, "vote", fatal=False)
     else:
         why = "refused by closing the connection" if resp is _DROPPED else refusal_reason(resp) or "no signature"
         h.passed(name, why)
 
 
-def _full_wrong_chain(h: Harness, height: int) -> None:
-    vote = make_vote(height, 0, PREVOTE, b"G")
-    _refused(h, "a vote for another chain id is refused", _vote(h, vote, chain_id=h.chain_id + "-other"), "vote")
-
-
 def _full_reconnect(h: Harness, height: int) -> None:
     """The validator drops the link; the signer must dial again and keep its double-sign state."""
     vote = make_vote(height, 0, PREVOTE, b"H", timestamp=_FIXED_TS)
-    signed = _signed_ok(h, f"prevote at height {height} before the drop", _vote(h, vote), vote)
+    signed = _check_signed(h, f"prevote at height {height} before the drop", _ask(h, vote), vote)
     if h.link is not None:
         h.link.close()
         h.link = None
@@ -606,7 +453,7 @@ def _full_reconnect(h: Harness, height: int) -> None:
         h.failed(name, "it did not dial in again", "no_signer")
     h.passed(name, f"after {time.monotonic() - started:.2f} s")
     check_pubkey(h, link, name="public key after the reconnect")
-    again = _vote(h, make_vote(height, 0, PREVOTE, b"H", timestamp=_FIXED_TS))
+    again = _ask(h, vote)
     _same_signature(h, "identical repeat after the reconnect returns the same signature", again, signed, "vote")
     conflict = make_vote(height, 0, PREVOTE, b"I", timestamp=_FIXED_TS)
-    _refused(h, "double-sign state kept across the reconnect (conflicting prevote refused)", _vote(h, conflict), "vote")
+    _refused(h, "double-sign state kept across the reconnect (conflicting prevote refused)", _ask(h, conflict), "vote")

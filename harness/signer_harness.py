@@ -32,6 +32,9 @@ A signer may refuse by answering RemoteSignerError or by closing the link (tmkms
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
+import json
 import signal
 import sys
 import time
@@ -39,16 +42,16 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from nacl.signing import SigningKey
+
 from pykms import __version__
-from pykms.errors import HarnessError, KeyFileError, KmsError, ProtocolError
+from pykms.errors import HarnessError, KeyFileError, KmsError, ProtocolError, StateError
+from pykms.guard.state import from_cometbft_json
 from pykms.harness.conformance import (
     ACCEPT_ATTEMPT_S,
-    CONN_DEADLINE_S,
     EXIT,
     Harness,
     fail,
-    load_key,
-    load_tmhome,
     refusal_reason,
     run_basic,
     run_full,
@@ -61,28 +64,90 @@ from pykms.privval.codec import Dialect
 __all__ = ["build_parser", "main"]
 
 
+#: Longest chain id a genesis may carry (cometbft types/genesis.go: MaxChainIDLen).
+MAX_CHAIN_ID_LEN = 50
+#: Read/write deadline on the signer connection (tm-signer-harness main.go: defaultConnDeadline = 3 s).
+CONN_DEADLINE_S = 3.0
+
+
+# Loading $TMHOME ---------------------------------------------------------------------------------------------
+
+
+def load_key(home: Path) -> tuple[bytes, bytes]:
+    """(public key, seed) from ``config/priv_validator_key.json``; checks ``data/priv_validator_state.json`` too.
+
+    tm-signer-harness loads both through privval.LoadFilePV, which exits with code 1 if either is missing or
+    malformed; so does this.
+    """
+    key_path = home / "config" / "priv_validator_key.json"
+    try:
+        doc = json.loads(key_path.read_bytes())
+        priv_key = doc["priv_key"]
+        if priv_key.get("type") != "tendermint/PrivKeyEd25519":
+            raise ValueError(f"priv_key.type {priv_key.get('type')!r}: only tendermint/PrivKeyEd25519 is supported")
+        priv = base64.b64decode(priv_key["value"], validate=True)
+        if len(priv) != 64:
+            raise ValueError(f"priv_key.value is {len(priv)} bytes; an Ed25519 key is 64 (seed || public key)")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
+        raise fail(f"cannot load {key_path}: {_reason(exc)}", "params") from None
+    seed, pub = priv[:32], priv[32:]
+    # FilePV takes the public key from the private key's second half (crypto/ed25519 PrivKey.PubKey); a file
+    # whose halves disagree would make every check compare against a key the seed cannot sign for.
+    if bytes(SigningKey(seed).verify_key) != pub:
+        raise fail(f"cannot load {key_path}: the public half of priv_key does not match its seed", "params")
+    state_path = home / "data" / "priv_validator_state.json"
+    try:
+        from_cometbft_json(state_path.read_bytes(), str(state_path))
+    except (OSError, StateError) as exc:
+        raise fail(f"cannot load {state_path}: {_reason(exc)}", "params") from None
+    return pub, seed
+
+
+def load_genesis_chain_id(home: Path) -> str:
+    """The chain id of ``config/genesis.json`` (exit code 3 on failure, as MakeGenesisDocFromFile's errors)."""
+    genesis_path = home / "config" / "genesis.json"
+    try:
+        chain_id = json.loads(genesis_path.read_bytes())["chain_id"]
+        if not isinstance(chain_id, str) or not chain_id:
+            raise ValueError("genesis doc must include a non-empty chain_id")
+        if len(chain_id) > MAX_CHAIN_ID_LEN:
+            raise ValueError(f"chain_id is too long (max: {MAX_CHAIN_ID_LEN})")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise fail(f"cannot load the chain id from {genesis_path}: {_reason(exc)}", "genesis") from None
+    return chain_id
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    if isinstance(exc, KeyError):
+        return f"missing field {exc}"
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not JSON ({exc.msg} at line {exc.lineno})"
+    return str(exc)
+
+
 # Commands ---------------------------------------------------------------------------------------------------
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    try:
-        dialect = Dialect.parse(args.protocol_version)
-    except KmsError as exc:
-        raise fail(str(exc), "params") from None
-    home = load_tmhome(Path(args.tmhome).expanduser())
+    dialect = Dialect(args.protocol_version)  # one of argparse's choices
+    tmhome = Path(args.tmhome).expanduser()
+    pub, _seed = load_key(tmhome)  # key and state first (exit code 1), then the genesis (3), as tm-signer-harness
+    chain_id = load_genesis_chain_id(tmhome)
     sim = ValidatorSimulator(
         args.addr,
-        chain_id=home.chain_id,
+        chain_id=chain_id,
         dialect=dialect,
         handshake_timeout=CONN_DEADLINE_S,
         request_timeout=CONN_DEADLINE_S,
     )
-    harness = Harness(sim, home.pub_key, args.accept_retries)
+    harness = Harness(sim, pub, args.accept_retries)
     try:
         bound = sim.listen()  # ListenerError carries exit code 4
         print(
-            f"listening on {bound} for chain {home.chain_id} ({dialect.value}); expecting public key "
-            f"{home.pub_key.hex().upper()}; waiting for the signer",
+            f"listening on {bound} for chain {chain_id} ({dialect.value}); expecting public key "
+            f"{pub.hex().upper()}; waiting for the signer",
             flush=True,
         )
         harness.accept()
@@ -91,9 +156,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             run_basic(harness)
     finally:
-        if harness.link is not None:
-            harness.link.close()
-        sim.close()
+        harness.close()
     print(f"SUCCESS: all {harness.passes} checks passed", flush=True)
     return EXIT["ok"]
 
@@ -123,10 +186,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         summarize,
     )
 
-    try:
-        dialect = Dialect.parse(args.protocol_version)
-    except KmsError as exc:
-        raise fail(str(exc), "params") from None
+    dialect = Dialect(args.protocol_version)  # one of argparse's choices
     if args.chains < 1 or args.sentries < 1:
         raise fail("--chains and --sentries must be at least 1", "params")
     if args.chains > 1 or args.sentries > 1:
@@ -146,16 +206,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         pub = bytes(resp.pub_key)
         floor_before = measure_floor(Path(args.floor_dir))
         start_height = args.start_height if args.start_height is not None else time.time_ns() // 1000
-        if args.warmup:
-            run_sequence(
-                link,
-                args.warmup,
-                start_height=start_height,
-                proposal=args.proposal,
-                extensions=args.extensions,
-                pubkey=pub,
-            )
-            start_height += args.warmup
+        run_sequence(  # untimed warmup
+            link, args.warmup, start_height=start_height, proposal=args.proposal, extensions=args.extensions, pubkey=pub
+        )
+        start_height += args.warmup
         started = time.perf_counter()
         latencies = run_sequence(
             link, args.n, start_height=start_height, proposal=args.proposal, extensions=args.extensions, pubkey=pub
@@ -165,9 +219,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     except ProtocolError as exc:
         raise fail(f"the link failed: {exc}", "other") from None
     finally:
-        if harness.link is not None:
-            harness.link.close()
-        sim.close()
+        harness.close()
     ideal = measure_ideal_signer(Path(args.floor_dir), min(args.n, 2000)) if args.ideal else None
     print(format_result(summarize(latencies, fsync_s, sign_s, wall, ideal), as_json=args.json), flush=True)
     return EXIT["ok"]
@@ -194,10 +246,10 @@ def _bench_concurrent(args: argparse.Namespace, dialect: Dialect) -> int:
             "otherwise PORT, PORT+1, ... in the order printed)",
             "params",
         )
-    chain_ids = [f"{args.chain_id}-{c}" for c in range(args.chains)]
     listen: dict[str, list[str]] = {}
-    for c, cid in enumerate(chain_ids):
-        listen[cid] = [f"tcp://{host}:{port + c * args.sentries + k if port else 0}" for k in range(args.sentries)]
+    for c in range(args.chains):
+        ports = [port + c * args.sentries + k if port else 0 for k in range(args.sentries)]
+        listen[f"{args.chain_id}-{c}"] = [f"tcp://{host}:{sentry_port}" for sentry_port in ports]
 
     def on_listening(bound: dict[str, list[str]]) -> int | None:
         for cid, addrs in bound.items():
@@ -294,8 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     # installs its handler regardless).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        code: int = args.func(args)
-        return code
+        return int(args.func(args))
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code

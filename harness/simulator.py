@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from google.protobuf.timestamp_pb2 import Timestamp
 from nacl.signing import SigningKey
 
 from pykms.errors import ConnectionLost, HarnessError, ProtocolError
@@ -30,22 +31,19 @@ from pykms.errors import LinkTimeout as CoreLinkTimeout
 from pykms.privval import codec
 from pykms.privval.codec import Dialect, MessageReader
 from pykms.proto.tendermint.types import types_pb2
-from pykms.secretconn.sync import BlockingPlainStream, set_kernel_timeouts
+from pykms.secretconn.sync import BlockingPlainStream, secret_connection_sync, set_kernel_timeouts
 
 __all__ = [
     "PRECOMMIT",
     "PREVOTE",
-    "PROPOSAL",
     "AcceptTimeout",
     "LinkClosed",
     "LinkTimeout",
     "ListenerError",
     "SignerLink",
     "ValidatorSimulator",
-    "block_id",
     "make_proposal",
     "make_vote",
-    "now_timestamp",
     "parse_listen_addr",
 ]
 
@@ -60,6 +58,9 @@ MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 #: ErrFailedToStartListener).
 EXIT_CREATE_LISTENER = 4
 EXIT_START_LISTENER = 5
+
+#: tm-signer-harness's validator address: tmhash.SumTruncated("addr") = SHA-256("addr")[:20].
+HARNESS_VALIDATOR_ADDRESS = hashlib.sha256(b"addr").digest()[:20]
 
 
 class AcceptTimeout(ProtocolError, TimeoutError):
@@ -78,24 +79,22 @@ class ListenerError(HarnessError):
     """The listening socket could not be created (exit code 4) or failed while accepting (exit code 5)."""
 
 
-def now_timestamp() -> tuple[int, int]:
-    t = time.time_ns()
-    return t // 1_000_000_000, t % 1_000_000_000
-
-
-def block_id(seed: bytes | str, total: int = 1) -> Any:
+def _block_id(seed: bytes | str, total: int = 1) -> Any:
     """A complete BlockID whose hash and part-set hash are SHA-256 of ``seed`` (empty seed: a nil BlockID)."""
-    bid = types_pb2.BlockID()
-    if seed:
-        raw = seed.encode() if isinstance(seed, str) else seed
-        bid.hash = hashlib.sha256(raw).digest()
-        bid.part_set_header.total = total
-        bid.part_set_header.hash = hashlib.sha256(raw).digest()
-    return bid
+    if not seed:
+        return types_pb2.BlockID()
+    digest = hashlib.sha256(seed.encode() if isinstance(seed, str) else seed).digest()
+    return types_pb2.BlockID(hash=digest, part_set_header=types_pb2.PartSetHeader(total=total, hash=digest))
 
 
-#: tm-signer-harness's validator address: tmhash.SumTruncated("addr") = SHA-256("addr")[:20].
-HARNESS_VALIDATOR_ADDRESS = hashlib.sha256(b"addr").digest()[:20]
+def _timestamp(given: tuple[int, int] | None) -> Timestamp:
+    """``(seconds, nanos)``, or now."""
+    stamp = Timestamp()
+    if given is None:
+        stamp.FromNanoseconds(time.time_ns())
+    else:
+        stamp.seconds, stamp.nanos = given
+    return stamp
 
 
 def make_vote(
@@ -106,23 +105,19 @@ def make_vote(
     *,
     timestamp: tuple[int, int] | None = None,
     extension: bytes = b"",
-    validator_address: bytes = HARNESS_VALIDATOR_ADDRESS,
-    validator_index: int = 0,
     part_total: int = 1,
 ) -> Any:
     """A Vote as a node builds it before asking for a signature (no signature fields set)."""
-    vote = types_pb2.Vote()
-    vote.type = vote_type  # type: ignore[assignment]
-    vote.height = height
-    vote.round = round_
-    vote.block_id.CopyFrom(block_id(block, part_total))
-    seconds, nanos = timestamp if timestamp is not None else now_timestamp()
-    vote.timestamp.seconds, vote.timestamp.nanos = seconds, nanos
-    vote.validator_address = validator_address
-    vote.validator_index = validator_index
-    if extension:
-        vote.extension = extension
-    return vote
+    return types_pb2.Vote(
+        type=vote_type,  # type: ignore[arg-type]
+        height=height,
+        round=round_,
+        block_id=_block_id(block, part_total),
+        timestamp=_timestamp(timestamp),
+        validator_address=HARNESS_VALIDATOR_ADDRESS,
+        validator_index=0,
+        extension=extension,
+    )
 
 
 def make_proposal(
@@ -135,15 +130,14 @@ def make_proposal(
     part_total: int = 1,
 ) -> Any:
     """A Proposal as a node builds it before asking for a signature."""
-    proposal = types_pb2.Proposal()
-    proposal.type = PROPOSAL  # type: ignore[assignment]
-    proposal.height = height
-    proposal.round = round_
-    proposal.pol_round = pol_round
-    proposal.block_id.CopyFrom(block_id(block, part_total))
-    seconds, nanos = timestamp if timestamp is not None else now_timestamp()
-    proposal.timestamp.seconds, proposal.timestamp.nanos = seconds, nanos
-    return proposal
+    return types_pb2.Proposal(
+        type=PROPOSAL,  # type: ignore[arg-type]
+        height=height,
+        round=round_,
+        pol_round=pol_round,
+        block_id=_block_id(block, part_total),
+        timestamp=_timestamp(timestamp),
+    )
 
 
 def parse_listen_addr(addr: str) -> tuple[str, Any]:
@@ -174,19 +168,15 @@ def parse_listen_addr(addr: str) -> tuple[str, Any]:
 class SignerLink:
     """One accepted signer connection: send a request, wait for its response."""
 
-    def __init__(
-        self, stream: Any, sock: socket.socket, dialect: Dialect, chain_id: str, *, timeout: float = 10.0
-    ) -> None:
+    def __init__(self, stream: Any, dialect: Dialect, chain_id: str, *, timeout: float) -> None:
         self.stream = stream
-        self.sock = sock
+        self.sock: socket.socket = stream.sock
         self.dialect = dialect
         self.chain_id = chain_id
         #: Seconds a response may take (tm-signer-harness: 3 s read/write deadline).
         self.timeout = timeout
         self.reader = MessageReader(MAX_RESPONSE_BYTES)
         self._pending: list[bytes] = []
-        self.remote_pubkey: bytes | None = getattr(stream, "remote_pubkey", None) or None
-        self.closed = False
         self._timeout_set = -1.0  # none set yet
 
     def send_raw(self, data: bytes) -> None:
@@ -222,29 +212,21 @@ class SignerLink:
         self.send_raw(codec.delimit(codec.encode_request(self.dialect, req)))
         return codec.decode_response(self.dialect, self.recv_body(timeout))
 
-    def pubkey(self, chain_id: str | None = None) -> Any:
-        return self.request(codec.PubKeyRequest(chain_id=self.chain_id if chain_id is None else chain_id))
+    def pubkey(self) -> Any:
+        return self.request(codec.PubKeyRequest(chain_id=self.chain_id))
 
     def ping(self) -> Any:
         return self.request(codec.PingRequest())
 
     def sign_vote(self, vote: Any, *, chain_id: str | None = None, skip_extension_signing: bool = False) -> Any:
-        req = codec.SignVoteRequest(
-            vote=vote,
-            chain_id=self.chain_id if chain_id is None else chain_id,
-            skip_extension_signing=skip_extension_signing,
-        )
-        return self.request(req)
+        chain_id = self.chain_id if chain_id is None else chain_id
+        return self.request(codec.SignVoteRequest(vote, chain_id, skip_extension_signing))
 
-    def sign_proposal(self, proposal: Any, *, chain_id: str | None = None) -> Any:
-        req = codec.SignProposalRequest(proposal=proposal, chain_id=self.chain_id if chain_id is None else chain_id)
-        return self.request(req)
+    def sign_proposal(self, proposal: Any) -> Any:
+        return self.request(codec.SignProposalRequest(proposal, self.chain_id))
 
     def close(self) -> None:
-        self.closed = True
-        self.stream.close()
-        with contextlib.suppress(OSError):
-            self.sock.close()
+        self.stream.close()  # closes the socket too
 
 
 @dataclass
@@ -265,46 +247,22 @@ class ValidatorSimulator:
         self._unix_path: Path | None = None
 
     def listen(self) -> str:
-        """Bind and listen; returns the address signers should dial (with the real port).
-
-        ListenerError with exit code 4 when the socket cannot be created or bound (as tm-signer-harness).
-        """
+        """Bind and listen; the address signers should dial (with the real port), or ListenerError (exit code 4)."""
         kind, where = parse_listen_addr(self.addr)
         try:
             if kind == "unix":
-                path: Path = where
-                _remove_stale_socket(path)
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                try:
-                    sock.bind(str(path))
-                    sock.listen(16)
-                except OSError:
-                    sock.close()
-                    raise
-                self._unix_path = path
-                self._sock = sock
-                return f"unix://{path}"
+                _remove_stale_socket(where)
+                self._sock = socket.create_server(str(where), family=socket.AF_UNIX, backlog=16)
+                self._unix_path = where
+                return f"unix://{where}"
             host, port = where
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            family, _, _, _, sockaddr = infos[0]
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind(sockaddr)
-                sock.listen(16)
-            except OSError:
-                sock.close()
-                raise
+            family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+            self._sock = socket.create_server(sockaddr, family=family, backlog=16)  # SO_REUSEADDR set
         except OSError as exc:
             raise ListenerError(f"cannot listen on {self.addr}: {exc.strerror or exc}", EXIT_CREATE_LISTENER) from None
-        self._sock = sock
-        bound_host, bound_port = sock.getsockname()[:2]
+        bound_host, bound_port = self._sock.getsockname()[:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         return f"tcp://{shown}:{bound_port}"
-
-    @property
-    def node_id(self) -> str:
-        return hashlib.sha256(bytes(self.identity.verify_key)).digest()[:20].hex()
 
     def accept(self, timeout: float = 10.0) -> SignerLink:
         """Wait for the signer to dial in, then run the handshake (TCP) and return the link.
@@ -312,9 +270,7 @@ class ValidatorSimulator:
         AcceptTimeout when nobody dialled in time; HandshakeError/LinkClosed when a connection came but failed
         the handshake (the caller may wait for the next one); ListenerError (exit code 5) if accepting failed.
         """
-        if self._sock is None:
-            self.listen()
-        assert self._sock is not None
+        assert self._sock is not None, "listen() first"
         try:
             self._sock.settimeout(timeout)
             conn, _ = self._sock.accept()
@@ -323,11 +279,7 @@ class ValidatorSimulator:
         except OSError as exc:
             raise ListenerError(f"accepting a connection failed: {exc.strerror or exc}", EXIT_START_LISTENER) from None
         if self._unix_path is not None:
-            return SignerLink(
-                BlockingPlainStream(conn), conn, self.dialect, self.chain_id, timeout=self.request_timeout
-            )
-        from pykms.secretconn.sync import secret_connection_sync
-
+            return SignerLink(BlockingPlainStream(conn), self.dialect, self.chain_id, timeout=self.request_timeout)
         try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             stream = secret_connection_sync(conn, self.identity, timeout=self.handshake_timeout)
@@ -337,7 +289,7 @@ class ValidatorSimulator:
         except ProtocolError:
             conn.close()
             raise
-        return SignerLink(stream, conn, self.dialect, self.chain_id, timeout=self.request_timeout)
+        return SignerLink(stream, self.dialect, self.chain_id, timeout=self.request_timeout)
 
     def close(self) -> None:
         if self._sock is not None:

@@ -165,6 +165,7 @@ def test_a_tmkms_config_starts_pykms_unchanged(tmp_path: Path) -> None:
     tmkms_state = tmp_path / "cosmoshub-tmkms-state.json"
     tmkms_state.write_text('{"height": "10", "round": "0", "step": 1, "block_id": null}')
     from pykms.cli.main import main
+    from pykms.secretconn.core import node_id
 
     assert main(["state", "import", "-c", str(home / "tmkms.toml"), "--chain", "cosmoshub-3", str(tmkms_state)]) == 0
     sim = ValidatorSimulator("tcp://127.0.0.1:0", chain_id="cosmoshub-3", dialect=Dialect.V0_38)
@@ -172,7 +173,7 @@ def test_a_tmkms_config_starts_pykms_unchanged(tmp_path: Path) -> None:
     text = (home / "tmkms.toml").read_text()
     # only the node's address changes: ID@host:port, with the simulator's real node ID (pinning is exercised)
     text = text.replace("f88883b673fc69d7869cab098de3bafc2ff76eb8@example1.example.com:26658",
-                        f"{sim.node_id}@{addr.removeprefix('tcp://')}")  # fmt: skip
+                        f"{node_id(bytes(sim.identity.verify_key))}@{addr.removeprefix('tcp://')}")  # fmt: skip
     (home / "tmkms.toml").write_text(text)
     kms = KmsProcess(home / "tmkms.toml", tmp_path / "pykms.log")
     kms.start()

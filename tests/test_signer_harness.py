@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from pykms.errors import HarnessError
-from pykms.harness.conformance import EXIT, Harness, load_tmhome, run_basic, run_full
+from pykms.harness.conformance import EXIT, Harness, run_basic, run_full
 from pykms.harness.signer_harness import main
 from pykms.harness.simulator import PRECOMMIT, PREVOTE, ValidatorSimulator
 from pykms.privval import codec
@@ -221,12 +221,6 @@ def test_tmhome_load_failures(
     err = capsys.readouterr().err
     assert message in err
     assert base64.b64encode(FIXTURE_SEED).decode()[:16] not in err  # the key never appears in an error
-
-
-def test_tmhome_repr_hides_the_seed(tmhome: Path) -> None:
-    home = load_tmhome(tmhome)
-    assert home.seed == FIXTURE_SEED and home.chain_id == FIXTURE_CHAIN_ID
-    assert FIXTURE_SEED.hex() not in repr(home) and FIXTURE_PUB.hex() in repr(home)
 
 
 def test_address_in_use_is_exit_code_4(tmhome: Path, capsys: pytest.CaptureFixture[str]) -> None:

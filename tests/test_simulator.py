@@ -78,7 +78,7 @@ def test_round_trip_over_secret_connection_and_unix(tmp_path: Path) -> None:
         try:
             link = sim.accept(timeout=5)
             if addr.startswith("tcp"):
-                assert link.remote_pubkey == bytes(signer.identity.verify_key)  # the SecretConnection peer
+                assert link.stream.remote_pubkey == bytes(signer.identity.verify_key)  # the SecretConnection peer
             assert link.pubkey().pub_key == FIXTURE_PUB
             assert isinstance(link.ping(), codec.PingResponse)
             vote = make_vote(5, 0, 2, b"x", extension=b"e")

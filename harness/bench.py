@@ -54,7 +54,7 @@ from pykms.privval.codec import (
     encode_signed_vote,
 )
 from pykms.privval.signbytes import proposal_sign_bytes, vote_extension_sign_bytes, vote_sign_bytes
-from pykms.secretconn.sync import secret_connection_sync
+from pykms.secretconn.sync import secret_connection_sync, set_kernel_timeouts
 
 
 @dataclass(frozen=True)
@@ -226,20 +226,16 @@ def ideal_signer_run(directory: Path, n: int = 2000) -> ReferenceRun:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                set_kernel_timeouts(conn, 10)  # as the validator simulator's links: no poll before each call
                 conn.sendall(b"\0")  # chain 0
                 before = process_cpu(child.pid or 0)
                 for i in range(n):
                     message = i.to_bytes(8, "little") * 15
                     start = time.perf_counter()
                     conn.sendall(message)
-                    signature = b""
-                    while len(signature) < 64:
-                        chunk = conn.recv(64 - len(signature))
-                        if not chunk:
-                            raise HarnessError("the ideal signer closed the connection", EXIT_OTHER)
-                        signature += chunk
+                    signature = conn.recv(64, socket.MSG_WAITALL)
                     latencies.append(time.perf_counter() - start)
-                    verify.verify(message, signature)
+                    verify.verify(message, signature)  # a short or wrong answer raises
                 cpu = cpu_per_request(before, process_cpu(child.pid or 0), n)
         finally:
             child.kill()

@@ -459,11 +459,14 @@ def format_targets(result: BenchResult, cpu: dict[str, float] | None) -> str:
     if result.ideal_p50_ms is None or result.ideal_p99_ms is None:
         lines.append("  latency: n/a (no ideal signer measured)")
     else:
-        p50, p99 = result.p50_ms / result.ideal_p50_ms, result.p99_ms / result.ideal_p99_ms
-        lines.append(f"  p50 {result.p50_ms:.3f} ms / ideal {result.ideal_p50_ms:.3f} ms = {p50:.2f}x  "
-                     f"{_verdict(p50, TARGET_P50_RATIO, 'x')}")  # fmt: skip
-        lines.append(f"  p99 {result.p99_ms:.3f} ms / ideal {result.ideal_p99_ms:.3f} ms = {p99:.2f}x  "
-                     f"{_verdict(p99, TARGET_P99_RATIO, 'x')}")  # fmt: skip
+        for name, ms, ideal_ms, bound in (
+            ("p50", result.p50_ms, result.ideal_p50_ms, TARGET_P50_RATIO),
+            ("p99", result.p99_ms, result.ideal_p99_ms, TARGET_P99_RATIO),
+        ):
+            ratio = ms / ideal_ms
+            lines.append(
+                f"  {name} {ms:.3f} ms / ideal {ideal_ms:.3f} ms = {ratio:.2f}x  {_verdict(ratio, bound, 'x')}"
+            )
     if cpu is None:
         lines.append("  CPU per request: n/a (no /proc)")
     else:

@@ -111,8 +111,13 @@ def concurrent(home: Path, mode: str, chains: int, sentries: int, seconds: float
     rate = result.requests / result.seconds
     cpu_us = cpu_s / max(result.requests, 1) * 1e6
     print(f"pykms (all its processes): {cpu_us:.0f} µs CPU per request, {cpu_s / result.seconds:.2f} cores busy")
-    return {"requests_per_s": rate, "p50_ms": result.p50_ms, "p99_ms": result.p99_ms, "cpu_us": cpu_us,
-            "cores": cpu_s / result.seconds}  # fmt: skip
+    return {
+        "requests_per_s": rate,
+        "p50_ms": result.p50_ms,
+        "p99_ms": result.p99_ms,
+        "cpu_us": cpu_us,
+        "cores": cpu_s / result.seconds,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,8 +140,10 @@ def main(argv: list[str] | None = None) -> int:
             for m in MODES:
                 figures["single"][m].append(row[m])
             delta = row["process"]["p50_us"] - row["none"]["p50_us"]
-            print(" ".join(f"{m}: p50 {row[m]['p50_us']:.0f} p99 {row[m]['p99_us']:.0f} cpu {row[m]['cpu_us']:.0f} |"
-                           for m in MODES) + f" extra hop p50 {delta:+.0f}")  # fmt: skip
+            cells = [
+                f"{m}: p50 {row[m]['p50_us']:.0f} p99 {row[m]['p99_us']:.0f} cpu {row[m]['cpu_us']:.0f}" for m in MODES
+            ]
+            print(" | ".join(cells) + f" | extra hop p50 {delta:+.0f}")
         deltas = [p["p50_us"] - n["p50_us"] for n, p in zip(*figures["single"].values(), strict=True)]
         figures["single_extra_p50_us"] = statistics.median(deltas)
         print(f"extra hop at p50, median of {args.runs} runs: {figures['single_extra_p50_us']:+.0f} µs (budget +80)")

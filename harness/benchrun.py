@@ -100,8 +100,9 @@ def single(home: Path, n: int, state_format: str | None, extensions: bool) -> di
     return figures
 
 
-def concurrent(home: Path, chains: int, sentries: int, seconds: float, workers: int,
-               block_ms: float | None) -> dict[str, Any]:  # fmt: skip
+def concurrent(
+    home: Path, chains: int, sentries: int, seconds: float, workers: int, block_ms: float | None
+) -> dict[str, Any]:
     """M chains x N sentries against one pykms, through the harness's concurrent load (pykms.harness.load)."""
     procs: list[subprocess.Popen[bytes]] = []
     home.mkdir(parents=True, exist_ok=True)
@@ -120,8 +121,10 @@ def concurrent(home: Path, chains: int, sentries: int, seconds: float, workers: 
     print(f"\n== {format_concurrent(result)}")
     if result.signer_cpu is not None:
         per_request = result.signer_cpu["user_us"] + result.signer_cpu["sys_us"] + result.load_cpu_us
-        print(f"machine: {per_request:.0f} µs CPU per request in all -> at most "
-              f"{(os.cpu_count() or 1) / per_request * 1e6:.0f} requests/s on {os.cpu_count()} cores")  # fmt: skip
+        print(
+            f"machine: {per_request:.0f} µs CPU per request in all -> at most "
+            f"{(os.cpu_count() or 1) / per_request * 1e6:.0f} requests/s on {os.cpu_count()} cores"
+        )
     return asdict(result)
 
 
@@ -219,8 +222,10 @@ def startup(home: Path) -> dict[str, float]:
     finally:
         stop_pykms(proc)
         sim.close()
-    print(f"\n== start-up: connected after {t_connect * 1e3:.0f} ms, first verified signature after "
-          f"{t_first * 1e3:.0f} ms")  # fmt: skip
+    print(
+        f"\n== start-up: connected after {t_connect * 1e3:.0f} ms, first verified signature after "
+        f"{t_first * 1e3:.0f} ms"
+    )
     return {"connect_ms": t_connect * 1e3, "first_signature_ms": t_first * 1e3}
 
 
@@ -231,8 +236,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sentries", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--workers", type=int, default=4, help="load-generating processes")
-    parser.add_argument("--block-ms", type=float, nargs="+", default=[100.0, 50.0, 20.0],
-                        help="block times of the paced runs (default 100 50 20)")  # fmt: skip
+    parser.add_argument(
+        "--block-ms",
+        type=float,
+        nargs="+",
+        default=[100.0, 50.0, 20.0],
+        help="block times of the paced runs (default 100 50 20)",
+    )
     parser.add_argument("--only", choices=("single", "target", "concurrent", "ideal", "startup"), default=None)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--dir", default=".", help="where the state files go (the disk measured)")

@@ -35,8 +35,14 @@ CONNECT_DEADLINE_S = 30.0
 STOP_DEADLINE_S = 15.0
 
 
-def write_demo_home(home: Path, listen_addr: str, *, chain_id: str = CHAIN_ID, protocol_version: str = "v0.38",
-                    state_format: str | None = None) -> Path:  # fmt: skip
+def write_demo_home(
+    home: Path,
+    listen_addr: str,
+    *,
+    chain_id: str = CHAIN_ID,
+    protocol_version: str = "v0.38",
+    state_format: str | None = None,
+) -> Path:
     """Create key, identity, state and tmkms.toml for one chain served to ``listen_addr``; returns the config.
 
     ``state_format`` None: the default config (no ``state_format`` line: auto, a new state is slots)."""

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from nacl.signing import SigningKey
 
 from pykms.errors import HarnessError
 from pykms.harness.bench import (
@@ -36,9 +37,9 @@ from pykms.harness.bench import (
     run_sequence,
     summarize,
 )
-from pykms.harness.simulator import PRECOMMIT, PREVOTE, SignerLink, ValidatorSimulator, make_vote
+from pykms.harness.simulator import PRECOMMIT, PREVOTE, SignerLink, ValidatorSimulator, make_proposal, make_vote
 from pykms.privval.codec import Dialect
-from pykms.privval.signbytes import vote_sign_bytes
+from pykms.privval.signbytes import proposal_sign_bytes, vote_sign_bytes
 from tests.broken_signers import FIXTURE_PUB, FIXTURE_SEED, TestSigner
 from tests.e2e import KmsProcess, write_home, write_multi_home
 
@@ -210,6 +211,10 @@ def test_conforming_signer_persists_before_it_answers(tmp_path: Path) -> None:
             resp = link.sign_vote(vote)
             assert resp.vote.extension_signature, "a non-nil precommit's extension is signed"
             assert bytes(resp.vote.signature) + vote_sign_bytes("c", vote) in (tmp_path / "state").read_bytes()
+        proposal = make_proposal(7, 0, "b7")
+        signature = bytes(link.sign_proposal(proposal).proposal.signature)
+        SigningKey(seed).verify_key.verify(proposal_sign_bytes("c", proposal), signature)
+        assert signature + proposal_sign_bytes("c", proposal) in (tmp_path / "state").read_bytes()
         link.close()
     finally:
         sim.close()

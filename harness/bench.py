@@ -6,11 +6,17 @@ measured in the same run, before and after the timed requests (the lower median 
 ``p50 / floor`` says how much a signer adds on top of that.
 
 The floor leaves out what every networked signer also pays: the round trip between two processes, and the
-wake-ups of a thread that slept while waiting (for the request, for the flush). ``measure_ideal_signer`` puts a
-number on that for this machine: the latency of the smallest possible signer loop (one recv, one signature, one
-pwrite + fdatasync, one send; no encryption, no protobuf, no guard logic) over a loopback TCP connection, driven
-the way the benchmark drives a real signer. No signer can be faster than it on the same machine, so its ratio
-to the floor is the best ratio this machine allows.
+wake-ups of a thread that slept while waiting (for the request, for the flush). Two reference signers, each in
+its own process and measured in the same run as pykms, put numbers on that:
+
+* the **ideal signer** (``ideal_signer``): one recv, one signature, one pwrite + fdatasync, one send of the bare
+  signature over loopback TCP; no encryption, no protobuf, no guard logic. No signer can be faster on this
+  machine, so its ratio to the floor is the best ratio this machine allows;
+* the **smallest conforming signer** (``conforming_signer``): what the protocol and the safety rules oblige every
+  signer to do, and nothing more: a real SecretConnection (handshake, every frame sealed and opened), protobuf
+  decode of the request and encode of the response, canonical sign bytes, every signature verified before it
+  leaves (a precommit's vote extension signed and verified too), one pwrite + fdatasync of the record. No guard
+  logic beyond writing the record, no logging, no metrics, no threads. It is driven by ``run_sequence``, as pykms.
 """
 
 from __future__ import annotations
@@ -22,8 +28,10 @@ import os
 import socket
 import statistics
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -31,28 +39,22 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from pykms.errors import HarnessError
-from pykms.harness.simulator import PRECOMMIT, PREVOTE, SignerLink, make_proposal, make_vote
-from pykms.privval.codec import SignedProposalResponse, SignedVoteResponse
+from pykms.harness.simulator import PRECOMMIT, PREVOTE, SignerLink, ValidatorSimulator, make_proposal, make_vote
+from pykms.privval.codec import (
+    MAX_REQUEST_BYTES,
+    Dialect,
+    MessageReader,
+    SignedProposalResponse,
+    SignedVoteResponse,
+    SignProposalRequest,
+    SignVoteRequest,
+    decode_request,
+    delimit,
+    encode_signed_proposal,
+    encode_signed_vote,
+)
 from pykms.privval.signbytes import proposal_sign_bytes, vote_extension_sign_bytes, vote_sign_bytes
-
-__all__ = [
-    "EXIT_OTHER",
-    "BenchResult",
-    "CpuUse",
-    "IdealSlotFile",
-    "cpu_per_request",
-    "format_cpu",
-    "format_result",
-    "format_targets",
-    "lower_floor",
-    "measure_floor",
-    "measure_ideal_signer",
-    "percentile",
-    "process_cpu",
-    "run_sequence",
-    "summarize",
-    "verify_signature",
-]
+from pykms.secretconn.sync import secret_connection_sync, set_kernel_timeouts
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ class BenchResult:
     sign_ms: float
     p50_over_floor: float
     p99_over_floor: float
-    #: The smallest possible signer loop on this machine (``measure_ideal_signer``), when measured.
+    #: The ideal signer of the same run (module doc), when measured.
     ideal_p50_ms: float | None = None
     ideal_p99_ms: float | None = None
 
@@ -150,7 +152,7 @@ def format_cpu(cpu: dict[str, float] | None) -> str:
 
 
 class IdealSlotFile:
-    """The ideal signer's state: a preallocated file whose two 4 KiB slots are overwritten in turn, as the slot
+    """A reference signer's state: a preallocated file whose two 4 KiB slots are overwritten in turn, as the slot
     store does, and flushed with one fdatasync; nothing else (no checksum, no encoding)."""
 
     BLOCK = 4096
@@ -162,70 +164,151 @@ class IdealSlotFile:
         self._count = 0
 
     def write(self, record: bytes) -> None:
+        """Overwrite the older slot with ``record`` and flush it to stable storage."""
         self._count += 1
         os.pwrite(self.fd, record, self.BLOCK * (1 + self._count % 2))
-
-    def flush(self) -> None:
         os.fdatasync(self.fd)
 
-    def close(self) -> None:
-        os.close(self.fd)
 
-
-def _ideal_signer(port: int, directory: str, seed: bytes) -> None:
-    """Child process: the smallest signer loop (see the module doc); ends when the connection closes."""
+def ideal_signer(directory: str, chains: int, seed: bytes, port_q: Any) -> None:
+    """Child process, until killed: the smallest signer of ``chains`` chains (module doc). A thread per connection,
+    whose first byte names its chain; per request one signature, one pwrite + fdatasync into the chain's two-slot
+    file under the chain's lock, one send of the bare signature."""
     key = SigningKey(seed)
-    fd, name = tempfile.mkstemp(prefix=".pykms-ideal-", dir=directory)
-    os.close(fd)
-    state = IdealSlotFile(name)
-    try:
-        with socket.create_connection(("127.0.0.1", port)) as conn:
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            while message := conn.recv(4096):
-                signature = key.sign(message).signature
-                state.write(signature + message)
-                state.flush()
-                conn.sendall(signature)
-    finally:
-        state.close()
-        os.unlink(name)
+    server = socket.create_server(("127.0.0.1", 0))
+    port_q.put(server.getsockname()[1])
+    locks = [threading.Lock() for _ in range(chains)]
+    states = [IdealSlotFile(os.path.join(directory, f"chain-{c}")) for c in range(chains)]
+
+    def serve(conn: socket.socket) -> None:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        chain = conn.recv(1)[0]
+        while message := conn.recv(4096):
+            signature = key.sign(message).signature
+            with locks[chain]:
+                states[chain].write(signature + message)
+            conn.sendall(signature)
+
+    while True:
+        conn, _ = server.accept()
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
 
 
-def measure_ideal_signer(directory: Path, n: int = 2000) -> list[float]:
-    """Latencies (s) of ``n`` requests to the smallest possible signer loop on this machine (module doc).
+def start_ideal_signer(directory: Path, chains: int, seed: bytes) -> tuple[BaseProcess, int]:
+    """``ideal_signer`` in a fresh process with key ``seed``, state files in ``directory``; returns it and its
+    port (kill it when done)."""
+    ctx = multiprocessing.get_context("spawn")
+    port_q = ctx.Queue()
+    child = ctx.Process(target=ideal_signer, args=(str(directory), chains, seed, port_q), daemon=True)
+    child.start()
+    return child, port_q.get(timeout=30)
+
+
+@dataclass(frozen=True)
+class ReferenceRun:
+    """Latencies (s) of a reference signer, and its CPU per request (``cpu_per_request``) over them."""
+
+    latencies: list[float]
+    cpu: dict[str, float] | None
+
+
+def ideal_signer_run(directory: Path, n: int = 2000) -> ReferenceRun:
+    """``n`` requests to the ideal signer (module doc) over one loopback TCP connection.
 
     Each 120-byte request (a vote's sign bytes) is answered by its signature, which is verified between
     requests as the benchmark verifies a real signer's: the client does the same work in the same rhythm.
     """
     seed = os.urandom(32)
     verify = SigningKey(seed).verify_key
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        server.settimeout(20)
-        child = multiprocessing.get_context("spawn").Process(
-            target=_ideal_signer, args=(server.getsockname()[1], str(directory), seed), daemon=True
-        )
-        child.start()
-        conn, _ = server.accept()
     latencies: list[float] = []
-    try:
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn.settimeout(10)
-        for i in range(n):
-            message = i.to_bytes(8, "little") * 15
-            start = time.perf_counter()
-            conn.sendall(message)
-            signature = b""
-            while len(signature) < 64:
-                chunk = conn.recv(64 - len(signature))
-                if not chunk:
-                    raise HarnessError("the ideal signer closed the connection", EXIT_OTHER)
-                signature += chunk
-            latencies.append(time.perf_counter() - start)
-            verify.verify(message, signature)
-    finally:
-        conn.close()
-        child.join(10)
-    return latencies
+    with tempfile.TemporaryDirectory(prefix=".pykms-ideal-", dir=directory) as home:
+        child, port = start_ideal_signer(Path(home), 1, seed)
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                set_kernel_timeouts(conn, 10)  # as the validator simulator's links: no poll before each call
+                conn.sendall(b"\0")  # chain 0
+                before = process_cpu(child.pid or 0)
+                for i in range(n):
+                    message = i.to_bytes(8, "little") * 15
+                    start = time.perf_counter()
+                    conn.sendall(message)
+                    signature = conn.recv(64, socket.MSG_WAITALL)
+                    latencies.append(time.perf_counter() - start)
+                    verify.verify(message, signature)  # a short or wrong answer raises
+                cpu = cpu_per_request(before, process_cpu(child.pid or 0), n)
+        finally:
+            child.kill()
+            child.join()
+    return ReferenceRun(latencies, cpu)
+
+
+def measure_ideal_signer(directory: Path, n: int = 2000) -> list[float]:
+    """The latencies of ``ideal_signer_run`` (what ``pykms-signer-harness bench --ideal`` prints beside a signer)."""
+    return ideal_signer_run(directory, n).latencies
+
+
+def _signed(key: SigningKey, message: bytes) -> bytes:
+    signature = key.sign(message).signature
+    key.verify_key.verify(message, signature)  # verified before it is stored or leaves, as pykms does
+    return signature
+
+
+def _conforming_reply(key: SigningKey, state: IdealSlotFile, request: Any) -> bytes:
+    """One request's mandatory work (v0.38): sign bytes, sign, verify (the extension too), persist, encode."""
+    if isinstance(request, SignProposalRequest):
+        sign_bytes = proposal_sign_bytes(request.chain_id, request.proposal)
+        request.proposal.signature = _signed(key, sign_bytes)
+        state.write(request.proposal.signature + sign_bytes)
+        return encode_signed_proposal(Dialect.V0_38, request.proposal)
+    if not isinstance(request, SignVoteRequest):
+        raise HarnessError(f"the conforming signer does not answer a {type(request).__name__}", EXIT_OTHER)
+    vote = request.vote
+    sign_bytes = vote_sign_bytes(request.chain_id, vote)
+    vote.signature = _signed(key, sign_bytes)
+    if vote.type == PRECOMMIT and vote.block_id.hash:  # v0.38: every non-nil precommit, as FilePV
+        vote.extension_signature = _signed(key, vote_extension_sign_bytes(request.chain_id, vote))
+    state.write(vote.signature + sign_bytes)
+    return encode_signed_vote(Dialect.V0_38, vote)
+
+
+def conforming_signer(port: int, directory: str, seed: bytes) -> None:
+    """Child process: the smallest conforming signer (module doc). Dials the validator simulator on ``port``
+    as pykms does and answers until the connection closes."""
+    key = SigningKey(seed)
+    reader = MessageReader(MAX_REQUEST_BYTES)
+    state = IdealSlotFile(os.path.join(directory, "state"))
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        stream = secret_connection_sync(sock, SigningKey.generate())
+        while data := stream.recv():
+            for body in reader.feed(data):
+                stream.send(delimit(_conforming_reply(key, state, decode_request(Dialect.V0_38, body))))
+
+
+def conforming_signer_run(directory: Path, n: int) -> ReferenceRun:
+    """The smallest conforming signer driven as ``scripts/bench`` drives pykms in the targeted run: 200 warm-up
+    requests, then ``n`` prevotes and precommits with extensions, every signature verified by ``run_sequence``."""
+    seed = os.urandom(32)
+    pub = bytes(SigningKey(seed).verify_key)
+    sim = ValidatorSimulator("tcp://127.0.0.1:0", chain_id="bench-conforming", dialect=Dialect.V0_38)
+    port = int(sim.listen().rsplit(":", 1)[1])
+    with tempfile.TemporaryDirectory(prefix=".pykms-conforming-", dir=directory) as home:
+        ctx = multiprocessing.get_context("spawn")
+        child = ctx.Process(target=conforming_signer, args=(port, home, seed), daemon=True)
+        child.start()
+        try:
+            link = sim.accept(timeout=30)
+            run_sequence(link, 200, start_height=1, pubkey=pub)
+            before = process_cpu(child.pid or 0)
+            latencies = run_sequence(link, n, start_height=1000, extensions=True, pubkey=pub)
+            cpu = cpu_per_request(before, process_cpu(child.pid or 0), n)
+            link.close()
+        finally:
+            sim.close()
+            child.join(10)
+            child.kill()
+    return ReferenceRun(latencies, cpu)
 
 
 def lower_floor(*floors: tuple[float, float]) -> tuple[float, float]:
@@ -311,7 +394,7 @@ def summarize(
     latencies: list[float], fsync_s: float, sign_s: float, wall_s: float, ideal: list[float] | None = None
 ) -> BenchResult:
     """Latency percentiles (ms), throughput over the wall time of the run, and the ratios to the floor;
-    with ``ideal`` (``measure_ideal_signer``'s latencies), the machine's best possible signer beside them."""
+    with ``ideal`` (the ideal signer's latencies), the machine's best possible signer beside them."""
     if not latencies:
         raise HarnessError("no latencies to summarize", EXIT_OTHER)
     ordered = sorted(latencies)
@@ -357,7 +440,7 @@ def format_result(result: BenchResult, *, as_json: bool = False) -> str:
 
 
 #: The signing path's targets, on the single-chain run of the default config with vote extensions: latency
-#: against the ideal signer of the same run (``measure_ideal_signer``), CPU per request of the whole process.
+#: against the ideal signer of the same run, CPU per request of the whole process.
 TARGET_P50_RATIO = 1.5
 TARGET_P99_RATIO = 2.0
 TARGET_CPU_US = 250.0
@@ -376,14 +459,30 @@ def format_targets(result: BenchResult, cpu: dict[str, float] | None) -> str:
     if result.ideal_p50_ms is None or result.ideal_p99_ms is None:
         lines.append("  latency: n/a (no ideal signer measured)")
     else:
-        p50, p99 = result.p50_ms / result.ideal_p50_ms, result.p99_ms / result.ideal_p99_ms
-        lines.append(f"  p50 {result.p50_ms:.3f} ms / ideal {result.ideal_p50_ms:.3f} ms = {p50:.2f}x  "
-                     f"{_verdict(p50, TARGET_P50_RATIO, 'x')}")  # fmt: skip
-        lines.append(f"  p99 {result.p99_ms:.3f} ms / ideal {result.ideal_p99_ms:.3f} ms = {p99:.2f}x  "
-                     f"{_verdict(p99, TARGET_P99_RATIO, 'x')}")  # fmt: skip
+        for name, ms, ideal_ms, bound in (
+            ("p50", result.p50_ms, result.ideal_p50_ms, TARGET_P50_RATIO),
+            ("p99", result.p99_ms, result.ideal_p99_ms, TARGET_P99_RATIO),
+        ):
+            ratio = ms / ideal_ms
+            lines.append(
+                f"  {name} {ms:.3f} ms / ideal {ideal_ms:.3f} ms = {ratio:.2f}x  {_verdict(ratio, bound, 'x')}"
+            )
     if cpu is None:
         lines.append("  CPU per request: n/a (no /proc)")
     else:
         total = cpu["user_us"] + cpu["sys_us"]
         lines.append(f"  CPU per request {total:.0f} µs  {_verdict(total, TARGET_CPU_US, ' µs')}")
+    return "\n".join(lines)
+
+
+def format_references(rows: list[tuple[str, list[float], dict[str, float] | None]]) -> str:
+    """(name, latencies, CPU per request) of signers measured in one run, the first being the ideal signer:
+    p50 and p99 with their ratios to it, and CPU per request."""
+    ideal = sorted(rows[0][1])
+    lines = ["the same run's signers (p50 and p99 in ms, ratio to the ideal signer; CPU per request from /proc):"]
+    for name, latencies, cpu in rows:
+        ordered = sorted(latencies)
+        p50, p99 = percentile(ordered, 50), percentile(ordered, 99)
+        ratios = f"{p50 / percentile(ideal, 50):.2f}x / {p99 / percentile(ideal, 99):.2f}x"
+        lines.append(f"  {name:<28} {p50 * 1e3:.3f} / {p99 * 1e3:.3f}  {ratios}  {format_cpu(cpu)}")
     return "\n".join(lines)

@@ -14,8 +14,8 @@ Usage: python -m pykms.harness.bench_isolation [-n 3000] [--runs 3] [--chains 20
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pykms.harness.bench import percentile, process_cpu, run_sequence
-from pykms.harness.demo import stop_pykms, write_demo_home, write_multichain_home
+from pykms.harness.demo import start_pykms, stop_pykms, write_demo_home, write_multichain_home
 from pykms.harness.load import format_concurrent, run_concurrent
 from pykms.harness.simulator import ValidatorSimulator
 from pykms.privval.codec import Dialect
@@ -40,37 +40,17 @@ def set_mode(config: Path, mode: str) -> Path:
     return config
 
 
-def start_pykms(config: Path, log_path: Path) -> subprocess.Popen[bytes]:
-    """``pykms start`` as the demo starts it; as root inside an unprivileged user namespace (both modes alike),
-    so that the split's front runs as the same user instead of ``front_user``, who may not reach this Python."""
-    argv = [sys.executable, "-m", "pykms.cli.main", "start", "-c", str(config), "--log-format", "json"]
-    if os.getuid() == 0:
-        argv = ["unshare", "--user", *argv]
-    with open(log_path, "ab") as log:
-        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-
-
-def _tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (from /proc/PID/task/*/children)."""
-    pids, todo = [], [pid]
+def tree_cpu(pid: int) -> float:
+    """User + system CPU seconds used so far by ``pid`` and every process under it (/proc/PID/task/*/children)."""
+    total, todo = 0.0, [pid]
     while todo:
         current = todo.pop()
-        pids.append(current)
-        for task in Path(f"/proc/{current}/task").glob("*/children"):
-            try:
-                todo += [int(x) for x in task.read_text().split()]
-            except OSError:
-                continue
-    return pids
-
-
-def tree_cpu(pid: int) -> float:
-    """User + system CPU seconds used so far by ``pid`` and every process under it."""
-    total = 0.0
-    for p in _tree(pid):
-        use = process_cpu(p)
+        use = process_cpu(current)
         if use is not None:
             total += use[0] + use[1]
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                todo += [int(x) for x in task.read_text().split()]
     return total
 
 
@@ -92,7 +72,7 @@ def single(home: Path, mode: str, n: int) -> dict[str, float]:
     sim = ValidatorSimulator("tcp://127.0.0.1:0", chain_id="bench-1", dialect=Dialect.V0_38)
     config = set_mode(write_demo_home(home, sim.listen(), chain_id="bench-1", state_format="slots"), mode)
     log = home / "pykms.log"
-    proc = start_pykms(config, log)
+    proc = start_pykms(config, log, user_namespace=True)
     try:
         link = sim.accept(timeout=30)
         pub = link.pubkey().pub_key
@@ -116,7 +96,7 @@ def concurrent(home: Path, mode: str, chains: int, sentries: int, seconds: float
     def start(bound: dict[str, list[str]]) -> None:
         config = set_mode(write_multichain_home(home, bound, state_format="slots"), mode)
         since = log.stat().st_size if log.exists() else 0
-        procs.append(start_pykms(config, log))
+        procs.append(start_pykms(config, log, user_namespace=True))
         wait_started(log, since, procs[0])
         baseline.append(tree_cpu(procs[0].pid))
 
@@ -131,8 +111,13 @@ def concurrent(home: Path, mode: str, chains: int, sentries: int, seconds: float
     rate = result.requests / result.seconds
     cpu_us = cpu_s / max(result.requests, 1) * 1e6
     print(f"pykms (all its processes): {cpu_us:.0f} µs CPU per request, {cpu_s / result.seconds:.2f} cores busy")
-    return {"requests_per_s": rate, "p50_ms": result.p50_ms, "p99_ms": result.p99_ms, "cpu_us": cpu_us,
-            "cores": cpu_s / result.seconds}  # fmt: skip
+    return {
+        "requests_per_s": rate,
+        "p50_ms": result.p50_ms,
+        "p99_ms": result.p99_ms,
+        "cpu_us": cpu_us,
+        "cores": cpu_s / result.seconds,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,8 +140,10 @@ def main(argv: list[str] | None = None) -> int:
             for m in MODES:
                 figures["single"][m].append(row[m])
             delta = row["process"]["p50_us"] - row["none"]["p50_us"]
-            print(" ".join(f"{m}: p50 {row[m]['p50_us']:.0f} p99 {row[m]['p99_us']:.0f} cpu {row[m]['cpu_us']:.0f} |"
-                           for m in MODES) + f" extra hop p50 {delta:+.0f}")  # fmt: skip
+            cells = [
+                f"{m}: p50 {row[m]['p50_us']:.0f} p99 {row[m]['p99_us']:.0f} cpu {row[m]['cpu_us']:.0f}" for m in MODES
+            ]
+            print(" | ".join(cells) + f" | extra hop p50 {delta:+.0f}")
         deltas = [p["p50_us"] - n["p50_us"] for n, p in zip(*figures["single"].values(), strict=True)]
         figures["single_extra_p50_us"] = statistics.median(deltas)
         print(f"extra hop at p50, median of {args.runs} runs: {figures['single_extra_p50_us']:+.0f} µs (budget +80)")

@@ -3,7 +3,8 @@
 1. single chain: sequential signing requests through the validator simulator over TCP + SecretConnection,
    with CometBFT's JSON state file (temp + fsync + rename + dir fsync) and with the default config (a new
    state is slots: one fdatasync), then the default config with vote extensions: the run the targets are stated
-   for, printed against the ideal signer of the same run (p50, p99) and the CPU budget per request;
+   for, printed against the ideal signer of the same run (p50, p99) and the CPU budget per request, beside the
+   smallest conforming signer of the same run (``pykms.harness.bench``);
 2. 20 chains x 2 sentries signing concurrently at full speed: p50/p99 over all requests and the slowest
    chain's throughput (no chain may starve);
 3. start-up to first signature: from spawning ``pykms start`` to the first verified signature.
@@ -27,19 +28,21 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from nacl.signing import SigningKey, VerifyKey
+from nacl.signing import VerifyKey
 
 from pykms.harness.bench import (
-    IdealSlotFile,
+    conforming_signer_run,
     cpu_per_request,
     format_cpu,
+    format_references,
     format_result,
     format_targets,
+    ideal_signer_run,
     measure_floor,
-    measure_ideal_signer,
     percentile,
     process_cpu,
     run_sequence,
+    start_ideal_signer,
     summarize,
 )
 from pykms.harness.demo import start_pykms, stop_pykms, write_demo_home, write_multichain_home
@@ -51,7 +54,8 @@ from pykms.privval.signbytes import vote_sign_bytes
 
 def single(home: Path, n: int, state_format: str | None, extensions: bool) -> dict[str, Any]:
     """Sequential requests to one chain; ``state_format`` None is the default config (nothing about the state
-    format in tmkms.toml), whose run with extensions is the one the targets are stated for."""
+    format in tmkms.toml), whose run with extensions is the one the targets are stated for: there the smallest
+    conforming signer is measured too."""
     sim = ValidatorSimulator("tcp://127.0.0.1:0", chain_id="bench-1", dialect=Dialect.V0_38)
     config = write_demo_home(home, sim.listen(), chain_id="bench-1", state_format=state_format)
     proc = start_pykms(config, home / "pykms.log")
@@ -69,20 +73,36 @@ def single(home: Path, n: int, state_format: str | None, extensions: bool) -> di
     finally:
         stop_pykms(proc)
         sim.close()
-    result = summarize(lat, fsync_s, sign_s, wall, measure_ideal_signer(home, min(n, 3000)))
+    ideal = ideal_signer_run(home, min(n, 3000))
+    result = summarize(lat, fsync_s, sign_s, wall, ideal.latencies)
     config_name = (
         "default config (state format auto: slots)" if state_format is None else f"state_format={state_format}"
     )
     print(f"\n== single chain, {config_name}, prevote+precommit{' with extensions' if extensions else ''}, n={n}")
     print(format_result(result))
     print(f"pykms           {format_cpu(cpu)}")
+    figures = {**result.__dict__, "pykms_cpu": cpu, "ideal_cpu": ideal.cpu}
     if state_format is None and extensions:
         print(format_targets(result, cpu))
-    return {**result.__dict__, "pykms_cpu": cpu}
+        conforming = conforming_signer_run(home, n)
+        rows = [
+            ("ideal signer", ideal.latencies, ideal.cpu),
+            ("smallest conforming signer", conforming.latencies, conforming.cpu),
+            ("pykms", lat, cpu),
+        ]
+        print(format_references(rows))
+        ordered = sorted(conforming.latencies)
+        figures["conforming"] = {
+            "p50_ms": percentile(ordered, 50) * 1e3,
+            "p99_ms": percentile(ordered, 99) * 1e3,
+            "cpu": conforming.cpu,
+        }
+    return figures
 
 
-def concurrent(home: Path, chains: int, sentries: int, seconds: float, workers: int,
-               block_ms: float | None) -> dict[str, Any]:  # fmt: skip
+def concurrent(
+    home: Path, chains: int, sentries: int, seconds: float, workers: int, block_ms: float | None
+) -> dict[str, Any]:
     """M chains x N sentries against one pykms, through the harness's concurrent load (pykms.harness.load)."""
     procs: list[subprocess.Popen[bytes]] = []
     home.mkdir(parents=True, exist_ok=True)
@@ -101,100 +121,11 @@ def concurrent(home: Path, chains: int, sentries: int, seconds: float, workers: 
     print(f"\n== {format_concurrent(result)}")
     if result.signer_cpu is not None:
         per_request = result.signer_cpu["user_us"] + result.signer_cpu["sys_us"] + result.load_cpu_us
-        print(f"machine: {per_request:.0f} µs CPU per request in all -> at most "
-              f"{(os.cpu_count() or 1) / per_request * 1e6:.0f} requests/s on {os.cpu_count()} cores")  # fmt: skip
+        print(
+            f"machine: {per_request:.0f} µs CPU per request in all -> at most "
+            f"{(os.cpu_count() or 1) / per_request * 1e6:.0f} requests/s on {os.cpu_count()} cores"
+        )
     return asdict(result)
-
-
-def _ideal_server(home: str, chains: int, port_q: Any) -> None:
-    """The smallest multi-chain signer: a thread per connection, per request one signature, one pwrite + fdatasync
-    into the chain's two-slot file under the chain's lock, one send. No encryption, protobuf or guard."""
-    key = SigningKey(os.urandom(32))
-    server = socket.create_server(("127.0.0.1", 0))
-    port_q.put(server.getsockname()[1])
-    locks = [threading.Lock() for _ in range(chains)]
-    states = [IdealSlotFile(os.path.join(home, f"chain-{c}")) for c in range(chains)]
-
-    def serve(conn: socket.socket) -> None:
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        chain = conn.recv(1)[0]
-        while message := conn.recv(4096):
-            signature = key.sign(message).signature
-            with locks[chain]:
-                states[chain].write(signature + message)
-                states[chain].flush()
-            conn.sendall(signature)
-
-    while True:
-        conn, _ = server.accept()
-        threading.Thread(target=serve, args=(conn,), daemon=True).start()
-
-
-def _ideal_reactor(home: str, chains: int, port_q: Any) -> None:
-    """The same signer as ``_ideal_server`` with one event-loop thread for every connection and the flushes on a
-    pool of threads (a chain's next request waits for its previous flush): fewer threads sharing the GIL."""
-    import concurrent.futures
-    import selectors
-
-    key = SigningKey(os.urandom(32))
-    server = socket.create_server(("127.0.0.1", 0))
-    port_q.put(server.getsockname()[1])
-    server.setblocking(False)
-    states = [IdealSlotFile(os.path.join(home, f"chain-{c}")) for c in range(chains)]
-    pool = concurrent.futures.ThreadPoolExecutor(8)
-    selector = selectors.DefaultSelector()
-    selector.register(server, selectors.EVENT_READ, "accept")
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_r, False)
-    selector.register(wake_r, selectors.EVENT_READ, "flushed")
-    flushed: list[tuple[int, socket.socket, bytes]] = []
-    flushed_lock = threading.Lock()
-    chain_of: dict[socket.socket, int] = {}
-    busy = [False] * chains
-    queued: list[list[tuple[socket.socket, bytes]]] = [[] for _ in range(chains)]
-
-    def flush(chain: int, conn: socket.socket, signature: bytes) -> None:
-        states[chain].flush()
-        with flushed_lock:
-            flushed.append((chain, conn, signature))
-        os.write(wake_w, b"x")
-
-    def start(chain: int, conn: socket.socket, message: bytes) -> None:
-        signature = key.sign(message).signature
-        states[chain].write(signature + message)
-        busy[chain] = True
-        pool.submit(flush, chain, conn, signature)
-
-    while True:
-        for ready, _ in selector.select():
-            if ready.data == "accept":
-                conn, _ = server.accept()
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                conn.setblocking(True)
-                chain_of[conn] = conn.recv(1)[0]
-                conn.setblocking(False)
-                selector.register(conn, selectors.EVENT_READ, "request")
-            elif ready.data == "flushed":
-                os.read(wake_r, 4096)
-                with flushed_lock:
-                    done, flushed[:] = flushed[:], []
-                for chain, conn, signature in done:
-                    conn.sendall(signature)
-                    busy[chain] = False
-                    if queued[chain]:
-                        start(chain, *queued[chain].pop(0))
-            else:
-                conn = ready.fileobj  # type: ignore[assignment]
-                message = conn.recv(4096)
-                if not message:
-                    selector.unregister(conn)
-                    conn.close()
-                    continue
-                chain = chain_of[conn]
-                if busy[chain]:
-                    queued[chain].append((conn, message))
-                else:
-                    start(chain, conn, message)
 
 
 def _ideal_load(port: int, chains: list[int], sentries: int, seconds: float, result_q: Any) -> None:
@@ -226,21 +157,15 @@ def _ideal_load(port: int, chains: list[int], sentries: int, seconds: float, res
     result_q.put(latencies)
 
 
-def ideal_concurrent(
-    home: Path, chains: int, sentries: int, seconds: float, workers: int, reactor: bool = False
-) -> dict[str, Any]:
-    """The closed loop of ``concurrent`` against the smallest multi-chain signer (raw TCP, from as many load
-    processes): what this machine can do for that load at all, the bound for pykms's closed-loop figures. With
-    ``reactor``, the signer serves every connection from one event loop (pykms: a thread per connection)."""
+def ideal_concurrent(home: Path, chains: int, sentries: int, seconds: float, workers: int) -> dict[str, Any]:
+    """The closed loop of ``concurrent`` against the ideal signer (raw TCP, from as many load processes): what
+    this machine can do for that load at all, the bound for pykms's closed-loop figures."""
     import multiprocessing as mp
 
     ctx = mp.get_context("fork")
     home.mkdir(parents=True, exist_ok=True)
-    port_q, result_q = ctx.Queue(), ctx.Queue()
-    target = _ideal_reactor if reactor else _ideal_server
-    server = ctx.Process(target=target, args=(str(home), chains, port_q), daemon=True)
-    server.start()
-    port = port_q.get(timeout=30)
+    result_q = ctx.Queue()
+    server, port = start_ideal_signer(home, chains, os.urandom(32))
     groups = [list(range(chains))[i::workers] for i in range(workers) if list(range(chains))[i::workers]]
     procs = [ctx.Process(target=_ideal_load, args=(port, g, sentries, seconds, result_q)) for g in groups]
     for p in procs:
@@ -260,14 +185,21 @@ def ideal_concurrent(
     server.kill()
     ordered = sorted(latencies)
     out: dict[str, Any] = {
-        "requests": len(ordered), "per_s": len(ordered) / seconds, "p50_ms": percentile(ordered, 50) * 1e3,
-        "p99_ms": percentile(ordered, 99) * 1e3, "max_ms": ordered[-1] * 1e3,
-    }  # fmt: skip
-    print(f"\n== ideal signer ({'one event loop' if reactor else 'a thread per connection'}), {chains} chains x "
-          f"{sentries} sentries, closed loop, {seconds:.0f} s, {len(groups)} load processes (raw TCP: one "
-          "signature + one fdatasync per request; the machine's bound)")  # fmt: skip
-    print(f"requests {out['requests']}  p50 {out['p50_ms']:.3f} ms  p99 {out['p99_ms']:.3f} ms  "
-          f"max {out['max_ms']:.3f} ms  ({out['per_s']:.0f} requests/s)")  # fmt: skip
+        "requests": len(ordered),
+        "per_s": len(ordered) / seconds,
+        "p50_ms": percentile(ordered, 50) * 1e3,
+        "p99_ms": percentile(ordered, 99) * 1e3,
+        "max_ms": ordered[-1] * 1e3,
+    }
+    print(
+        f"\n== ideal signer (a thread per connection), {chains} chains x {sentries} sentries, closed loop, "
+        f"{seconds:.0f} s, {len(groups)} load processes (raw TCP: one signature + one fdatasync per request; "
+        "the machine's bound)"
+    )
+    print(
+        f"requests {out['requests']}  p50 {out['p50_ms']:.3f} ms  p99 {out['p99_ms']:.3f} ms  "
+        f"max {out['max_ms']:.3f} ms  ({out['per_s']:.0f} requests/s)"
+    )
     print(f"ideal signer {format_cpu(cpu)}")
     out["signer_cpu"] = cpu
     return out
@@ -290,8 +222,10 @@ def startup(home: Path) -> dict[str, float]:
     finally:
         stop_pykms(proc)
         sim.close()
-    print(f"\n== start-up: connected after {t_connect * 1e3:.0f} ms, first verified signature after "
-          f"{t_first * 1e3:.0f} ms")  # fmt: skip
+    print(
+        f"\n== start-up: connected after {t_connect * 1e3:.0f} ms, first verified signature after "
+        f"{t_first * 1e3:.0f} ms"
+    )
     return {"connect_ms": t_connect * 1e3, "first_signature_ms": t_first * 1e3}
 
 
@@ -302,8 +236,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sentries", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--workers", type=int, default=4, help="load-generating processes")
-    parser.add_argument("--block-ms", type=float, nargs="+", default=[100.0, 50.0, 20.0],
-                        help="block times of the paced runs (default 100 50 20)")  # fmt: skip
+    parser.add_argument(
+        "--block-ms",
+        type=float,
+        nargs="+",
+        default=[100.0, 50.0, 20.0],
+        help="block times of the paced runs (default 100 50 20)",
+    )
     parser.add_argument("--only", choices=("single", "target", "concurrent", "ideal", "startup"), default=None)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--dir", default=".", help="where the state files go (the disk measured)")
@@ -328,9 +267,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in (None, "ideal"):
             results["ideal_concurrent"] = ideal_concurrent(
                 base / "ideal", args.chains, args.sentries, args.seconds, args.workers
-            )
-            results["ideal_concurrent_reactor"] = ideal_concurrent(
-                base / "ideal-reactor", args.chains, args.sentries, args.seconds, args.workers, reactor=True
             )
         if args.only in (None, "startup"):
             results["startup"] = startup(base / "start")

@@ -35,8 +35,14 @@ CONNECT_DEADLINE_S = 30.0
 STOP_DEADLINE_S = 15.0
 
 
-def write_demo_home(home: Path, listen_addr: str, *, chain_id: str = CHAIN_ID, protocol_version: str = "v0.38",
-                    state_format: str | None = None) -> Path:  # fmt: skip
+def write_demo_home(
+    home: Path,
+    listen_addr: str,
+    *,
+    chain_id: str = CHAIN_ID,
+    protocol_version: str = "v0.38",
+    state_format: str | None = None,
+) -> Path:
     """Create key, identity, state and tmkms.toml for one chain served to ``listen_addr``; returns the config.
 
     ``state_format`` None: the default config (no ``state_format`` line: auto, a new state is slots)."""
@@ -119,15 +125,16 @@ def _accept(sim: ValidatorSimulator, proc: subprocess.Popen[bytes]) -> SignerLin
                 raise DemoError(f"pykms did not connect within {CONNECT_DEADLINE_S:g} s") from None
 
 
-def start_pykms(config: Path, log_path: Path) -> subprocess.Popen[bytes]:
-    """``pykms start`` in a child process, its JSON log lines appended to ``log_path``."""
+def start_pykms(config: Path, log_path: Path, *, user_namespace: bool = False) -> subprocess.Popen[bytes]:
+    """``pykms start`` in a child process, its JSON log lines appended to ``log_path``.
+
+    ``user_namespace``: as root, inside an unprivileged user namespace, so that a split key holder's front runs as
+    this user instead of ``front_user``, who may not reach this Python."""
+    argv = [sys.executable, "-m", "pykms.cli.main", "start", "-c", str(config), "--log-format", "json"]
+    if user_namespace and os.getuid() == 0:
+        argv = ["unshare", "--user", *argv]
     with open(log_path, "ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "pykms.cli.main", "start", "-c", str(config), "--log-format", "json"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
-        )
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
 
 def stop_pykms(proc: subprocess.Popen[bytes]) -> int:
@@ -157,6 +164,7 @@ def run_demo(home: Path, votes: int) -> None:
     sim = ValidatorSimulator("tcp://127.0.0.1:0", chain_id=CHAIN_ID, dialect=Dialect.V0_38)
     proc: subprocess.Popen[bytes] | None = None
     log_path = home / "pykms.log"
+    failed = True
     try:
         addr = sim.listen()
         config = write_demo_home(home, addr)
@@ -177,16 +185,13 @@ def run_demo(home: Path, votes: int) -> None:
         print(f"signed and verified {len(latencies)} proposals, prevotes and precommits (with vote extensions)")
         print(format_result(summarize(latencies, fsync_s, sign_s, wall)), flush=True)
         link.close()
-    except BaseException:
-        if proc is not None:
-            stop_pykms(proc)
-            print(f"pykms log (last lines):\n{_tail(log_path)}", file=sys.stderr)
-        raise
+        failed = False
     finally:
         sim.close()
-    code = stop_pykms(proc)
+        code = None if proc is None else stop_pykms(proc)
+        if proc is not None and (failed or code != 0):
+            print(f"pykms log (last lines):\n{_tail(log_path)}", file=sys.stderr)
     if code != 0:
-        print(f"pykms log (last lines):\n{_tail(log_path)}", file=sys.stderr)
         raise DemoError(f"pykms stopped with exit code {code} (expected 0 after SIGTERM)")
     print("pykms stopped cleanly (exit code 0)")
 

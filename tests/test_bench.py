@@ -7,6 +7,7 @@ is computed right and that it refuses to time a signer whose signatures do not v
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -16,12 +17,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from nacl.signing import SigningKey
 
 from pykms.errors import HarnessError
 from pykms.harness.bench import (
     BenchResult,
+    conforming_signer,
+    conforming_signer_run,
     cpu_per_request,
     format_cpu,
+    format_references,
     format_result,
     format_targets,
     lower_floor,
@@ -32,7 +37,9 @@ from pykms.harness.bench import (
     run_sequence,
     summarize,
 )
-from pykms.harness.simulator import PRECOMMIT, PREVOTE, SignerLink, ValidatorSimulator
+from pykms.harness.simulator import PRECOMMIT, PREVOTE, SignerLink, ValidatorSimulator, make_proposal, make_vote
+from pykms.privval.codec import Dialect
+from pykms.privval.signbytes import proposal_sign_bytes, vote_sign_bytes
 from tests.broken_signers import FIXTURE_PUB, FIXTURE_SEED, TestSigner
 from tests.e2e import KmsProcess, write_home, write_multi_home
 
@@ -177,6 +184,49 @@ def test_ideal_signer_answers_verified_signatures_and_cleans_up(tmp_path: Path) 
     assert list(tmp_path.iterdir()) == []
     result = summarize([0.002] * 4, 0.0009, 0.0001, 0.01, latencies)
     assert result.ideal_p50_ms is not None and "ideal signer" in format_result(result)
+
+
+def test_conforming_signer_signs_over_secretconnection_persists_and_cleans_up(tmp_path: Path) -> None:
+    """The smallest conforming signer is driven by the same ``run_sequence`` as pykms (a real handshake, every
+    signature and extension signature verified by the bench: a wrong one raises), its CPU is read from /proc,
+    and its state file is gone afterwards."""
+    run = conforming_signer_run(tmp_path, 30)
+    assert len(run.latencies) == 30 and all(x > 0 for x in run.latencies)
+    assert run.cpu is not None and run.cpu["switches"] >= 1  # it sleeps on every request (CPU: 10 ms ticks)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_conforming_signer_persists_before_it_answers(tmp_path: Path) -> None:
+    """Each answer leaves its signature and sign bytes in the state file before it is sent: after each request
+    one of the two slots holds the signature just received."""
+    seed = os.urandom(32)
+    sim = ValidatorSimulator("tcp://127.0.0.1:0", chain_id="c", dialect=Dialect.V0_38)
+    port = int(sim.listen().rsplit(":", 1)[1])
+    child = multiprocessing.get_context("spawn").Process(target=conforming_signer, args=(port, str(tmp_path), seed))
+    child.start()
+    try:
+        link = sim.accept(timeout=30)
+        for height in (5, 6):
+            vote = make_vote(height, 0, PRECOMMIT, f"b{height}", extension=b"x")
+            resp = link.sign_vote(vote)
+            assert resp.vote.extension_signature, "a non-nil precommit's extension is signed"
+            assert bytes(resp.vote.signature) + vote_sign_bytes("c", vote) in (tmp_path / "state").read_bytes()
+        proposal = make_proposal(7, 0, "b7")
+        signature = bytes(link.sign_proposal(proposal).proposal.signature)
+        SigningKey(seed).verify_key.verify(proposal_sign_bytes("c", proposal), signature)
+        assert signature + proposal_sign_bytes("c", proposal) in (tmp_path / "state").read_bytes()
+        link.close()
+    finally:
+        sim.close()
+        child.join(10)
+        child.kill()
+
+
+def test_format_references_gives_ratios_to_the_first_row() -> None:
+    cpu = {"user_us": 150.0, "sys_us": 50.0, "switches": 3.0}
+    text = format_references([("ideal", [0.0002] * 100, None), ("other", [0.0003] * 98 + [0.0008] * 2, cpu)])
+    assert "ideal" in text and "0.200 / 0.200  1.00x / 1.00x  CPU n/a" in text
+    assert "0.300 / 0.800  1.50x / 4.00x  200 µs CPU per request" in text
 
 
 def test_process_cpu_sees_a_busy_thread_and_a_sleeping_one() -> None:

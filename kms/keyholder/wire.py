@@ -44,7 +44,6 @@ __all__ = [
     "frame",
     "frame_length",
     "raise_error",
-    "split_frame",
 ]
 
 #: A vote extension may be up to 1 MiB (CometBFT's MaxVoteExtensionSize is set per chain; 1 MiB is the largest the
@@ -291,16 +290,6 @@ def frame_length(prefix: bytes) -> int:
         raise FrameError(f"key holder frame declares {length} bytes (1..{MAX_FRAME} allowed)")
     n: int = length
     return n
-
-
-def split_frame(buffer: bytes) -> tuple[Message | None, bytes]:
-    """Sans-IO reader: (the first complete message or None, the rest of ``buffer``)."""
-    if len(buffer) < 4:
-        return None, buffer
-    length = frame_length(buffer[:4])
-    if len(buffer) < 4 + length:
-        return None, buffer
-    return decode(buffer[4 : 4 + length]), buffer[4 + length :]
 
 
 def error_reply(exc: KmsError) -> ErrorReply:

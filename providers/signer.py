@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+from nacl.bindings import crypto_sign_open
 from nacl.exceptions import BadSignatureError
-from nacl.signing import VerifyKey
 
 from pykms.errors import TransientProviderError
 
@@ -50,7 +50,11 @@ def verify_or_raise(public_key: bytes, message: bytes, signature: bytes, provide
         if not verify_secp256k1(public_key, message, signature):
             raise TransientProviderError(f"{provider} returned a signature that does not verify")
         return
+    # libsodium's combined open, without PyNaCl's VerifyKey wrapper (~2.5 µs a signature); it reads a 32-byte key
+    # and a 64-byte signature, so other lengths are refused first.
+    if len(public_key) != 32 or len(signature) != 64:
+        raise TransientProviderError(f"{provider} returned a signature that does not verify")
     try:
-        VerifyKey(public_key).verify(message, signature)
+        crypto_sign_open(signature + message, public_key)
     except (BadSignatureError, ValueError, TypeError) as exc:
         raise TransientProviderError(f"{provider} returned a signature that does not verify") from exc

@@ -34,9 +34,11 @@ def decode_uvarint(data: bytes | bytearray | memoryview, pos: int = 0) -> tuple[
 
     Raises DecodeError for a varint longer than 10 bytes or one that overflows 64 bits (as Go's ReadUvarint).
     """
+    end = len(data)
+    if pos < end and data[pos] < 0x80:  # the common case: one byte
+        return data[pos], pos + 1
     value = 0
     shift = 0
-    end = len(data)
     for i in range(MAX_VARINT_BYTES):
         if pos + i >= end:
             return None

@@ -27,13 +27,13 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from google.protobuf.message import DecodeError as ProtobufDecodeError
+from merlin_transcripts.merlin_transcript import MerlinTranscript
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from pykms.errors import DecodeError, FrameError, HandshakeError, PeerIdMismatch
 from pykms.privval.varint import decode_uvarint
 from pykms.proto.tendermint.p2p import conn_pb2
-from pykms.secretconn.merlin import Transcript
 
 __all__ = [
     "DATA_MAX_SIZE",
@@ -96,12 +96,13 @@ def derive_keys(dh: bytes, loc_is_least: bool) -> tuple[bytes, bytes]:
 
 
 def challenge_of(lo: bytes, hi: bytes, dh: bytes) -> bytes:
-    """The Merlin transcript challenge both sides sign (docs/protocol.md §1.3)."""
-    transcript = Transcript(TRANSCRIPT_LABEL)
+    """The Merlin transcript challenge both sides sign (docs/protocol.md §1.3). The hash-pinned
+    ``merlin-transcripts`` package reproduces the gtank/merlin and curve25519-voi vectors (test vector V4)."""
+    transcript = MerlinTranscript(TRANSCRIPT_LABEL)
     transcript.append_message(b"EPHEMERAL_LOWER_PUBLIC_KEY", lo)
     transcript.append_message(b"EPHEMERAL_UPPER_PUBLIC_KEY", hi)
     transcript.append_message(b"DH_SECRET", dh)
-    return transcript.challenge_bytes(b"SECRET_CONNECTION_MAC", 32)
+    return bytes(transcript.challenge_bytes(b"SECRET_CONNECTION_MAC", 32))
 
 
 def check_peer_id(expected: str, actual: str) -> None:

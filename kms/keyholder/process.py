@@ -281,23 +281,15 @@ def _terminate(child: Child, grace_s: float = 10.0) -> None:
         child.proc.wait()
 
 
-def run_split(
-    config: Any,
-    *,
-    key_files: Sequence[Path] | None = None,
-    log: Callable[..., Any] | None = None,
-    args: Sequence[str] = (),
-) -> int:
+def run_split(config: Any, *, args: Sequence[str] = ()) -> int:
     """``pykms start`` with ``[keyholder] isolation = "process"`` and no external ``addr``."""
-    if log is None:
-        from pykms.logconfig import get_logger
+    from pykms.logconfig import get_logger
 
-        log = get_logger("pykms.supervisor").warning
+    log = get_logger("pykms.supervisor").warning
     settings = config.keyholder
     front_uid = front_gid = None
     if os.getuid() == 0:
-        files = config_key_files(config) if key_files is None else key_files
-        front_uid, front_gid, warnings = front_identity(settings.front_user, files, config.path)
+        front_uid, front_gid, warnings = front_identity(settings.front_user, config_key_files(config), config.path)
         check_front_python(settings.front_user, config.path)
         check_front_reads(settings.front_user, config)
         for warning in warnings:

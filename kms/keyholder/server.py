@@ -126,15 +126,11 @@ class KeyHolderServer:
         self,
         holder: KeyHolder,
         *,
+        log: Callable[..., Any],
         allowed_uids: Iterable[int] | None = None,
-        log: Callable[..., Any] | None = None,
     ) -> None:
         self.holder = holder
         self.allowed_uids = frozenset(allowed_uids) if allowed_uids is not None else default_allowed_uids()
-        if log is None:
-            from pykms.logconfig import get_logger
-
-            log = get_logger("pykms.keyholder").warning
         self._log = log
         self._stop = threading.Event()
         self._threads: set[threading.Thread] = set()

@@ -141,10 +141,8 @@ class RequestHandler:
             reply(self._pubkey(request))
         elif isinstance(request, codec.SignVoteRequest | codec.SignProposalRequest):
             self.sign_consensus(request, reply)
-        elif isinstance(request, codec.SignBytesRequest | codec.SignRawBytesRequest):
+        else:
             self._sign_raw(request, reply)
-        else:  # pragma: no cover - decode_request returns only the types above
-            raise InvalidRequest(f"unsupported request {type(request).__name__}")
 
     def sign_consensus(
         self, request: codec.SignVoteRequest | codec.SignProposalRequest, reply: Callable[[bytes], None]

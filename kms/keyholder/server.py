@@ -133,8 +133,6 @@ class KeyHolderServer:
         self.allowed_uids = frozenset(allowed_uids) if allowed_uids is not None else default_allowed_uids()
         self._log = log
         self._stop = threading.Event()
-        self._threads: set[threading.Thread] = set()
-        self._lock = threading.Lock()
 
     # -- one connection ------------------------------------------------------------------------------------------
 
@@ -176,17 +174,7 @@ class KeyHolderServer:
 
     def spawn(self, sock: socket.socket) -> threading.Thread:
         """Serve ``sock`` on a thread of its own."""
-
-        def run() -> None:
-            try:
-                self.serve_connection(sock)
-            finally:
-                with self._lock:
-                    self._threads.discard(thread)
-
-        thread = threading.Thread(target=run, name="keyholder-conn", daemon=True)
-        with self._lock:
-            self._threads.add(thread)
+        thread = threading.Thread(target=self.serve_connection, args=(sock,), name="keyholder-conn", daemon=True)
         thread.start()
         return thread
 

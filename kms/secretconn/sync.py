@@ -49,37 +49,32 @@ def sendall_within(sock: socket.socket, data: bytes, timeout: float | None) -> N
     ConnectionLost when the socket fails.
     The common case is one non-blocking ``send`` that takes everything: no extra system call.
     """
+    view = memoryview(data)
+    deadline = 0.0
+    poller: select.poll | None = None
     try:
-        _send_within(sock, data, timeout)
+        if timeout is None:
+            sock.sendall(data)
+            return
+        while view:
+            with contextlib.suppress(BlockingIOError):  # the buffer is full: wait below
+                view = view[sock.send(view, socket.MSG_DONTWAIT) :]
+            if not view:
+                return
+            now = time.monotonic()
+            if poller is None:
+                deadline = now + timeout
+                poller = select.poll()
+                poller.register(sock, select.POLLOUT)
+            if now >= deadline:
+                raise LinkTimeout(f"the peer did not take {len(data)} bytes within {timeout:g} s")
+            poller.poll(max(1, int((deadline - now) * 1000)))
     except BlockingIOError:  # SO_SNDTIMEO expired
         raise LinkTimeout(f"the peer did not take {len(data)} bytes in time") from None
     except TimeoutError as exc:
         raise LinkTimeout(str(exc)) from None
     except OSError as exc:
         raise ConnectionLost(f"cannot write to the peer: {exc.strerror or exc}") from None
-
-
-def _send_within(sock: socket.socket, data: bytes, timeout: float | None) -> None:
-    if timeout is None:
-        sock.sendall(data)
-        return
-    view = memoryview(data)
-    deadline: float | None = None
-    poller: select.poll | None = None
-    while view:
-        with contextlib.suppress(BlockingIOError):  # the buffer is full: wait below
-            view = view[sock.send(view, socket.MSG_DONTWAIT) :]
-        if not view:
-            return
-        now = time.monotonic()
-        if deadline is None:
-            deadline = now + timeout
-            poller = select.poll()
-            poller.register(sock, select.POLLOUT)
-        if now >= deadline:
-            raise TimeoutError(f"the peer did not take {len(data)} bytes within {timeout:g} s")
-        assert poller is not None
-        poller.poll(max(1, int((deadline - now) * 1000)))
 
 
 def _recv(sock: socket.socket) -> bytes:

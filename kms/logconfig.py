@@ -32,7 +32,6 @@ import structlog
 
 __all__ = [
     "BackgroundLineWriter",
-    "LogFormat",
     "configure_logging",
     "flush_logs",
     "get_logger",

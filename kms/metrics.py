@@ -32,7 +32,7 @@ from pykms.httpreply import send_reply
 if TYPE_CHECKING:
     from pykms.audit import AuditLog
 
-__all__ = ["HealthSource", "Metrics", "MetricsServer"]
+__all__ = ["Metrics", "MetricsServer"]
 
 #: Latency buckets (seconds) around the expected range: a flush (~0.1 ms) to a slow HSM (~100 ms).
 _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)

@@ -28,14 +28,11 @@ from pykms.errors import ConfigError
 
 __all__ = [
     "ADDR_ENV",
-    "SUPERVISOR_ENV",
     "Child",
     "Supervisor",
     "check_front_python",
-    "config_key_files",
     "die_with_supervisor",
     "front_identity",
-    "readable_by",
     "run_split",
     "split_commands",
     "wants_split",

@@ -39,7 +39,6 @@ __all__ = [
     "GO_ZERO_TIME",
     "PRECOMMIT_TYPE",
     "PREVOTE_TYPE",
-    "PROPOSAL_TYPE",
     "STEP_PRECOMMIT",
     "STEP_PREVOTE",
     "STEP_PROPOSAL",

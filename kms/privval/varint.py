@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pykms.errors import DecodeError
 
-__all__ = ["MAX_VARINT_BYTES", "decode_uvarint", "encode_uvarint"]
+__all__ = ["decode_uvarint", "encode_uvarint"]
 
 #: A uint64 takes at most 10 base-128 groups; Go's binary.ReadUvarint refuses an 11th byte (and a 10th > 1).
 MAX_VARINT_BYTES = 10

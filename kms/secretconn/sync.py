@@ -22,7 +22,6 @@ __all__ = [
     "BlockingPlainStream",
     "BlockingSecretStream",
     "secret_connection_sync",
-    "sendall_within",
     "set_kernel_timeouts",
 ]
 

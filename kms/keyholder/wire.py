@@ -116,21 +116,12 @@ Message = ChainsRequest | HealthRequest | SignRequest | ChainsReply | HealthRepl
 _CHAINS, _HEALTH, _SIGN, _CHAINS_OK, _HEALTH_OK, _SIGNED, _ERROR = 0x01, 0x02, 0x03, 0x81, 0x82, 0x83, 0xFF
 
 
-class _Writer:
-    def __init__(self, kind: int) -> None:
-        self.parts: list[bytes] = [bytes([kind])]
+def _blob(value: bytes) -> bytes:
+    return _LEN.pack(len(value)) + value
 
-    def blob(self, value: bytes) -> None:
-        self.parts += [_LEN.pack(len(value)), value]
 
-    def text(self, value: str) -> None:
-        self.blob(value.encode())
-
-    def pack(self, fmt: str, *values: object) -> None:
-        self.parts.append(struct.pack(">" + fmt, *values))
-
-    def done(self) -> bytes:
-        return b"".join(self.parts)
+def _text(value: str) -> bytes:
+    return _blob(value.encode())
 
 
 class _Reader:
@@ -180,41 +171,24 @@ def encode(msg: Message) -> bytes:
     if isinstance(msg, HealthRequest):
         return bytes([_HEALTH])
     if isinstance(msg, SignRequest):
-        w = _Writer(_SIGN)
-        w.text(msg.chain_id)
-        w.blob(msg.sign_bytes)
-        w.blob(msg.extension_sign_bytes)
-        return w.done()
+        return bytes([_SIGN]) + _text(msg.chain_id) + _blob(msg.sign_bytes) + _blob(msg.extension_sign_bytes)
     if isinstance(msg, ChainsReply):
-        w = _Writer(_CHAINS_OK)
-        w.pack("I", len(msg.chains))
+        parts = [bytes([_CHAINS_OK]), _LEN.pack(len(msg.chains))]
         for chain_id, key in msg.chains.items():
-            w.text(chain_id)
-            w.blob(key.public_key)
-            w.text(key.key_type)
-            w.pack("B", int(key.signs_extensions))
-        return w.done()
+            parts += [_text(chain_id), _blob(key.public_key), _text(key.key_type), bytes([key.signs_extensions])]
+        return b"".join(parts)
     if isinstance(msg, HealthReply):
-        w = _Writer(_HEALTH_OK)
-        w.pack("I", len(msg.health))
+        parts = [bytes([_HEALTH_OK]), _LEN.pack(len(msg.health))]
         for chain_id, status in msg.health.items():
-            w.text(chain_id)
-            w.text(status)
-        return w.done()
+            parts += [_text(chain_id), _text(status)]
+        return b"".join(parts)
     if isinstance(msg, Signed):
-        w = _Writer(_SIGNED)
-        w.blob(msg.signature)
         seconds, nanos = msg.timestamp if msg.timestamp is not None else (0, 0)
-        w.pack("Bqi", int(msg.timestamp is not None), seconds, nanos)
-        w.blob(msg.extension_signature)
-        w.pack("Bdd", int(msg.fresh), msg.sign_s, msg.persist_s)
-        return w.done()
+        flagged_timestamp = struct.pack(">Bqi", msg.timestamp is not None, seconds, nanos)
+        tail = struct.pack(">Bdd", msg.fresh, msg.sign_s, msg.persist_s)
+        return bytes([_SIGNED]) + _blob(msg.signature) + flagged_timestamp + _blob(msg.extension_signature) + tail
     if isinstance(msg, ErrorReply):
-        w = _Writer(_ERROR)
-        w.text(msg.name)
-        w.text(msg.message)
-        w.pack("i", msg.code)
-        return w.done()
+        return bytes([_ERROR]) + _text(msg.name) + _text(msg.message) + struct.pack(">i", msg.code)
     raise TypeError(f"not a key holder message: {type(msg).__name__}")
 
 

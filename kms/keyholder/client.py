@@ -18,7 +18,7 @@ from typing import TypeVar
 from pykms.errors import KmsError, TransientProviderError
 from pykms.keyholder import wire
 from pykms.keyholder.api import ChainKey, Signed
-from pykms.keyholder.server import recv_frame, send_frame
+from pykms.keyholder.server import IO_TIMEOUT_S, recv_frame, send_frame
 from pykms.secretconn.sync import set_kernel_timeouts
 
 __all__ = ["RemoteKeyHolder", "parse_unix_addr"]
@@ -49,10 +49,9 @@ def _idle_and_open(sock: socket.socket) -> bool:
 class RemoteKeyHolder:
     """A KeyHolder reached over a UNIX socket path."""
 
-    def __init__(self, path: Path | str, *, reconnect_s: float = 5.0, timeout_s: float = 30.0) -> None:
+    def __init__(self, path: Path | str, *, reconnect_s: float = 5.0) -> None:
         self.path = Path(path)
         self.reconnect_s = reconnect_s
-        self.timeout_s = timeout_s
         self._local = threading.local()
         self._all: set[socket.socket] = set()
         self._all_lock = threading.Lock()
@@ -66,7 +65,7 @@ class RemoteKeyHolder:
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                sock.settimeout(self.timeout_s)
+                sock.settimeout(IO_TIMEOUT_S)
                 sock.connect(str(self.path))
             except OSError as exc:
                 sock.close()
@@ -77,7 +76,7 @@ class RemoteKeyHolder:
                 time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
                 delay = min(delay * 2, 0.25)
                 continue
-            set_kernel_timeouts(sock, self.timeout_s)  # no poll before every recv and send, as a Python timeout has
+            set_kernel_timeouts(sock, IO_TIMEOUT_S)  # no poll before every recv and send, as a Python timeout has
             with self._all_lock:
                 self._all.add(sock)
             return sock

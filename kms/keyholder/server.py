@@ -25,18 +25,16 @@ from pykms.secretconn.sync import set_kernel_timeouts
 
 __all__ = ["KeyHolderServer", "default_allowed_uids", "listen_unix", "peer_uid", "recv_frame", "send_frame"]
 
-#: A peer has this long to send the rest of a frame it started, and to read an answer; then it is dropped.
+#: A peer has this long to send the rest of a frame it started, and to read an answer; then it is dropped. The
+#: client waits as long for an answer.
 IO_TIMEOUT_S = 30.0
 
 _UCRED = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;} (<sys/socket.h>)
 
 
-def default_allowed_uids(front_uid: int | None = None) -> frozenset[int]:
-    """Its own uid, and the front's uid when it runs as root with a front user."""
-    uids = {os.getuid()}
-    if front_uid is not None and os.getuid() == 0:
-        uids.add(front_uid)
-    return frozenset(uids)
+def default_allowed_uids() -> frozenset[int]:
+    """Its own uid (a front user's is added with ``--allowed-uid``)."""
+    return frozenset({os.getuid()})
 
 
 def peer_uid(sock: socket.socket) -> int:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from pykms import errors
 from pykms.errors import DecodeError, FrameError, KmsError
@@ -136,7 +137,7 @@ class _Reader:
         self.pos += n
         return out
 
-    def unpack(self, fmt: str) -> tuple[object, ...]:
+    def unpack(self, fmt: str) -> tuple[Any, ...]:
         s = struct.Struct(">" + fmt)
         return s.unpack(self.take(s.size))
 
@@ -226,18 +227,15 @@ def decode(body: bytes) -> Message:
             signature = r.blob()
             has_ts = r.bool()
             seconds, nanos = r.unpack("qi")
-            assert isinstance(seconds, int) and isinstance(nanos, int)
             if not has_ts and (seconds or nanos):
                 raise DecodeError("key holder message: a timestamp without its flag")
             extension_signature = r.blob()
             fresh = r.bool()
             sign_s, persist_s = r.unpack("dd")
-            assert isinstance(sign_s, float) and isinstance(persist_s, float)
             msg = Signed(signature, (seconds, nanos) if has_ts else None, extension_signature, fresh, sign_s, persist_s)
         elif kind == _ERROR:
             name, message = r.text(), r.text()
             (code,) = r.unpack("i")
-            assert isinstance(code, int)
             if name not in ERROR_CLASSES:
                 raise DecodeError(f"key holder message: error class {name[:40]!r} is not on the allow-list")
             msg = ErrorReply(name, message, code)

@@ -203,9 +203,8 @@ Response = PubKeyResponse | SignedVoteResponse | SignedProposalResponse | PingRe
 _AnyMessage = tm_privval.Message | v1_privval.Message
 _TmMessage = TypeVar("_TmMessage", types_pb2.Vote, types_pb2.Proposal)
 
-# v0.34-v0.38 PublicKey oneof case -> v1.0 key type name (cometbft crypto/encoding/codec.go, v1.0 keyTypes).
-_KEY_TYPE_OF_CASE: Final = {"ed25519": "ed25519", "secp256k1": "secp256k1"}
-_CASE_OF_KEY_TYPE: Final = {v: k for k, v in _KEY_TYPE_OF_CASE.items()}
+# The v0.34-v0.38 PublicKey oneof cases, named as v1.0 names the key types (cometbft crypto/encoding/codec.go).
+_PUBLIC_KEY_CASES: Final = ("ed25519", "secp256k1")
 
 # Message oneof field numbers (docs/protocol.md §2.3), for error texts about cases a dialect lacks.
 _CASE_NAMES: Final = {
@@ -455,10 +454,9 @@ def encode_pubkey_response(dialect: Dialect, pub: bytes, key_type: str = "ed2551
         msg.pub_key_response.pub_key_type = key_type
         msg.pub_key_response.SetInParent()
     else:
-        case = _CASE_OF_KEY_TYPE.get(key_type)
-        if case is None:
+        if key_type not in _PUBLIC_KEY_CASES:
             raise InvalidRequest(f"key type {key_type!r} cannot be sent in protocol_version {dialect.value}")
-        setattr(msg.pub_key_response.pub_key, case, pub)
+        setattr(msg.pub_key_response.pub_key, key_type, pub)
         msg.pub_key_response.pub_key.SetInParent()
     return msg.SerializeToString()
 
@@ -542,9 +540,7 @@ def decode_response(dialect: Dialect, body: bytes | bytearray | memoryview) -> R
         key_case = pkr.pub_key.WhichOneof("sum")
         if key_case is None:
             return PubKeyResponse(pub_key=b"", key_type="", error=_error_of(pkr))
-        return PubKeyResponse(
-            pub_key=bytes(getattr(pkr.pub_key, key_case)), key_type=_KEY_TYPE_OF_CASE[key_case], error=_error_of(pkr)
-        )
+        return PubKeyResponse(pub_key=bytes(getattr(pkr.pub_key, key_case)), key_type=key_case, error=_error_of(pkr))
     if case == "sign_bytes_response" and isinstance(msg, v1_privval.Message):
         sbr = msg.sign_bytes_response
         return SignBytesResponse(signature=bytes(sbr.signature), error=_error_of(sbr))

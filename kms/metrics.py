@@ -4,13 +4,9 @@ One HTTP server thread serves ``/metrics`` (Prometheus text format, from a regis
 several runtimes in one process do not collide) and ``/health`` (200 while every configured chain has a live
 validator connection and a writable state, 503 otherwise, with a JSON body saying which one is not).
 
-Metric names (counters get ``_total`` on the wire; docs/observability.md has the table and example queries):
-``pykms_signatures_total{chain_id,type,outcome}``, ``pykms_refusals_total{chain_id,reason}``,
-``pykms_request_seconds{chain_id,type}`` (decode to durable state, excluding the audit write and the reply),
-``pykms_last_signed_height|round|step{chain_id}``, ``pykms_validator_connected{chain_id,validator}``,
-``pykms_reconnects_total{chain_id,validator}``, ``pykms_provider_errors_total{provider,error}``,
-``pykms_provider_sign_seconds{provider}``, ``pykms_state_persist_seconds{chain_id,backend}`` (backend ``file``,
-``postgres`` or ``audit``), ``pykms_state_persist_failures_total{chain_id}``.
+The metrics are declared in ``Metrics`` (counters get ``_total`` on the wire; docs/observability.md has the table
+and example queries). ``pykms_request_seconds`` runs from decode to durable state, excluding the audit write and
+the reply; the ``backend`` of ``pykms_state_persist_seconds`` is ``file``, ``postgres`` or ``audit``.
 """
 
 from __future__ import annotations

@@ -127,8 +127,6 @@ class RequestHandler:
         self.observers = list(observers)
         self.log = log
 
-    # The entry point -----------------------------------------------------------------------------------
-
     def handle(self, body: bytes, reply: Callable[[bytes], None]) -> None:
         """Decode ``body``, act, and call ``reply`` with the encoded response.
 
@@ -189,8 +187,6 @@ class RequestHandler:
                 sign_s=signed.sign_s, persist_s=signed.persist_s, extension=bool(signed.extension_signature),
             ))  # fmt: skip
 
-    # Requests ------------------------------------------------------------------------------------------
-
     def _pubkey(self, request: codec.PubKeyRequest) -> bytes:
         # CometBFT's node sends its own chain id; an empty one is accepted as tmkms does (older nodes).
         if request.chain_id and request.chain_id != self.chain_id:
@@ -216,8 +212,6 @@ class RequestHandler:
             exc = InvalidRequest("SignBytes requests are refused: arbitrary bytes bypass the double-sign guard")
             self._log_refusal("sign_bytes", exc)
         reply(codec.encode_error(self.dialect, request, 0, str(exc)))
-
-    # Helpers -------------------------------------------------------------------------------------------
 
     def _extension_wanted(self, request: codec.SignVoteRequest) -> bool:
         """FilePV's rules: sign an extension on every non-nil precommit, never elsewhere."""

@@ -57,8 +57,6 @@ class RemoteKeyHolder:
         self._all_lock = threading.Lock()
         self._closed = False
 
-    # -- connections --------------------------------------------------------------------------------------------
-
     def _connect(self) -> socket.socket:
         deadline = time.monotonic() + self.reconnect_s
         delay = 0.01
@@ -118,8 +116,6 @@ class RemoteKeyHolder:
         if not isinstance(reply, expected):
             raise TransientProviderError(f"the key holder answered {type(reply).__name__}")
         return reply
-
-    # -- KeyHolder ----------------------------------------------------------------------------------------------
 
     def chains(self) -> dict[str, ChainKey]:
         return self._ask(wire.ChainsRequest(), wire.ChainsReply).chains

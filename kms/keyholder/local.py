@@ -128,8 +128,6 @@ class LocalKeyHolder:
         self.stopped[chain_id] = str(exc)
         self.log.error("chain_stopped", chain_id=chain_id, reason=str(exc))
 
-    # The protocol ---------------------------------------------------------------------------------------
-
     def chains(self) -> dict[str, ChainKey]:
         return {chain_id: chain.key for chain_id, chain in self._chains.items()}
 
@@ -206,8 +204,7 @@ class LocalKeyHolder:
             with contextlib.suppress(Exception):
                 signer.close()
 
-    # For the daemon's metrics and status (same process only) -------------------------------------------
-
+    # For the daemon's metrics and status (same process only).
     def guard(self, chain_id: str) -> GuardBackend:
         return self._chains[chain_id].guard
 

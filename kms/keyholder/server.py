@@ -132,8 +132,6 @@ class KeyHolderServer:
         self._log = log
         self._stop = threading.Event()
 
-    # -- one connection ------------------------------------------------------------------------------------------
-
     def _answer(self, request: wire.Message) -> wire.Message:
         try:
             if isinstance(request, wire.ChainsRequest):
@@ -175,8 +173,6 @@ class KeyHolderServer:
         thread = threading.Thread(target=self.serve_connection, args=(sock,), name="keyholder-conn", daemon=True)
         thread.start()
         return thread
-
-    # -- a listening socket --------------------------------------------------------------------------------------
 
     def serve_forever(self, listener: socket.socket) -> None:
         """Accept until ``stop``; each connection on its own thread."""

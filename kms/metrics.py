@@ -101,10 +101,6 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-#: Returns (healthy, details): details maps each chain to what is wrong ("" when fine).
-HealthSource = Callable[[], tuple[bool, dict[str, Any]]]
-
-
 #: A scrape client that sends no complete request for this long is disconnected, and at most this many are served
 #: at once (others are closed at once): an idle or slow client must not pile up threads in the signer's process.
 METRICS_CLIENT_TIMEOUT_S = 5.0
@@ -112,9 +108,12 @@ METRICS_MAX_CLIENTS = 64
 
 
 class MetricsServer:
-    """A small threaded HTTP server for /metrics and /health."""
+    """A small threaded HTTP server for /metrics and /health; ``health`` returns (healthy, details), where details
+    maps each chain to what is wrong ("" when fine)."""
 
-    def __init__(self, host: str, port: int, metrics: Metrics, health: HealthSource) -> None:
+    def __init__(
+        self, host: str, port: int, metrics: Metrics, health: Callable[[], tuple[bool, dict[str, Any]]]
+    ) -> None:
         outer = self
 
         class _Handler(BaseHTTPRequestHandler):

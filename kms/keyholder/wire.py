@@ -142,8 +142,7 @@ class _Reader:
         return s.unpack(self.take(s.size))
 
     def u32(self) -> int:
-        value: int = _LEN.unpack(self.take(4))[0]
-        return value
+        return int(_LEN.unpack(self.take(4))[0])
 
     def blob(self) -> bytes:
         return self.take(self.u32())

@@ -237,11 +237,8 @@ def _parse(msg: _PbMessage, body: bytes) -> None:
 
 
 def _first_field_number(body: bytes) -> int | None:
-    """Field number of the first tag in ``body`` (for error texts only); None if it does not parse."""
-    try:
-        head = decode_uvarint(body)
-    except DecodeError:  # pragma: no cover - protobuf has already parsed these bytes, tags included
-        return None
+    """Field number of the first tag of a ``body`` protobuf has parsed; None if it is empty."""
+    head = decode_uvarint(body)
     return None if head is None else head[0] >> 3
 
 

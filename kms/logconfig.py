@@ -31,14 +31,7 @@ from typing import Any, Literal
 
 import structlog
 
-__all__ = [
-    "BackgroundLineWriter",
-    "configure_logging",
-    "flush_logs",
-    "get_logger",
-    "info_line",
-    "redact_secrets",
-]
+__all__ = ["BackgroundLineWriter", "configure_logging", "flush_logs", "get_logger", "info_line", "redact_secrets"]
 
 LogFormat = Literal["console", "json", "auto"]
 

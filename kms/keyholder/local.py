@@ -116,9 +116,7 @@ class LocalKeyHolder:
     def add(self, chain_id: str, signer: Signer, guard: GuardBackend, audit: AuditLog | None = None) -> None:
         """Serve ``chain_id`` with these open parts (the key holder closes them); for tests and benchmarks."""
         key = ChainKey(
-            signer.public_key(),
-            getattr(signer, "key_type", "ed25519"),
-            signs_extensions=signer.signs_extensions,
+            signer.public_key(), getattr(signer, "key_type", "ed25519"), signs_extensions=signer.signs_extensions
         )
         if signer not in self._signers:
             self._signers.append(signer)

@@ -121,11 +121,7 @@ class KeyHolderServer:
     """Answers ``wire`` requests with a KeyHolder; one daemon thread per connection."""
 
     def __init__(
-        self,
-        holder: KeyHolder,
-        *,
-        log: Callable[..., Any],
-        allowed_uids: Iterable[int] | None = None,
+        self, holder: KeyHolder, *, log: Callable[..., Any], allowed_uids: Iterable[int] | None = None
     ) -> None:
         self.holder = holder
         self.allowed_uids = frozenset(allowed_uids) if allowed_uids is not None else default_allowed_uids()

@@ -18,12 +18,7 @@ from nacl.signing import SigningKey
 from pykms.errors import ConnectionLost, FrameError, HandshakeError, LinkTimeout
 from pykms.secretconn.core import FrameCodec, Handshake
 
-__all__ = [
-    "BlockingPlainStream",
-    "BlockingSecretStream",
-    "secret_connection_sync",
-    "set_kernel_timeouts",
-]
+__all__ = ["BlockingPlainStream", "BlockingSecretStream", "secret_connection_sync", "set_kernel_timeouts"]
 
 
 def set_kernel_timeouts(sock: socket.socket, seconds: float) -> None:

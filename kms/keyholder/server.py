@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from pykms.errors import ConfigError, FrameError, KmsError, ProtocolError
+from pykms.errors import ConfigError, KmsError, ProtocolError
 from pykms.keyholder import wire
 from pykms.keyholder.api import KeyHolder
 from pykms.secretconn.sync import set_kernel_timeouts
@@ -157,18 +157,12 @@ class KeyHolderServer:
                 if request is None:
                     return
                 send_frame(sock, self._answer(request))
-        except (FrameError, ProtocolError) as exc:
+        except ProtocolError as exc:  # FrameError, DecodeError
             self._log("keyholder_peer_dropped", reason=str(exc))
-        except (OSError, ConnectionError) as exc:
+        except OSError as exc:
             self._log("keyholder_peer_dropped", reason=type(exc).__name__)
         finally:
             sock.close()
-
-    def spawn(self, sock: socket.socket) -> threading.Thread:
-        """Serve ``sock`` on a thread of its own."""
-        thread = threading.Thread(target=self.serve_connection, args=(sock,), name="keyholder-conn", daemon=True)
-        thread.start()
-        return thread
 
     def serve_forever(self, listener: socket.socket) -> None:
         """Accept until ``stop``; each connection on its own thread."""
@@ -182,7 +176,7 @@ class KeyHolderServer:
                 if self._stop.is_set():
                     break
                 raise
-            self.spawn(conn)
+            threading.Thread(target=self.serve_connection, args=(conn,), name="keyholder-conn", daemon=True).start()
 
     def stop(self) -> None:
         self._stop.set()

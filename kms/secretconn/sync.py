@@ -157,8 +157,7 @@ def secret_connection_sync(
 
     Raises HandshakeError (stall, bad keys, bad challenge signature, socket failure) or PeerIdMismatch.
     """
-    key = identity if isinstance(identity, SigningKey) else SigningKey(identity)
-    hs = Handshake(key, ephemeral_secret=ephemeral_secret, expected_peer_id=expected_peer_id)
+    hs = Handshake(identity, ephemeral_secret=ephemeral_secret, expected_peer_id=expected_peer_id)
     deadline = time.monotonic() + timeout
     try:
         while True:

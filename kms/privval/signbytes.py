@@ -100,6 +100,14 @@ def _delimited(body: bytes) -> bytes:
     return encode_uvarint(len(body)) + body
 
 
+def _unprefixed(sign_bytes: bytes, error: type[DecodeError | InvalidRequest]) -> bytes:
+    """The message inside delimited sign bytes; ``error`` unless the prefix is exactly its length."""
+    head = decode_uvarint(sign_bytes)
+    if head is None or head[0] != len(sign_bytes) - head[1]:
+        raise error("sign bytes: the length prefix does not match the message")
+    return bytes(sign_bytes[head[1] :])
+
+
 def _delimited_canonical(
     msg: canonical_pb2.CanonicalVote | canonical_pb2.CanonicalProposal, source: types_pb2.Vote | types_pb2.Proposal
 ) -> bytes:
@@ -176,12 +184,8 @@ def canonical_view(sign_bytes: bytes, step: int) -> CanonicalView:
         msg = canonical_pb2.CanonicalVote()
     else:
         raise DecodeError(f"no canonical message for step {step}")
-    data = bytes(sign_bytes)
-    head = decode_uvarint(data)
-    if head is None or head[0] != len(data) - head[1]:
-        raise DecodeError("sign bytes: length prefix does not match the message length")
     try:
-        msg.ParseFromString(data[head[1] :])
+        msg.ParseFromString(_unprefixed(sign_bytes, DecodeError))
     except (_ProtobufDecodeError, ValueError, RuntimeError) as exc:
         raise DecodeError(f"sign bytes do not parse as a canonical message: {exc}") from None
     block_id = msg.block_id.SerializeToString() if msg.HasField("block_id") else None
@@ -221,10 +225,7 @@ def _read_canonical(
 ) -> canonical_pb2.CanonicalVote | canonical_pb2.CanonicalProposal | canonical_pb2.CanonicalVoteExtension:
     """The canonical message in ``sign_bytes``, kept only when re-encoding it gives the same bytes, so no field is
     unknown, repeated or out of order and one byte string has exactly one meaning. InvalidRequest otherwise."""
-    head = decode_uvarint(sign_bytes)
-    if head is None or head[0] != len(sign_bytes) - head[1]:
-        raise InvalidRequest("sign bytes: the length prefix does not match the message")
-    body = bytes(sign_bytes[head[1] :])
+    body = _unprefixed(sign_bytes, InvalidRequest)
     vote = canonical_pb2.CanonicalVote()
     if _parses_canonically(vote, body) and vote.type in _VOTE_STEPS:
         return vote

@@ -206,20 +206,8 @@ _TmMessage = TypeVar("_TmMessage", types_pb2.Vote, types_pb2.Proposal)
 # The v0.34-v0.38 PublicKey oneof cases, named as v1.0 names the key types (cometbft crypto/encoding/codec.go).
 _PUBLIC_KEY_CASES: Final = ("ed25519", "secp256k1")
 
-# Message oneof field numbers (docs/protocol.md §2.3), for error texts about cases a dialect lacks.
-_CASE_NAMES: Final = {
-    1: "PubKeyRequest",
-    2: "PubKeyResponse",
-    3: "SignVoteRequest",
-    4: "SignedVoteResponse",
-    5: "SignProposalRequest",
-    6: "SignedProposalResponse",
-    7: "PingRequest",
-    8: "PingResponse",
-    9: "SignBytesRequest",
-    10: "SignBytesResponse",
-}
-_V1_ONLY_CASES: Final = frozenset((9, 10))
+# The Message oneof cases only v1.0 has (docs/protocol.md §2.3), named in the error an older dialect gives.
+_V1_ONLY_CASES: Final = {9: "SignBytesRequest", 10: "SignBytesResponse"}
 
 
 # Helpers ---------------------------------------------------------------------------------------------------
@@ -247,9 +235,8 @@ def _empty_case_error(dialect: Dialect, body: bytes) -> DecodeError:
         return DecodeError("empty privval Message (no case set)")
     number = _first_field_number(body)
     if number in _V1_ONLY_CASES and dialect is not Dialect.V1_0:
-        return DecodeError(
-            f"{_CASE_NAMES[number]} (Message field {number}) exists only in protocol_version v1.0, not {dialect.value}"
-        )
+        name = _V1_ONLY_CASES[number]
+        return DecodeError(f"{name} (Message field {number}) exists only in protocol_version v1.0, not {dialect.value}")
     return DecodeError(f"unknown privval Message case (field {number}) for protocol_version {dialect.value}")
 
 

@@ -86,7 +86,15 @@ class RemoteKeyHolder:
         if getattr(self._local, "sock", None) is sock:
             self._local.sock = None
 
-    def _exchange(self, sock: socket.socket, request: wire.Message) -> wire.Message:
+    def _ask(self, request: wire.Message, expected: type[_Reply]) -> _Reply:
+        if self._closed:
+            raise TransientProviderError("the key holder client is closed")
+        sock = getattr(self._local, "sock", None)
+        if sock is not None and not _idle_and_open(sock):
+            self._drop(sock)  # the key holder restarted since this thread's last request
+            sock = None
+        if sock is None:
+            sock = self._local.sock = self._connect()
         try:
             send_frame(sock, request)
             reply = recv_frame(sock)
@@ -99,18 +107,6 @@ class RemoteKeyHolder:
         if reply is None:
             self._drop(sock)
             raise TransientProviderError("the key holder went away mid-request")
-        return reply
-
-    def _ask(self, request: wire.Message, expected: type[_Reply]) -> _Reply:
-        if self._closed:
-            raise TransientProviderError("the key holder client is closed")
-        sock = getattr(self._local, "sock", None)
-        if sock is not None and not _idle_and_open(sock):
-            self._drop(sock)  # the key holder restarted since this thread's last request
-            sock = None
-        if sock is None:
-            sock = self._local.sock = self._connect()
-        reply = self._exchange(sock, request)
         if isinstance(reply, wire.ErrorReply):
             raise wire.raise_error(reply)
         if not isinstance(reply, expected):

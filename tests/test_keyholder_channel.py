@@ -175,7 +175,8 @@ def test_peer_of_another_uid_is_refused() -> None:
     os.waitpid(pid, 0)
     outcome = os.read(read, 100)
     os.close(read)
-    assert outcome in (b"closed", b"ConnectionResetError"), outcome
+    # The server closes the refused connection at once: before or after the child's write, whichever comes first.
+    assert outcome in (b"closed", b"ConnectionResetError", b"BrokenPipeError"), outcome
     assert any(e == "keyholder_peer_refused" and k["uid"] == 65534 for e, k in s.logs)
     assert "chain-a" not in s.holder.state  # nothing signed
     # a server that allows that uid answers it

@@ -134,7 +134,7 @@ class RequestHandler:
         """
         request = codec.decode_request(self.dialect, body)
         if isinstance(request, codec.PingRequest):
-            reply(codec.encode_ping_response())
+            reply(codec.PING_RESPONSE)
         elif isinstance(request, codec.PubKeyRequest):
             reply(self._pubkey(request))
         elif isinstance(request, codec.SignVoteRequest | codec.SignProposalRequest):

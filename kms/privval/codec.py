@@ -47,6 +47,7 @@ from pykms.proto.tendermint.types import types_pb2
 __all__ = [
     "MAX_REQUEST_BYTES",
     "MAX_RESPONSE_BYTES",
+    "PING_RESPONSE",
     "Dialect",
     "MessageReader",
     "PingRequest",
@@ -67,7 +68,6 @@ __all__ = [
     "decode_response",
     "delimit",
     "encode_error",
-    "encode_ping_response",
     "encode_pubkey_response",
     "encode_request",
     "encode_signed_proposal",
@@ -467,12 +467,8 @@ def encode_signed_proposal(dialect: Dialect, proposal: types_pb2.Proposal) -> by
     return msg.SerializeToString()
 
 
-_PING_RESPONSE: Final = b"\x42\x00"  # Message{ping_response (8): {}}: the same in every dialect (V5)
-
-
-def encode_ping_response() -> bytes:
-    """PingResponse; identical in every dialect."""
-    return _PING_RESPONSE
+#: The PingResponse body, Message{ping_response (8): {}}: the same in every dialect (V5).
+PING_RESPONSE: Final = b"\x42\x00"
 
 
 def encode_error(dialect: Dialect, request: Request, code: int, description: str) -> bytes:

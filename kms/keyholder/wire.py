@@ -199,49 +199,46 @@ def decode(body: bytes) -> Message:
     r = _Reader(body)
     kind = r.take(1)[0]
     msg: Message
-    try:
-        if kind == _CHAINS:
-            msg = ChainsRequest()
-        elif kind == _HEALTH:
-            msg = HealthRequest()
-        elif kind == _SIGN:
-            msg = SignRequest(r.text(), r.blob(), r.blob())
-        elif kind == _CHAINS_OK:
-            chains: dict[str, ChainKey] = {}
-            for _ in range(r.u32()):
-                chain_id, public_key, key_type = r.text(), r.blob(), r.text()
-                if key_type not in KEY_TYPES or chain_id in chains:
-                    raise DecodeError(f"key holder message: bad key type or repeated chain {chain_id!r}")
-                chains[chain_id] = ChainKey(public_key, key_type, r.bool())
-            msg = ChainsReply(chains)
-        elif kind == _HEALTH_OK:
-            health: dict[str, str] = {}
-            for _ in range(r.u32()):
-                chain_id, status = r.text(), r.text()
-                if chain_id in health:
-                    raise DecodeError(f"key holder message: repeated chain {chain_id!r}")
-                health[chain_id] = status
-            msg = HealthReply(health)
-        elif kind == _SIGNED:
-            signature = r.blob()
-            has_ts = r.bool()
-            seconds, nanos = r.unpack("qi")
-            if not has_ts and (seconds or nanos):
-                raise DecodeError("key holder message: a timestamp without its flag")
-            extension_signature = r.blob()
-            fresh = r.bool()
-            sign_s, persist_s = r.unpack("dd")
-            msg = Signed(signature, (seconds, nanos) if has_ts else None, extension_signature, fresh, sign_s, persist_s)
-        elif kind == _ERROR:
-            name, message = r.text(), r.text()
-            (code,) = r.unpack("i")
-            if name not in ERROR_CLASSES:
-                raise DecodeError(f"key holder message: error class {name[:40]!r} is not on the allow-list")
-            msg = ErrorReply(name, message, code)
-        else:
-            raise DecodeError(f"key holder message: unknown kind 0x{kind:02x}")
-    except RecursionError:  # pragma: no cover - nothing here recurses; kept out of the allow-list of escapes
-        raise DecodeError("key holder message: malformed") from None
+    if kind == _CHAINS:
+        msg = ChainsRequest()
+    elif kind == _HEALTH:
+        msg = HealthRequest()
+    elif kind == _SIGN:
+        msg = SignRequest(r.text(), r.blob(), r.blob())
+    elif kind == _CHAINS_OK:
+        chains: dict[str, ChainKey] = {}
+        for _ in range(r.u32()):
+            chain_id, public_key, key_type = r.text(), r.blob(), r.text()
+            if key_type not in KEY_TYPES or chain_id in chains:
+                raise DecodeError(f"key holder message: bad key type or repeated chain {chain_id!r}")
+            chains[chain_id] = ChainKey(public_key, key_type, r.bool())
+        msg = ChainsReply(chains)
+    elif kind == _HEALTH_OK:
+        health: dict[str, str] = {}
+        for _ in range(r.u32()):
+            chain_id, status = r.text(), r.text()
+            if chain_id in health:
+                raise DecodeError(f"key holder message: repeated chain {chain_id!r}")
+            health[chain_id] = status
+        msg = HealthReply(health)
+    elif kind == _SIGNED:
+        signature = r.blob()
+        has_ts = r.bool()
+        seconds, nanos = r.unpack("qi")
+        if not has_ts and (seconds or nanos):
+            raise DecodeError("key holder message: a timestamp without its flag")
+        extension_signature = r.blob()
+        fresh = r.bool()
+        sign_s, persist_s = r.unpack("dd")
+        msg = Signed(signature, (seconds, nanos) if has_ts else None, extension_signature, fresh, sign_s, persist_s)
+    elif kind == _ERROR:
+        name, message = r.text(), r.text()
+        (code,) = r.unpack("i")
+        if name not in ERROR_CLASSES:
+            raise DecodeError(f"key holder message: error class {name[:40]!r} is not on the allow-list")
+        msg = ErrorReply(name, message, code)
+    else:
+        raise DecodeError(f"key holder message: unknown kind 0x{kind:02x}")
     r.done()
     return msg
 
@@ -259,8 +256,7 @@ def frame_length(prefix: bytes) -> int:
     (length,) = _LEN.unpack(prefix)
     if length == 0 or length > MAX_FRAME:
         raise FrameError(f"key holder frame declares {length} bytes (1..{MAX_FRAME} allowed)")
-    n: int = length
-    return n
+    return int(length)
 
 
 def error_reply(exc: KmsError) -> ErrorReply:

@@ -414,7 +414,7 @@ def encode_request(dialect: Dialect, req: Request) -> bytes:
             raise InvalidRequest(f"SignBytesRequest exists only in protocol_version v1.0, not {dialect.value}")
         msg.sign_bytes_request.value = req.value
         msg.sign_bytes_request.SetInParent()
-    elif isinstance(req, SignRawBytesRequest):
+    else:  # SignRawBytesRequest
         if dialect is Dialect.V1_0:
             raise InvalidRequest("SignRawBytesRequest (Celestia) exists only in protocol_versions v0.34-v0.38")
         celestia = celestia_pb2.CelestiaMessage()
@@ -422,8 +422,6 @@ def encode_request(dialect: Dialect, req: Request) -> bytes:
         raw.chain_id, raw.raw_bytes, raw.unique_id = req.chain_id, req.raw_bytes, req.unique_id
         raw.SetInParent()
         return celestia.SerializeToString()
-    else:  # pragma: no cover - the Request union is closed
-        raise InvalidRequest(f"not a privval request: {type(req).__name__}")
     return msg.SerializeToString()
 
 

@@ -16,7 +16,7 @@ import time
 from nacl.signing import SigningKey
 
 from pykms.errors import ConnectionLost, FrameError, HandshakeError, LinkTimeout
-from pykms.secretconn.core import FrameCodec, Handshake
+from pykms.secretconn.core import Handshake
 
 __all__ = ["BlockingPlainStream", "BlockingSecretStream", "secret_connection_sync", "set_kernel_timeouts"]
 
@@ -103,12 +103,14 @@ class BlockingPlainStream:
 class BlockingSecretStream:
     """An established SecretConnection: ``send`` a message, ``recv`` the next plaintext data (b"" at EOF)."""
 
-    def __init__(self, sock: socket.socket, codec: FrameCodec, *, leftover: bytes = b"") -> None:
+    def __init__(self, sock: socket.socket, handshake: Handshake) -> None:
+        """The connection ``handshake`` (done) established on ``sock``."""
+        assert handshake.codec is not None
         self.sock = sock
-        self.codec = codec
-        self._plain = leftover
-        self.remote_pubkey = b""
-        self.remote_id = ""
+        self.codec = handshake.codec
+        self._plain = handshake.leftover
+        self.remote_pubkey = handshake.remote_pubkey
+        self.remote_id = handshake.remote_id
 
     def send(self, data: bytes, timeout: float | None = None) -> None:
         """Seal ``data`` and write all its frames at once, within ``timeout`` seconds in total when given."""
@@ -179,8 +181,4 @@ def secret_connection_sync(
         raise HandshakeError(f"handshake timed out: the peer stalled ({hs.state})") from None
     except OSError as exc:
         raise HandshakeError(f"handshake failed: {exc.strerror or exc}") from None
-    assert hs.codec is not None
-    stream = BlockingSecretStream(sock, hs.codec, leftover=hs.leftover)
-    stream.remote_pubkey = hs.remote_pubkey
-    stream.remote_id = hs.remote_id
-    return stream
+    return BlockingSecretStream(sock, hs)

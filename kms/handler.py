@@ -1,11 +1,10 @@
 """One privval request in, one response out: the front of the signing path.
 
-The front trusts nothing it reads. For a vote or proposal it decodes the request, checks it (chain id, max_height,
-the vote extension FilePV's rules want), builds the canonical sign bytes and asks the key holder
-(``pykms.keyholder``) to sign them; the key holder runs the critical section — decide, sign, persist, verify,
-audit — under the chain's lock and returns only once the state is durable. The front holds no lock: it puts the
-signature (and a reused timestamp, and the extension signature) into the response, replies, and only then tells
-its observers (metrics, the log line). A peer that does not read its replies can stall only its own connection.
+The front trusts nothing it reads. For a vote or proposal it decodes the request, checks it (max_height, the vote
+extension FilePV's rules want), builds the canonical sign bytes and asks the key holder (``pykms.keyholder``,
+which returns only once the state is durable) to sign them. The front holds no lock: it puts the signature (and a
+reused timestamp, and the extension signature) into the response, replies, and only then tells its observers
+(metrics, the log line). A peer that does not read its replies can stall only its own connection.
 """
 
 from __future__ import annotations

@@ -28,18 +28,15 @@ class Signer(Protocol):
 
     def public_key(self) -> bytes:
         """The raw 32-byte Ed25519 public key."""
-        ...
 
     def sign(self, message: bytes) -> bytes:
         """A 64-byte Ed25519 signature over ``message`` (the sign bytes, unhashed).
 
         Raises TransientProviderError when a retry may succeed, FatalProviderError otherwise.
         """
-        ...
 
     def close(self) -> None:
         """Release the device or session. Idempotent."""
-        ...
 
 
 def verify_or_raise(public_key: bytes, message: bytes, signature: bytes, provider: str) -> None:

@@ -114,16 +114,14 @@ class MetricsServer:
     def __init__(
         self, host: str, port: int, metrics: Metrics, health: Callable[[], tuple[bool, dict[str, Any]]]
     ) -> None:
-        outer = self
-
         class _Handler(BaseHTTPRequestHandler):
             timeout = METRICS_CLIENT_TIMEOUT_S  # applied to each connection (StreamRequestHandler)
 
             def do_GET(self) -> None:
                 if self.path.split("?")[0] == "/metrics":
-                    send_reply(self, 200, outer.metrics.render(), CONTENT_TYPE_LATEST)
+                    send_reply(self, 200, metrics.render(), CONTENT_TYPE_LATEST)
                 elif self.path.split("?")[0] == "/health":
-                    ok, details = outer.health()
+                    ok, details = health()
                     body = json.dumps({"healthy": ok, "chains": details}, sort_keys=True).encode()
                     send_reply(self, 200 if ok else 503, body, "application/json")
                 else:
@@ -132,8 +130,6 @@ class MetricsServer:
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
-        self.metrics = metrics
-        self.health = health
         host = host.strip("[]")  # "[::1]" as written in addr = "[::1]:9464"
 
         slots = threading.BoundedSemaphore(METRICS_MAX_CLIENTS)

@@ -138,8 +138,7 @@ def split_commands(
 def wants_split(config: Any) -> bool:
     """Whether ``pykms start`` supervises a key holder and a front: isolation "process", no external key holder,
     and not already the front (``PYKMS_KEYHOLDER_ADDR`` set)."""
-    settings = config.keyholder
-    return settings.isolation == "process" and settings.addr is None and not os.environ.get(ADDR_ENV)
+    return config.keyholder.isolation == "process" and config.keyholder.addr is None and not os.environ.get(ADDR_ENV)
 
 
 def config_key_files(config: Any) -> list[Path]:

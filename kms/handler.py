@@ -34,7 +34,7 @@ from pykms.privval.signbytes import proposal_sign_bytes, step_of, vote_extension
 __all__ = ["LogObserver", "Observer", "RequestHandler", "SignEvent"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: 16 frozen fields cost ~1.6 µs more to build, on every request
 class SignEvent:
     """What happened to one signing request, for logs, metrics and the audit log."""
 

@@ -78,13 +78,11 @@ class ConfigError(KmsError):
         self.file = file
         self.key = key
         self.fix = fix
-        parts = []
-        if file:
-            parts.append(f"{file}")
+        text = message
         if key:
-            parts.append(f"key `{key}`")
-        head = ": ".join(parts)
-        text = f"{head}: {message}" if head else message
+            text = f"key `{key}`: {text}"
+        if file:
+            text = f"{file}: {text}"
         if fix:
             text = f"{text} (fix: {fix})"
         super().__init__(text)

@@ -48,11 +48,6 @@ class ExtensionPlan:
     #: A warning for the start-up log, or "".
     note: str = ""
 
-    @property
-    def signs(self) -> bool:
-        """Whether this validator's non-nil precommits get an extension signature."""
-        return self.sign_extensions is not False and self.dialect not in _PRE_EXTENSION
-
 
 def plan_extensions(
     protocol_version: str,

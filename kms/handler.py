@@ -1,11 +1,10 @@
 """One privval request in, one response out: the front of the signing path.
 
-The front trusts nothing it reads. For a vote or proposal it decodes the request, checks it (chain id, max_height,
-the vote extension FilePV's rules want), builds the canonical sign bytes and asks the key holder
-(``pykms.keyholder``) to sign them; the key holder runs the critical section — decide, sign, persist, verify,
-audit — under the chain's lock and returns only once the state is durable. The front holds no lock: it puts the
-signature (and a reused timestamp, and the extension signature) into the response, replies, and only then tells
-its observers (metrics, the log line). A peer that does not read its replies can stall only its own connection.
+The front trusts nothing it reads. For a vote or proposal it decodes the request, checks it (max_height, the vote
+extension FilePV's rules want), builds the canonical sign bytes and asks the key holder (``pykms.keyholder``,
+which returns only once the state is durable) to sign them. The front holds no lock: it puts the signature (and a
+reused timestamp, and the extension signature) into the response, replies, and only then tells its observers
+(metrics, the log line). A peer that does not read its replies can stall only its own connection.
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ from pykms.privval.signbytes import proposal_sign_bytes, step_of, vote_extension
 __all__ = ["LogObserver", "Observer", "RequestHandler", "SignEvent"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: 16 frozen fields cost ~1.6 µs more to build, on every request
 class SignEvent:
     """What happened to one signing request, for logs, metrics and the audit log."""
 
@@ -127,8 +126,6 @@ class RequestHandler:
         self.observers = list(observers)
         self.log = log
 
-    # The entry point -----------------------------------------------------------------------------------
-
     def handle(self, body: bytes, reply: Callable[[bytes], None]) -> None:
         """Decode ``body``, act, and call ``reply`` with the encoded response.
 
@@ -136,15 +133,13 @@ class RequestHandler:
         """
         request = codec.decode_request(self.dialect, body)
         if isinstance(request, codec.PingRequest):
-            reply(codec.encode_ping_response())
+            reply(codec.PING_RESPONSE)
         elif isinstance(request, codec.PubKeyRequest):
             reply(self._pubkey(request))
         elif isinstance(request, codec.SignVoteRequest | codec.SignProposalRequest):
             self.sign_consensus(request, reply)
-        elif isinstance(request, codec.SignBytesRequest | codec.SignRawBytesRequest):
+        else:
             self._sign_raw(request, reply)
-        else:  # pragma: no cover - decode_request returns only the types above
-            raise InvalidRequest(f"unsupported request {type(request).__name__}")
 
     def sign_consensus(
         self, request: codec.SignVoteRequest | codec.SignProposalRequest, reply: Callable[[bytes], None]
@@ -191,8 +186,6 @@ class RequestHandler:
                 sign_s=signed.sign_s, persist_s=signed.persist_s, extension=bool(signed.extension_signature),
             ))  # fmt: skip
 
-    # Requests ------------------------------------------------------------------------------------------
-
     def _pubkey(self, request: codec.PubKeyRequest) -> bytes:
         # CometBFT's node sends its own chain id; an empty one is accepted as tmkms does (older nodes).
         if request.chain_id and request.chain_id != self.chain_id:
@@ -218,8 +211,6 @@ class RequestHandler:
             exc = InvalidRequest("SignBytes requests are refused: arbitrary bytes bypass the double-sign guard")
             self._log_refusal("sign_bytes", exc)
         reply(codec.encode_error(self.dialect, request, 0, str(exc)))
-
-    # Helpers -------------------------------------------------------------------------------------------
 
     def _extension_wanted(self, request: codec.SignVoteRequest) -> bool:
         """FilePV's rules: sign an extension on every non-nil precommit, never elsewhere."""

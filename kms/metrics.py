@@ -4,13 +4,9 @@ One HTTP server thread serves ``/metrics`` (Prometheus text format, from a regis
 several runtimes in one process do not collide) and ``/health`` (200 while every configured chain has a live
 validator connection and a writable state, 503 otherwise, with a JSON body saying which one is not).
 
-Metric names (counters get ``_total`` on the wire; docs/observability.md has the table and example queries):
-``pykms_signatures_total{chain_id,type,outcome}``, ``pykms_refusals_total{chain_id,reason}``,
-``pykms_request_seconds{chain_id,type}`` (decode to durable state, excluding the audit write and the reply),
-``pykms_last_signed_height|round|step{chain_id}``, ``pykms_validator_connected{chain_id,validator}``,
-``pykms_reconnects_total{chain_id,validator}``, ``pykms_provider_errors_total{provider,error}``,
-``pykms_provider_sign_seconds{provider}``, ``pykms_state_persist_seconds{chain_id,backend}`` (backend ``file``,
-``postgres`` or ``audit``), ``pykms_state_persist_failures_total{chain_id}``.
+The metrics are declared in ``Metrics`` (counters get ``_total`` on the wire; docs/observability.md has the table
+and example queries). ``pykms_request_seconds`` runs from decode to durable state, excluding the audit write and
+the reply; the ``backend`` of ``pykms_state_persist_seconds`` is ``file``, ``postgres`` or ``audit``.
 """
 
 from __future__ import annotations
@@ -32,7 +28,7 @@ from pykms.httpreply import send_reply
 if TYPE_CHECKING:
     from pykms.audit import AuditLog
 
-__all__ = ["HealthSource", "Metrics", "MetricsServer"]
+__all__ = ["Metrics", "MetricsServer"]
 
 #: Latency buckets (seconds) around the expected range: a flush (~0.1 ms) to a slow HSM (~100 ms).
 _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
@@ -105,10 +101,6 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-#: Returns (healthy, details): details maps each chain to what is wrong ("" when fine).
-HealthSource = Callable[[], tuple[bool, dict[str, Any]]]
-
-
 #: A scrape client that sends no complete request for this long is disconnected, and at most this many are served
 #: at once (others are closed at once): an idle or slow client must not pile up threads in the signer's process.
 METRICS_CLIENT_TIMEOUT_S = 5.0
@@ -116,19 +108,20 @@ METRICS_MAX_CLIENTS = 64
 
 
 class MetricsServer:
-    """A small threaded HTTP server for /metrics and /health."""
+    """A small threaded HTTP server for /metrics and /health; ``health`` returns (healthy, details), where details
+    maps each chain to what is wrong ("" when fine)."""
 
-    def __init__(self, host: str, port: int, metrics: Metrics, health: HealthSource) -> None:
-        outer = self
-
+    def __init__(
+        self, host: str, port: int, metrics: Metrics, health: Callable[[], tuple[bool, dict[str, Any]]]
+    ) -> None:
         class _Handler(BaseHTTPRequestHandler):
             timeout = METRICS_CLIENT_TIMEOUT_S  # applied to each connection (StreamRequestHandler)
 
             def do_GET(self) -> None:
                 if self.path.split("?")[0] == "/metrics":
-                    send_reply(self, 200, outer.metrics.render(), CONTENT_TYPE_LATEST)
+                    send_reply(self, 200, metrics.render(), CONTENT_TYPE_LATEST)
                 elif self.path.split("?")[0] == "/health":
-                    ok, details = outer.health()
+                    ok, details = health()
                     body = json.dumps({"healthy": ok, "chains": details}, sort_keys=True).encode()
                     send_reply(self, 200 if ok else 503, body, "application/json")
                 else:
@@ -137,8 +130,6 @@ class MetricsServer:
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
-        self.metrics = metrics
-        self.health = health
         host = host.strip("[]")  # "[::1]" as written in addr = "[::1]:9464"
 
         slots = threading.BoundedSemaphore(METRICS_MAX_CLIENTS)

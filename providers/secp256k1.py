@@ -31,7 +31,7 @@ from pykms.keyfiles import read_secret_file, write_secret_file
 if TYPE_CHECKING:
     from pykms.config import SoftsignConfig
 
-__all__ = ["PUBLIC_KEY_LEN", "Secp256k1Signer", "keygen_secp256k1", "verify_secp256k1"]
+__all__ = ["Secp256k1Signer", "keygen_secp256k1", "verify_secp256k1"]
 
 #: The order of the secp256k1 group (SEC 2 v2, §2.4.1).
 N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141

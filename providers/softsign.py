@@ -173,14 +173,10 @@ class SoftsignSigner:
         self._source = source
 
     @classmethod
-    def from_file(cls, path: Path, key_format: KeyFormat | None = None) -> SoftsignSigner:
-        return cls(load_signing_key(path, key_format), source=str(path))
-
-    @classmethod
     def from_config(cls, cfg: SoftsignConfig) -> SoftsignSigner:
         if cfg.key_type != "consensus":
             raise FatalProviderError(f"{cfg.path}: softsign account keys are not supported (consensus keys only)")
-        return cls.from_file(cfg.path, cfg.key_format)
+        return cls(load_signing_key(cfg.path, cfg.key_format), source=str(cfg.path))
 
     def public_key(self) -> bytes:
         return self._public

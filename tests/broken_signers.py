@@ -194,7 +194,7 @@ class TestSigner:
         if kind is not None and kind == self.stall_on:
             return None
         if isinstance(request, codec.PingRequest):
-            return codec.encode_ping_response()
+            return codec.PING_RESPONSE
         if isinstance(request, codec.PubKeyRequest):
             if self.refuse_pubkey:
                 return codec.encode_error(self.dialect, request, 1, "no key for you")

@@ -332,7 +332,7 @@ def test_v1_only_cases_are_refused_by_older_dialects(dialect: Dialect) -> None:
 @pytest.mark.parametrize("dialect", ALL)
 def test_wrong_direction_is_refused(dialect: Dialect) -> None:
     with pytest.raises(DecodeError, match="is a response"):
-        codec.decode_request(dialect, codec.encode_ping_response())
+        codec.decode_request(dialect, codec.PING_RESPONSE)
     with pytest.raises(DecodeError, match="is a request"):
         codec.decode_response(dialect, codec.encode_request(dialect, codec.PingRequest()))
     with pytest.raises(DecodeError, match="is a request"):

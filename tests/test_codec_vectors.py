@@ -89,7 +89,7 @@ def vote_response_hex(dialect: Dialect) -> str:
 def test_v5_ping(dialect: Dialect) -> None:
     assert codec.encode_request(dialect, codec.PingRequest()).hex() == "3a00"
     assert codec.decode_request(dialect, bytes.fromhex("3a00")) == codec.PingRequest()
-    assert codec.encode_ping_response().hex() == "4200"
+    assert codec.PING_RESPONSE.hex() == "4200"
     assert codec.decode_response(dialect, bytes.fromhex("4200")) == codec.PingResponse()
 
 

@@ -40,8 +40,9 @@ def test_every_combination(version: str, flag: bool | None) -> None:
     # A protocol_version that tmkms v0.15 ignores is overridden loudly, never silently.
     assert bool(plan.note) == (plan.dialect != version)
     # A key that cannot sign extensions (Ledger) is refused exactly when extensions would be signed.
-    assert plan.signs == (flag is True or (flag is None and version in ("v0.38", "v1.0")))
-    if not plan.signs:
+    signs = plan.sign_extensions is not False and plan.dialect not in ("v0.34", "v0.37")
+    assert signs == (flag is True or (flag is None and version in ("v0.38", "v1.0")))
+    if not signs:
         assert plan_extensions(version, flag, signs_extensions=False) == plan
     else:
         with pytest.raises(ConfigError) as info:

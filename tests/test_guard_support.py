@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
+from pykms.guard.state import STEP_PRECOMMIT, STEP_PREVOTE, STEP_PROPOSAL
 from pykms.privval.signbytes import (
     PRECOMMIT_TYPE,
     PREVOTE_TYPE,
-    STEP_PRECOMMIT,
-    STEP_PREVOTE,
-    STEP_PROPOSAL,
     proposal_sign_bytes,
     vote_sign_bytes,
 )

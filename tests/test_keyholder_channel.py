@@ -58,12 +58,8 @@ def served(tmp_path: Path) -> Iterator[tuple[Served, Path]]:
     s.stop()
 
 
-def test_socketpair_round_trip_and_errors() -> None:
-    ours, theirs = socket.socketpair()
-    holder = DictKeyHolder(SEED)
-    server = KeyHolderServer(holder, log=lambda *a, **k: None)
-    server.spawn(theirs)
-    client = RemoteKeyHolder(sock=ours)
+def test_round_trip_and_errors(served: tuple[Served, Path]) -> None:
+    client = RemoteKeyHolder(served[1])
     assert client.chains()["chain-a"].public_key == bytes(VERIFY)
     assert client.health() == {"chain-a": "ok", "chain-b": "ok"}
     signed = client.sign("chain-a", height(5), b"ext")
@@ -179,7 +175,8 @@ def test_peer_of_another_uid_is_refused() -> None:
     os.waitpid(pid, 0)
     outcome = os.read(read, 100)
     os.close(read)
-    assert outcome in (b"closed", b"ConnectionResetError"), outcome
+    # The server closes the refused connection at once: before or after the child's write, whichever comes first.
+    assert outcome in (b"closed", b"ConnectionResetError", b"BrokenPipeError"), outcome
     assert any(e == "keyholder_peer_refused" and k["uid"] == 65534 for e, k in s.logs)
     assert "chain-a" not in s.holder.state  # nothing signed
     # a server that allows that uid answers it

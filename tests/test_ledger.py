@@ -192,7 +192,8 @@ def test_a_refusal_never_advances_pykms_state(sim: LedgerSimServer, tmp_path: Pa
 
 def test_extensions_need_them_disabled() -> None:
     for dialect in ("v0.34", "v0.37"):
-        assert not plan_extensions(dialect, None, signs_extensions=False).signs
+        plan = plan_extensions(dialect, None, signs_extensions=False)
+        assert plan.sign_extensions is None and plan.dialect == dialect  # a dialect without extensions
     for dialect in ("v0.38", "v1.0"):
         with pytest.raises(ConfigError, match="sign_extensions = false"):
             plan_extensions(dialect, None, signs_extensions=False)

@@ -10,7 +10,7 @@ import pytest
 from nacl.signing import SigningKey
 
 from pykms.errors import KeyFileError
-from pykms.secretconn import generate_identity, load_identity, node_id
+from pykms.secretconn.identity import generate_identity, load_identity, node_id
 
 # tests/vectors/README.md V11: tmkms softsign form of the cometbft harness fixture key (tools/tm-signer-harness
 # internal/test_harness_test.go, commit 13c1ef3d42^): seed base64 and its public key / address.

@@ -23,7 +23,6 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from pykms.errors import ConnectionLost, FrameError, HandshakeError, LinkTimeout, PeerIdMismatch, ProtocolError
-from pykms.secretconn import node_id
 from pykms.secretconn.core import (
     _NONCE,
     DATA_MAX_SIZE,
@@ -32,6 +31,7 @@ from pykms.secretconn.core import (
     Handshake,
     challenge_of,
     derive_keys,
+    node_id,
 )
 from pykms.secretconn.sync import (
     BlockingPlainStream,

@@ -8,12 +8,10 @@ import pytest
 from nacl.signing import SigningKey, VerifyKey
 
 from pykms.errors import DecodeError, InvalidRequest
+from pykms.guard.state import STEP_PRECOMMIT, STEP_PREVOTE, STEP_PROPOSAL
 from pykms.privval import codec
 from pykms.privval.signbytes import (
     GO_ZERO_TIME,
-    STEP_PRECOMMIT,
-    STEP_PREVOTE,
-    STEP_PROPOSAL,
     canonical_view,
     proposal_sign_bytes,
     step_of,

@@ -135,7 +135,7 @@ def test_silent_signer_is_a_link_timeout(tmp_path: Path) -> None:
 def test_hang_up_is_link_closed_and_a_cut_message_a_decode_error(tmp_path: Path) -> None:
     def answer_then_cut(sock: socket.socket) -> None:
         sock.recv(100)
-        sock.sendall(codec.delimit(codec.encode_ping_response()))
+        sock.sendall(codec.delimit(codec.PING_RESPONSE))
         sock.recv(100)
         sock.sendall(b"\x20\x01")  # a 32-byte body announced, one byte sent, then the peer is gone
 

@@ -70,6 +70,10 @@ D2 = [
 ]
 
 
+def _from_file(path: Path, key_format: str | None = None) -> SoftsignSigner:
+    return SoftsignSigner(load_signing_key(path, key_format), source=str(path))  # type: ignore[arg-type]
+
+
 def secret(path: Path, data: bytes | str, mode: int = 0o600) -> Path:
     path.write_bytes(data.encode() if isinstance(data, str) else data)
     path.chmod(mode)
@@ -102,7 +106,7 @@ def test_v11_keys_in_every_format(
     }
     for fmt, path in files.items():
         for key_format in (fmt, None):  # explicit and autodetected
-            signer = SoftsignSigner.from_file(path, key_format)  # type: ignore[arg-type]
+            signer = _from_file(path, key_format)  # type: ignore[arg-type]
             assert base64.b64encode(signer.public_key()).decode() == pub_b64, (fmt, key_format)
             assert consensus_address(signer.public_key()).hex().upper() == address
 
@@ -136,7 +140,7 @@ def test_expanded_and_yubihsm_export_keys_sign_like_the_seed(tmp_path: Path, enc
     for name, data in (("expanded", expanded), ("yubihsm", yubihsm_export), ("unclamped", unclamped)):
         encoded = base64.b64encode(data) if encoding == "base64" else data
         path = secret(tmp_path / name, encoded)
-        signer = SoftsignSigner.from_file(path, encoding)  # type: ignore[arg-type]
+        signer = _from_file(path, encoding)  # type: ignore[arg-type]
         assert signer.public_key() == pub, name
         for message in (b"", b"vote", os.urandom(300)):
             assert signer.sign(message) == reference.sign(message).signature, name
@@ -147,16 +151,16 @@ def test_go_seed_and_pub_layout_is_read_as_seed(tmp_path: Path) -> None:
     seed = D2_KEY_SEED
     pub = bytes(SigningKey(seed).verify_key)
     path = secret(tmp_path / "k", base64.b64encode(seed + pub))
-    assert SoftsignSigner.from_file(path).public_key() == pub
+    assert _from_file(path).public_key() == pub
 
 
 def test_permissions_refused_with_chmod_fix(tmp_path: Path) -> None:
     path = secret(tmp_path / "k", base64.b64encode(D2_KEY_SEED), mode=0o644)
     with pytest.raises(KeyFileError, match=r"permissions 0644 .*fix: chmod 600 "):
-        SoftsignSigner.from_file(path)
+        _from_file(path)
     path.chmod(0o640)
     with pytest.raises(KeyFileError, match="chmod 600"):
-        SoftsignSigner.from_file(path)
+        _from_file(path)
 
 
 @pytest.mark.parametrize(
@@ -184,12 +188,12 @@ def test_inconsistent_priv_validator_key_refused(tmp_path: Path) -> None:
         bad = dict(doc, **{field: value})
         path = secret(tmp_path / f"bad-{field}.json", json.dumps(bad))
         with pytest.raises(KeyFileError, match=f"{field.split('_')[0]}.* does not match"):
-            SoftsignSigner.from_file(path)
+            _from_file(path)
     seed_and_wrong_pub = base64.b64encode(D2_KEY_SEED + bytes(32)).decode()
     bad = dict(doc, priv_key={"type": "tendermint/PrivKeyEd25519", "value": seed_and_wrong_pub})
     path = secret(tmp_path / "bad-priv.json", json.dumps(bad))
     with pytest.raises(KeyFileError, match="public half does not match"):
-        SoftsignSigner.from_file(path)
+        _from_file(path)
 
 
 def test_errors_and_repr_never_show_key_bytes(tmp_path: Path) -> None:
@@ -199,7 +203,7 @@ def test_errors_and_repr_never_show_key_bytes(tmp_path: Path) -> None:
     for content in (base64.b64encode(seed) + b"!", seed + b"\x00", b"{" + base64.b64encode(seed)):
         path = secret(tmp_path / "k", content)
         with pytest.raises(KeyFileError) as info:
-            SoftsignSigner.from_file(path)
+            _from_file(path)
         messages.append(str(info.value))
         assert info.value.__cause__ is None
         assert info.value.__context__ is None or info.value.__suppress_context__, "no chained foreign error"
@@ -249,7 +253,7 @@ def test_keygen(tmp_path: Path) -> None:
     assert len(data) == 44 and not data.endswith(b"\n"), "tmkms layout: base64 of a 32-byte seed, no newline"
     seed = base64.b64decode(data, validate=True)
     assert bytes(SigningKey(seed).verify_key) == pub
-    assert SoftsignSigner.from_file(path, "base64").public_key() == pub
+    assert _from_file(path, "base64").public_key() == pub
     with pytest.raises(KeyFileError, match="already exists"):
         keygen(path)
     assert path.read_bytes() == data, "an existing key is never overwritten"
@@ -265,6 +269,6 @@ def test_import_priv_validator_key(tmp_path: Path) -> None:
     # V11: the tmkms softsign equivalent of the harness key.
     assert out.read_bytes() == b"8O39AkQsoe1sBQwud/Kdul8lg8K9SFsql9aZvwXQSt0="
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
-    VerifyKey(pub).verify(b"m", SoftsignSigner.from_file(out).sign(b"m"))
+    VerifyKey(pub).verify(b"m", _from_file(out).sign(b"m"))
     with pytest.raises(KeyFileError, match="already exists"):
         import_priv_validator_key(src, out)

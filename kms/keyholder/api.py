@@ -45,11 +45,9 @@ class KeyHolder(Protocol):
 
     def chains(self) -> dict[str, ChainKey]:
         """The chains served; a chain whose state cannot be trusted is absent (see ``health``)."""
-        ...
 
     def health(self) -> dict[str, str]:
         """Chain id -> "ok", or what is wrong with its key, state or audit log."""
-        ...
 
     def sign(self, chain_id: str, sign_bytes: bytes, extension_sign_bytes: bytes = b"") -> Signed:
         """Decode, check, decide, sign, verify, persist, record; return only once the state is durable.
@@ -57,8 +55,6 @@ class KeyHolder(Protocol):
         Raises only the project's errors: SigningRefused (refused, nothing signed), StateError (not durable: no
         signature), ProviderError (the key failed).
         """
-        ...
 
     def close(self) -> None:
         """Release keys, guards and audit logs."""
-        ...

@@ -13,14 +13,17 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import TypeVar
 
-from pykms.errors import KmsError, ProtocolError, TransientProviderError
+from pykms.errors import KmsError, TransientProviderError
 from pykms.keyholder import wire
 from pykms.keyholder.api import ChainKey, Signed
-from pykms.keyholder.server import recv_frame, send_frame
+from pykms.keyholder.server import IO_TIMEOUT_S, recv_frame, send_frame
 from pykms.secretconn.sync import set_kernel_timeouts
 
 __all__ = ["RemoteKeyHolder", "parse_unix_addr"]
+
+_Reply = TypeVar("_Reply", wire.ChainsReply, wire.HealthReply, Signed)
 
 
 def parse_unix_addr(addr: str) -> Path:
@@ -44,38 +47,23 @@ def _idle_and_open(sock: socket.socket) -> bool:
 
 
 class RemoteKeyHolder:
-    """A KeyHolder reached over a UNIX socket path, or over one already-connected socket (e.g. a socketpair)."""
+    """A KeyHolder reached over a UNIX socket path."""
 
-    def __init__(
-        self,
-        path: Path | str | None = None,
-        *,
-        sock: socket.socket | None = None,
-        reconnect_s: float = 5.0,
-        timeout_s: float = 30.0,
-    ) -> None:
-        if (path is None) == (sock is None):
-            raise ValueError("give the key holder's socket path or one connected socket")
-        self.path = Path(path) if path is not None else None
+    def __init__(self, path: Path | str, *, reconnect_s: float = 5.0) -> None:
+        self.path = Path(path)
         self.reconnect_s = reconnect_s
-        self.timeout_s = timeout_s
         self._local = threading.local()
-        self._shared = sock  # one socket for every thread: requests are serialised by _shared_lock
-        self._shared_lock = threading.Lock()
         self._all: set[socket.socket] = set()
         self._all_lock = threading.Lock()
         self._closed = False
 
-    # -- connections --------------------------------------------------------------------------------------------
-
     def _connect(self) -> socket.socket:
-        assert self.path is not None
         deadline = time.monotonic() + self.reconnect_s
         delay = 0.01
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                sock.settimeout(self.timeout_s)
+                sock.settimeout(IO_TIMEOUT_S)
                 sock.connect(str(self.path))
             except OSError as exc:
                 sock.close()
@@ -86,7 +74,7 @@ class RemoteKeyHolder:
                 time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
                 delay = min(delay * 2, 0.25)
                 continue
-            set_kernel_timeouts(sock, self.timeout_s)  # no poll before every recv and send, as a Python timeout has
+            set_kernel_timeouts(sock, IO_TIMEOUT_S)  # no poll before every recv and send, as a Python timeout has
             with self._all_lock:
                 self._all.add(sock)
             return sock
@@ -98,7 +86,15 @@ class RemoteKeyHolder:
         if getattr(self._local, "sock", None) is sock:
             self._local.sock = None
 
-    def _exchange(self, sock: socket.socket, request: wire.Message) -> wire.Message:
+    def _ask(self, request: wire.Message, expected: type[_Reply]) -> _Reply:
+        if self._closed:
+            raise TransientProviderError("the key holder client is closed")
+        sock = getattr(self._local, "sock", None)
+        if sock is not None and not _idle_and_open(sock):
+            self._drop(sock)  # the key holder restarted since this thread's last request
+            sock = None
+        if sock is None:
+            sock = self._local.sock = self._connect()
         try:
             send_frame(sock, request)
             reply = recv_frame(sock)
@@ -111,48 +107,20 @@ class RemoteKeyHolder:
         if reply is None:
             self._drop(sock)
             raise TransientProviderError("the key holder went away mid-request")
-        return reply
-
-    def _request(self, request: wire.Message) -> wire.Message:
-        if self._closed:
-            raise TransientProviderError("the key holder client is closed")
-        if self._shared is not None:
-            with self._shared_lock:
-                reply = self._exchange(self._shared, request)
-        else:
-            sock = getattr(self._local, "sock", None)
-            if sock is not None and not _idle_and_open(sock):
-                self._drop(sock)  # the key holder restarted since this thread's last request
-                sock = None
-            if sock is None:
-                sock = self._local.sock = self._connect()
-            reply = self._exchange(sock, request)
         if isinstance(reply, wire.ErrorReply):
             raise wire.raise_error(reply)
+        if not isinstance(reply, expected):
+            raise TransientProviderError(f"the key holder answered {type(reply).__name__}")
         return reply
-
-    def _wrong(self, reply: wire.Message) -> ProtocolError:
-        return ProtocolError(f"the key holder answered {type(reply).__name__}")
-
-    # -- KeyHolder ----------------------------------------------------------------------------------------------
 
     def chains(self) -> dict[str, ChainKey]:
-        reply = self._request(wire.ChainsRequest())
-        if not isinstance(reply, wire.ChainsReply):
-            raise TransientProviderError(str(self._wrong(reply)))
-        return reply.chains
+        return self._ask(wire.ChainsRequest(), wire.ChainsReply).chains
 
     def health(self) -> dict[str, str]:
-        reply = self._request(wire.HealthRequest())
-        if not isinstance(reply, wire.HealthReply):
-            raise TransientProviderError(str(self._wrong(reply)))
-        return reply.health
+        return self._ask(wire.HealthRequest(), wire.HealthReply).health
 
     def sign(self, chain_id: str, sign_bytes: bytes, extension_sign_bytes: bytes = b"") -> Signed:
-        reply = self._request(wire.SignRequest(chain_id, sign_bytes, extension_sign_bytes))
-        if not isinstance(reply, Signed):
-            raise TransientProviderError(str(self._wrong(reply)))
-        return reply
+        return self._ask(wire.SignRequest(chain_id, sign_bytes, extension_sign_bytes), Signed)
 
     def close(self) -> None:
         """Close every connection (the key holder's keys stay with it)."""
@@ -161,5 +129,3 @@ class RemoteKeyHolder:
             socks, self._all = list(self._all), set()
         for sock in socks:
             sock.close()
-        if self._shared is not None:
-            self._shared.close()

@@ -116,9 +116,7 @@ class LocalKeyHolder:
     def add(self, chain_id: str, signer: Signer, guard: GuardBackend, audit: AuditLog | None = None) -> None:
         """Serve ``chain_id`` with these open parts (the key holder closes them); for tests and benchmarks."""
         key = ChainKey(
-            signer.public_key(),
-            getattr(signer, "key_type", "ed25519"),
-            signs_extensions=signer.signs_extensions,
+            signer.public_key(), getattr(signer, "key_type", "ed25519"), signs_extensions=signer.signs_extensions
         )
         if signer not in self._signers:
             self._signers.append(signer)
@@ -127,8 +125,6 @@ class LocalKeyHolder:
     def _stop(self, chain_id: str, exc: KmsError) -> None:
         self.stopped[chain_id] = str(exc)
         self.log.error("chain_stopped", chain_id=chain_id, reason=str(exc))
-
-    # The protocol ---------------------------------------------------------------------------------------
 
     def chains(self) -> dict[str, ChainKey]:
         return {chain_id: chain.key for chain_id, chain in self._chains.items()}
@@ -206,8 +202,7 @@ class LocalKeyHolder:
             with contextlib.suppress(Exception):
                 signer.close()
 
-    # For the daemon's metrics and status (same process only) -------------------------------------------
-
+    # For the daemon's metrics and status (same process only).
     def guard(self, chain_id: str) -> GuardBackend:
         return self._chains[chain_id].guard
 

@@ -28,14 +28,11 @@ from pykms.errors import ConfigError
 
 __all__ = [
     "ADDR_ENV",
-    "SUPERVISOR_ENV",
     "Child",
     "Supervisor",
     "check_front_python",
-    "config_key_files",
     "die_with_supervisor",
     "front_identity",
-    "readable_by",
     "run_split",
     "split_commands",
     "wants_split",
@@ -69,6 +66,10 @@ def readable_by(path: Path, uid: int, gids: Iterable[int]) -> bool:
     return bool(st.st_mode & bit)
 
 
+def _groups(entry: pwd.struct_passwd) -> set[int]:
+    return {entry.pw_gid, *os.getgrouplist(entry.pw_name, entry.pw_gid)}
+
+
 def front_identity(user: str, key_files: Iterable[Path], config_path: Path) -> tuple[int, int, list[str]]:
     """(uid, gid, warnings) of the front user; ConfigError if it does not exist or is root."""
     try:
@@ -84,7 +85,7 @@ def front_identity(user: str, key_files: Iterable[Path], config_path: Path) -> t
         raise ConfigError(
             f"user {user!r} is root", file=str(config_path), key="keyholder.front_user", fix='use e.g. "nobody"'
         )
-    gids = {entry.pw_gid, *os.getgrouplist(user, entry.pw_gid)}
+    gids = _groups(entry)
     warnings = [
         f"{path}: readable by the front user {user!r}: a compromised front could read this key "
         f"(fix: chown root {path} && chmod 600 {path}, or a directory it cannot enter)"
@@ -98,9 +99,8 @@ def check_front_python(user: str, config_path: Path, python: Path | None = None)
     """ConfigError unless ``user`` can reach and read the interpreter the front is exec'd with (a pyenv under
     /root, say, is out of its reach: better said at start than as a restart loop)."""
     entry = pwd.getpwnam(user)
-    gids = {entry.pw_gid, *os.getgrouplist(user, entry.pw_gid)}
     python = Path(os.path.realpath(python or sys.executable))
-    if not readable_by(python, entry.pw_uid, gids):
+    if not readable_by(python, entry.pw_uid, _groups(entry)):
         raise ConfigError(
             f"the front user {user!r} cannot run this Python ({python})",
             file=str(config_path),
@@ -138,8 +138,7 @@ def split_commands(
 def wants_split(config: Any) -> bool:
     """Whether ``pykms start`` supervises a key holder and a front: isolation "process", no external key holder,
     and not already the front (``PYKMS_KEYHOLDER_ADDR`` set)."""
-    settings = config.keyholder
-    return settings.isolation == "process" and settings.addr is None and not os.environ.get(ADDR_ENV)
+    return config.keyholder.isolation == "process" and config.keyholder.addr is None and not os.environ.get(ADDR_ENV)
 
 
 def config_key_files(config: Any) -> list[Path]:
@@ -158,7 +157,7 @@ def check_front_reads(user: str, config: Any) -> None:
     """ConfigError unless ``user`` can read what the front needs: the config file and each validator's
     SecretConnection identity key (better said at start than as a restart loop of a front that cannot open them)."""
     entry = pwd.getpwnam(user)
-    gids = {entry.pw_gid, *os.getgrouplist(user, entry.pw_gid)}
+    gids = _groups(entry)
     needed = [(Path(config.path), "")]
     needed += [
         (Path(v.secret_key), f"validator[{i}].secret_key")
@@ -193,7 +192,6 @@ class Child:
     proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     backoff: float = BACKOFF_S[0]
-    restarts: int = 0
 
     def start(self) -> None:
         """Exec the child; with ``wait_ready``, return only once it wrote "ready" on the pipe (or died)."""
@@ -249,7 +247,6 @@ class Supervisor:
         if self._stop.wait(child.backoff):
             return
         child.backoff = min(child.backoff * 2, BACKOFF_S[1])
-        child.restarts += 1
         child.start()
 
     def run(self) -> int:
@@ -280,23 +277,15 @@ def _terminate(child: Child, grace_s: float = 10.0) -> None:
         child.proc.wait()
 
 
-def run_split(
-    config: Any,
-    *,
-    key_files: Sequence[Path] | None = None,
-    log: Callable[..., Any] | None = None,
-    args: Sequence[str] = (),
-) -> int:
+def run_split(config: Any, *, args: Sequence[str] = ()) -> int:
     """``pykms start`` with ``[keyholder] isolation = "process"`` and no external ``addr``."""
-    if log is None:
-        from pykms.logconfig import get_logger
+    from pykms.logconfig import get_logger
 
-        log = get_logger("pykms.supervisor").warning
+    log = get_logger("pykms.supervisor").warning
     settings = config.keyholder
     front_uid = front_gid = None
     if os.getuid() == 0:
-        files = config_key_files(config) if key_files is None else key_files
-        front_uid, front_gid, warnings = front_identity(settings.front_user, files, config.path)
+        front_uid, front_gid, warnings = front_identity(settings.front_user, config_key_files(config), config.path)
         check_front_python(settings.front_user, config.path)
         check_front_reads(settings.front_user, config)
         for warning in warnings:

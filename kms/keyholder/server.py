@@ -18,25 +18,23 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from pykms.errors import ConfigError, FrameError, KmsError, ProtocolError
+from pykms.errors import ConfigError, KmsError, ProtocolError
 from pykms.keyholder import wire
 from pykms.keyholder.api import KeyHolder
 from pykms.secretconn.sync import set_kernel_timeouts
 
 __all__ = ["KeyHolderServer", "default_allowed_uids", "listen_unix", "peer_uid", "recv_frame", "send_frame"]
 
-#: A peer has this long to send the rest of a frame it started, and to read an answer; then it is dropped.
+#: A peer has this long to send the rest of a frame it started, and to read an answer; then it is dropped. The
+#: client waits as long for an answer.
 IO_TIMEOUT_S = 30.0
 
 _UCRED = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;} (<sys/socket.h>)
 
 
-def default_allowed_uids(front_uid: int | None = None) -> frozenset[int]:
-    """Its own uid, and the front's uid when it runs as root with a front user."""
-    uids = {os.getuid()}
-    if front_uid is not None and os.getuid() == 0:
-        uids.add(front_uid)
-    return frozenset(uids)
+def default_allowed_uids() -> frozenset[int]:
+    """Its own uid (a front user's is added with ``--allowed-uid``)."""
+    return frozenset({os.getuid()})
 
 
 def peer_uid(sock: socket.socket) -> int:
@@ -123,24 +121,12 @@ class KeyHolderServer:
     """Answers ``wire`` requests with a KeyHolder; one daemon thread per connection."""
 
     def __init__(
-        self,
-        holder: KeyHolder,
-        *,
-        allowed_uids: Iterable[int] | None = None,
-        log: Callable[..., Any] | None = None,
+        self, holder: KeyHolder, *, log: Callable[..., Any], allowed_uids: Iterable[int] | None = None
     ) -> None:
         self.holder = holder
         self.allowed_uids = frozenset(allowed_uids) if allowed_uids is not None else default_allowed_uids()
-        if log is None:
-            from pykms.logconfig import get_logger
-
-            log = get_logger("pykms.keyholder").warning
         self._log = log
         self._stop = threading.Event()
-        self._threads: set[threading.Thread] = set()
-        self._lock = threading.Lock()
-
-    # -- one connection ------------------------------------------------------------------------------------------
 
     def _answer(self, request: wire.Message) -> wire.Message:
         try:
@@ -171,30 +157,12 @@ class KeyHolderServer:
                 if request is None:
                     return
                 send_frame(sock, self._answer(request))
-        except (FrameError, ProtocolError) as exc:
+        except ProtocolError as exc:  # FrameError, DecodeError
             self._log("keyholder_peer_dropped", reason=str(exc))
-        except (OSError, ConnectionError) as exc:
+        except OSError as exc:
             self._log("keyholder_peer_dropped", reason=type(exc).__name__)
         finally:
             sock.close()
-
-    def spawn(self, sock: socket.socket) -> threading.Thread:
-        """Serve ``sock`` on a thread of its own."""
-
-        def run() -> None:
-            try:
-                self.serve_connection(sock)
-            finally:
-                with self._lock:
-                    self._threads.discard(thread)
-
-        thread = threading.Thread(target=run, name="keyholder-conn", daemon=True)
-        with self._lock:
-            self._threads.add(thread)
-        thread.start()
-        return thread
-
-    # -- a listening socket --------------------------------------------------------------------------------------
 
     def serve_forever(self, listener: socket.socket) -> None:
         """Accept until ``stop``; each connection on its own thread."""
@@ -208,7 +176,7 @@ class KeyHolderServer:
                 if self._stop.is_set():
                     break
                 raise
-            self.spawn(conn)
+            threading.Thread(target=self.serve_connection, args=(conn,), name="keyholder-conn", daemon=True).start()
 
     def stop(self) -> None:
         self._stop.set()

@@ -19,7 +19,7 @@ from typing import Any
 
 from pykms.errors import ConfigError
 
-__all__ = ["ISOLATION_MODES", "KeyholderSettings", "parse_keyholder"]
+__all__ = ["KeyholderSettings", "parse_keyholder"]
 
 ISOLATION_MODES = ("process", "none")
 _KEYS = ("isolation", "addr", "front_user", "allowed_uids")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from pykms import errors
 from pykms.errors import DecodeError, FrameError, KmsError
@@ -44,7 +45,6 @@ __all__ = [
     "frame",
     "frame_length",
     "raise_error",
-    "split_frame",
 ]
 
 #: A vote extension may be up to 1 MiB (CometBFT's MaxVoteExtensionSize is set per chain; 1 MiB is the largest the
@@ -117,21 +117,12 @@ Message = ChainsRequest | HealthRequest | SignRequest | ChainsReply | HealthRepl
 _CHAINS, _HEALTH, _SIGN, _CHAINS_OK, _HEALTH_OK, _SIGNED, _ERROR = 0x01, 0x02, 0x03, 0x81, 0x82, 0x83, 0xFF
 
 
-class _Writer:
-    def __init__(self, kind: int) -> None:
-        self.parts: list[bytes] = [bytes([kind])]
+def _blob(value: bytes) -> bytes:
+    return _LEN.pack(len(value)) + value
 
-    def blob(self, value: bytes) -> None:
-        self.parts += [_LEN.pack(len(value)), value]
 
-    def text(self, value: str) -> None:
-        self.blob(value.encode())
-
-    def pack(self, fmt: str, *values: object) -> None:
-        self.parts.append(struct.pack(">" + fmt, *values))
-
-    def done(self) -> bytes:
-        return b"".join(self.parts)
+def _text(value: str) -> bytes:
+    return _blob(value.encode())
 
 
 class _Reader:
@@ -146,13 +137,12 @@ class _Reader:
         self.pos += n
         return out
 
-    def unpack(self, fmt: str) -> tuple[object, ...]:
+    def unpack(self, fmt: str) -> tuple[Any, ...]:
         s = struct.Struct(">" + fmt)
         return s.unpack(self.take(s.size))
 
     def u32(self) -> int:
-        value: int = _LEN.unpack(self.take(4))[0]
-        return value
+        return int(_LEN.unpack(self.take(4))[0])
 
     def blob(self) -> bytes:
         return self.take(self.u32())
@@ -181,41 +171,24 @@ def encode(msg: Message) -> bytes:
     if isinstance(msg, HealthRequest):
         return bytes([_HEALTH])
     if isinstance(msg, SignRequest):
-        w = _Writer(_SIGN)
-        w.text(msg.chain_id)
-        w.blob(msg.sign_bytes)
-        w.blob(msg.extension_sign_bytes)
-        return w.done()
+        return bytes([_SIGN]) + _text(msg.chain_id) + _blob(msg.sign_bytes) + _blob(msg.extension_sign_bytes)
     if isinstance(msg, ChainsReply):
-        w = _Writer(_CHAINS_OK)
-        w.pack("I", len(msg.chains))
+        parts = [bytes([_CHAINS_OK]), _LEN.pack(len(msg.chains))]
         for chain_id, key in msg.chains.items():
-            w.text(chain_id)
-            w.blob(key.public_key)
-            w.text(key.key_type)
-            w.pack("B", int(key.signs_extensions))
-        return w.done()
+            parts += [_text(chain_id), _blob(key.public_key), _text(key.key_type), bytes([key.signs_extensions])]
+        return b"".join(parts)
     if isinstance(msg, HealthReply):
-        w = _Writer(_HEALTH_OK)
-        w.pack("I", len(msg.health))
+        parts = [bytes([_HEALTH_OK]), _LEN.pack(len(msg.health))]
         for chain_id, status in msg.health.items():
-            w.text(chain_id)
-            w.text(status)
-        return w.done()
+            parts += [_text(chain_id), _text(status)]
+        return b"".join(parts)
     if isinstance(msg, Signed):
-        w = _Writer(_SIGNED)
-        w.blob(msg.signature)
         seconds, nanos = msg.timestamp if msg.timestamp is not None else (0, 0)
-        w.pack("Bqi", int(msg.timestamp is not None), seconds, nanos)
-        w.blob(msg.extension_signature)
-        w.pack("Bdd", int(msg.fresh), msg.sign_s, msg.persist_s)
-        return w.done()
+        flagged_timestamp = struct.pack(">Bqi", msg.timestamp is not None, seconds, nanos)
+        tail = struct.pack(">Bdd", msg.fresh, msg.sign_s, msg.persist_s)
+        return bytes([_SIGNED]) + _blob(msg.signature) + flagged_timestamp + _blob(msg.extension_signature) + tail
     if isinstance(msg, ErrorReply):
-        w = _Writer(_ERROR)
-        w.text(msg.name)
-        w.text(msg.message)
-        w.pack("i", msg.code)
-        return w.done()
+        return bytes([_ERROR]) + _text(msg.name) + _text(msg.message) + struct.pack(">i", msg.code)
     raise TypeError(f"not a key holder message: {type(msg).__name__}")
 
 
@@ -226,52 +199,46 @@ def decode(body: bytes) -> Message:
     r = _Reader(body)
     kind = r.take(1)[0]
     msg: Message
-    try:
-        if kind == _CHAINS:
-            msg = ChainsRequest()
-        elif kind == _HEALTH:
-            msg = HealthRequest()
-        elif kind == _SIGN:
-            msg = SignRequest(r.text(), r.blob(), r.blob())
-        elif kind == _CHAINS_OK:
-            chains: dict[str, ChainKey] = {}
-            for _ in range(r.u32()):
-                chain_id, public_key, key_type = r.text(), r.blob(), r.text()
-                if key_type not in KEY_TYPES or chain_id in chains:
-                    raise DecodeError(f"key holder message: bad key type or repeated chain {chain_id!r}")
-                chains[chain_id] = ChainKey(public_key, key_type, r.bool())
-            msg = ChainsReply(chains)
-        elif kind == _HEALTH_OK:
-            health: dict[str, str] = {}
-            for _ in range(r.u32()):
-                chain_id, status = r.text(), r.text()
-                if chain_id in health:
-                    raise DecodeError(f"key holder message: repeated chain {chain_id!r}")
-                health[chain_id] = status
-            msg = HealthReply(health)
-        elif kind == _SIGNED:
-            signature = r.blob()
-            has_ts = r.bool()
-            seconds, nanos = r.unpack("qi")
-            assert isinstance(seconds, int) and isinstance(nanos, int)
-            if not has_ts and (seconds or nanos):
-                raise DecodeError("key holder message: a timestamp without its flag")
-            extension_signature = r.blob()
-            fresh = r.bool()
-            sign_s, persist_s = r.unpack("dd")
-            assert isinstance(sign_s, float) and isinstance(persist_s, float)
-            msg = Signed(signature, (seconds, nanos) if has_ts else None, extension_signature, fresh, sign_s, persist_s)
-        elif kind == _ERROR:
-            name, message = r.text(), r.text()
-            (code,) = r.unpack("i")
-            assert isinstance(code, int)
-            if name not in ERROR_CLASSES:
-                raise DecodeError(f"key holder message: error class {name[:40]!r} is not on the allow-list")
-            msg = ErrorReply(name, message, code)
-        else:
-            raise DecodeError(f"key holder message: unknown kind 0x{kind:02x}")
-    except RecursionError:  # pragma: no cover - nothing here recurses; kept out of the allow-list of escapes
-        raise DecodeError("key holder message: malformed") from None
+    if kind == _CHAINS:
+        msg = ChainsRequest()
+    elif kind == _HEALTH:
+        msg = HealthRequest()
+    elif kind == _SIGN:
+        msg = SignRequest(r.text(), r.blob(), r.blob())
+    elif kind == _CHAINS_OK:
+        chains: dict[str, ChainKey] = {}
+        for _ in range(r.u32()):
+            chain_id, public_key, key_type = r.text(), r.blob(), r.text()
+            if key_type not in KEY_TYPES or chain_id in chains:
+                raise DecodeError(f"key holder message: bad key type or repeated chain {chain_id!r}")
+            chains[chain_id] = ChainKey(public_key, key_type, r.bool())
+        msg = ChainsReply(chains)
+    elif kind == _HEALTH_OK:
+        health: dict[str, str] = {}
+        for _ in range(r.u32()):
+            chain_id, status = r.text(), r.text()
+            if chain_id in health:
+                raise DecodeError(f"key holder message: repeated chain {chain_id!r}")
+            health[chain_id] = status
+        msg = HealthReply(health)
+    elif kind == _SIGNED:
+        signature = r.blob()
+        has_ts = r.bool()
+        seconds, nanos = r.unpack("qi")
+        if not has_ts and (seconds or nanos):
+            raise DecodeError("key holder message: a timestamp without its flag")
+        extension_signature = r.blob()
+        fresh = r.bool()
+        sign_s, persist_s = r.unpack("dd")
+        msg = Signed(signature, (seconds, nanos) if has_ts else None, extension_signature, fresh, sign_s, persist_s)
+    elif kind == _ERROR:
+        name, message = r.text(), r.text()
+        (code,) = r.unpack("i")
+        if name not in ERROR_CLASSES:
+            raise DecodeError(f"key holder message: error class {name[:40]!r} is not on the allow-list")
+        msg = ErrorReply(name, message, code)
+    else:
+        raise DecodeError(f"key holder message: unknown kind 0x{kind:02x}")
     r.done()
     return msg
 
@@ -289,18 +256,7 @@ def frame_length(prefix: bytes) -> int:
     (length,) = _LEN.unpack(prefix)
     if length == 0 or length > MAX_FRAME:
         raise FrameError(f"key holder frame declares {length} bytes (1..{MAX_FRAME} allowed)")
-    n: int = length
-    return n
-
-
-def split_frame(buffer: bytes) -> tuple[Message | None, bytes]:
-    """Sans-IO reader: (the first complete message or None, the rest of ``buffer``)."""
-    if len(buffer) < 4:
-        return None, buffer
-    length = frame_length(buffer[:4])
-    if len(buffer) < 4 + length:
-        return None, buffer
-    return decode(buffer[4 : 4 + length]), buffer[4 + length :]
+    return int(length)
 
 
 def error_reply(exc: KmsError) -> ErrorReply:

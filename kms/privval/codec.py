@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 from google.protobuf.message import DecodeError as _ProtobufDecodeError
 from google.protobuf.message import Message as _PbMessage
@@ -47,6 +47,7 @@ from pykms.proto.tendermint.types import types_pb2
 __all__ = [
     "MAX_REQUEST_BYTES",
     "MAX_RESPONSE_BYTES",
+    "PING_RESPONSE",
     "Dialect",
     "MessageReader",
     "PingRequest",
@@ -67,7 +68,6 @@ __all__ = [
     "decode_response",
     "delimit",
     "encode_error",
-    "encode_ping_response",
     "encode_pubkey_response",
     "encode_request",
     "encode_signed_proposal",
@@ -201,25 +201,13 @@ Request = PubKeyRequest | SignVoteRequest | SignProposalRequest | PingRequest | 
 Response = PubKeyResponse | SignedVoteResponse | SignedProposalResponse | PingResponse | SignBytesResponse
 
 _AnyMessage = tm_privval.Message | v1_privval.Message
+_TmMessage = TypeVar("_TmMessage", types_pb2.Vote, types_pb2.Proposal)
 
-# v0.34-v0.38 PublicKey oneof case -> v1.0 key type name (cometbft crypto/encoding/codec.go, v1.0 keyTypes).
-_KEY_TYPE_OF_CASE: Final = {"ed25519": "ed25519", "secp256k1": "secp256k1"}
-_CASE_OF_KEY_TYPE: Final = {v: k for k, v in _KEY_TYPE_OF_CASE.items()}
+# The v0.34-v0.38 PublicKey oneof cases, named as v1.0 names the key types (cometbft crypto/encoding/codec.go).
+_PUBLIC_KEY_CASES: Final = ("ed25519", "secp256k1")
 
-# Message oneof field numbers (docs/protocol.md §2.3), for error texts about cases a dialect lacks.
-_CASE_NAMES: Final = {
-    1: "PubKeyRequest",
-    2: "PubKeyResponse",
-    3: "SignVoteRequest",
-    4: "SignedVoteResponse",
-    5: "SignProposalRequest",
-    6: "SignedProposalResponse",
-    7: "PingRequest",
-    8: "PingResponse",
-    9: "SignBytesRequest",
-    10: "SignBytesResponse",
-}
-_V1_ONLY_CASES: Final = frozenset((9, 10))
+# The Message oneof cases only v1.0 has (docs/protocol.md §2.3), named in the error an older dialect gives.
+_V1_ONLY_CASES: Final = {9: "SignBytesRequest", 10: "SignBytesResponse"}
 
 
 # Helpers ---------------------------------------------------------------------------------------------------
@@ -229,19 +217,16 @@ def _new_message(dialect: Dialect) -> _AnyMessage:
     return v1_privval.Message() if dialect is Dialect.V1_0 else tm_privval.Message()
 
 
-def _parse(msg: _PbMessage, body: bytes | bytearray | memoryview) -> None:
+def _parse(msg: _PbMessage, body: bytes) -> None:
     try:
-        msg.ParseFromString(bytes(body))
+        msg.ParseFromString(body)
     except (_ProtobufDecodeError, ValueError, TypeError, RuntimeError, RecursionError) as exc:
         raise DecodeError(f"not a privval Message: {exc}") from None
 
 
 def _first_field_number(body: bytes) -> int | None:
-    """Field number of the first tag in ``body`` (for error texts only); None if it does not parse."""
-    try:
-        head = decode_uvarint(body)
-    except DecodeError:  # pragma: no cover - protobuf has already parsed these bytes, tags included
-        return None
+    """Field number of the first tag of a ``body`` protobuf has parsed; None if it is empty."""
+    head = decode_uvarint(body)
     return None if head is None else head[0] >> 3
 
 
@@ -250,9 +235,8 @@ def _empty_case_error(dialect: Dialect, body: bytes) -> DecodeError:
         return DecodeError("empty privval Message (no case set)")
     number = _first_field_number(body)
     if number in _V1_ONLY_CASES and dialect is not Dialect.V1_0:
-        return DecodeError(
-            f"{_CASE_NAMES[number]} (Message field {number}) exists only in protocol_version v1.0, not {dialect.value}"
-        )
+        name = _V1_ONLY_CASES[number]
+        return DecodeError(f"{name} (Message field {number}) exists only in protocol_version v1.0, not {dialect.value}")
     return DecodeError(f"unknown privval Message case (field {number}) for protocol_version {dialect.value}")
 
 
@@ -266,19 +250,12 @@ def _copy_into(target: _PbMessage, source: _PbMessage) -> None:
     target.SetInParent()
 
 
-def _as_tm_vote(vote: types_pb2.Vote | v1_types.Vote) -> types_pb2.Vote:
-    if isinstance(vote, types_pb2.Vote):
-        return vote
-    out = types_pb2.Vote()
-    out.MergeFromString(vote.SerializeToString())
-    return out
-
-
-def _as_tm_proposal(proposal: types_pb2.Proposal | v1_types.Proposal) -> types_pb2.Proposal:
-    if isinstance(proposal, types_pb2.Proposal):
-        return proposal
-    out = types_pb2.Proposal()
-    out.MergeFromString(proposal.SerializeToString())
+def _as_tm(msg: _PbMessage, cls: type[_TmMessage]) -> _TmMessage:
+    """A ``cometbft.types.v1`` Vote/Proposal as its wire-identical ``tendermint.types`` class."""
+    if isinstance(msg, cls):
+        return msg
+    out = cls()
+    out.MergeFromString(msg.SerializeToString())
     return out
 
 
@@ -315,10 +292,6 @@ def _fill_empty_go_consensus_msg(msg: types_pb2.Vote | v1_types.Vote | types_pb2
     msg.timestamp.SetInParent()
 
 
-def _serialize(msg: _PbMessage) -> bytes:
-    return msg.SerializeToString()
-
-
 # Framing ---------------------------------------------------------------------------------------------------
 
 
@@ -336,61 +309,44 @@ class MessageReader:
     lost its framing, every later ``feed`` raises too.
     """
 
-    __slots__ = ("_buf", "_error", "_max_size", "_need")
+    __slots__ = ("_buf", "_error", "_max_size")
 
     def __init__(self, max_size: int) -> None:
         if max_size < 0:
             raise ValueError("max_size must be >= 0")
         self._max_size = max_size
         self._buf = bytearray()
-        self._need: int | None = None  # body length once the prefix has been read (prefix already dropped)
         self._error: DecodeError | None = None
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         """Add stream bytes; return the bodies they complete, in order (possibly none)."""
         if self._error is not None:
             raise DecodeError(f"reader poisoned by an earlier error: {self._error}")
-        self._buf += data
+        buf = self._buf
+        buf += data
         bodies: list[bytes] = []
         pos = 0
         try:
-            while (end := self._next_end(pos)) is not None:
-                bodies.append(bytes(self._buf[end - self._take() : end]))
-                pos = end
+            while (head := decode_uvarint(buf, pos)) is not None:
+                length, start = head
+                if length > self._max_size:
+                    raise DecodeError(f"message of {length} bytes exceeds the cap of {self._max_size} bytes")
+                if start + length > len(buf):
+                    break
+                pos = start + length
+                bodies.append(bytes(buf[start:pos]))
         except DecodeError as exc:
             self._error = exc
-            self._buf.clear()
+            buf.clear()
             raise
-        if pos:
-            del self._buf[:pos]
+        del buf[:pos]
         return bodies
-
-    def _next_end(self, pos: int) -> int | None:
-        """End offset of the next complete body at ``pos`` (reading its prefix once), or None if incomplete."""
-        if self._need is None:
-            head = decode_uvarint(self._buf, pos)
-            if head is None:
-                return None
-            length, after = head
-            if length > self._max_size:
-                raise DecodeError(f"message of {length} bytes exceeds the cap of {self._max_size} bytes")
-            self._need = length
-            # Drop the prefix now so a body arriving in pieces is not re-scanned for it.
-            del self._buf[pos:after]
-        end = pos + self._need
-        return end if len(self._buf) >= end else None
-
-    def _take(self) -> int:
-        need = self._need
-        assert need is not None
-        self._need = None
-        return need
 
     def eof(self) -> None:
         """The stream ended: DecodeError if it ended inside a message (a truncated prefix or body)."""
         if self._error is not None:
             raise DecodeError(f"reader poisoned by an earlier error: {self._error}")
-        if self._buf or self._need:
+        if self._buf:
             raise DecodeError("stream ended inside a message (truncated length prefix or body)")
 
 
@@ -408,12 +364,14 @@ def decode_request(dialect: Dialect, body: bytes | bytearray | memoryview) -> Re
         if not svr.HasField("vote"):
             raise DecodeError("SignVoteRequest without a vote")
         skip = bool(svr.skip_extension_signing) if isinstance(svr, v1_privval.SignVoteRequest) else False
-        return SignVoteRequest(vote=_as_tm_vote(svr.vote), chain_id=svr.chain_id, skip_extension_signing=skip)
+        return SignVoteRequest(
+            vote=_as_tm(svr.vote, types_pb2.Vote), chain_id=svr.chain_id, skip_extension_signing=skip
+        )
     if case == "sign_proposal_request":
         spr = msg.sign_proposal_request
         if not spr.HasField("proposal"):
             raise DecodeError("SignProposalRequest without a proposal")
-        return SignProposalRequest(proposal=_as_tm_proposal(spr.proposal), chain_id=spr.chain_id)
+        return SignProposalRequest(proposal=_as_tm(spr.proposal, types_pb2.Proposal), chain_id=spr.chain_id)
     if case == "ping_request":
         return PingRequest()
     if case == "pub_key_request":
@@ -456,17 +414,15 @@ def encode_request(dialect: Dialect, req: Request) -> bytes:
             raise InvalidRequest(f"SignBytesRequest exists only in protocol_version v1.0, not {dialect.value}")
         msg.sign_bytes_request.value = req.value
         msg.sign_bytes_request.SetInParent()
-    elif isinstance(req, SignRawBytesRequest):
+    else:  # SignRawBytesRequest
         if dialect is Dialect.V1_0:
             raise InvalidRequest("SignRawBytesRequest (Celestia) exists only in protocol_versions v0.34-v0.38")
         celestia = celestia_pb2.CelestiaMessage()
         raw = celestia.sign_raw_bytes_request
         raw.chain_id, raw.raw_bytes, raw.unique_id = req.chain_id, req.raw_bytes, req.unique_id
         raw.SetInParent()
-        return _serialize(celestia)
-    else:  # pragma: no cover - the Request union is closed
-        raise InvalidRequest(f"not a privval request: {type(req).__name__}")
-    return _serialize(msg)
+        return celestia.SerializeToString()
+    return msg.SerializeToString()
 
 
 # Responses -------------------------------------------------------------------------------------------------
@@ -480,12 +436,11 @@ def encode_pubkey_response(dialect: Dialect, pub: bytes, key_type: str = "ed2551
         msg.pub_key_response.pub_key_type = key_type
         msg.pub_key_response.SetInParent()
     else:
-        case = _CASE_OF_KEY_TYPE.get(key_type)
-        if case is None:
+        if key_type not in _PUBLIC_KEY_CASES:
             raise InvalidRequest(f"key type {key_type!r} cannot be sent in protocol_version {dialect.value}")
-        setattr(msg.pub_key_response.pub_key, case, pub)
+        setattr(msg.pub_key_response.pub_key, key_type, pub)
         msg.pub_key_response.pub_key.SetInParent()
-    return _serialize(msg)
+    return msg.SerializeToString()
 
 
 def encode_signed_vote(dialect: Dialect, vote: types_pb2.Vote, *, echo_extension: bool = True) -> bytes:
@@ -500,22 +455,18 @@ def encode_signed_vote(dialect: Dialect, vote: types_pb2.Vote, *, echo_extension
     _copy_into(target, vote)
     if not echo_extension:
         target.ClearField("extension")
-    return _serialize(msg)
+    return msg.SerializeToString()
 
 
 def encode_signed_proposal(dialect: Dialect, proposal: types_pb2.Proposal) -> bytes:
     """SignedProposalResponse echoing ``proposal`` (with its signature set), no error."""
     msg = _new_message(dialect)
     _copy_into(msg.signed_proposal_response.proposal, proposal)
-    return _serialize(msg)
+    return msg.SerializeToString()
 
 
-_PING_RESPONSE: Final = b"\x42\x00"  # Message{ping_response (8): {}}: the same in every dialect (V5)
-
-
-def encode_ping_response() -> bytes:
-    """PingResponse; identical in every dialect."""
-    return _PING_RESPONSE
+#: The PingResponse body, Message{ping_response (8): {}}: the same in every dialect (V5).
+PING_RESPONSE: Final = b"\x42\x00"
 
 
 def encode_error(dialect: Dialect, request: Request, code: int, description: str) -> bytes:
@@ -540,10 +491,10 @@ def encode_error(dialect: Dialect, request: Request, code: int, description: str
         celestia = celestia_pb2.CelestiaMessage()
         celestia.signed_raw_bytes_response.SetInParent()
         _set_error(celestia.signed_raw_bytes_response.error, code, description)
-        return _serialize(celestia)
+        return celestia.SerializeToString()
     else:
         raise InvalidRequest("a PingRequest has no error response")
-    return _serialize(msg)
+    return msg.SerializeToString()
 
 
 def decode_response(dialect: Dialect, body: bytes | bytearray | memoryview) -> Response:
@@ -554,10 +505,10 @@ def decode_response(dialect: Dialect, body: bytes | bytearray | memoryview) -> R
     case = msg.WhichOneof("sum")
     if case == "signed_vote_response":
         svr = msg.signed_vote_response
-        return SignedVoteResponse(vote=_as_tm_vote(svr.vote), error=_error_of(svr))
+        return SignedVoteResponse(vote=_as_tm(svr.vote, types_pb2.Vote), error=_error_of(svr))
     if case == "signed_proposal_response":
         spr = msg.signed_proposal_response
-        return SignedProposalResponse(proposal=_as_tm_proposal(spr.proposal), error=_error_of(spr))
+        return SignedProposalResponse(proposal=_as_tm(spr.proposal, types_pb2.Proposal), error=_error_of(spr))
     if case == "ping_response":
         return PingResponse()
     if case == "pub_key_response":
@@ -567,9 +518,7 @@ def decode_response(dialect: Dialect, body: bytes | bytearray | memoryview) -> R
         key_case = pkr.pub_key.WhichOneof("sum")
         if key_case is None:
             return PubKeyResponse(pub_key=b"", key_type="", error=_error_of(pkr))
-        return PubKeyResponse(
-            pub_key=bytes(getattr(pkr.pub_key, key_case)), key_type=_KEY_TYPE_OF_CASE[key_case], error=_error_of(pkr)
-        )
+        return PubKeyResponse(pub_key=bytes(getattr(pkr.pub_key, key_case)), key_type=key_case, error=_error_of(pkr))
     if case == "sign_bytes_response" and isinstance(msg, v1_privval.Message):
         sbr = msg.sign_bytes_response
         return SignBytesResponse(signature=bytes(sbr.signature), error=_error_of(sbr))

@@ -39,10 +39,6 @@ __all__ = [
     "GO_ZERO_TIME",
     "PRECOMMIT_TYPE",
     "PREVOTE_TYPE",
-    "PROPOSAL_TYPE",
-    "STEP_PRECOMMIT",
-    "STEP_PREVOTE",
-    "STEP_PROPOSAL",
     "CanonicalView",
     "DecodedSignBytes",
     "canonical_view",
@@ -101,18 +97,35 @@ def _delimited(body: bytes) -> bytes:
     return encode_uvarint(len(body)) + body
 
 
-def _canonical_vote(chain_id: str, vote: types_pb2.Vote) -> canonical_pb2.CanonicalVote:
-    msg = canonical_pb2.CanonicalVote(type=vote.type, height=vote.height, round=vote.round, chain_id=chain_id)
-    if _fill_block_id(msg.block_id, vote.block_id):
+def _unprefixed(sign_bytes: bytes, error: type[DecodeError | InvalidRequest]) -> bytes:
+    """The message inside delimited sign bytes; ``error`` unless the prefix is exactly its length."""
+    head = decode_uvarint(sign_bytes)
+    if head is None or head[0] != len(sign_bytes) - head[1]:
+        raise error("sign bytes: the length prefix does not match the message")
+    return bytes(sign_bytes[head[1] :])
+
+
+def _delimited_canonical(
+    msg: canonical_pb2.CanonicalVote | canonical_pb2.CanonicalProposal, source: types_pb2.Vote | types_pb2.Proposal
+) -> bytes:
+    """Complete ``msg`` with the block ID and timestamp of ``source``, as gogoproto emits them; delimited."""
+    if _fill_block_id(msg.block_id, source.block_id):
         msg.block_id.SetInParent()
     else:
         msg.ClearField("block_id")  # nullable: a nil vote has no block_id at all
-    msg.timestamp.seconds, msg.timestamp.nanos = _timestamp_of(vote)
+    msg.timestamp.seconds, msg.timestamp.nanos = _timestamp_of(source)
     msg.timestamp.SetInParent()  # non-nullable: the Unix epoch is `2a 00`, never omitted
-    return msg
+    return _delimited(msg.SerializeToString())
 
 
-def _canonical_proposal(chain_id: str, proposal: types_pb2.Proposal) -> canonical_pb2.CanonicalProposal:
+def vote_sign_bytes(chain_id: str, vote: types_pb2.Vote) -> bytes:
+    """``types.VoteSignBytes``: delimited CanonicalVote. Extension fields are not part of it."""
+    msg = canonical_pb2.CanonicalVote(type=vote.type, height=vote.height, round=vote.round, chain_id=chain_id)
+    return _delimited_canonical(msg, vote)
+
+
+def proposal_sign_bytes(chain_id: str, proposal: types_pb2.Proposal) -> bytes:
+    """``types.ProposalSignBytes``: delimited CanonicalProposal."""
     # CanonicalizeProposal hard-codes the type to PROPOSAL whatever the request says (types/canonical.go).
     msg = canonical_pb2.CanonicalProposal(
         type=types_pb2.SIGNED_MSG_TYPE_PROPOSAL,
@@ -121,23 +134,7 @@ def _canonical_proposal(chain_id: str, proposal: types_pb2.Proposal) -> canonica
         pol_round=proposal.pol_round,
         chain_id=chain_id,
     )
-    if _fill_block_id(msg.block_id, proposal.block_id):
-        msg.block_id.SetInParent()
-    else:
-        msg.ClearField("block_id")
-    msg.timestamp.seconds, msg.timestamp.nanos = _timestamp_of(proposal)
-    msg.timestamp.SetInParent()
-    return msg
-
-
-def vote_sign_bytes(chain_id: str, vote: types_pb2.Vote) -> bytes:
-    """``types.VoteSignBytes``: delimited CanonicalVote. Extension fields are not part of it."""
-    return _delimited(_canonical_vote(chain_id, vote).SerializeToString())
-
-
-def proposal_sign_bytes(chain_id: str, proposal: types_pb2.Proposal) -> bytes:
-    """``types.ProposalSignBytes``: delimited CanonicalProposal."""
-    return _delimited(_canonical_proposal(chain_id, proposal).SerializeToString())
+    return _delimited_canonical(msg, proposal)
 
 
 def vote_extension_sign_bytes(chain_id: str, vote: types_pb2.Vote) -> bytes:
@@ -184,12 +181,8 @@ def canonical_view(sign_bytes: bytes, step: int) -> CanonicalView:
         msg = canonical_pb2.CanonicalVote()
     else:
         raise DecodeError(f"no canonical message for step {step}")
-    data = bytes(sign_bytes)
-    head = decode_uvarint(data)
-    if head is None or head[0] != len(data) - head[1]:
-        raise DecodeError("sign bytes: length prefix does not match the message length")
     try:
-        msg.ParseFromString(data[head[1] :])
+        msg.ParseFromString(_unprefixed(sign_bytes, DecodeError))
     except (_ProtobufDecodeError, ValueError, RuntimeError) as exc:
         raise DecodeError(f"sign bytes do not parse as a canonical message: {exc}") from None
     block_id = msg.block_id.SerializeToString() if msg.HasField("block_id") else None
@@ -224,45 +217,42 @@ def _parses_canonically(message: Message, body: bytes) -> bool:
     return message.SerializeToString(deterministic=True) == body
 
 
-def decode_sign_bytes(sign_bytes: bytes) -> DecodedSignBytes:
-    """Read CometBFT's canonical sign bytes: a CanonicalVote (prevote or precommit), a CanonicalProposal or a
-    CanonicalVoteExtension. Each reading is kept only when re-encoding it gives the same bytes, so no field is
+def _read_canonical(
+    sign_bytes: bytes,
+) -> canonical_pb2.CanonicalVote | canonical_pb2.CanonicalProposal | canonical_pb2.CanonicalVoteExtension:
+    """The canonical message in ``sign_bytes``, kept only when re-encoding it gives the same bytes, so no field is
     unknown, repeated or out of order and one byte string has exactly one meaning. InvalidRequest otherwise."""
-    head = decode_uvarint(sign_bytes)
-    if head is None or head[0] != len(sign_bytes) - head[1]:
-        raise InvalidRequest("sign bytes: the length prefix does not match the message")
-    body = bytes(sign_bytes[head[1] :])
+    body = _unprefixed(sign_bytes, InvalidRequest)
     vote = canonical_pb2.CanonicalVote()
     if _parses_canonically(vote, body) and vote.type in _VOTE_STEPS:
-        step = _VOTE_STEPS[vote.type]
-        return DecodedSignBytes(
-            STEP_NAMES[step], vote.chain_id, vote.height, vote.round, step, vote.block_id.hash,  # type: ignore[arg-type]
-            (vote.timestamp.seconds, vote.timestamp.nanos),
-        )  # fmt: skip
+        return vote
     proposal = canonical_pb2.CanonicalProposal()
     if _parses_canonically(proposal, body) and proposal.type == PROPOSAL_TYPE:
-        return DecodedSignBytes(
-            "proposal", proposal.chain_id, proposal.height, proposal.round, STEP_PROPOSAL, proposal.block_id.hash,
-            (proposal.timestamp.seconds, proposal.timestamp.nanos),
-        )  # fmt: skip
+        return proposal
     extension = canonical_pb2.CanonicalVoteExtension()
     if _parses_canonically(extension, body) and extension.chain_id:
-        return DecodedSignBytes("extension", extension.chain_id, extension.height, extension.round, 0, b"", None)
+        return extension
     raise InvalidRequest("sign bytes are not a canonical vote, proposal or vote extension")
+
+
+def decode_sign_bytes(sign_bytes: bytes) -> DecodedSignBytes:
+    """Read CometBFT's canonical sign bytes: a CanonicalVote (prevote or precommit), a CanonicalProposal or a
+    CanonicalVoteExtension; InvalidRequest for anything else."""
+    msg = _read_canonical(sign_bytes)
+    if isinstance(msg, canonical_pb2.CanonicalVoteExtension):
+        return DecodedSignBytes("extension", msg.chain_id, msg.height, msg.round, 0, b"", None)
+    step = STEP_PROPOSAL if isinstance(msg, canonical_pb2.CanonicalProposal) else _VOTE_STEPS[msg.type]
+    timestamp = (msg.timestamp.seconds, msg.timestamp.nanos)
+    kind = STEP_NAMES[step]
+    return DecodedSignBytes(kind, msg.chain_id, msg.height, msg.round, step, msg.block_id.hash, timestamp)  # type: ignore[arg-type]
 
 
 def with_timestamp_bytes(sign_bytes: bytes, timestamp: tuple[int, int]) -> bytes:
     """The vote or proposal sign bytes ``sign_bytes`` with ``timestamp`` instead of their own: what a reused
     signature (FilePV's "same but for the timestamp" rule) must verify over."""
-    head = decode_uvarint(sign_bytes)
-    if head is None:
-        raise InvalidRequest("sign bytes: bad length prefix")
-    msg: canonical_pb2.CanonicalVote | canonical_pb2.CanonicalProposal = canonical_pb2.CanonicalVote()
-    body = bytes(sign_bytes[head[1] :])
-    if not (_parses_canonically(msg, body) and msg.type in _VOTE_STEPS):
-        msg = canonical_pb2.CanonicalProposal()
-        if not _parses_canonically(msg, body):
-            raise InvalidRequest("sign bytes are not a canonical vote or proposal")
+    msg = _read_canonical(sign_bytes)
+    if isinstance(msg, canonical_pb2.CanonicalVoteExtension):
+        raise InvalidRequest("sign bytes are not a canonical vote or proposal")
     msg.timestamp.seconds, msg.timestamp.nanos = timestamp
     msg.timestamp.SetInParent()
     return _delimited(msg.SerializeToString())

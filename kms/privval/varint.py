@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pykms.errors import DecodeError
 
-__all__ = ["MAX_VARINT_BYTES", "decode_uvarint", "encode_uvarint"]
+__all__ = ["decode_uvarint", "encode_uvarint"]
 
 #: A uint64 takes at most 10 base-128 groups; Go's binary.ReadUvarint refuses an 11th byte (and a 10th > 1).
 MAX_VARINT_BYTES = 10
@@ -34,9 +34,11 @@ def decode_uvarint(data: bytes | bytearray | memoryview, pos: int = 0) -> tuple[
 
     Raises DecodeError for a varint longer than 10 bytes or one that overflows 64 bits (as Go's ReadUvarint).
     """
+    end = len(data)
+    if pos < end and data[pos] < 0x80:  # the common case: one byte
+        return data[pos], pos + 1
     value = 0
     shift = 0
-    end = len(data)
     for i in range(MAX_VARINT_BYTES):
         if pos + i >= end:
             return None

@@ -10,22 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from pykms.secretconn.core import FrameCodec, Handshake, check_peer_id, node_id
-from pykms.secretconn.identity import generate_identity, load_identity
-from pykms.secretconn.sync import BlockingPlainStream, BlockingSecretStream, secret_connection_sync
-
-__all__ = [
-    "BlockingPlainStream",
-    "BlockingSecretStream",
-    "FrameCodec",
-    "Handshake",
-    "SyncByteStream",
-    "check_peer_id",
-    "generate_identity",
-    "load_identity",
-    "node_id",
-    "secret_connection_sync",
-]
+__all__ = ["SyncByteStream"]
 
 
 class SyncByteStream(Protocol):

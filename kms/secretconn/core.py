@@ -27,12 +27,13 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from google.protobuf.message import DecodeError as ProtobufDecodeError
+from merlin_transcripts.merlin_transcript import MerlinTranscript
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from pykms.errors import FrameError, HandshakeError, PeerIdMismatch
+from pykms.errors import DecodeError, FrameError, HandshakeError, PeerIdMismatch
+from pykms.privval.varint import decode_uvarint
 from pykms.proto.tendermint.p2p import conn_pb2
-from pykms.secretconn.merlin import Transcript
 
 __all__ = [
     "DATA_MAX_SIZE",
@@ -95,12 +96,13 @@ def derive_keys(dh: bytes, loc_is_least: bool) -> tuple[bytes, bytes]:
 
 
 def challenge_of(lo: bytes, hi: bytes, dh: bytes) -> bytes:
-    """The Merlin transcript challenge both sides sign (docs/protocol.md §1.3)."""
-    transcript = Transcript(TRANSCRIPT_LABEL)
+    """The Merlin transcript challenge both sides sign (docs/protocol.md §1.3). The hash-pinned
+    ``merlin-transcripts`` package reproduces the gtank/merlin and curve25519-voi vectors (test vector V4)."""
+    transcript = MerlinTranscript(TRANSCRIPT_LABEL)
     transcript.append_message(b"EPHEMERAL_LOWER_PUBLIC_KEY", lo)
     transcript.append_message(b"EPHEMERAL_UPPER_PUBLIC_KEY", hi)
     transcript.append_message(b"DH_SECRET", dh)
-    return transcript.challenge_bytes(b"SECRET_CONNECTION_MAC", 32)
+    return bytes(transcript.challenge_bytes(b"SECRET_CONNECTION_MAC", 32))
 
 
 def check_peer_id(expected: str, actual: str) -> None:
@@ -127,17 +129,14 @@ class FrameCodec:
         self._dead = reason
         return FrameError(reason)
 
-    def _check(self) -> None:
+    def check(self) -> None:
+        """Raise FrameError if an earlier failure poisoned the connection (adapters call it before any I/O)."""
         if self._dead is not None:
             raise FrameError(f"connection unusable after an earlier error: {self._dead}")
 
-    def check(self) -> None:
-        """Raise FrameError if an earlier failure poisoned the connection (adapters call it before any I/O)."""
-        self._check()
-
     def seal(self, data: bytes) -> bytes:
         """All the sealed frames for ``data`` (none for b""), advancing the send nonce once per frame."""
-        self._check()
+        self.check()
         size = len(data)
         if 0 < size <= DATA_MAX_SIZE:  # the common case (every privval request and reply): one frame
             return self._seal_one(data)
@@ -156,7 +155,7 @@ class FrameCodec:
 
     def open(self, sealed: bytes) -> bytes:
         """The data of exactly one sealed frame, advancing the receive nonce."""
-        self._check()
+        self.check()
         if len(sealed) != SEALED_FRAME_SIZE:
             raise self._fail(f"sealed frame of {len(sealed)} bytes, expected {SEALED_FRAME_SIZE}")
         return self._open_one(sealed)
@@ -177,7 +176,7 @@ class FrameCodec:
 
     def feed(self, data: bytes) -> bytes:
         """Buffer received bytes; return the data of every frame completed (b"" if none yet)."""
-        self._check()
+        self.check()
         pending = self._pending
         if not pending and len(data) == SEALED_FRAME_SIZE:  # one whole frame per read: no buffering at all
             return self._open_one(data)
@@ -201,7 +200,7 @@ class FrameCodec:
 
     def eof(self) -> None:
         """The peer closed: fine between frames, FrameError (and poisoned) in the middle of one."""
-        self._check()
+        self.check()
         if self._pending:
             raise self._fail(f"connection closed {len(self._pending)} bytes into a frame")
 
@@ -310,9 +309,13 @@ class Handshake:
         except FrameError as exc:
             raise HandshakeError(f"handshake failed: {exc}") from None
         self._incoming.clear()
-        length, used = _uvarint(bytes(self._plain[:10]))
-        if length is None:
+        try:
+            head = decode_uvarint(self._plain)
+        except DecodeError:
+            raise HandshakeError("malformed AuthSigMessage length") from None
+        if head is None:
             return
+        length, used = head
         if length > MAX_AUTH_SIG_BYTES:
             raise HandshakeError(f"AuthSigMessage of {length} bytes is too large")
         if len(self._plain) < used + length:
@@ -343,15 +346,3 @@ def _parse_auth_sig(body: bytes) -> tuple[bytes, bytes]:
     if len(pub) != 32:
         raise HandshakeError(f"ed25519 pubkey of {len(pub)} bytes")
     return pub, bytes(msg.sig)
-
-
-def _uvarint(data: bytes) -> tuple[int | None, int]:
-    """(value, bytes used), or (None, 0) when more bytes are needed."""
-    value = 0
-    for i, byte in enumerate(data):
-        value |= (byte & 0x7F) << (7 * i)
-        if not byte & 0x80:
-            return value, i + 1
-        if i >= 9:
-            raise HandshakeError("malformed AuthSigMessage length")
-    return None, 0

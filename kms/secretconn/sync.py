@@ -16,15 +16,9 @@ import time
 from nacl.signing import SigningKey
 
 from pykms.errors import ConnectionLost, FrameError, HandshakeError, LinkTimeout
-from pykms.secretconn.core import FrameCodec, Handshake
+from pykms.secretconn.core import Handshake
 
-__all__ = [
-    "BlockingPlainStream",
-    "BlockingSecretStream",
-    "secret_connection_sync",
-    "sendall_within",
-    "set_kernel_timeouts",
-]
+__all__ = ["BlockingPlainStream", "BlockingSecretStream", "secret_connection_sync", "set_kernel_timeouts"]
 
 
 def set_kernel_timeouts(sock: socket.socket, seconds: float) -> None:
@@ -49,37 +43,32 @@ def sendall_within(sock: socket.socket, data: bytes, timeout: float | None) -> N
     ConnectionLost when the socket fails.
     The common case is one non-blocking ``send`` that takes everything: no extra system call.
     """
+    view = memoryview(data)
+    deadline = 0.0
+    poller: select.poll | None = None
     try:
-        _send_within(sock, data, timeout)
+        if timeout is None:
+            sock.sendall(data)
+            return
+        while view:
+            with contextlib.suppress(BlockingIOError):  # the buffer is full: wait below
+                view = view[sock.send(view, socket.MSG_DONTWAIT) :]
+            if not view:
+                return
+            now = time.monotonic()
+            if poller is None:
+                deadline = now + timeout
+                poller = select.poll()
+                poller.register(sock, select.POLLOUT)
+            if now >= deadline:
+                raise LinkTimeout(f"the peer did not take {len(data)} bytes within {timeout:g} s")
+            poller.poll(max(1, int((deadline - now) * 1000)))
     except BlockingIOError:  # SO_SNDTIMEO expired
         raise LinkTimeout(f"the peer did not take {len(data)} bytes in time") from None
     except TimeoutError as exc:
         raise LinkTimeout(str(exc)) from None
     except OSError as exc:
         raise ConnectionLost(f"cannot write to the peer: {exc.strerror or exc}") from None
-
-
-def _send_within(sock: socket.socket, data: bytes, timeout: float | None) -> None:
-    if timeout is None:
-        sock.sendall(data)
-        return
-    view = memoryview(data)
-    deadline: float | None = None
-    poller: select.poll | None = None
-    while view:
-        with contextlib.suppress(BlockingIOError):  # the buffer is full: wait below
-            view = view[sock.send(view, socket.MSG_DONTWAIT) :]
-        if not view:
-            return
-        now = time.monotonic()
-        if deadline is None:
-            deadline = now + timeout
-            poller = select.poll()
-            poller.register(sock, select.POLLOUT)
-        if now >= deadline:
-            raise TimeoutError(f"the peer did not take {len(data)} bytes within {timeout:g} s")
-        assert poller is not None
-        poller.poll(max(1, int((deadline - now) * 1000)))
 
 
 def _recv(sock: socket.socket) -> bytes:
@@ -114,12 +103,14 @@ class BlockingPlainStream:
 class BlockingSecretStream:
     """An established SecretConnection: ``send`` a message, ``recv`` the next plaintext data (b"" at EOF)."""
 
-    def __init__(self, sock: socket.socket, codec: FrameCodec, *, leftover: bytes = b"") -> None:
+    def __init__(self, sock: socket.socket, handshake: Handshake) -> None:
+        """The connection ``handshake`` (done) established on ``sock``."""
+        assert handshake.codec is not None
         self.sock = sock
-        self.codec = codec
-        self._plain = leftover
-        self.remote_pubkey = b""
-        self.remote_id = ""
+        self.codec = handshake.codec
+        self._plain = handshake.leftover
+        self.remote_pubkey = handshake.remote_pubkey
+        self.remote_id = handshake.remote_id
 
     def send(self, data: bytes, timeout: float | None = None) -> None:
         """Seal ``data`` and write all its frames at once, within ``timeout`` seconds in total when given."""
@@ -168,8 +159,7 @@ def secret_connection_sync(
 
     Raises HandshakeError (stall, bad keys, bad challenge signature, socket failure) or PeerIdMismatch.
     """
-    key = identity if isinstance(identity, SigningKey) else SigningKey(identity)
-    hs = Handshake(key, ephemeral_secret=ephemeral_secret, expected_peer_id=expected_peer_id)
+    hs = Handshake(identity, ephemeral_secret=ephemeral_secret, expected_peer_id=expected_peer_id)
     deadline = time.monotonic() + timeout
     try:
         while True:
@@ -191,8 +181,4 @@ def secret_connection_sync(
         raise HandshakeError(f"handshake timed out: the peer stalled ({hs.state})") from None
     except OSError as exc:
         raise HandshakeError(f"handshake failed: {exc.strerror or exc}") from None
-    assert hs.codec is not None
-    stream = BlockingSecretStream(sock, hs.codec, leftover=hs.leftover)
-    stream.remote_pubkey = hs.remote_pubkey
-    stream.remote_id = hs.remote_id
-    return stream
+    return BlockingSecretStream(sock, hs)

@@ -123,6 +123,35 @@ def test_tampered_share_file_is_refused(tmp_path: Path, key_json: Path) -> None:
         load_share_file(path)
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        ("identifier", 9, "malformed identifier"),
+        ("threshold", 1, "not a valid FROST key package"),
+        ("verifying_shares", {}, "not a valid FROST key package"),
+    ],
+)
+def test_a_malformed_share_file_is_refused_even_under_python_O(
+    tmp_path: Path, key_json: Path, field: str, value: object, error: str
+) -> None:
+    """The share file's checks are not asserts: ``python -O`` (which strips asserts) refuses the file too."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "shares"
+    split_key_file(key_json, out, 2, 3)
+    path = out / "share-1.json"
+    doc = json.loads(path.read_text())
+    doc[field] = value
+    path.write_text(json.dumps(doc))
+    with pytest.raises(KeyFileError, match=error):
+        load_share_file(path)
+    probe = "import sys, pathlib, pykms.threshold.keys as k; k.load_share_file(pathlib.Path(sys.argv[1]))"
+    run = subprocess.run([sys.executable, "-O", "-c", probe, str(path)], capture_output=True, text=True, check=False)
+    assert run.returncode != 0
+    assert "KeyFileError" in run.stderr and error in run.stderr
+
+
 def test_softsign_key_splits_too(tmp_path: Path) -> None:
     from pykms.providers.softsign import keygen
 

@@ -40,17 +40,24 @@ def _package_json(package: frost.PublicKeyPackage, participants: int) -> dict[st
     }
 
 
+def _require(condition: bool) -> None:
+    """A validation step that survives ``python -O`` (an ``assert`` would vanish there)."""
+    if not condition:
+        raise ValueError
+
+
 def _parse_package(doc: object, where: str) -> tuple[frost.PublicKeyPackage, int]:
     try:
-        assert isinstance(doc, dict)
+        if not isinstance(doc, dict):
+            raise TypeError
         t, n = doc["threshold"], doc["participants"]
-        assert type(t) is int and type(n) is int and 2 <= t <= n <= MAX_PARTICIPANTS
+        _require(type(t) is int and type(n) is int and 2 <= t <= n <= MAX_PARTICIPANTS)
         group = frost.check_element(bytes.fromhex(doc["group_public_key"]), "group_public_key")
         raw_shares = doc["verifying_shares"]
-        assert isinstance(raw_shares, dict) and len(raw_shares) == n
+        _require(isinstance(raw_shares, dict) and len(raw_shares) == n)
         shares = {int(i): frost.check_element(bytes.fromhex(v), f"verifying share {i}") for i, v in raw_shares.items()}
-        assert sorted(shares) == list(range(1, n + 1))
-    except (AssertionError, KeyError, TypeError, ValueError, ThresholdError):
+        _require(sorted(shares) == list(range(1, n + 1)))
+    except (KeyError, TypeError, ValueError, ThresholdError):
         raise KeyFileError(
             f"{where}: not a valid FROST key package (re-create it with `pykms threshold split`)"
         ) from None
@@ -79,11 +86,11 @@ def load_share_file(path: Path) -> tuple[frost.SecretShare, frost.PublicKeyPacka
     if not isinstance(doc, dict) or doc.get("type") != SHARE_TYPE:
         raise KeyFileError(f"{path}: not a pykms FROST share file (type {SHARE_TYPE!r} expected)")
     package, n = _parse_package(doc, str(path))
-    identifier = doc.get("identifier")
     try:
-        assert type(identifier) is int and 1 <= identifier <= n
+        identifier = doc["identifier"]
+        _require(type(identifier) is int and 1 <= identifier <= n)
         scalar = frost.check_scalar(bytes.fromhex(doc["signing_share"]), "signing_share")
-    except (AssertionError, KeyError, TypeError, ValueError, ThresholdError):
+    except (KeyError, TypeError, ValueError, ThresholdError):
         raise KeyFileError(f"{path}: malformed identifier or signing_share") from None
     share = frost.SecretShare(identifier, scalar)
     if frost.crypto_public(scalar) != package.verifying_shares[identifier]:

@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 A PKCS#11 module is loaded once per process (python-pkcs11 caches it by path). Every call into one module goes
 through one lock (``_Module.lock``): the module is initialised with ``C_Initialize(NULL)``, which promises the
-library single-threaded access, and the runtime calls signers from worker threads.
+library single-threaded access, and signers are called from several connections' threads.
 
 Each configured token (module + token label or slot) is a ``Pkcs11Token``: one logged-in session, shared by the
 signers of every key on it. ``Pkcs11Token.run(op)`` runs ``op(session)`` and, when the module reports a lost
@@ -608,7 +608,7 @@ class Pkcs11Signer:
         return self._public_key
 
     def sign(self, message: bytes) -> bytes:
-        with self._token.lock:  # one signer call at a time per module (the runtime uses worker threads)
+        with self._token.lock:  # one signer call at a time per module (several connections' threads call it)
             if self._closed:
                 raise FatalProviderError("pkcs11: signer used after close()")
             signature = self._token.run(lambda s: self._raw_sign(s, message), "signing")

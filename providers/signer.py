@@ -1,6 +1,6 @@
 """The contract every signing backend fulfils.
 
-Providers are synchronous and small: the runtime calls them from a worker thread, one lock per device, and
+Providers are synchronous and small: the key holder calls them from the connections' threads, one lock per device, and
 verifies every signature against ``public_key()`` before it leaves the process, so a faulty device can never
 emit garbage to the node.
 """

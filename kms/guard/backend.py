@@ -1,9 +1,9 @@
 """The seam between the runtime and a double-sign guard backend.
 
 A backend holds the last signed state of one chain and performs the whole critical section of a signature in
-one call: decide (pure ``pykms.guard.decide.decide``), sign, persist durably, and only then return. The runtime
-calls it from a worker thread while it holds the chain's lock, and replies to the node only after it returns,
-so no signature ever leaves before the state that covers it is durable.
+one call: decide (pure ``pykms.guard.decide.decide``), sign, persist durably, and only then return. The key holder
+(``pykms.keyholder.local``) calls it from the connection's thread while it holds the chain's lock, and the reply
+is written only after it returns, so no signature ever leaves before the state that covers it is durable.
 
 Backends: the local state file (``FileGuard`` below: CometBFT JSON or the two-slot store) and PostgreSQL
 (``pykms.guard.postgres.PostgresGuard``: one row per chain, locked with SELECT ... FOR UPDATE across the decision,

@@ -45,6 +45,7 @@ from typing import Any
 from nacl.signing import SigningKey
 
 from pykms import __version__
+from pykms.config.reader import MAX_CHAIN_ID_LEN
 from pykms.errors import HarnessError, KeyFileError, KmsError, ProtocolError, StateError
 from pykms.guard.state import from_cometbft_json
 from pykms.harness.conformance import (
@@ -64,8 +65,6 @@ from pykms.privval.codec import Dialect
 __all__ = ["build_parser", "main"]
 
 
-#: Longest chain id a genesis may carry (cometbft types/genesis.go: MaxChainIDLen).
-MAX_CHAIN_ID_LEN = 50
 #: Read/write deadline on the signer connection (tm-signer-harness main.go: defaultConnDeadline = 3 s).
 CONN_DEADLINE_S = 3.0
 

@@ -282,10 +282,18 @@ def test_any_bytes_get_a_well_formed_reply(frame: bytes) -> None:
 def test_cli_refuses_a_bad_state_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     state = tmp_path / "bad.json"
     state.write_text('{"serial": 1}')
+    state.chmod(0o600)
     assert main(["--port", "0", "--state", str(state)]) == 1
     assert "not valid" in capsys.readouterr().err
     assert main(["--port", "0", "--state", str(tmp_path / "missing" / "hsm.json")]) == 1
     assert "cannot write the state file" in capsys.readouterr().err
+    # The state holds the device's keys: a state file others can read is refused, naming the fix, and stays as it was.
+    state.write_text("{}")
+    state.chmod(0o644)
+    assert main(["--port", "0", "--state", str(state)]) == 1
+    err = capsys.readouterr().err
+    assert "cannot read the state file" in err and f"chmod 600 {state}" in err
+    assert state.read_text() == "{}"
 
 
 def test_console_script_runs_and_keeps_state(tmp_path: Path) -> None:

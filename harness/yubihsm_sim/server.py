@@ -25,7 +25,7 @@ from typing import Any
 from pykms.errors import KeyFileError
 from pykms.harness.yubihsm_sim.device import MAX_FRAME, Device
 from pykms.httpreply import send_reply
-from pykms.keyfiles import fsync_dir, write_secret_file
+from pykms.keyfiles import fsync_dir, read_secret_file, write_secret_file
 
 __all__ = ["Faults", "SimServer", "main"]
 
@@ -61,7 +61,12 @@ class SimServer:
         self.state_file = state_file
         self.faults = Faults()
         self.lock = threading.Lock()
-        saved = state_file.read_text() if state_file is not None and state_file.exists() else None
+        saved = None
+        if state_file is not None and state_file.exists():
+            try:  # it holds the device's keys: refused when others can read it, as any key file
+                saved = read_secret_file(state_file)
+            except KeyFileError as exc:
+                raise KeyFileError(f"cannot read the state file: {exc}") from None
         if saved is not None:
             self.device.load_state(json.loads(saved))
         self.httpd = ThreadingHTTPServer((host, port), _handler_for(self))
@@ -94,7 +99,10 @@ class SimServer:
         if self.state_file is None:
             return
         tmp = self.state_file.with_name(self.state_file.name + ".tmp")
-        write_secret_file(tmp, json.dumps(self.device.to_state(), indent=1).encode(), overwrite=True)
+        try:
+            write_secret_file(tmp, json.dumps(self.device.to_state(), indent=1).encode(), overwrite=True)
+        except KeyFileError as exc:
+            raise KeyFileError(f"cannot write the state file: {exc}") from None
         os.replace(tmp, self.state_file)
         fsync_dir(self.state_file.parent)
 
@@ -208,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pykms-yubihsm-sim: state file {args.state} is not valid: {exc}", file=sys.stderr)
         return 1
     except KeyFileError as exc:
-        print(f"pykms-yubihsm-sim: cannot write the state file: {exc}", file=sys.stderr)
+        print(f"pykms-yubihsm-sim: {exc}", file=sys.stderr)
         return 1
     print(f"pykms-yubihsm-sim: serial {sim.device.serial} listening on http://{args.host}:{sim.port}", flush=True)
     try:
